@@ -1,0 +1,3 @@
+from buildsys.cli import main
+
+main()

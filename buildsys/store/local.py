@@ -1,0 +1,476 @@
+"""The local store: a directory that several buildsys processes may use at once.
+
+Layout (format version 1, checked on open)::
+
+    FORMAT                  "buildsys-store 1"
+    cas/ab/<digest>         blobs, read-only files named by their BLAKE3 digest
+    ac/ab/<key>             action-cache entries (see records.py)
+    refs/<kind>/<name>      named roots: targets/<target> (last build), pins/<name>, approved/<target>
+    builds/<ns>-<pid>       the digest of one build record (a blob), one file per build
+    locks/ab/<key>          flock files: one action executes at most once at a time
+    lock                    flock: builds hold it shared, gc holds it exclusive
+    statcache               msgpack {path: [dev, ino, size, mtime_ns, digest]}
+    tmp/                    temp files and sandboxes; anything here is garbage after a crash
+
+Every write is temp file, fsync, rename, so a crash at any instant leaves no partial blob
+visible; an action record is written only after every blob it references, so no record ever
+points at a missing blob. Blobs read into memory or copied out are re-hashed; a blob whose
+bytes no longer match its name is moved to ``quarantine/`` and reported.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import blake3
+
+from buildsys.encoding import canonical_bytes, decode
+from buildsys.hashing import CHUNK, Digest, digest_bytes, digest_file, is_digest
+from buildsys.store.atomic import unlink_quietly as _unlink_quietly, write_atomic
+from buildsys.store.records import ActionRecord, ActionResult, RecordError
+from buildsys.tree import Entry, Manifest, TreeError, decode_manifest, encode_manifest, walk_files
+
+FORMAT = "buildsys-store 1"
+
+
+class StoreError(Exception):
+    """The store cannot be used as asked; the message names the path."""
+
+
+class StoreCorruption(StoreError):
+    """A blob's bytes do not match its digest, or a record is malformed."""
+
+
+@dataclass
+class VerifyReport:
+    blobs: int = 0
+    actions: int = 0
+    bytes: int = 0
+    corrupt_blobs: list[str] = field(default_factory=list)
+    bad_actions: list[str] = field(default_factory=list)
+    bad_refs: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.corrupt_blobs or self.bad_actions or self.bad_refs)
+
+
+@dataclass
+class GcReport:
+    kept_blobs: int = 0
+    removed_blobs: int = 0
+    removed_actions: int = 0
+    freed_bytes: int = 0
+
+
+def _shard(root: Path, name: str) -> Path:
+    return root / name[:2] / name
+
+
+class LocalStore:
+    """The store at ``root``; created on first use."""
+
+    def __init__(self, root: Path, create: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self.cas = self.root / "cas"
+        self.ac = self.root / "ac"
+        self.refs = self.root / "refs"
+        self.builds = self.root / "builds"
+        self.locks = self.root / "locks"
+        self.tmp = self.root / "tmp"
+        self.quarantine = self.root / "quarantine"
+        self._open(create)
+
+    def _open(self, create: bool) -> None:
+        marker = self.root / "FORMAT"
+        if marker.exists():
+            found = marker.read_text(encoding="utf-8", errors="replace").strip()
+            if found != FORMAT:
+                raise StoreError(f"{marker}: store format {found!r}, this buildsys reads {FORMAT!r}")
+        elif not create:
+            raise StoreError(f"{self.root}: not a buildsys store (no FORMAT file)")
+        elif self.root.exists() and any(p.name not in ("README.md", ".gitignore") for p in self.root.iterdir()):
+            raise StoreError(f"{self.root}: directory is not empty and is not a buildsys store")
+        for path in (self.cas, self.ac, self.refs, self.builds, self.locks, self.tmp):
+            path.mkdir(parents=True, exist_ok=True)
+        if not marker.exists():
+            write_atomic(marker, (FORMAT + "\n").encode(), self.tmp)
+
+    # blobs ---------------------------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        if not is_digest(digest):
+            raise StoreError(f"{digest!r} is not a digest")
+        return _shard(self.cas, digest)
+
+    def has_blob(self, digest: Digest) -> bool:
+        return os.path.exists(_shard(self.cas, digest))
+
+    def missing_blobs(self, digests: list[Digest] | set[Digest]) -> list[Digest]:
+        return [d for d in digests if not os.path.exists(_shard(self.cas, d))]
+
+    def put_bytes(self, data: bytes) -> Digest:
+        digest = digest_bytes(data)
+        path = _shard(self.cas, digest)
+        if not os.path.exists(path):
+            write_atomic(path, data, self.tmp, mode=0o444)
+        return digest
+
+    def put_file(self, source: Path, move: bool = False) -> tuple[Digest, int]:
+        """Add a file. ``move`` renames it in (it must be on the store's filesystem and no
+        longer written); otherwise it is copied while hashed, so the blob always matches its
+        name even if the source changes meanwhile."""
+        if move:
+            digest, size = digest_file(source)
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            path = _shard(self.cas, digest)
+            if os.path.exists(path):
+                os.unlink(source)
+            else:
+                os.chmod(source, 0o444)
+                path.parent.mkdir(exist_ok=True)
+                os.replace(source, path)
+            return digest, size
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=".b-")
+        try:
+            hasher = blake3.blake3()
+            size = 0
+            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+                buffer = bytearray(CHUNK)
+                view = memoryview(buffer)
+                while n := src.readinto(buffer):
+                    hasher.update(view[:n])
+                    dst.write(view[:n])
+                    size += n
+                dst.flush()
+                os.fsync(dst.fileno())
+            digest = hasher.hexdigest()
+            path = _shard(self.cas, digest)
+            if os.path.exists(path):
+                os.unlink(tmp)
+            else:
+                os.chmod(tmp, 0o444)
+                path.parent.mkdir(exist_ok=True)
+                os.replace(tmp, path)
+            return digest, size
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    def adopt_verified(self, tmp_file: Path, expected: Digest) -> None:
+        """Move a downloaded file in under ``expected`` after re-hashing it; a mismatch is
+        refused and the file removed, so wrong bytes never enter the store."""
+        digest, _ = digest_file(tmp_file)
+        if digest != expected:
+            _unlink_quietly(tmp_file)
+            raise StoreCorruption(f"blob {expected}: received bytes hash to {digest}")
+        path = _shard(self.cas, expected)
+        if os.path.exists(path):
+            _unlink_quietly(tmp_file)
+            return
+        fd = os.open(tmp_file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp_file, 0o444)
+        path.parent.mkdir(exist_ok=True)
+        os.replace(tmp_file, path)
+
+    def read_bytes(self, digest: Digest) -> bytes:
+        path = self.blob_path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from {self.root}") from None
+        if digest_bytes(data) != digest:
+            self.quarantine_blob(digest)
+            raise StoreCorruption(f"blob {digest} in {self.root} is corrupt (moved to quarantine)")
+        return data
+
+    def copy_blob_to(self, digest: Digest, dest: Path, executable: bool = False) -> os.stat_result:
+        """Copy a blob out as an ordinary writable file, verifying its digest on the way.
+        Returns the stat of the written file."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        try:
+            hasher = blake3.blake3()
+            try:
+                src = open(self.blob_path(digest), "rb")
+            except FileNotFoundError:
+                raise StoreError(f"blob {digest} is missing from {self.root}") from None
+            with src, os.fdopen(fd, "wb") as dst:
+                buffer = bytearray(CHUNK)
+                view = memoryview(buffer)
+                while n := src.readinto(buffer):
+                    hasher.update(view[:n])
+                    dst.write(view[:n])
+            if hasher.hexdigest() != digest:
+                self.quarantine_blob(digest)
+                raise StoreCorruption(f"blob {digest} in {self.root} is corrupt (moved to quarantine)")
+            os.chmod(tmp, 0o755 if executable else 0o644)
+            os.replace(tmp, dest)
+            return os.stat(dest)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    def link_blob_to(self, digest: Digest, dest: Path) -> None:
+        """Hard-link a blob into a sandbox (read-only; falls back to a copy across filesystems)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self.blob_path(digest), dest)
+        except OSError:
+            shutil.copyfile(self.blob_path(digest), dest)
+            os.chmod(dest, 0o444)
+
+    def quarantine_blob(self, digest: Digest) -> None:
+        self.quarantine.mkdir(exist_ok=True)
+        try:
+            os.replace(self.blob_path(digest), self.quarantine / digest)
+        except FileNotFoundError:
+            pass
+
+    # trees ---------------------------------------------------------------------------------
+
+    def put_tree(self, manifest: Manifest) -> Digest:
+        return self.put_bytes(encode_manifest(manifest))
+
+    def get_tree(self, digest: Digest) -> Manifest:
+        try:
+            return decode_manifest(self.read_bytes(digest), where=f"tree {digest}")
+        except TreeError as exc:
+            raise StoreCorruption(str(exc)) from None
+
+    def ingest_directory(self, root: Path, move: bool = True) -> tuple[Digest, Manifest]:
+        """Add every file under ``root`` and its manifest; returns (tree digest, manifest)."""
+        manifest: Manifest = {}
+        for rel, path, st in walk_files(root):
+            digest, size = self.put_file(path, move=move)
+            manifest[rel] = Entry(digest, size, bool(st.st_mode & stat.S_IXUSR))
+        return self.put_tree(manifest), manifest
+
+    def tree_missing(self, digest: Digest) -> list[Digest]:
+        """The blobs a tree needs that are absent (the tree blob itself included)."""
+        if not self.has_blob(digest):
+            return [digest]
+        return self.missing_blobs({e.digest for e in self.get_tree(digest).values()})
+
+    # action cache --------------------------------------------------------------------------
+
+    def get_action(self, key: Digest) -> ActionRecord | None:
+        path = _shard(self.ac, key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return ActionRecord.decode(data, where=str(path))
+        except RecordError as exc:
+            raise StoreCorruption(str(exc)) from None
+
+    def put_action(self, record: ActionRecord) -> None:
+        missing = self.missing_blobs(record.result.blobs())
+        if not missing:
+            missing = self.tree_missing(record.result.tree)
+        if missing:
+            raise StoreError(f"action {record.result.key}: refusing to record, blobs missing: {missing[:3]}")
+        write_atomic(_shard(self.ac, record.result.key), record.encode(), self.tmp)
+
+    def lookup(self, key: Digest) -> ActionResult | None:
+        """The cached result of an action, only if every blob it references is present."""
+        record = self.get_action(key)
+        if record is None or record.result.key != key:
+            return None
+        result = record.result
+        if self.missing_blobs(result.blobs()) or self.tree_missing(result.tree):
+            return None
+        return result
+
+    def drop_action(self, key: Digest) -> None:
+        _unlink_quietly(_shard(self.ac, key))
+
+    def action_keys(self) -> Iterator[Digest]:
+        for shard in sorted(self.ac.iterdir()):
+            for entry in sorted(shard.iterdir()):
+                yield entry.name
+
+    # refs and build records ----------------------------------------------------------------
+
+    def ref_path(self, kind: str, name: str) -> Path:
+        if "/" in kind or "/" in name or name in ("", ".", "..") or kind in ("", ".", ".."):
+            raise StoreError(f"bad ref name {kind}/{name}")
+        return self.refs / kind / name
+
+    def read_ref(self, kind: str, name: str) -> dict | None:
+        path = self.ref_path(kind, name)
+        try:
+            return decode(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # msgpack raises several unrelated types for malformed input
+            raise StoreCorruption(f"{path}: unreadable ref ({exc})") from None
+
+    def write_ref(self, kind: str, name: str, value: dict) -> None:
+        path = self.ref_path(kind, name)
+        data = canonical_bytes(value)
+        try:
+            if path.read_bytes() == data:
+                return
+        except FileNotFoundError:
+            pass
+        write_atomic(path, data, self.tmp)
+
+    def delete_ref(self, kind: str, name: str) -> bool:
+        try:
+            os.unlink(self.ref_path(kind, name))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def list_refs(self, kind: str) -> list[str]:
+        folder = self.refs / kind
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def add_build_record(self, record: dict, started_ns: int) -> Digest:
+        digest = self.put_bytes(canonical_bytes(record))
+        write_atomic(self.builds / f"{started_ns:020d}-{os.getpid()}", digest.encode(), self.tmp)
+        return digest
+
+    def build_records(self) -> list[tuple[str, Digest]]:
+        """(index name, record digest) of every build, oldest first."""
+        out = []
+        for path in sorted(self.builds.iterdir()):
+            out.append((path.name, path.read_text().strip()))
+        return out
+
+    # locking -------------------------------------------------------------------------------
+
+    @contextmanager
+    def action_lock(self, key: Digest) -> Iterator[None]:
+        """Exclusive across processes: the same action executes at most once at a time."""
+        path = _shard(self.locks, key)
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    @contextmanager
+    def using(self, exclusive: bool = False) -> Iterator[None]:
+        """Builds use the store shared; gc needs it alone."""
+        with open(self.root / "lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def make_tmp_dir(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(dir=self.tmp, prefix=prefix))
+
+    # maintenance ---------------------------------------------------------------------------
+
+    def blobs(self) -> Iterator[Path]:
+        for shard in sorted(self.cas.iterdir()):
+            if shard.is_dir():
+                yield from sorted(shard.iterdir())
+
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """Re-hash every blob and check every action record's references."""
+        report = VerifyReport()
+        for path in self.blobs():
+            digest, size = digest_file(path)
+            report.blobs += 1
+            report.bytes += size
+            if digest != path.name:
+                report.corrupt_blobs.append(path.name)
+                if repair:
+                    self.quarantine_blob(path.name)
+        corrupt = set(report.corrupt_blobs)
+        for key in self.action_keys():
+            report.actions += 1
+            problem = self._action_problem(key, corrupt)
+            if problem:
+                report.bad_actions.append(f"{key}: {problem}")
+                if repair:
+                    self.drop_action(key)
+        for kind in ("targets", "pins", "approved"):
+            for name in self.list_refs(kind):
+                try:
+                    self.read_ref(kind, name)
+                except StoreCorruption as exc:
+                    report.bad_refs.append(str(exc))
+        return report
+
+    def _action_problem(self, key: Digest, corrupt: set[Digest]) -> str | None:
+        try:
+            record = self.get_action(key)
+        except StoreCorruption as exc:
+            return str(exc)
+        if record is None:
+            return "vanished"
+        if record.result.key != key:
+            return f"record names key {record.result.key}"
+        refs = set(record.result.blobs())
+        if self.has_blob(record.result.tree) and record.result.tree not in corrupt:
+            try:
+                refs |= {e.digest for e in self.get_tree(record.result.tree).values()}
+            except StoreCorruption as exc:
+                return str(exc)
+        missing = sorted(self.missing_blobs(refs)) + sorted(refs & corrupt)
+        return f"references missing or corrupt blobs {missing[:3]}" if missing else None
+
+    def gc(self, roots: set[Digest], keep_actions: set[Digest], dry_run: bool = False) -> GcReport:
+        """Remove every blob not reachable from the trees in ``roots`` or from the action
+        records in ``keep_actions``, and every other action record. Build records are kept.
+        The caller holds ``using(exclusive=True)``."""
+        live: set[Digest] = set()
+        for _, record_digest in self.build_records():
+            live.add(record_digest)
+        trees = set(roots)
+        for key in keep_actions:
+            record = self.get_action(key)
+            if record is not None:
+                live |= set(record.result.blobs())
+                trees.add(record.result.tree)
+        for digest in trees:
+            live.add(digest)
+            if self.has_blob(digest):
+                try:
+                    live |= {e.digest for e in self.get_tree(digest).values()}
+                except StoreCorruption:
+                    pass
+        report = GcReport()
+        for key in list(self.action_keys()):
+            if key not in keep_actions:
+                report.removed_actions += 1
+                if not dry_run:
+                    self.drop_action(key)
+        for path in list(self.blobs()):
+            if path.name in live:
+                report.kept_blobs += 1
+                continue
+            report.removed_blobs += 1
+            report.freed_bytes += path.stat().st_size
+            if not dry_run:
+                path.unlink()
+        if not dry_run:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir(exist_ok=True)
+        return report
+
