@@ -1,0 +1,245 @@
+"""The command line: one thin function per command over the library.
+
+Typed errors become one-line messages and exit codes here and nowhere else (codes in
+:mod:`buildsys.errors`). Nothing here imports torch, diffusers or pymeshlab.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from buildsys.errors import EXIT_BAD_INPUT, EXIT_STORE, BuildsysError
+
+BUILDFILE_OPTION = click.option(
+    "-f", "--buildfile", type=click.Path(path_type=Path), default=Path("Buildfile.toml"), show_default=True,
+    help="The Buildfile to read.",
+)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"buildsys: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's typed errors into a message and an exit code."""
+
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from buildsys.encoding import EncodingError
+        from buildsys.store.local import StoreError
+
+        try:
+            return function(*args, **kwargs)
+        except BuildsysError as exc:
+            _fail(str(exc), exc.exit_code)
+        except StoreError as exc:
+            _fail(str(exc), EXIT_STORE)
+        except EncodingError as exc:
+            _fail(f"cannot encode: {exc}", EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+def _session(buildfile: Path, jobs: int | None = None):
+    from buildsys.session import Session
+
+    return Session(buildfile, jobs=jobs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="buildsys")
+def main() -> None:
+    """buildsys: content-addressed, reproducible builds of 3D assets.
+
+    \b
+    Exit codes: 0 ok, 1 build failed (stage, gate or budget), 2 bad input
+    (Buildfile, bundle, config), 3 store unusable or corrupt, 4 verify found
+    a deterministic stage that did not reproduce.
+    """
+
+
+@main.command()
+@BUILDFILE_OPTION
+@click.argument("targets", nargs=-1)
+@click.option("-j", "--jobs", type=click.IntRange(1), help="Stages at once (default: the Buildfile's project.jobs).")
+@click.option("-k", "--keep-going", is_flag=True, help="Go on with independent stages after a failure.")
+@click.option("--remote", "remote_url", help="Remote cache URL (file://, http(s)://, s3://); overrides config.")
+@click.option("--no-remote", is_flag=True, help="Use no remote cache, whatever the config says.")
+@click.option("--json", "json_output", is_flag=True, help="No progress; end with one JSON summary line.")
+@handled
+def build(buildfile: Path, targets: tuple[str, ...], jobs: int | None, keep_going: bool, remote_url: str | None, no_remote: bool, json_output: bool) -> None:
+    """Build TARGETS (all targets when none is named), using and filling the caches."""
+    from buildsys.builder import Builder
+    from buildsys.progress import reporter_for
+    from buildsys.summary import print_summary
+
+    with _session(buildfile, jobs) as session:
+        names = session.targets(targets)
+        remote = None if no_remote else _remote_cache(session, remote_url)
+        try:
+            report = Builder(session, reporter=reporter_for(json_output), remote=remote, keep_going=keep_going).build(names)
+        finally:
+            if remote is not None:
+                remote.close()
+        print_summary(report, session, json_output)
+    sys.exit(report.exit_code)
+
+
+def _remote_cache(session, url: str | None):
+    """The remote cache the Buildfile, user config or --remote name, or None."""
+    from buildsys.remote_setup import open_remote_cache
+
+    return open_remote_cache(session, url)
+
+
+@main.command()
+@BUILDFILE_OPTION
+@click.argument("targets", nargs=-1)
+@click.option("--json", "json_output", is_flag=True)
+@handled
+def plan(buildfile: Path, targets: tuple[str, ...], json_output: bool) -> None:
+    """What a build would run and why, running nothing."""
+    from buildsys.builder import Builder
+    from buildsys.summary import print_plan
+
+    with _session(buildfile) as session:
+        report = Builder(session, execute=False).build(session.targets(targets))
+        print_plan(report, json_output)
+
+
+main.add_command(plan, name="status")
+
+
+@main.command()
+@BUILDFILE_OPTION
+@click.argument("target")
+@click.option("--json", "json_output", is_flag=True)
+@handled
+def explain(buildfile: Path, target: str, json_output: bool) -> None:
+    """Why TARGET's stages rebuild (or rebuilt last time): the key components that changed."""
+    from buildsys.explain import explain_target, print_explanation
+
+    with _session(buildfile) as session:
+        print_explanation(explain_target(session, session.targets([target])[0]), json_output)
+
+
+@main.group()
+def store() -> None:
+    """Inspect and check the local store."""
+
+
+@store.command("ls")
+@BUILDFILE_OPTION
+@click.argument("what", type=click.Choice(["refs", "actions", "blobs", "builds"]), default="refs")
+@handled
+def store_ls(buildfile: Path, what: str) -> None:
+    """List refs, action keys, blobs or build records."""
+    from buildsys.inspect import list_store
+
+    with _session(buildfile) as session:
+        for line in list_store(session.store, what):
+            click.echo(line)
+
+
+@store.command("cat")
+@BUILDFILE_OPTION
+@click.argument("digest")
+@handled
+def store_cat(buildfile: Path, digest: str) -> None:
+    """Print a blob (trees, records and descriptions decoded as JSON)."""
+    from buildsys.inspect import cat_object
+
+    with _session(buildfile) as session:
+        data = cat_object(session.store, digest)
+        if isinstance(data, bytes):
+            sys.stdout.buffer.write(data)
+        else:
+            click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@store.command("verify")
+@BUILDFILE_OPTION
+@click.option("--repair", is_flag=True, help="Quarantine corrupt blobs and drop records that reference them.")
+@click.option("--json", "json_output", is_flag=True)
+@handled
+def store_verify(buildfile: Path, repair: bool, json_output: bool) -> None:
+    """Re-hash every blob and check every action record's references."""
+    with _session(buildfile) as session:
+        with session.store.using():
+            report = session.store.verify(repair=repair)
+    if json_output:
+        click.echo(json.dumps(report.__dict__ | {"clean": report.clean}, sort_keys=True))
+    else:
+        click.echo(f"{report.blobs} blobs ({report.bytes} bytes), {report.actions} action records")
+        for item in report.corrupt_blobs:
+            click.echo(f"corrupt blob: {item}")
+        for item in report.bad_actions:
+            click.echo(f"bad action record: {item}")
+        for item in report.bad_refs:
+            click.echo(f"bad ref: {item}")
+        click.echo("clean" if report.clean else "NOT CLEAN" + (" (repaired)" if repair else ""))
+    sys.exit(0 if report.clean else EXIT_STORE)
+
+
+@main.command()
+@BUILDFILE_OPTION
+@click.option("-n", "--dry-run", is_flag=True, help="Report what would be removed.")
+@handled
+def gc(buildfile: Path, dry_run: bool) -> None:
+    """Remove everything not reachable from refs (last builds, pins, approvals)."""
+    from buildsys.inspect import collect_garbage
+
+    with _session(buildfile) as session:
+        report = collect_garbage(session.store, dry_run)
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{verb} {report.freed_bytes} bytes: {report.removed_blobs} blobs, {report.removed_actions} action records; kept {report.kept_blobs} blobs")
+
+
+@main.command()
+@BUILDFILE_OPTION
+@click.option("-n", "--limit", type=int, default=10, show_default=True)
+@click.option("--stage", "stage_id", help="Print the log of TARGET/STAGE from the last build that ran it.")
+@click.option("--json", "json_output", is_flag=True)
+@handled
+def log(buildfile: Path, limit: int, stage_id: str | None, json_output: bool) -> None:
+    """Build records, newest first; or one stage's captured log."""
+    from buildsys.inspect import build_history, stage_log
+
+    with _session(buildfile) as session:
+        if stage_id:
+            sys.stdout.buffer.write(stage_log(session.store, stage_id))
+            return
+        for record in build_history(session.store, limit):
+            if json_output:
+                click.echo(json.dumps(record, sort_keys=True))
+            else:
+                summary = record.get("summary", {})
+                click.echo(
+                    f"{record['started']}  {record['producer'].get('user')}@{record['producer'].get('host')}  "
+                    f"targets={','.join(record['targets'])}  executed={summary.get('executed')} cached={summary.get('cached')} "
+                    f"pulled={summary.get('pulled')} failed={summary.get('failed')}  {summary.get('wall_s')} s"
+                )
+
+
+@main.command()
+@BUILDFILE_OPTION
+@click.argument("target")
+@handled
+def approve(buildfile: Path, target: str) -> None:
+    """Pin TARGET's current gate-stage outputs (renders) as the reference for render regression."""
+    from buildsys.inspect import approve_target
+
+    with _session(buildfile) as session:
+        stages = approve_target(session, session.targets([target])[0])
+    click.echo(f"approved {target}: {', '.join(stages)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Executors run prepared jobs. The local one keeps a pool of reusable worker processes.
+
+The scheduler only hands an executor a :class:`Job` (paths inside a sandbox it prepared) and
+gets a :class:`JobOutcome` back; nothing else is shared, so a cluster executor (Ray) can run
+the same jobs elsewhere with the remote store as the data plane.
+
+Budgets are enforced from outside the worker: wall time by a deadline, memory by sampling the
+worker's resident set (children included). A worker over budget is killed and replaced; its job
+is reported as ``timeout`` or ``memory``, never cached.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import psutil
+
+from buildsys.determinism import worker_environment
+from buildsys.worker import read_frame, write_frame
+
+SAMPLE_INTERVAL_S = 0.05
+ProgressSink = Callable[[str, int, "int | None", str], None]
+
+
+@dataclass
+class Job:
+    action: str
+    recipe: str
+    recipe_path: list[str]
+    stage: str
+    target: str
+    seed: int
+    params: dict[str, Any]
+    mode: str
+    device: str
+    threads: int
+    budget: dict[str, Any]
+    inputs: dict[str, str]
+    model: str | None
+    out: str
+    work: str
+    tmp: str
+    log: str
+
+    def message(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "action"}
+
+
+@dataclass
+class JobOutcome:
+    ok: bool
+    status: str
+    error: str | None = None
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    iterations: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    def run(self, job: Job) -> JobOutcome: ...
+
+    def close(self) -> None: ...
+
+
+class _Worker:
+    def __init__(self, env_key: tuple[str, int]) -> None:
+        mode, threads = env_key
+        self.env_key = env_key
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "buildsys.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=worker_environment(mode, threads),
+            start_new_session=True,
+        )
+        self.ps = psutil.Process(self.process.pid)
+
+    def rss_mb(self) -> float:
+        try:
+            total = self.ps.memory_info().rss
+            for child in self.ps.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            return total / (1 << 20)
+        except psutil.Error:
+            return 0.0
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.close()
+                self.process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.kill()
+
+
+class LocalExecutor:
+    """At most ``slots`` workers; idle ones are reused for jobs with the same environment."""
+
+    def __init__(self, slots: int, on_progress: ProgressSink | None = None) -> None:
+        self.slots = slots
+        self.on_progress = on_progress
+        self._idle: list[_Worker] = []
+        self._busy = 0
+        self._lock = threading.Condition()
+        self.spawned = 0
+
+    def _checkout(self, env_key: tuple[str, int]) -> _Worker:
+        with self._lock:
+            while self._busy >= self.slots:
+                self._lock.wait()
+            self._busy += 1
+            for worker in self._idle:
+                if worker.env_key == env_key and worker.process.poll() is None:
+                    self._idle.remove(worker)
+                    return worker
+            while self._idle and len(self._idle) + self._busy > self.slots:
+                self._idle.pop(0).close()
+        self.spawned += 1
+        return _Worker(env_key)
+
+    def _checkin(self, worker: _Worker | None) -> None:
+        with self._lock:
+            self._busy -= 1
+            if worker is not None and worker.process.poll() is None:
+                self._idle.append(worker)
+            self._lock.notify()
+
+    def run(self, job: Job) -> JobOutcome:
+        worker = self._checkout((job.mode, job.threads))
+        keep: _Worker | None = worker
+        try:
+            outcome = self._drive(worker, job)
+            if outcome.status in ("timeout", "memory", "crash"):
+                worker.kill()
+                keep = None
+            return outcome
+        except BaseException:
+            worker.kill()
+            keep = None
+            raise
+        finally:
+            self._checkin(keep)
+
+    def _drive(self, worker: _Worker, job: Job) -> JobOutcome:
+        started = time.monotonic()
+        try:
+            write_frame(worker.process.stdin, job.message())
+        except (BrokenPipeError, OSError) as exc:
+            return JobOutcome(False, "crash", f"worker did not accept the job: {exc}")
+        stdout = worker.process.stdout
+        deadline = started + job.budget["seconds"] if job.budget.get("seconds") else None
+        memory_cap = job.budget.get("memory_mb")
+        peak = 0.0
+        while True:
+            ready, _, _ = select.select([stdout], [], [], SAMPLE_INTERVAL_S)
+            if memory_cap or not ready:
+                peak = max(peak, worker.rss_mb())
+            elapsed = time.monotonic() - started
+            if memory_cap and peak > memory_cap:
+                return JobOutcome(False, "memory", f"over its memory budget: {peak:.0f} MB > {memory_cap} MB", elapsed, peak_rss_mb=peak)
+            if deadline is not None and time.monotonic() > deadline:
+                return JobOutcome(False, "timeout", f"over its time budget: {elapsed:.1f} s > {job.budget['seconds']} s", elapsed, peak_rss_mb=peak)
+            if not ready:
+                if worker.process.poll() is not None:
+                    return JobOutcome(False, "crash", f"worker died (exit {worker.process.returncode})", elapsed, peak_rss_mb=peak)
+                continue
+            frame = read_frame(stdout)
+            if frame is None:
+                worker.process.wait()
+                return JobOutcome(False, "crash", f"worker died (exit {worker.process.returncode})", elapsed, peak_rss_mb=peak)
+            if "progress" in frame:
+                if self.on_progress:
+                    done, total, message = frame["progress"]
+                    self.on_progress(job.action, done, total, message)
+                continue
+            peak = max(peak, worker.rss_mb())
+            if frame["ok"]:
+                return JobOutcome(True, "ok", None, frame["wall_s"], frame["cpu_s"], peak, frame.get("iterations", 0))
+            return JobOutcome(False, "failed", frame["error"], frame["wall_s"], frame["cpu_s"], peak)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.close()

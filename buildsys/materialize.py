@@ -1,0 +1,73 @@
+"""Materialized outputs: a target's final artifacts copied out of the store for people.
+
+``<outputs>/<target>/<stage>/<path>`` mirrors the stage's output tree. Files are copies, never
+links into the store, so editing or deleting one can never corrupt the store; the next build
+notices (stat cache) and restores it. Each copy gets an mtime one second in the past, so a user
+edit, even within the same clock tick, always changes the mtime and is seen. Stray files in a
+stage's folder are removed: the folder belongs to buildsys.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildsys.hashing import Digest
+from buildsys.statcache import StatCache
+from buildsys.store.local import LocalStore
+
+BACKDATE_NS = 1_000_000_000
+
+
+@dataclass
+class MaterializeReport:
+    written: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    bytes_written: int = 0
+
+
+def materialize_tree(store: LocalStore, tree: Digest, dest: Path, stat_cache: StatCache, report: MaterializeReport) -> None:
+    manifest = store.get_tree(tree)
+    written_before = report.written
+    for rel, entry in manifest.items():
+        path = dest / rel
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and st.st_size == entry.size and stat_cache.lookup(path, st) == entry.digest:
+            report.unchanged += 1
+            continue
+        if st is not None and not os.path.isfile(path):
+            _remove(path)
+        store.copy_blob_to(entry.digest, path, entry.executable)
+        backdated = time.time_ns() - BACKDATE_NS
+        os.utime(path, ns=(backdated, backdated))
+        stat_cache.remember(path, os.stat(path), entry.digest)
+        report.written += 1
+        report.bytes_written += entry.size
+    if dest.is_dir() and report.written > written_before:
+        _prune(dest, set(manifest), stat_cache, report)
+
+
+def _prune(dest: Path, keep: set[str], stat_cache: StatCache, report: MaterializeReport) -> None:
+    for path in sorted(dest.rglob("*"), reverse=True):
+        rel = path.relative_to(dest).as_posix()
+        if path.is_file() or path.is_symlink():
+            if rel not in keep:
+                path.unlink()
+                stat_cache.forget(path)
+                report.removed += 1
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()

@@ -1,0 +1,142 @@
+"""Running one action: sandbox in, executor, outputs into the store.
+
+The sandbox is a fresh directory under the store's ``tmp/`` holding only the action's declared
+inputs (``inputs/NAME/...``) and model (``model/...``), hard-linked read-only from the store, an
+empty ``out/``, a ``work/`` directory that becomes the recipe's working directory and a
+``tmp/``. After the recipe ran, every linked input is checked untouched (a recipe running as
+root can write through a read-only hard link; the store's blob is then quarantined and the
+stage fails), ``out/`` is moved into the store and the result recorded. The log is kept in the
+store whether the stage succeeded or not; a failed stage records nothing in the action cache.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildsys import __version__
+from buildsys.encoding import canonical_bytes
+from buildsys.executor import Executor, Job, JobOutcome
+from buildsys.fingerprint import Fingerprint
+from buildsys.hashing import Digest
+from buildsys.resolver import Resolved
+from buildsys.store.local import LocalStore
+from buildsys.store.records import ActionRecord, ActionResult
+from buildsys.tree import TreeError
+
+
+@dataclass
+class RunOutcome:
+    outcome: JobOutcome
+    result: ActionResult | None
+    log: Digest | None
+
+
+def producer() -> dict[str, str]:
+    """Who made a result: recorded in result and build records, never inside an artifact."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"user": user, "host": socket.gethostname(), "buildsys": __version__}
+
+
+def _link_tree(store: LocalStore, tree: Digest, dest: Path) -> list[tuple[Path, Digest, int, int]]:
+    dest.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for rel, entry in store.get_tree(tree).items():
+        path = dest / rel
+        store.link_blob_to(entry.digest, path)
+        st = path.stat()
+        linked.append((path, entry.digest, st.st_size, st.st_mtime_ns))
+    return linked
+
+
+def run_action(
+    resolved: Resolved,
+    store: LocalStore,
+    executor: Executor,
+    fingerprint: Fingerprint,
+    recipe_path: list[Path],
+    keep_sandbox: bool = False,
+) -> RunOutcome:
+    spec = resolved.spec
+    sandbox = store.make_tmp_dir(f"sbx-{spec.name}-")
+    try:
+        linked = []
+        inputs = {}
+        for name, tree in resolved.inputs.items():
+            folder = sandbox / "inputs" / name
+            linked += _link_tree(store, tree, folder)
+            inputs[name] = str(folder)
+        model_dir = None
+        if resolved.model:
+            model_dir = sandbox / "model"
+            linked += _link_tree(store, resolved.model, model_dir)
+        for sub in ("out", "work", "tmp"):
+            (sandbox / sub).mkdir()
+        log_path = sandbox / "log"
+        job = Job(
+            action=resolved.key,
+            recipe=spec.recipe,
+            recipe_path=[str(p) for p in recipe_path],
+            stage=spec.name,
+            target=spec.target,
+            seed=spec.seed,
+            params=spec.params,
+            mode=spec.mode,
+            device=resolved.device,
+            threads=resolved.threads,
+            budget={"seconds": spec.budget.seconds, "memory_mb": spec.budget.memory_mb, "iterations": spec.budget.iterations},
+            inputs=inputs,
+            model=str(model_dir) if model_dir else None,
+            out=str(sandbox / "out"),
+            work=str(sandbox / "work"),
+            tmp=str(sandbox / "tmp"),
+            log=str(log_path),
+        )
+        outcome = executor.run(job)
+        touched = [(p, d) for p, d, size, mtime in linked if _changed(p, size, mtime)]
+        if touched:
+            for _, digest in touched:
+                store.quarantine_blob(digest)
+            names = ", ".join(str(p.relative_to(sandbox)) for p, _ in touched[:3])
+            outcome = JobOutcome(False, "failed", f"recipe modified its read-only input {names}", outcome.wall_s, outcome.cpu_s, outcome.peak_rss_mb)
+        log = store.put_file(log_path, move=True)[0] if log_path.exists() else None
+        if not outcome.ok:
+            return RunOutcome(outcome, None, log)
+        try:
+            tree, _ = store.ingest_directory(sandbox / "out", move=True)
+        except TreeError as exc:
+            return RunOutcome(JobOutcome(False, "failed", f"bad output: {exc}", outcome.wall_s, outcome.cpu_s, outcome.peak_rss_mb), None, log)
+        result = ActionResult(
+            key=resolved.key,
+            description=store.put_bytes(canonical_bytes(resolved.description)),
+            tree=tree,
+            log=log,
+            metrics={
+                "wall_s": round(outcome.wall_s, 4),
+                "cpu_s": round(outcome.cpu_s, 4),
+                "peak_rss_mb": round(outcome.peak_rss_mb, 1),
+                "iterations": outcome.iterations,
+            },
+            fingerprint=fingerprint.full(resolved.threads),
+            producer=producer(),
+        )
+        store.put_action(ActionRecord(result))
+        return RunOutcome(outcome, result, log)
+    finally:
+        if not keep_sandbox:
+            shutil.rmtree(sandbox, ignore_errors=True)
+
+
+def _changed(path: Path, size: int, mtime_ns: int) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    return st.st_size != size or st.st_mtime_ns != mtime_ns

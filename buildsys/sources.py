@@ -1,0 +1,82 @@
+"""Source inputs: project files (``src:GLOB``) and files shipped in installed packages
+(``pkg:PACKAGE/PATH``), hashed through the stat cache and added to the store as trees.
+
+A source tree holds the matched files under their paths relative to the project root (src) or
+the package's folder (pkg), so the tree, and every key built from it, is the same in any
+checkout on any machine.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from pathlib import Path
+
+from buildsys.errors import SourceChanged
+from buildsys.hashing import Digest
+from buildsys.statcache import StatCache
+from buildsys.store.local import LocalStore
+from buildsys.tree import Entry, Manifest
+
+
+class SourceError(LookupError):
+    """A source reference that matches nothing or cannot be read."""
+
+
+def package_folder(package: str) -> Path:
+    """The folder of an installed top-level package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError(f"no installed package {package!r}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, Path]]:
+    """(relative path inside the tree, file) for every regular file a reference names."""
+    if kind == "pkg":
+        package, _, inner = pattern.partition("/")
+        base = package_folder(package)
+    else:
+        base, inner = project_root, pattern
+    matches = sorted(glob.glob(inner, root_dir=base, recursive=True))
+    files: list[tuple[str, Path]] = []
+    for rel in matches:
+        full = base / rel
+        if full.is_dir():
+            files.extend(
+                (Path(rel, sub).as_posix(), full / sub)
+                for sub in sorted(p.relative_to(full) for p in full.rglob("*") if p.is_file() and not p.is_symlink())
+            )
+        elif full.is_file():
+            files.append((Path(rel).as_posix(), full))
+    if not files:
+        raise SourceError(f"{kind}:{pattern} matches no file (looked in {base})")
+    return files
+
+
+def ingest_files(files: list[tuple[str, Path]], store: LocalStore, stat_cache: StatCache) -> tuple[Digest, Manifest]:
+    """Hash (stat cache first) and add files to the store; returns (tree digest, manifest)."""
+    manifest: Manifest = {}
+    for rel, path in files:
+        digest, size = stat_cache.digest(path)
+        if not store.has_blob(digest):
+            stored, _ = store.put_file(path)
+            if stored != digest:
+                stat_cache.forget(path)
+                raise SourceChanged(f"{path}: changed while it was being read; build again")
+        manifest[rel] = Entry(digest, size, os.access(path, os.X_OK))
+    return store.put_tree(manifest), manifest
+
+
+def ingest_path(path: Path, store: LocalStore, stat_cache: StatCache) -> tuple[Digest, Manifest]:
+    """A file or a whole folder (e.g. a model checkpoint on disk) as a tree."""
+    if path.is_file():
+        return ingest_files([(path.name, path)], store, stat_cache)
+    files = [(p.relative_to(path).as_posix(), p) for p in sorted(path.rglob("*")) if p.is_file() and not p.is_symlink()]
+    if not files:
+        raise SourceError(f"{path}: folder holds no files")
+    return ingest_files(files, store, stat_cache)

@@ -1,0 +1,80 @@
+"""The stat cache: file digests remembered by (device, inode, size, mtime_ns).
+
+An unchanged file is never re-read. Two guards keep it honest. A file whose mtime is within
+``RACY_NS`` of the moment it was hashed is not trusted on the next lookup (it could have been
+written again within the same timestamp tick: git's "racily clean" problem). And a file is
+re-stat'ed after hashing: if it changed while it was read, :class:`SourceChanged` is raised and
+nothing about it is cached.
+
+On disk: ``<store>/statcache``, msgpack ``{path: [dev, ino, size, mtime_ns, hashed_ns, digest]}``,
+rewritten atomically at the end of a build when anything changed. Concurrent builds may each
+rewrite it; the loser's entries are simply hashed again next time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import msgpack
+
+from buildsys.errors import SourceChanged
+from buildsys.hashing import Digest, digest_file
+from buildsys.store.atomic import write_atomic
+
+RACY_NS = 50_000_000
+
+
+def _signature(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+class StatCache:
+    def __init__(self, path: Path, tmp_dir: Path) -> None:
+        self.path = path
+        self.tmp_dir = tmp_dir
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        try:
+            loaded = msgpack.unpackb(path.read_bytes(), raw=False)
+            if isinstance(loaded, dict):
+                self.entries = loaded
+        except (FileNotFoundError, ValueError, msgpack.UnpackException):
+            self.entries = {}
+
+    def lookup(self, path: Path, st: os.stat_result | None = None) -> Digest | None:
+        entry = self.entries.get(str(path))
+        if entry is None:
+            return None
+        st = st or os.stat(path)
+        if entry[:4] != _signature(st) or entry[3] + RACY_NS >= entry[4]:
+            return None
+        return entry[5]
+
+    def remember(self, path: Path, st: os.stat_result, digest: Digest) -> None:
+        self.entries[str(path)] = [*_signature(st), time.time_ns(), digest]
+        self.dirty = True
+
+    def forget(self, path: Path) -> None:
+        if self.entries.pop(str(path), None) is not None:
+            self.dirty = True
+
+    def digest(self, path: Path) -> tuple[Digest, int]:
+        """(digest, size) of a file, from the cache when its stat is unchanged."""
+        st = os.stat(path)
+        cached = self.lookup(path, st)
+        if cached is not None:
+            return cached, st.st_size
+        digest, size = digest_file(path)
+        after = os.stat(path)
+        if _signature(after) != _signature(st) or size != st.st_size:
+            self.forget(path)
+            raise SourceChanged(f"{path}: changed while it was being hashed; nothing was cached, build again")
+        self.remember(path, st, digest)
+        return digest, size
+
+    def save(self) -> None:
+        if self.dirty:
+            write_atomic(self.path, msgpack.packb(self.entries, use_bin_type=True), self.tmp_dir)
+            self.dirty = False

@@ -1,0 +1,131 @@
+"""The worker process: runs recipes, one job at a time, for as long as the build needs it.
+
+Started by :mod:`buildsys.executor` as ``python -m buildsys.worker`` with the scrubbed
+environment of :func:`buildsys.determinism.worker_environment`. Reused across jobs, so a heavy
+import (torch, diffusers) is paid once per worker, not once per stage.
+
+Protocol: frames of a 4-byte big-endian length and a msgpack map. The parent writes job frames
+on the worker's stdin; the worker answers on the file descriptor that was its stdout, with
+``{"progress": [done, total, message]}`` frames and one final ``{"done": ...}`` frame per job.
+While a job runs, fds 1 and 2 point at the job's log file, so whatever a recipe or a library
+prints lands in the log and can never corrupt the protocol.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import struct
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+
+from buildsys.context import Budget, StageContext
+from buildsys.determinism import apply_torch_settings, seed_globals
+
+PROGRESS_INTERVAL_S = 0.2
+
+
+def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:
+    data = msgpack.packb(message, use_bin_type=True)
+    stream.write(struct.pack(">I", len(data)) + data)
+    stream.flush()
+
+
+def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
+    header = stream.read(4)
+    if len(header) < 4:
+        return None
+    (length,) = struct.unpack(">I", header)
+    data = stream.read(length)
+    if len(data) < length:
+        return None
+    return msgpack.unpackb(data, raw=False)
+
+
+class _Progress:
+    def __init__(self, channel: BinaryIO) -> None:
+        self.channel = channel
+        self.last = 0.0
+        self.iterations = 0
+
+    def __call__(self, done: int, total: int | None, message: str) -> None:
+        self.iterations = max(self.iterations, done)
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_INTERVAL_S or (total is not None and done >= total):
+            self.last = now
+            write_frame(self.channel, {"progress": [done, total, message]})
+
+
+def _redirect_output(path: str | None) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def run_job(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
+    for root in reversed(job["recipe_path"]):
+        if root not in sys.path:
+            sys.path.insert(0, root)
+    os.umask(0o022)
+    os.chdir(job["work"])
+    os.environ["TMPDIR"] = job["tmp"]
+    os.environ["HOME"] = job["work"]
+    module_name, function_name = job["recipe"].split(":")
+    module = importlib.import_module(module_name)
+    function = getattr(module, function_name)
+    seed_globals(job["seed"], job["stage"])
+    if "torch" in sys.modules:
+        apply_torch_settings(job["mode"], job["threads"])
+    progress = _Progress(channel)
+    budget = Budget(**job["budget"])
+    context = StageContext(
+        stage=job["stage"],
+        target=job["target"],
+        inputs={name: Path(path) for name, path in job["inputs"].items()},
+        params=job["params"],
+        seed=job["seed"],
+        out=Path(job["out"]),
+        model=Path(job["model"]) if job["model"] else None,
+        budget=budget,
+        mode=job["mode"],
+        device=job["device"],
+        threads=job["threads"],
+        report=progress,
+    )
+    function(context)
+    return {"iterations": progress.iterations}
+
+
+def main() -> None:
+    channel = os.fdopen(os.dup(1), "wb")
+    requests = sys.stdin.buffer
+    _redirect_output(None)
+    while True:
+        job = read_frame(requests)
+        if job is None:
+            return
+        _redirect_output(job["log"])
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        try:
+            extra = run_job(job, channel)
+            reply: dict[str, Any] = {"done": True, "ok": True, **extra}
+        except BaseException as exc:  # everything a recipe raises is reported, never fatal
+            traceback.print_exc()
+            reply = {"done": True, "ok": False, "error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__}
+        reply["wall_s"] = time.perf_counter() - started
+        reply["cpu_s"] = time.process_time() - cpu_started
+        _redirect_output(None)
+        write_frame(channel, reply)
+
+
+if __name__ == "__main__":
+    main()
