@@ -218,11 +218,7 @@ class Builder:
         return reports
 
     def _try_cache(self, sid: str, trees: dict[str, Digest]) -> tuple[StageReport | None, Resolved | None]:
-        spec = self.session.project.stages[sid]
-        try:
-            resolved = self.resolver.resolve(spec, trees)
-        except BuildsysError as exc:
-            return StageReport(sid, FAILED, error=str(exc)), None
+        resolved = self.resolver.resolve(self.session.project.stages[sid], trees)
         result = self.store.lookup(resolved.key)
         if result is not None:
             return self._report(sid, CACHED, result), resolved
@@ -326,11 +322,14 @@ class Builder:
 
     def _materialize(self, target_names: list[str], reports: dict[str, StageReport], out: MaterializeReport) -> None:
         project = self.session.project
-        for name in target_names:
-            for stage in project.targets[name].outputs:
-                report = reports[f"{name}/{stage}"]
-                if report.ok:
-                    materialize_tree(self.store, report.tree, project.outputs / name / stage, self.session.stat_cache, out)
+        # another build of this project may be materializing the same folders: one at a time,
+        # or its pruning would delete the other's half-written temp files
+        with self.store.folder_lock(project.outputs):
+            for name in target_names:
+                for stage in project.targets[name].outputs:
+                    report = reports[f"{name}/{stage}"]
+                    if report.ok:
+                        materialize_tree(self.store, report.tree, project.outputs / name / stage, self.session.stat_cache, out)
 
     def _write_refs(self, target_names: list[str], reports: dict[str, StageReport]) -> None:
         project = self.session.project

@@ -39,6 +39,8 @@ def explain_target(session: Session, target: str) -> list[StageExplanation]:
             explanations.append(StageExplanation(spec.id, "would rebuild", stage.reason, stage.error))
         elif stage.status == "failed":
             explanations.append(StageExplanation(spec.id, "error", [], stage.error))
+        elif entry.get("status") == EXECUTED and entry.get("key") == stage.key and not entry.get("previous"):
+            explanations.append(StageExplanation(spec.id, "first built in the last build"))
         elif entry.get("status") == EXECUTED and entry.get("key") == stage.key:
             old = _description(session, entry.get("previous"))
             new = _description(session, entry.get("description"))

@@ -1,0 +1,65 @@
+"""Shared helpers: write a small project into tmp_path and run the real CLI on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def summary(self) -> dict:
+        """The last line of `build --json`."""
+        return json.loads(self.stdout.strip().splitlines()[-1])
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> CliResult:
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "buildsys", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+class Project:
+    """A throwaway project folder with a Buildfile and files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.buildfile = root / "Buildfile.toml"
+
+    def write(self, rel: str, text: str) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def buildfile_text(self, body: str) -> None:
+        header = f'[project]\nrecipe_path = [".", "{REPO}", "{TESTS}"]\njobs = 2\n\n'
+        self.write("Buildfile.toml", header + textwrap.dedent(body))
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> CliResult:
+        return run_cli(*args, "-f", str(self.buildfile), cwd=self.root, env=env)
+
+    def build(self, *targets: str, env: dict[str, str] | None = None) -> CliResult:
+        return self.cli("build", "--json", *targets, env=env)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path)

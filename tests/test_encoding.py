@@ -1,0 +1,68 @@
+"""Canonical encoding and action keys are the same bytes on every machine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from buildsys.action import action_key, changed_components, describe
+from buildsys.encoding import EncodingError, canonical_bytes, decode
+
+GOLDEN_DESCRIPTION = describe(
+    stage="finalize",
+    recipe="recipes.finalize:finalize",
+    code="a" * 64,
+    inputs={"mesh": "b" * 64, "field": "c" * 64},
+    params={"faces": 5000, "ratio": 0.25, "prompt": "a red chair", "flags": [True, None, -3]},
+    seed=7,
+    model="d" * 64,
+    fingerprint={"torch": "2.13.0+cpu", "threads": "2"},
+    mode="deterministic",
+    device="cpu",
+    iterations=150,
+)
+# Committed once; any change to the encoding, the description layout or BLAKE3 use breaks it,
+# and with it every cache shared between machines.
+GOLDEN_KEY = "96c11b387be9f081907082d7d77bdd224658861ff6819d884ac17d791eb0fa49"
+
+
+def test_golden_action_key():
+    assert action_key(GOLDEN_DESCRIPTION) == GOLDEN_KEY
+
+
+def test_map_order_does_not_matter():
+    a = {"b": 1, "a": {"y": 2, "x": [1, 2]}}
+    b = {"a": {"x": [1, 2], "y": 2}, "b": 1}
+    assert canonical_bytes(a) == canonical_bytes(b)
+
+
+def test_tuples_encode_as_lists_and_round_trip():
+    assert canonical_bytes({"t": (1, "x")}) == canonical_bytes({"t": [1, "x"]})
+    assert decode(canonical_bytes({"t": (1, "x"), "f": 0.5})) == {"t": [1, "x"], "f": 0.5}
+
+
+def test_floats_are_always_float64():
+    assert canonical_bytes(0.5)[0] == 0xCB
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ({"x": math.nan}, "$.x"),
+        ({"x": [1, math.inf]}, "$.x[1]"),
+        ({"x": {1, 2}}, "set"),
+        ({1: "non-string key"}, "keys must be strings"),
+        ({"x": object()}, "object"),
+        ({"x": 2**70}, "64 bits"),
+    ],
+)
+def test_values_without_canonical_form_are_refused(value, fragment):
+    with pytest.raises(EncodingError, match=fragment.replace("$", r"\$").replace("[", r"\[").replace("]", r"\]")):
+        canonical_bytes(value)
+
+
+def test_changed_components_names_leaf_paths():
+    old = dict(GOLDEN_DESCRIPTION)
+    new = {**old, "params": {**old["params"], "faces": 4000}, "fingerprint": {**old["fingerprint"], "torch": "2.14"}}
+    assert changed_components(old, new) == [("fingerprint.torch", "2.13.0+cpu", "2.14"), ("params.faces", 5000, 4000)]

@@ -1,0 +1,53 @@
+"""`buildsys --help` and a no-op build import none of the heavy libraries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import Project
+
+HEAVY = ("torch", "diffusers", "pymeshlab", "transformers", "trimesh", "xatlas", "skimage")
+
+PROBE = """
+import sys
+from buildsys.cli import main
+try:
+    main({args!r}, standalone_mode=False)
+except SystemExit as exit:
+    assert not exit.code, exit.code
+print(" ".join(sorted(m for m in {heavy!r} if m in sys.modules)) or "-")
+"""
+
+
+def _heavy_after(args: list[str], cwd) -> str:
+    out = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], cwd=cwd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_help_imports_nothing_heavy(tmp_path):
+    assert _heavy_after(["--help"], tmp_path) == "-"
+
+
+def test_noop_build_of_torch_stages_imports_nothing_heavy(project: Project):
+    project.write("mr/__init__.py", "")
+    project.write("mr/heavy.py", '''
+        from buildsys.context import StageContext
+
+        def run(ctx: StageContext) -> None:
+            import torch
+
+            gen = ctx.torch_generator("noise")
+            torch.save(torch.randn(4, generator=gen), ctx.out / "noise.pt")
+    ''')
+    project.buildfile_text('''
+        [targets.t.stages.noise]
+        recipe = "mr.heavy:run"
+        fingerprint = ["torch", "cuda", "gpu", "blas"]
+    ''')
+    first = project.build()
+    assert first.code == 0, first.stderr
+    assert first.summary["executed"] == 1
+    assert _heavy_after(["build", "-f", str(project.buildfile), "--json"], project.root) == "-"
+    assert _heavy_after(["plan", "-f", str(project.buildfile)], project.root) == "-"
