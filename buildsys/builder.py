@@ -46,6 +46,7 @@ class StageReport:
     tree: Digest | None = None
     log: Digest | None = None
     error: str | None = None
+    outcome: str | None = None  # why a failed stage failed: failed, timeout, memory, crash
     wall_s: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] | None = None
@@ -68,6 +69,7 @@ class BuildReport:
     record: Digest | None = None
     remote: dict[str, Any] | None = None
     wall_s: float = 0.0
+    workers_started: int = 0
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.stages.values() if s.status == status)
@@ -85,12 +87,16 @@ class BuildReport:
             "failed": self.count(FAILED),
             "blocked": self.count(BLOCKED) + self.count(SKIPPED),
             "review": sorted(t for t, v in self.targets.items() if v == "review"),
+            "failures": {
+                sid: {"status": s.outcome or FAILED, "error": s.error} for sid, s in self.stages.items() if s.status == FAILED
+            },
             "gate_failures": {
                 sid: s.gate.get("failures", []) for sid, s in self.stages.items() if s.gate and not s.gate.get("passed", False)
             },
             "remote": self.remote,
             "record": self.record,
             "wall_s": round(self.wall_s, 3),
+            "workers_started": self.workers_started,
             "exit_code": self.exit_code,
         }
 
@@ -165,7 +171,10 @@ class Builder:
                 if self.materialize:
                     self._materialize(target_names, reports, materialized)
                 self._write_refs(target_names, reports)
-            report = BuildReport(targets, reports, materialized, remote=self._remote_stats(), wall_s=time.time() - started)
+            report = BuildReport(
+                targets, reports, materialized, remote=self._remote_stats(), wall_s=time.time() - started,
+                workers_started=getattr(self._executor, "spawned", 0),
+            )
             if self.execute:
                 report.record = self._record(target_names, report, started)
         return report
@@ -255,7 +264,10 @@ class Builder:
             run = run_action(resolved, self.store, self._executor_for_build(), self.session.fingerprint, self.session.project.recipe_path)
         if run.result is None:
             status = FAILED
-            return StageReport(sid, status, key=resolved.key, log=run.log, error=f"{run.outcome.status}: {run.outcome.error}", wall_s=run.outcome.wall_s)
+            return StageReport(
+                sid, status, key=resolved.key, log=run.log, error=f"{run.outcome.status}: {run.outcome.error}",
+                outcome=run.outcome.status, wall_s=run.outcome.wall_s,
+            )
         if self.remote is not None:
             self.remote.push_action(resolved.key)
         return self._report(sid, EXECUTED, run.result)

@@ -1,0 +1,94 @@
+"""The stat cache: unchanged files are never re-read, racy edits are never trusted, and big
+checkpoints are hashed in bounded memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from buildsys.hashing import digest_bytes
+from buildsys.statcache import RACY_NS, StatCache
+from conftest import Project
+
+
+def test_racily_clean_entry_is_not_trusted(tmp_path):
+    cache = StatCache(tmp_path / "statcache", tmp_path)
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"aaaa")
+    st = os.stat(path)
+    assert cache.digest(path)[0] == digest_bytes(b"aaaa")
+    path.write_bytes(b"bbbb")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.digest(path)[0] == digest_bytes(b"bbbb"), "same size and mtime within the racy window must be re-hashed"
+
+
+def test_settled_entry_is_trusted_and_persisted(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"aaaa")
+    old = time.time_ns() - 10 * RACY_NS
+    os.utime(path, ns=(old, old))
+    cache = StatCache(tmp_path / "statcache", tmp_path)
+    digest = cache.digest(path)[0]
+    cache.save()
+    reloaded = StatCache(tmp_path / "statcache", tmp_path)
+    assert reloaded.lookup(path) == digest
+    path.write_bytes(b"bbbbb")
+    assert reloaded.lookup(path) is None
+
+
+READ_PROBE = """
+import sys
+from buildsys.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+except SystemExit as exit:
+    assert not exit.code, exit.code
+io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
+print(io["rchar"])
+"""
+
+
+def test_noop_build_does_not_reread_a_large_checkpoint(project: Project):
+    model = project.root / "models/big.safetensors"
+    model.parent.mkdir()
+    with open(model, "wb") as handle:
+        handle.write(os.urandom(1 << 20) * 64)
+    old = time.time_ns() - 10**10
+    os.utime(model, ns=(old, old))
+    project.write("mr/__init__.py", "")
+    project.write("mr/size.py", '''
+        def run(ctx):
+            (ctx.out / "size.txt").write_text(str(sum(p.stat().st_size for p in ctx.model.rglob("*"))))
+    ''')
+    project.buildfile_text('''
+        [models.big]
+        path = "models/big.safetensors"
+        [targets.t.stages.use]
+        recipe = "mr.size:run"
+        model = "big"
+    ''')
+    assert project.build().code == 0
+    args = ["build", "-f", str(project.buildfile), "--json"]
+    out = subprocess.run([sys.executable, "-c", READ_PROBE, *args], cwd=project.root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip().splitlines()[-1]) < 8 << 20, "a no-op build read the 64 MiB checkpoint again"
+
+
+MEMORY_PROBE = """
+import resource, sys
+from buildsys.hashing import digest_file
+digest_file(sys.argv[1])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_large_file_hashing_uses_bounded_memory(tmp_path):
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as handle:
+        block = os.urandom(1 << 20)
+        for _ in range(256):
+            handle.write(block)
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path)], capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 128 * 1024, "peak RSS (KiB) while hashing 256 MiB"

@@ -1,0 +1,57 @@
+"""Workers: reused across stages, thread counts fixed, strict mode independent of threads."""
+
+from __future__ import annotations
+
+import hashlib
+
+from conftest import Project
+
+TORCH_RECIPE = '''
+import torch
+from buildsys.context import StageContext
+
+def conv(ctx: StageContext) -> None:
+    gen = ctx.torch_generator("data")
+    image = torch.randn(1, 8, 48, 48, generator=gen)
+    weight = torch.randn(16, 8, 3, 3, generator=gen)
+    out = torch.nn.functional.conv2d(image, weight, padding=1)
+    out = torch.nn.functional.conv2d(out, torch.randn(8, 16, 3, 3, generator=gen), padding=1)
+    (ctx.out / "conv.bin").write_bytes(out.numpy().tobytes())
+    (ctx.out / "threads.txt").write_text(f"{torch.get_num_threads()} {torch.are_deterministic_algorithms_enabled()}")
+'''
+
+
+def test_workers_are_reused_across_stages(project: Project):
+    stages = "\n".join(
+        f'[targets.t.stages.s{i}]\nrecipe = "recipes.files:copy"\ninputs = {{ src = "src:data/{i}.txt" }}\n' for i in range(8)
+    )
+    for i in range(8):
+        project.write(f"data/{i}.txt", str(i))
+    project.buildfile_text(stages)
+    result = project.build()
+    assert result.code == 0, result.stderr
+    assert result.summary["executed"] == 8
+    assert 1 <= result.summary["workers_started"] <= 2
+
+
+def _conv_bytes(project: Project, threads: int, mode: str) -> tuple[str, str]:
+    project.write("mr/__init__.py", "")
+    project.write("mr/conv.py", TORCH_RECIPE)
+    project.buildfile_text(f'''
+        [targets.t.stages.conv]
+        recipe = "mr.conv:conv"
+        mode = "{mode}"
+    ''')
+    text = project.buildfile.read_text().replace("jobs = 2", f'jobs = 1\nthreads = {threads}\nstore = "store-{threads}"\noutputs = "out-{threads}"')
+    project.buildfile.write_text(text)
+    result = project.build()
+    assert result.code == 0, result.stderr
+    out = project.root / f"out-{threads}/t/conv"
+    return hashlib.sha256((out / "conv.bin").read_bytes()).hexdigest(), (out / "threads.txt").read_text()
+
+
+def test_strict_mode_is_independent_of_the_thread_count(project: Project):
+    one, info_one = _conv_bytes(project, 1, "strict")
+    two, info_two = _conv_bytes(project, 2, "strict")
+    assert info_one == "1 True" and info_two == "2 True"
+    assert one == two
