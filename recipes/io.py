@@ -1,0 +1,108 @@
+"""``import_mesh``: bring an external mesh (OBJ, PLY, GLB/glTF, STL) into the pipeline as a
+canonical binary PLY (``mesh.ply``: vertices welded by position, canonical order, vertex colours
+when the source has them or has a readable texture) plus ``import.json``.
+
+Params: ``normalize`` ("none" keeps coordinates; "unit" centres the bounding box at the origin
+and scales its longest half-extent to 1), ``colors`` (keep colours, default true),
+``file`` (which file of the input to read when it holds several meshes).
+Bad input raises RecipeError naming the file and the problem: empty, unreadable, no faces,
+NaN/infinite coordinates, face indices out of range.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from buildsys.context import RecipeError, StageContext
+from recipes.meshio import Mesh, canonical_mesh, write_ply
+
+MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".stl")
+
+
+def load_external(path: Path, keep_colors: bool = True) -> Mesh:
+    """Read one mesh file with trimesh (scenes are concatenated); validate it."""
+    import trimesh
+
+    if path.stat().st_size == 0:
+        raise RecipeError(f"{path}: file is empty")
+    try:
+        loaded = trimesh.load(str(path), force="mesh", process=False, skip_materials=not keep_colors)
+    except Exception as exc:  # trimesh's loaders raise many unrelated types on corrupt files
+        raise RecipeError(f"{path}: cannot read as {path.suffix[1:].upper()} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(loaded, trimesh.Trimesh):
+        raise RecipeError(f"{path}: holds no triangle mesh (got {type(loaded).__name__})")
+    vertices = np.asarray(loaded.vertices, np.float64)
+    faces = np.asarray(loaded.faces, np.int64)
+    if faces.ndim != 2 or len(faces) == 0:
+        raise RecipeError(f"{path}: mesh has no faces (zero triangles, {len(vertices)} vertices)")
+    if not np.isfinite(vertices).all():
+        bad = int((~np.isfinite(vertices)).any(axis=1).sum())
+        raise RecipeError(f"{path}: {bad} vertices have NaN or infinite coordinates")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise RecipeError(f"{path}: face indices out of range [0, {len(vertices)})")
+    colors = _vertex_colors(loaded) if keep_colors else None
+    return Mesh(vertices, faces, colors)
+
+
+def _vertex_colors(mesh) -> np.ndarray | None:
+    visual = mesh.visual
+    try:
+        if visual.kind == "texture":
+            material = getattr(visual, "material", None)
+            image = getattr(material, "image", None) or getattr(material, "baseColorTexture", None)
+            if image is None or visual.uv is None:
+                return None
+            visual = visual.to_color()
+        if visual.kind == "vertex":
+            colors = np.asarray(visual.vertex_colors)[:, :3]
+            return colors.astype(np.uint8) if len(colors) == len(mesh.vertices) else None
+    except Exception:  # a broken texture is not worth failing an import over: geometry only
+        return None
+    return None
+
+
+def normalize_unit(mesh: Mesh) -> Mesh:
+    v = mesh.vertices.astype(np.float64)
+    lo, hi = v.min(axis=0), v.max(axis=0)
+    half = float((hi - lo).max()) / 2.0
+    return Mesh((v - (lo + hi) / 2.0) / (half if half > 0 else 1.0), mesh.faces, mesh.colors)
+
+
+def import_mesh(ctx: StageContext) -> None:
+    files = ctx.input_files("mesh", MESH_SUFFIXES)
+    wanted = ctx.param("file", None, str)
+    root = ctx.input_dir("mesh")
+    if wanted is not None:
+        files = [f for f in files if f.relative_to(root).as_posix() == wanted]
+    if len(files) != 1:
+        names = [f.relative_to(root).as_posix() for f in files]
+        raise RecipeError(
+            f"stage {ctx.stage!r}: input 'mesh' must hold one mesh file ({'/'.join(MESH_SUFFIXES)}), "
+            f"found {names}; set params.file to pick one"
+        )
+    path = files[0]
+    normalize = ctx.param("normalize", "none", str)
+    if normalize not in ("none", "unit"):
+        raise RecipeError(f"stage {ctx.stage!r}: params.normalize must be 'none' or 'unit', got {normalize!r}")
+    mesh = load_external(path, keep_colors=ctx.param("colors", True, bool))
+    source_vertices, source_faces = len(mesh.vertices), len(mesh.faces)
+    if normalize == "unit":
+        mesh = normalize_unit(mesh)
+    mesh = canonical_mesh(mesh)
+    if len(mesh.faces) == 0:
+        raise RecipeError(f"{path}: every face is degenerate (zero faces after welding)")
+    write_ply(ctx.out / "mesh.ply", mesh)
+    info = {
+        "source": path.relative_to(root).as_posix(),
+        "source_vertices": source_vertices,
+        "source_faces": source_faces,
+        "vertices": int(len(mesh.vertices)),
+        "faces": int(len(mesh.faces)),
+        "colors": mesh.colors is not None,
+        "normalize": normalize,
+    }
+    (ctx.out / "import.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    ctx.progress(1, 1, f"{info['faces']} faces")
