@@ -1,0 +1,243 @@
+"""Remote cache throughput: buildsys push/pull next to a plain client moving the same bytes.
+
+Workloads: one large blob (``--large-mib``, default 1024) and many small blobs
+(``--small-count`` x ``--small-kib``, default 10,000 x 4 KiB), against nginx WebDAV, moto's
+S3 server and a shared folder, all on loopback, started here. Plain clients: curl (``-T`` /
+``-o``; ``--parallel`` for many files), boto3 ``upload_file``/``download_file`` (a thread pool
+for many files), ``cp``. buildsys does more work than the plain client: existence checks
+before upload, a re-hash before upload and after download, fsync and atomic rename into the
+store. Prints a markdown table for BENCHMARKS.md.
+
+    .venv/bin/python bench/remote_throughput.py --large-mib 256 --small-count 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from buildsys.config import RemoteSettings  # noqa: E402
+from buildsys.remote import open_remote  # noqa: E402
+from buildsys.remote.cache import RemoteCache  # noqa: E402
+from buildsys.signing import TrustedKeys  # noqa: E402
+from buildsys.store import LocalStore  # noqa: E402
+from tests.remote_servers import MotoServer, NginxServer  # noqa: E402
+
+MiB = 1 << 20
+
+
+@dataclass
+class Row:
+    backend: str
+    workload: str
+    direction: str
+    nbytes: int
+    ours_s: float
+    plain_s: float
+    plain_name: str
+
+    def line(self) -> str:
+        ours = self.nbytes / MiB / self.ours_s
+        plain = self.nbytes / MiB / self.plain_s
+        return (
+            f"| {self.backend} | {self.workload} | {self.direction} | {ours:,.1f} | {self.ours_s:.2f} "
+            f"| {plain:,.1f} | {self.plain_s:.2f} | {self.plain_name} | {ours / plain:.2f} |"
+        )
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise SystemExit(f"{cmd[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
+
+
+def check(ok: bool, what: str) -> None:
+    if not ok:
+        raise SystemExit(f"benchmark step failed: {what}")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.src = LocalStore(work / "src")
+        self.rows: list[Row] = []
+        self.large, self.small = self._make_blobs()
+        self.large_bytes = args.large_mib * MiB
+        self.small_bytes = args.small_count * args.small_kib * 1024
+
+    def _make_blobs(self) -> tuple[str, list[str]]:
+        path = self.work / "large.tmp"
+        with open(path, "wb") as out:
+            for _ in range(self.args.large_mib):
+                out.write(os.urandom(MiB))
+        large, _ = self.src.put_file(path, move=True)
+        small = [self.src.put_bytes(os.urandom(self.args.small_kib * 1024)) for _ in range(self.args.small_count)]
+        return large, small
+
+    def cache(self, url: str, settings: RemoteSettings, store: LocalStore) -> RemoteCache:
+        remote = open_remote(url, settings)
+        return RemoteCache(store, remote, TrustedKeys(), None, False, self.args.parallel, lambda m: print("warning:", m, file=sys.stderr))
+
+    def ours(self, name: str, url: str, settings: RemoteSettings) -> tuple[float, float, float, float]:
+        push = self.cache(url, settings, self.src)
+        t_large_up = timed(lambda: check(push.push_blobs([self.large]), "push large"))
+        t_small_up = timed(lambda: check(push.push_blobs(self.small), "push small"))
+        push.close()
+        dst = LocalStore(self.work / f"dst-{name}")
+        pull = self.cache(url, settings, dst)
+        t_large_down = timed(lambda: check(self.large in pull.pull_blobs([self.large]), "pull large"))
+        t_small_down = timed(lambda: check(len(pull.pull_blobs(self.small)) == len(self.small), "pull small"))
+        pull.close()
+        shutil.rmtree(dst.root)
+        return t_large_up, t_large_down, t_small_up, t_small_down
+
+    def record(self, backend: str, ours: tuple[float, ...], plain: tuple[float, ...], plain_name: str) -> None:
+        large, small = f"1 x {self.args.large_mib} MiB", f"{self.args.small_count:,} x {self.args.small_kib} KiB"
+        for (workload, direction, nbytes), o, p in zip(
+            [(large, "push", self.large_bytes), (large, "pull", self.large_bytes), (small, "push", self.small_bytes), (small, "pull", self.small_bytes)],
+            ours,
+            plain,
+        ):
+            self.rows.append(Row(backend, workload, direction, nbytes, o, p, plain_name))
+            print(self.rows[-1].line(), flush=True)
+
+    # backends ------------------------------------------------------------------------------
+
+    def http(self, nginx: NginxServer) -> None:
+        base = f"{nginx.url}/cache"
+        ours = self.ours("http", f"{base}/ours", RemoteSettings(parallel=self.args.parallel))
+        plain_url = f"{base}/plain"
+        out = self.work / "curl-out"
+        out.mkdir()
+        p = str(self.args.parallel)
+        large_path = str(self.src.blob_path(self.large))
+        t1 = timed(lambda: run(["curl", "-sS", "-f", "-T", large_path, f"{plain_url}/large"]))
+        t2 = timed(lambda: run(["curl", "-sS", "-f", "-o", str(out / "large"), f"{plain_url}/large"]))
+        up_cfg, down_cfg = self.work / "up.curl", self.work / "down.curl"
+        up_cfg.write_text("".join(f'upload-file = "{self.src.blob_path(d)}"\nurl = "{plain_url}/cas/{d}"\n' for d in self.small))
+        down_cfg.write_text("".join(f'url = "{plain_url}/cas/{d}"\noutput = "{out / d}"\n' for d in self.small))
+        t3 = timed(lambda: run(["curl", "-sS", "-f", "--parallel", "--parallel-max", p, "-K", str(up_cfg)]))
+        t4 = timed(lambda: run(["curl", "-sS", "-f", "--parallel", "--parallel-max", p, "-K", str(down_cfg)]))
+        check(len(os.listdir(out)) == len(self.small) + 1, "curl downloads")
+        shutil.rmtree(out)
+        shutil.rmtree(nginx.root / "cache")
+        self.record("http (nginx WebDAV)", ours, (t1, t2, t3, t4), f"curl, --parallel-max {p}")
+
+    def s3(self, moto: MotoServer) -> None:
+        client = moto.client()
+        client.create_bucket(Bucket="bench")
+        settings = RemoteSettings(parallel=self.args.parallel, s3_endpoint_url=moto.url, s3_region="us-east-1")
+        ours = self.ours("s3", "s3://bench/ours", settings)
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+        import boto3
+
+        client = boto3.client(
+            "s3", endpoint_url=moto.url, region_name="us-east-1", config=Config(max_pool_connections=2 * self.args.parallel)
+        )
+        transfer = TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=max(2, self.args.parallel // 2))
+        out = self.work / "boto-out"
+        out.mkdir()
+        large_path = str(self.src.blob_path(self.large))
+        t1 = timed(lambda: client.upload_file(large_path, "bench", "plain/large", Config=transfer))
+        t2 = timed(lambda: client.download_file("bench", "plain/large", str(out / "large"), Config=transfer))
+        with ThreadPoolExecutor(self.args.parallel) as pool:
+            t3 = timed(lambda: list(pool.map(lambda d: client.upload_file(str(self.src.blob_path(d)), "bench", f"plain/cas/{d}"), self.small)))
+            t4 = timed(lambda: list(pool.map(lambda d: client.download_file("bench", f"plain/cas/{d}", str(out / d)), self.small)))
+        shutil.rmtree(out)
+        self.record("s3 (moto server)", ours, (t1, t2, t3, t4), f"boto3, {self.args.parallel} threads")
+
+    def folder(self) -> None:
+        share = self.work / "share"
+        share.mkdir()
+        ours = self.ours("file", f"file://{share}", RemoteSettings(parallel=self.args.parallel))
+        plain = self.work / "plain-share"
+        back = self.work / "plain-back"
+        plain.mkdir()
+        back.mkdir()
+        large_path = str(self.src.blob_path(self.large))
+        small_paths = "\n".join(str(self.src.blob_path(d)) for d in self.small)
+        t1 = timed(lambda: run(["cp", large_path, str(plain / "large")]))
+        t2 = timed(lambda: run(["cp", str(plain / "large"), str(back / "large")]))
+        (plain / "cas").mkdir()
+        (back / "cas").mkdir()
+        xargs = ["xargs", "-P", str(self.args.parallel), "-n", "500", "cp", "-t"]
+        t3 = timed(lambda: subprocess.run(xargs + [str(plain / "cas")], input=small_paths, text=True, check=True))
+        copied = "\n".join(str(plain / "cas" / d) for d in self.small)
+        t4 = timed(lambda: subprocess.run(xargs + [str(back / "cas")], input=copied, text=True, check=True))
+        for path in (share, plain, back):
+            subprocess.run(["chmod", "-R", "u+w", str(path)], check=True)
+            shutil.rmtree(path)
+        self.record("file (local folder)", ours, (t1, t2, t3, t4), "cp (xargs -P for many)")
+
+    def table(self) -> str:
+        head = (
+            "| backend | workload | direction | buildsys MiB/s | buildsys s | plain MiB/s | plain s | plain client | ratio |\n"
+            "|---|---|---|---:|---:|---:|---:|---|---:|"
+        )
+        return "\n".join([head] + [row.line() for row in self.rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--large-mib", type=int, default=1024)
+    parser.add_argument("--small-count", type=int, default=10_000)
+    parser.add_argument("--small-kib", type=int, default=4)
+    parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--backends", default="http,s3,file")
+    parser.add_argument("--workdir", type=Path, default=None, help="Scratch space (default: a temp dir).")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="buildsys-bench-", dir=args.workdir))
+    servers: list = []
+    try:
+        bench = Bench(args, work)
+        print(f"# blobs ready in {work}; nproc={os.cpu_count()} parallel={args.parallel}", flush=True)
+        for backend in args.backends.split(","):
+            if backend == "http":
+                nginx = NginxServer(work / "nginx", workers=2).start()
+                servers.append(nginx)
+                bench.http(nginx)
+            elif backend == "s3":
+                for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
+                    os.environ.setdefault(name, value)
+                moto = MotoServer().start(work / "moto.log")
+                servers.append(moto)
+                try:
+                    bench.s3(moto)
+                except SystemExit:
+                    print((work / "moto.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+                    raise
+                moto.stop()
+            elif backend == "file":
+                bench.folder()
+            else:
+                raise SystemExit(f"unknown backend {backend!r}")
+        print()
+        print(bench.table())
+    finally:
+        for server in servers:
+            server.stop()
+        subprocess.run(["chmod", "-R", "u+w", str(work)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

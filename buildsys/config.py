@@ -1,0 +1,251 @@
+"""User configuration and remote settings.
+
+The user config is TOML at ``$BUILDSYS_CONFIG``, else ``$XDG_CONFIG_HOME/buildsys/config.toml``
+(``~/.config/buildsys/config.toml``). This module owns three tables and ignores any other::
+
+    [remote]
+    url = "https://cache.example:8080/buildsys"   # file:///mnt/cache, http(s)://..., s3://bucket/prefix
+    read_only = false
+    username = "ci"                 # HTTP basic auth user; for s3: the access key id
+    password_env = "CACHE_PASSWORD" # name of the env var holding the password / s3 secret key
+    timeout_s = 5.0                 # connect and per-read timeout of one request
+    retries = 2                     # extra tries of a request that failed transiently
+    parallel = 8                    # concurrent transfers (and HTTP connection pool size)
+    zstd = false                    # http only: store blobs zstd-compressed under cas.zst/
+    s3_endpoint_url = "http://127.0.0.1:9000"   # S3-compatible servers (minio, moto)
+    s3_region = "us-east-1"
+
+    [signing]
+    key = "alice-2025"              # signs pushed action records; file <keys dir>/<name>.key
+
+    [trust]
+    keys = { ci-2025 = "base64 public key", alice-2025 = "..." }
+
+Remote settings are layered, later layers winning field by field: defaults, the Buildfile's
+``[remote]`` table (project-wide: where the team's cache is), the user config's ``[remote]``
+(this machine: credentials, read-only), then the ``--remote URL`` flag. An empty ``url``
+("" in any layer or ``--remote ''``) turns the remote off. Every error names the file and field.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration file or table is invalid; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """How to reach the remote cache. ``None`` means "not set in this layer"."""
+
+    url: str | None = None
+    read_only: bool | None = None
+    username: str | None = None
+    password_env: str | None = None
+    timeout_s: float | None = None
+    retries: int | None = None
+    parallel: int | None = None
+    zstd: bool | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
+    """field name -> where its value came from (file and table), for error messages."""
+
+    def merge(self, override: "RemoteSettings") -> "RemoteSettings":
+        """These settings with every field that ``override`` sets replaced by its value."""
+        changes: dict[str, Any] = {}
+        origins = dict(self.origins)
+        for name in FIELDS:
+            value = getattr(override, name)
+            if value is not None:
+                changes[name] = value
+                origins[name] = override.origins.get(name, "override")
+        return dataclasses.replace(self, **changes, origins=origins)
+
+    def resolved(self) -> "RemoteSettings":
+        """Every unset field filled with its default."""
+        return RemoteSettings(**{**DEFAULTS, **{n: getattr(self, n) for n in FIELDS if getattr(self, n) is not None}}, origins=dict(self.origins))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    def where(self, name: str) -> str:
+        return self.origins.get(name, "defaults")
+
+    def password(self) -> str | None:
+        """The password from the environment variable named by ``password_env``."""
+        if not self.password_env:
+            return None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise ConfigError(f"{self.where('password_env')}: field 'password_env': environment variable {self.password_env} is not set")
+        return value
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str) -> "RemoteSettings":
+        """Validate a ``[remote]`` table (from a Buildfile or the user config). ``where`` names
+        the file for messages, e.g. ``"Buildfile.toml"``."""
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: [remote] must be a table")
+        values: dict[str, Any] = {}
+        for name, value in table.items():
+            if name not in FIELDS:
+                raise ConfigError(f"{where}: [remote] unknown field {name!r} (known: {', '.join(FIELDS)})")
+            values[name] = _check_field(name, value, f"{where}: [remote] field {name!r}")
+        return cls(**values, origins={name: f"{where} [remote]" for name in values})
+
+
+DEFAULTS: dict[str, Any] = {
+    "url": None,
+    "read_only": False,
+    "username": None,
+    "password_env": None,
+    "timeout_s": 5.0,
+    "retries": 2,
+    "parallel": 8,
+    "zstd": False,
+    "s3_endpoint_url": None,
+    "s3_region": None,
+}
+FIELDS = tuple(DEFAULTS)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _check_field(name: str, value: Any, where: str) -> Any:
+    if name in ("read_only", "zstd"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if name == "timeout_s":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+            raise ConfigError(f"{where}: expected a number of seconds in (0, 3600], got {value!r}")
+        return float(value)
+    if name in ("retries", "parallel"):
+        low, high = (0, 10) if name == "retries" else (1, 256)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{where}: expected an integer in [{low}, {high}], got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if name == "password_env" and not _ENV_NAME.match(value):
+        raise ConfigError(f"{where}: {value!r} is not an environment variable name")
+    if name == "url" and value and not re.match(r"^(file|https?|s3)://", value):
+        raise ConfigError(f"{where}: {value!r} is not a file://, http(s):// or s3:// URL")
+    return value
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """The parts of the user config that this module owns."""
+
+    path: Path | None
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
+    signing_key: str | None = None
+    trusted: dict[str, str] = field(default_factory=dict)
+    """key name -> base64 Ed25519 public key (32 bytes)."""
+
+
+def config_path() -> Path:
+    explicit = os.environ.get("BUILDSYS_CONFIG")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "buildsys" / "config.toml"
+
+
+def keys_dir() -> Path:
+    explicit = os.environ.get("BUILDSYS_KEYS_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "buildsys" / "keys"
+
+
+def load_user_config(path: Path | None = None) -> UserConfig:
+    """Read the user config. A missing default file is an empty config; a missing file named
+    by ``$BUILDSYS_CONFIG`` (or ``path``) is an error."""
+    explicit = path is not None or bool(os.environ.get("BUILDSYS_CONFIG"))
+    path = path or config_path()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{path}: config file does not exist") from None
+        return UserConfig(path=None)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    remote = RemoteSettings.from_table(raw.get("remote", {}), str(path))
+    return UserConfig(path=path, remote=remote, signing_key=_signing_key(raw, path), trusted=_trusted(raw, path))
+
+
+def _signing_key(raw: dict[str, Any], path: Path) -> str | None:
+    table = raw.get("signing", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [signing] must be a table")
+    for name in table:
+        if name != "key":
+            raise ConfigError(f"{path}: [signing] unknown field {name!r} (known: key)")
+    name = table.get("key")
+    if name is not None and (not isinstance(name, str) or not KEY_NAME.match(name)):
+        raise ConfigError(f"{path}: [signing] field 'key': {name!r} is not a key name (letters, digits, . _ -)")
+    return name
+
+
+def _trusted(raw: dict[str, Any], path: Path) -> dict[str, str]:
+    table = raw.get("trust", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [trust] must be a table")
+    for name in table:
+        if name != "keys":
+            raise ConfigError(f"{path}: [trust] unknown field {name!r} (known: keys)")
+    keys = table.get("keys", {})
+    if not isinstance(keys, dict):
+        raise ConfigError(f"{path}: [trust] field 'keys' must be a table of name = \"base64 public key\"")
+    out: dict[str, str] = {}
+    for name, value in keys.items():
+        where = f"{path}: [trust] field 'keys.{name}'"
+        if not KEY_NAME.match(name):
+            raise ConfigError(f"{where}: {name!r} is not a key name (letters, digits, . _ -)")
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a base64 public key string")
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except ValueError:
+            decoded = b""
+        if len(decoded) != 32:
+            raise ConfigError(f"{where}: not a base64 Ed25519 public key (32 bytes)")
+        out[name] = value
+    return out
+
+
+def load_settings(
+    buildfile_remote_table: Mapping[str, Any] | None,
+    cli_url: str | None,
+    buildfile_where: str = "Buildfile.toml",
+    user: UserConfig | None = None,
+) -> RemoteSettings:
+    """The effective remote settings: defaults < Buildfile ``[remote]`` < user config
+    ``[remote]`` < ``--remote URL``; returned resolved (no field left unset but url and the
+    optional ones). ``user`` defaults to :func:`load_user_config`."""
+    user = user if user is not None else load_user_config()
+    settings = RemoteSettings()
+    if buildfile_remote_table:
+        settings = settings.merge(RemoteSettings.from_table(buildfile_remote_table, buildfile_where))
+    settings = settings.merge(user.remote)
+    if cli_url is not None:
+        settings = settings.merge(RemoteSettings.from_table({"url": cli_url}, "--remote"))
+        settings = dataclasses.replace(settings, origins={**settings.origins, "url": "--remote"})
+    return settings.resolved()

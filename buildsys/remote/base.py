@@ -1,0 +1,99 @@
+"""The remote contract: what every remote backend offers, and the errors it may raise.
+
+A remote is another store reached over a dumb protocol. It holds two typed key spaces:
+
+    cas/<digest>   blobs, named by the BLAKE3-256 hex digest of their (uncompressed) bytes
+    ac/<key>       action records (canonical msgpack, see buildsys.store.records), by action key
+
+The contract is deliberately tiny (has / get / put, as in bazel-remote and Nix's binary
+caches): a backend never interprets what it moves. Everything fetched is re-hashed and every
+record's signature checked by the caller (:mod:`buildsys.remote.cache`), so a backend may be
+untrusted. Backends raise only :class:`RemoteError` and its subclasses.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Protocol, runtime_checkable
+
+from buildsys.hashing import Digest, is_digest
+
+
+class RemoteError(Exception):
+    """A remote operation failed; the message names the remote and the object."""
+
+
+class NotFound(RemoteError):
+    """The remote does not hold the blob or record asked for."""
+
+
+class RemoteUnavailable(RemoteError):
+    """The remote could not be reached, timed out or answered with a server error, after the
+    backend's bounded retries. The caller disables the remote for the rest of the run."""
+
+
+class CorruptContent(RemoteError):
+    """The remote answered with bytes that cannot be the object asked for (e.g. a broken
+    compressed stream). Counted like a blob whose digest does not match; the remote stays on."""
+
+
+class RemoteRefused(RemoteError):
+    """The remote answered, but refused the request (authentication, permissions, a 4xx)."""
+
+
+MAX_RECORD_BYTES = 16 << 20
+"""Action records are small; a larger answer is refused rather than read into memory."""
+
+
+@runtime_checkable
+class Remote(Protocol):
+    """One remote store. Implementations must be safe to call from several threads."""
+
+    def has_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
+        """The subset of ``digests`` the remote holds."""
+        ...
+
+    def get_blob(self, digest: Digest, dest: Path) -> None:
+        """Stream a blob into ``dest`` (created or truncated). Raises NotFound if absent.
+        The bytes are not verified here: the caller re-hashes them."""
+        ...
+
+    def put_blob(self, digest: Digest, source: Path) -> None:
+        """Stream ``source`` up under ``digest``, in bounded memory whatever its size."""
+        ...
+
+    def get_action(self, key: Digest) -> bytes | None:
+        """The raw action record stored under ``key``, or None if there is none."""
+        ...
+
+    def put_action(self, key: Digest, data: bytes) -> None:
+        """Store a record under ``key``; the caller writes it after every blob it references."""
+        ...
+
+    def describe(self) -> str:
+        """A one-line description for messages (never includes secrets)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+def check_name(name: str, space: str) -> str:
+    """Refuse anything but a digest as an object name, so no name can escape its key space
+    (``../``) whatever a caller passes."""
+    if not isinstance(name, str) or not is_digest(name):
+        raise RemoteError(f"{space} name {name!r} is not a lowercase hex BLAKE3-256 digest")
+    return name
+
+
+def parallel_has(probe: Callable[[Digest], bool], digests: Iterable[Digest], parallel: int) -> set[Digest]:
+    """``has_blobs`` for backends that can only ask one object at a time (HEAD per digest)."""
+    wanted = sorted(set(digests))
+    for digest in wanted:
+        check_name(digest, "cas")
+    if len(wanted) <= 1 or parallel <= 1:
+        return {d for d in wanted if probe(d)}
+    with ThreadPoolExecutor(max_workers=min(parallel, len(wanted)), thread_name_prefix="remote-has") as pool:
+        return {d for d, present in zip(wanted, pool.map(probe, wanted)) if present}

@@ -1,0 +1,407 @@
+"""The remote cache: the local store's bridge to a remote, where trust is decided.
+
+Pull: a remote record is used only if it decodes, names the action key it was filed under,
+and carries a signature by a trusted key. Then every blob it references that is missing
+locally is downloaded (in parallel) into the store's tmp dir and re-hashed on adoption; wrong
+or truncated bytes never enter the store. The tree blob is parsed only after it is verified.
+The record is written to the local action cache (signature kept) only when everything it
+references is present, so a pulled record never points at a missing blob.
+
+Push: blobs first, existence-checked (``has_blobs``) so only missing ones are uploaded, each
+re-hashed before upload so local bit rot is not spread; the (signed) record last.
+
+A remote that is down, too slow or failing never fails the build: backends retry within a
+bound, then this cache disables the remote for the rest of the run, warns once and degrades
+to a local-only build. Everything is counted in :class:`RemoteStats`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from buildsys.hashing import Digest, digest_file, short
+from buildsys.remote.base import CorruptContent, NotFound, Remote, RemoteError, RemoteRefused
+from buildsys.signing import Signer, TrustedKeys, Verdict
+from buildsys.store.local import LocalStore, StoreCorruption, StoreError
+from buildsys.store.records import ActionRecord, ActionResult, RecordError
+
+if TYPE_CHECKING:
+    from buildsys.config import RemoteSettings, UserConfig
+
+_MAX_NOTES = 50
+
+
+@dataclass
+class RemoteStats:
+    """What the remote did during one run; printed in the build summary and ``--json``."""
+
+    pulled_actions: int = 0
+    pushed_actions: int = 0
+    misses: int = 0
+    blobs_down: int = 0
+    bytes_down: int = 0
+    blobs_up: int = 0
+    bytes_up: int = 0
+    blobs_already_remote: int = 0
+    ignored_unsigned: int = 0
+    ignored_untrusted: int = 0
+    bad_signature: int = 0
+    bad_records: int = 0
+    """Records that do not decode or are filed under another action key."""
+    incomplete_records: int = 0
+    """Trusted records referencing blobs the remote does not have."""
+    rejected_blobs: int = 0
+    """Downloaded blobs whose bytes did not match their digest (never stored)."""
+    local_corrupt: int = 0
+    """Local blobs that failed re-hashing before upload (not uploaded)."""
+    errors: int = 0
+    disabled_reason: str | None = None
+    """Why the remote was turned off for the rest of the run (None while it is on)."""
+    push_disabled_reason: str | None = None
+    """Why uploads were turned off (the remote refused a write); pulls go on."""
+    notes: list[str] = field(default_factory=list)
+    """The first problems, one line each, for the build report."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PushSummary:
+    """What ``push_closure`` did, per action key."""
+
+    pushed: list[Digest] = field(default_factory=list)
+    not_local: list[Digest] = field(default_factory=list)
+    failed: list[Digest] = field(default_factory=list)
+
+
+class RemoteCache:
+    """Pulls and pushes action results between ``store`` and ``remote``. Thread-safe: the
+    engine may call it from several workers."""
+
+    def __init__(
+        self,
+        store: LocalStore,
+        remote: Remote,
+        trusted: TrustedKeys,
+        signer: Signer | None,
+        read_only: bool,
+        parallel: int,
+        warn: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.remote = remote
+        self.trusted = trusted
+        self.signer = signer
+        self.read_only = read_only
+        self.parallel = max(1, parallel)
+        self.warn = warn
+        self.stats = RemoteStats()
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = None
+
+    # state --------------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        return self.stats.disabled_reason is None
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        self.remote.close()
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self.stats, name, getattr(self.stats, name) + amount)
+
+    def _note(self, kind: str, message: str) -> None:
+        """Record a problem; warn on the first of each kind (the summary has the counts)."""
+        with self._lock:
+            if len(self.stats.notes) < _MAX_NOTES:
+                self.stats.notes.append(message)
+            first = kind not in self._warned
+            self._warned.add(kind)
+        if first:
+            self.warn(message)
+
+    @property
+    def can_push(self) -> bool:
+        return not self.read_only and self.enabled and self.stats.push_disabled_reason is None
+
+    def _failed(self, exc: RemoteError, write: bool = False) -> None:
+        """A remote error: count it; anything but a missing object or a corrupt body turns
+        the remote off for the rest of the run (the backend has already retried). A refused
+        write (e.g. a cache readable by all, writable by CI only) turns off pushing only."""
+        self._count("errors")
+        if isinstance(exc, (NotFound, CorruptContent)):
+            return
+        if write and isinstance(exc, RemoteRefused):
+            with self._lock:
+                if self.stats.push_disabled_reason is not None:
+                    return
+                self.stats.push_disabled_reason = str(exc)
+            self.warn(f"remote {self.remote.describe()} refuses uploads; pushing disabled for the rest of this run: {exc}")
+            return
+        with self._lock:
+            if self.stats.disabled_reason is not None:
+                return
+            self.stats.disabled_reason = str(exc)
+        self.warn(f"remote {self.remote.describe()} disabled for the rest of this run: {exc}")
+
+    def _map(self, fn: Callable[[Digest], bool], digests: list[Digest]) -> list[bool]:
+        if len(digests) <= 1:
+            return [fn(d) for d in digests]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="remote")
+            pool = self._pool
+        return list(pool.map(fn, digests))
+
+    # pull ---------------------------------------------------------------------------------
+
+    def _fetch(self, digest: Digest) -> bool:
+        """Download one blob into the store, verified. False if it could not be had."""
+        if self.store.has_blob(digest):
+            return True
+        if not self.enabled:
+            return False
+        tmp = Path(self.store.tmp) / f".remote-{digest[:16]}-{uuid.uuid4().hex[:8]}"
+        try:
+            self.remote.get_blob(digest, tmp)
+            size = os.path.getsize(tmp)
+            self.store.adopt_verified(tmp, digest)
+        except StoreCorruption as exc:
+            self._count("rejected_blobs")
+            self._note("rejected", f"remote blob {short(digest)} rejected: {exc}")
+            return False
+        except CorruptContent as exc:
+            self._count("rejected_blobs")
+            self._failed(exc)
+            self._note("rejected", f"remote blob {short(digest)} rejected: {exc}")
+            return False
+        except NotFound as exc:
+            self._failed(exc)
+            return False
+        except RemoteError as exc:
+            self._failed(exc)
+            return False
+        finally:
+            _unlink(tmp)
+        self._count("blobs_down")
+        self._count("bytes_down", size)
+        return True
+
+    def pull_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
+        """Fetch the blobs missing locally; return those now present in the store."""
+        wanted = sorted(set(digests))
+        missing = self.store.missing_blobs(wanted)
+        self._map(self._fetch, missing)
+        return set(wanted) - set(self.store.missing_blobs(wanted))
+
+    def pull_tree(self, tree: Digest) -> bool:
+        """Fetch a tree blob and every file it lists; True when all are local and verified."""
+        if not self._fetch(tree):
+            return False
+        try:
+            manifest = self.store.get_tree(tree)
+        except StoreCorruption as exc:
+            self._count("bad_records")
+            self._note("bad-tree", f"remote tree {short(tree)} is not a valid manifest: {exc}")
+            return False
+        files = sorted({entry.digest for entry in manifest.values()})
+        return len(self.pull_blobs(files)) == len(files)
+
+    def _trusted_record(self, key: Digest, data: bytes) -> ActionRecord | None:
+        try:
+            record = ActionRecord.decode(data, where=f"remote record {key}")
+        except RecordError as exc:
+            self._count("bad_records")
+            self._note("bad-record", str(exc))
+            return None
+        if record.result.key != key:
+            self._count("bad_records")
+            self._note("bad-record", f"remote record {short(key)} is filed under the wrong key (it is for {short(record.result.key)})")
+            return None
+        verdict = self.trusted.verify(record)
+        if verdict is Verdict.OK:
+            return record
+        signer = (record.signature or {}).get("key")
+        counter = {
+            Verdict.UNSIGNED: "ignored_unsigned",
+            Verdict.UNTRUSTED: "ignored_untrusted",
+            Verdict.BAD_SIGNATURE: "bad_signature",
+        }[verdict]
+        self._count(counter)
+        detail = f" (key {signer!r})" if verdict is not Verdict.UNSIGNED else ""
+        self._note(counter, f"remote record {short(key)} ignored: {verdict.value}{detail}")
+        return None
+
+    def pull_action(self, key: Digest) -> ActionResult | None:
+        """The result of ``key`` from the remote, made local; None on a miss, an untrusted or
+        broken record, or any remote trouble (counted in ``stats``, never raised)."""
+        if not self.enabled:
+            return None
+        try:
+            data = self.remote.get_action(key)
+        except RemoteError as exc:
+            self._failed(exc)
+            return None
+        if data is None:
+            self._count("misses")
+            return None
+        record = self._trusted_record(key, data)
+        if record is None:
+            return None
+        result = record.result
+        direct = [d for d in result.blobs() if d != result.tree]
+        ok = self.pull_tree(result.tree) and len(self.pull_blobs(direct)) == len(direct)
+        if not ok:
+            if self.enabled:
+                self._count("incomplete_records")
+                self._note("incomplete", f"remote record {short(key)} unusable: referenced blobs missing or rejected")
+            return None
+        try:
+            self.store.put_action(record)
+        except StoreError as exc:
+            self._count("errors")
+            self._note("store", f"remote record {short(key)} not recorded locally: {exc}")
+            return None
+        self._count("pulled_actions")
+        return result
+
+    # push ---------------------------------------------------------------------------------
+
+    def _upload(self, digest: Digest) -> bool:
+        if not self.can_push:
+            return False
+        path = self.store.blob_path(digest)
+        try:
+            found, size = digest_file(path)
+        except FileNotFoundError:
+            self._count("local_corrupt")
+            self._note("local", f"local blob {short(digest)} vanished before upload")
+            return False
+        if found != digest:
+            self._count("local_corrupt")
+            self._note("local", f"local blob {short(digest)} is corrupt (hashes to {short(found)}); not uploaded, run buildsys store verify")
+            return False
+        try:
+            self.remote.put_blob(digest, path)
+        except RemoteError as exc:
+            self._failed(exc, write=True)
+            return False
+        self._count("blobs_up")
+        self._count("bytes_up", size)
+        return True
+
+    def push_blobs(self, digests: Iterable[Digest]) -> bool:
+        """Upload the local blobs the remote lacks; True when the remote has them all."""
+        if not self.can_push:
+            return False
+        wanted = sorted(set(digests))
+        try:
+            present = self.remote.has_blobs(wanted)
+        except RemoteError as exc:
+            self._failed(exc)
+            return False
+        self._count("blobs_already_remote", len(present))
+        missing = [d for d in wanted if d not in present]
+        return all(self._map(self._upload, missing)) and self.can_push
+
+    def _signed(self, record: ActionRecord) -> ActionRecord:
+        if record.signature is not None and self.trusted.verify(record) is Verdict.OK:
+            return record
+        if self.signer is not None:
+            return ActionRecord(record.result, self.signer.sign(record.result))
+        self._note(
+            "unsigned-push",
+            "no signing key configured ([signing] key in the user config): pushing unsigned records, "
+            "which other machines will ignore",
+        )
+        return ActionRecord(record.result, None)
+
+    def push_action(self, key: Digest) -> bool:
+        """Push a locally cached result and every blob it references; True when the remote
+        now holds it. A no-op (False) when read-only, disabled or not cached locally."""
+        if not self.can_push:
+            return False
+        try:
+            result = self.store.lookup(key)
+            record = self.store.get_action(key) if result is not None else None
+            files = {e.digest for e in self.store.get_tree(result.tree).values()} if result is not None else set()
+        except StoreError as exc:
+            self._count("local_corrupt")
+            self._note("local", f"local record {short(key)} not pushed: {exc}")
+            return False
+        if record is None:
+            return False
+        if not self.push_blobs(set(result.blobs()) | files):
+            return False
+        try:
+            self.remote.put_action(key, self._signed(record).encode())
+        except RemoteError as exc:
+            self._failed(exc, write=True)
+            return False
+        self._count("pushed_actions")
+        return True
+
+    def push_closure(self, keys: Iterable[Digest]) -> PushSummary:
+        """Push several actions (e.g. every action of a target's plan), in order."""
+        summary = PushSummary()
+        for key in keys:
+            if self.store.lookup(key) is None:
+                summary.not_local.append(key)
+            elif self.push_action(key):
+                summary.pushed.append(key)
+            else:
+                summary.failed.append(key)
+        return summary
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def load_trust(user: "UserConfig", keys_dir: Path | None = None) -> tuple[TrustedKeys, Signer | None]:
+    """The trusted keys of the user config, and the signer it names. The signer's own public
+    key is trusted too: records signed with it were made by whoever holds this private key."""
+    from buildsys import config
+
+    trusted = TrustedKeys.from_mapping(user.trusted, where=f"{user.path}: [trust] keys")
+    signer = Signer.load(user.signing_key, keys_dir or config.keys_dir()) if user.signing_key else None
+    if signer is not None and signer.name not in trusted.keys:
+        trusted.add(signer.name, signer.private.public_key())
+    return trusted, signer
+
+
+def open_cache(
+    store: LocalStore,
+    settings: "RemoteSettings",
+    user: "UserConfig",
+    warn: Callable[[str], None],
+    keys_dir: Path | None = None,
+) -> RemoteCache | None:
+    """The remote cache the settings describe, or None when no remote is configured. Raises
+    ConfigError / SigningError for bad settings or keys (never for an unreachable remote:
+    opening does not touch the network)."""
+    from buildsys.remote import open_remote
+
+    settings = settings.resolved()
+    if not settings.enabled:
+        return None
+    trusted, signer = load_trust(user, keys_dir)
+    remote = open_remote(settings.url, settings)
+    return RemoteCache(store, remote, trusted, signer, settings.read_only, settings.parallel, warn)

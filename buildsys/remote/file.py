@@ -1,0 +1,125 @@
+"""The shared-folder remote (``file:///mnt/cache``), e.g. an NFS mount.
+
+Layout, the same as the HTTP remote's so one folder can be served by nginx and mounted at
+once::
+
+    <root>/cas/<digest>   blobs
+    <root>/ac/<key>       action records
+    <root>/.tmp/          partial writes; anything here is garbage
+
+Writes go to a temp file in ``.tmp/`` (same filesystem), are fsynced and renamed into place,
+so readers on other machines see either nothing or the whole object. The root must exist: a
+missing root usually means an unmounted share, which is reported, never silently created.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+from buildsys.hashing import Digest
+from buildsys.remote.base import MAX_RECORD_BYTES, CorruptContent, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name
+
+_COPY_CHUNK = 1 << 20
+
+
+class FileRemote:
+    """A remote in a local or network-mounted directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+    def close(self) -> None:
+        pass
+
+    def _check_root(self) -> None:
+        if not self.root.is_dir():
+            raise RemoteUnavailable(f"{self.describe()}: directory does not exist (share not mounted?)")
+
+    def _error(self, exc: OSError, what: str) -> RemoteError:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return RemoteRefused(f"{self.describe()}: {what}: {exc.strerror}")
+        return RemoteUnavailable(f"{self.describe()}: {what}: {exc.strerror or exc}")
+
+    def has_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
+        self._check_root()
+        return {d for d in set(digests) if os.path.exists(self.root / "cas" / check_name(d, "cas"))}
+
+    def get_blob(self, digest: Digest, dest: Path) -> None:
+        self._read(self.root / "cas" / check_name(digest, "cas"), dest, f"blob {digest}")
+
+    def put_blob(self, digest: Digest, source: Path) -> None:
+        target = self.root / "cas" / check_name(digest, "cas")
+        if os.path.exists(target):
+            return
+        try:
+            with open(source, "rb") as src:
+                self._write(target, lambda dst: shutil.copyfileobj(src, dst, _COPY_CHUNK), f"blob {digest}")
+        except FileNotFoundError:
+            raise RemoteError(f"{source}: local blob to upload is missing") from None
+
+    def get_action(self, key: Digest) -> bytes | None:
+        self._check_root()
+        path = self.root / "ac" / check_name(key, "ac")
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_RECORD_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._error(exc, f"record {key}") from None
+        if len(data) > MAX_RECORD_BYTES:
+            raise CorruptContent(f"{self.describe()}: record {key} is larger than {MAX_RECORD_BYTES} bytes")
+        return data
+
+    def put_action(self, key: Digest, data: bytes) -> None:
+        self._write(self.root / "ac" / check_name(key, "ac"), lambda dst: dst.write(data), f"record {key}")
+
+    def _read(self, path: Path, dest: Path, what: str) -> None:
+        self._check_root()
+        try:
+            with open(path, "rb") as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst, _COPY_CHUNK)
+        except FileNotFoundError:
+            if not path.exists():
+                raise NotFound(f"{self.describe()}: {what} not found") from None
+            raise RemoteError(f"{dest}: cannot create download file") from None
+        except OSError as exc:
+            raise self._error(exc, what) from None
+
+    def _write(self, target: Path, fill: Callable[[BinaryIO], object], what: str) -> None:
+        self._check_root()
+        tmp_dir = self.root / ".tmp"
+        try:
+            tmp_dir.mkdir(exist_ok=True)
+            target.parent.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=target.name[:16] + ".")
+        except OSError as exc:
+            raise self._error(exc, what) from None
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                fill(dst)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.chmod(tmp, 0o444 if target.parent.name == "cas" else 0o644)
+            os.replace(tmp, target)
+        except OSError as exc:
+            _unlink(tmp)
+            raise self._error(exc, what) from None
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,220 @@
+"""The HTTP remote, in the layout of Bazel's HTTP cache (bazel-remote, nginx WebDAV, ...)::
+
+    HEAD/GET/PUT <base>/cas/<digest>       blobs
+    HEAD/GET/PUT <base>/ac/<key>           action records
+    HEAD/GET/PUT <base>/cas.zst/<digest>   blobs, zstd-compressed (only with ``zstd = true``)
+
+Any server that stores a PUT body and returns it on GET works (nginx: ``dav_methods PUT;
+create_full_put_path on; client_max_body_size 0;``). Such a server never negotiates
+Content-Encoding, so compression is a layout choice rather than a header: with ``zstd = true``
+blobs are compressed on the client into one zstd frame and stored under ``cas.zst/``, named by
+the digest of their *uncompressed* bytes; a client without zstd uses ``cas/`` and does not see
+them (choose one setting per cache). Records are small and never compressed.
+
+Bodies stream in both directions (file object up, 1 MiB chunks down), so memory stays bounded
+whatever the blob size. Connections are pooled (pool sized to the parallelism); transient
+failures (connection errors, timeouts, 408/429/5xx, truncated bodies) are retried with
+exponential backoff inside a time budget, see :mod:`buildsys.remote.retry`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from buildsys.hashing import Digest
+from buildsys.remote.base import MAX_RECORD_BYTES, CorruptContent, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_has
+from buildsys.remote.retry import RetryPolicy, Transient, call_with_retry
+
+_CHUNK = 1 << 20
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+_NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+class HttpRemote:
+    """A remote behind a plain HTTP(S) server."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        timeout_s: float = 5.0,
+        retries: int = 2,
+        parallel: int = 8,
+        zstd: bool = False,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RemoteError(f"{url!r} is not an http(s) URL")
+        if parts.username and username is None:
+            username, password = parts.username, parts.password or ""
+        netloc = parts.netloc.rpartition("@")[2]  # drop credentials, keep [v6]:port
+        self.base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        self.parallel = parallel
+        self.zstd = zstd
+        self.timeout = (timeout_s, timeout_s)
+        self.policy = RetryPolicy(attempts=retries + 1)
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=2 * parallel, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        if username is not None:
+            self.session.auth = (username, password or "")
+        self.session.headers["User-Agent"] = "buildsys-remote/1"
+
+    def describe(self) -> str:
+        return self.base + (" (zstd)" if self.zstd else "")
+
+    def close(self) -> None:
+        self.session.close()
+
+    # helpers -----------------------------------------------------------------------------
+
+    def _blob_url(self, digest: Digest) -> str:
+        return f"{self.base}/{'cas.zst' if self.zstd else 'cas'}/{check_name(digest, 'cas')}"
+
+    def _retry(self, fn: Callable[[], object], what: str):
+        def give_up(reason: str, attempts: int) -> Exception:
+            return RemoteUnavailable(f"{self.base}: {what}: {reason} (after {attempts} tries)")
+
+        return call_with_retry(fn, self.policy, give_up)
+
+    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
+        """One attempt; network failures and retryable statuses become :class:`Transient`."""
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except _NETWORK_ERRORS as exc:
+            raise Transient(_short(exc)) from None
+        except requests.RequestException as exc:
+            raise RemoteError(f"{url}: {_short(exc)}") from None
+        if response.status_code in _TRANSIENT_STATUS:
+            response.close()
+            raise Transient(f"HTTP {response.status_code}")
+        return response
+
+    def _refuse(self, response: requests.Response, what: str) -> RemoteError:
+        response.close()
+        return RemoteRefused(f"{self.base}: {what}: HTTP {response.status_code} {response.reason}")
+
+    # the contract ------------------------------------------------------------------------
+
+    def _head(self, url: str, what: str) -> bool:
+        def attempt() -> bool:
+            response = self._send("HEAD", url)
+            if response.status_code == 404:
+                return False
+            if 200 <= response.status_code < 300:
+                return True
+            raise self._refuse(response, what)
+
+        return self._retry(attempt, what)
+
+    def has_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
+        return parallel_has(lambda d: self._head(self._blob_url(d), f"HEAD blob {d}"), digests, self.parallel)
+
+    def get_blob(self, digest: Digest, dest: Path) -> None:
+        url = self._blob_url(digest)
+        what = f"GET blob {digest}"
+
+        def attempt() -> None:
+            response = self._send("GET", url, stream=True)
+            with response:
+                if response.status_code == 404:
+                    raise NotFound(f"{self.base}: blob {digest} not found")
+                if not 200 <= response.status_code < 300:
+                    raise self._refuse(response, what)
+                try:
+                    with open(dest, "wb") as out:
+                        chunks = response.iter_content(_CHUNK)
+                        if self.zstd:
+                            _decompress_into(chunks, out, what)
+                        else:
+                            for chunk in chunks:
+                                out.write(chunk)
+                except _NETWORK_ERRORS as exc:
+                    raise Transient(f"body interrupted: {_short(exc)}") from None
+
+        self._retry(attempt, what)
+
+    def put_blob(self, digest: Digest, source: Path) -> None:
+        url = self._blob_url(digest)
+        what = f"PUT blob {digest}"
+        if not os.path.exists(source):
+            raise RemoteError(f"{source}: local blob to upload is missing")
+
+        def attempt() -> None:
+            with open(source, "rb") as body:
+                data = _compress(body) if self.zstd else body
+                response = self._send("PUT", url, data=data)
+            with response:
+                if not 200 <= response.status_code < 300:
+                    raise self._refuse(response, what)
+
+        self._retry(attempt, what)
+
+    def get_action(self, key: Digest) -> bytes | None:
+        url = f"{self.base}/ac/{check_name(key, 'ac')}"
+        what = f"GET record {key}"
+
+        def attempt() -> bytes | None:
+            response = self._send("GET", url, stream=True)
+            with response:
+                if response.status_code == 404:
+                    return None
+                if not 200 <= response.status_code < 300:
+                    raise self._refuse(response, what)
+                try:
+                    data = response.raw.read(MAX_RECORD_BYTES + 1, decode_content=True)
+                except _NETWORK_ERRORS + (OSError,) as exc:
+                    raise Transient(f"body interrupted: {_short(exc)}") from None
+                if len(data) > MAX_RECORD_BYTES:
+                    raise CorruptContent(f"{self.base}: record {key} is larger than {MAX_RECORD_BYTES} bytes")
+                return data
+
+        return self._retry(attempt, what)
+
+    def put_action(self, key: Digest, data: bytes) -> None:
+        url = f"{self.base}/ac/{check_name(key, 'ac')}"
+        what = f"PUT record {key}"
+
+        def attempt() -> None:
+            response = self._send("PUT", url, data=data)
+            with response:
+                if not 200 <= response.status_code < 300:
+                    raise self._refuse(response, what)
+
+        self._retry(attempt, what)
+
+
+def _compress(body) -> Iterator[bytes]:
+    import zstandard
+
+    yield from zstandard.ZstdCompressor(level=3).read_to_iter(body, read_size=_CHUNK, write_size=_CHUNK)
+
+
+def _decompress_into(chunks: Iterable[bytes], out, what: str) -> None:
+    import zstandard
+
+    writer = zstandard.ZstdDecompressor().stream_writer(out, closefd=False)
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+        writer.flush()
+    except zstandard.ZstdError as exc:
+        raise CorruptContent(f"{what}: not a valid zstd stream ({exc})") from None
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    if "Read timed out" in text or isinstance(exc, requests.Timeout):
+        return f"timed out ({type(exc).__name__})"
+    if "Connection refused" in text:
+        return "connection refused"
+    return f"{type(exc).__name__}: {text[:200]}"

@@ -1,0 +1,150 @@
+"""RemoteCache against real servers: signed results travel between two stores, uploads are
+existence-checked, pulled records keep their signature."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from buildsys.config import RemoteSettings
+from buildsys.remote import open_remote
+from buildsys.remote.cache import RemoteCache
+from buildsys.signing import Signer, TrustedKeys, generate_key
+from buildsys.store import LocalStore
+from tests.remote_servers import NginxServer, make_action, moto_s3, moto_session, nginx  # noqa: F401
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Signer, TrustedKeys]:
+    generate_key("ci-1", tmp_path / "keys")
+    signer = Signer.load("ci-1", tmp_path / "keys")
+    trusted = TrustedKeys()
+    trusted.add("ci-1", signer.private.public_key())
+    return signer, trusted
+
+
+@pytest.fixture(params=["file", "http", "s3"])
+def remote_url(request, tmp_path: Path) -> tuple[str, RemoteSettings]:
+    if request.param == "file":
+        (tmp_path / "share").mkdir()
+        return f"file://{tmp_path / 'share'}", RemoteSettings()
+    if request.param == "http":
+        server = request.getfixturevalue("nginx")
+        return f"{server.url}/cache", RemoteSettings()
+    server, url = request.getfixturevalue("moto_s3")
+    return url, RemoteSettings(s3_endpoint_url=server.url)
+
+
+def _cache(store, url, settings, trusted, signer=None, read_only=False, warnings=None) -> RemoteCache:
+    sink = warnings if warnings is not None else []
+    return RemoteCache(store, open_remote(url, settings), trusted, signer, read_only, 4, sink.append)
+
+
+def test_push_then_pull_on_another_machine(remote_url, keys, tmp_path: Path) -> None:
+    url, settings = remote_url
+    signer, trusted = keys
+    a = LocalStore(tmp_path / "a")
+    b = LocalStore(tmp_path / "b")
+    files = {f"mesh/part{i}.obj": f"v {i} 0 0\n".encode() * 50 for i in range(12)}
+    files["big.bin"] = bytes(range(256)) * 20_000  # 5 MB
+    result = make_action(a, files, "round-trip")
+    pusher = _cache(a, url, settings, trusted, signer)
+    assert pusher.push_action(result.key)
+    assert pusher.stats.pushed_actions == 1 and pusher.stats.blobs_up == len(files) + 3
+    puller = _cache(b, url, settings, trusted)
+    pulled = puller.pull_action(result.key)
+    assert pulled == result
+    assert b.lookup(result.key) == result
+    record = b.get_action(result.key)
+    assert record.signature["key"] == "ci-1" and trusted.verify(record).value == "ok"
+    manifest = b.get_tree(result.tree)
+    assert {p: b.read_bytes(e.digest) for p, e in manifest.items()} == files
+    assert puller.stats.pulled_actions == 1 and puller.stats.blobs_down == len(files) + 3
+    assert puller.stats.bytes_down > 5_000_000
+    assert b.verify().clean
+    # pulling again moves nothing: every blob is local already
+    assert puller.pull_action(result.key) == result
+    assert puller.stats.blobs_down == len(files) + 3
+    pusher.close()
+    puller.close()
+
+
+def test_miss_is_none_and_counted(remote_url, keys, tmp_path: Path) -> None:
+    url, settings = remote_url
+    cache = _cache(LocalStore(tmp_path / "s"), url, settings, keys[1])
+    assert cache.pull_action("a" * 64) is None
+    assert cache.stats.misses == 1 and cache.enabled and cache.stats.errors == 0
+
+
+def test_existence_checked_before_upload(nginx: NginxServer, keys, tmp_path: Path) -> None:
+    signer, trusted = keys
+    a = LocalStore(tmp_path / "a")
+    shared = {"common.txt": b"shared texture" * 100}
+    first = make_action(a, {**shared, "one.obj": b"v 1"}, "first")
+    second = make_action(a, {**shared, "two.obj": b"v 2"}, "second")
+    cache = _cache(a, f"{nginx.url}/cache", RemoteSettings(), trusted, signer)
+    assert cache.push_action(first.key)
+    puts_after_first = nginx.requests()[("PUT", "cas", 201)]
+    assert puts_after_first == 5  # tree, description, log, two files
+    assert cache.push_action(second.key)
+    counts = nginx.requests()
+    # the shared file was not uploaded again: 4 new blobs (tree, description, log, two.obj)
+    assert counts[("PUT", "cas", 201)] == puts_after_first + 4
+    assert counts[("HEAD", "cas", 200)] == 1
+    assert cache.push_action(first.key)  # everything present: only the record is rewritten
+    counts = nginx.requests()
+    assert counts[("PUT", "cas", 201)] == puts_after_first + 4
+    assert sum(n for (m, space, _), n in counts.items() if m == "PUT" and space == "ac") == 3
+    assert cache.stats.blobs_already_remote == 1 + 5
+
+
+def test_read_only_never_writes(nginx: NginxServer, keys, tmp_path: Path) -> None:
+    a = LocalStore(tmp_path / "a")
+    result = make_action(a, {"x": b"x"}, "ro")
+    cache = _cache(a, f"{nginx.url}/cache", RemoteSettings(), keys[1], keys[0], read_only=True)
+    assert cache.push_action(result.key) is False
+    assert cache.push_closure([result.key]).failed == [result.key]
+    assert not any(m == "PUT" for (m, _, _) in nginx.requests())
+
+
+def test_unsigned_push_warns_once(tmp_path: Path, keys) -> None:
+    (tmp_path / "share").mkdir()
+    a = LocalStore(tmp_path / "a")
+    results = [make_action(a, {"f": str(i).encode()}, f"u{i}") for i in range(3)]
+    warnings: list[str] = []
+    cache = _cache(a, f"file://{tmp_path / 'share'}", RemoteSettings(), keys[1], None, warnings=warnings)
+    summary = cache.push_closure([r.key for r in results] + ["c" * 64])
+    assert summary.pushed == [r.key for r in results] and summary.not_local == ["c" * 64]
+    assert len([w for w in warnings if "unsigned" in w]) == 1
+    # the other machine ignores them
+    b_cache = _cache(LocalStore(tmp_path / "b"), f"file://{tmp_path / 'share'}", RemoteSettings(), keys[1])
+    assert b_cache.pull_action(results[0].key) is None
+    assert b_cache.stats.ignored_unsigned == 1
+
+
+def test_push_keeps_a_trusted_signature(tmp_path: Path, keys) -> None:
+    """A record pulled from CI and pushed again keeps CI's signature (no re-signing)."""
+    signer, trusted = keys
+    generate_key("me", tmp_path / "keys")
+    me = Signer.load("me", tmp_path / "keys")
+    (tmp_path / "share").mkdir()
+    a = LocalStore(tmp_path / "a")
+    result = make_action(a, {"f": b"1"}, "kept", signer=signer)
+    cache = _cache(a, f"file://{tmp_path / 'share'}", RemoteSettings(), trusted, me)
+    assert cache.push_action(result.key)
+    from buildsys.store.records import ActionRecord
+
+    record = ActionRecord.decode((tmp_path / "share" / "ac" / result.key).read_bytes(), "test")
+    assert record.signature["key"] == "ci-1" and trusted.verify(record).value == "ok"
+
+
+def test_pull_blobs_and_push_blobs(tmp_path: Path, keys) -> None:
+    (tmp_path / "share").mkdir()
+    a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
+    digests = [a.put_bytes(f"blob {i}".encode()) for i in range(20)]
+    up = _cache(a, f"file://{tmp_path / 'share'}", RemoteSettings(), keys[1], keys[0])
+    assert up.push_blobs(digests) and up.stats.blobs_up == 20
+    down = _cache(b, f"file://{tmp_path / 'share'}", RemoteSettings(), keys[1])
+    assert down.pull_blobs(digests + ["d" * 64]) == set(digests)
+    assert down.stats.blobs_down == 20 and b.verify().clean

@@ -1,0 +1,173 @@
+"""A poisoned remote (nginx WebDAV whose files are edited behind its back): untrusted, unsigned,
+forged and misfiled records, replaced, swapped and truncated blobs. None is used, each is
+counted and reported, and the local store stays clean."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from buildsys.config import RemoteSettings
+from buildsys.encoding import canonical_bytes
+from buildsys.remote import open_remote
+from buildsys.remote.cache import RemoteCache
+from buildsys.signing import Signer, TrustedKeys, generate_key
+from buildsys.store import LocalStore
+from buildsys.store.records import ActionRecord
+from buildsys.tree import Entry, encode_manifest
+from tests.remote_servers import NginxServer, make_action, nginx  # noqa: F401
+
+
+@pytest.fixture
+def world(nginx: NginxServer, tmp_path: Path):
+    """(producer store, cache pushing to nginx with a trusted key, a fresh consumer cache,
+    the remote's folder, the untrusted signer, warnings list)."""
+    generate_key("ci", tmp_path / "keys")
+    generate_key("mallory", tmp_path / "keys")
+    ci = Signer.load("ci", tmp_path / "keys")
+    mallory = Signer.load("mallory", tmp_path / "keys")
+    trusted = TrustedKeys()
+    trusted.add("ci", ci.private.public_key())
+    url = f"{nginx.url}/cache"
+    producer = LocalStore(tmp_path / "producer")
+    push = RemoteCache(producer, open_remote(url, RemoteSettings()), trusted, ci, False, 4, lambda m: None)
+    warnings: list[str] = []
+    consumer = LocalStore(tmp_path / "consumer")
+    pull = RemoteCache(consumer, open_remote(url, RemoteSettings()), trusted, None, False, 4, warnings.append)
+    yield producer, push, pull, nginx.root / "cache", mallory, warnings
+    push.close()
+    pull.close()
+
+
+def _publish(producer: LocalStore, push: RemoteCache, tag: str):
+    result = make_action(producer, {"mesh.obj": f"v 0 0 0 {tag}\n".encode() * 100, "uv.png": os.urandom(3000)}, tag)
+    assert push.push_action(result.key)
+    return result
+
+
+def _overwrite(path: Path, data: bytes) -> None:
+    os.chmod(path, 0o644)
+    path.write_bytes(data)
+
+
+def _assert_unused(pull: RemoteCache, key: str) -> None:
+    assert pull.pull_action(key) is None
+    store = pull.store
+    assert store.get_action(key) is None
+    assert store.verify().clean
+    assert pull.enabled  # a poisoned object is not a remote outage
+
+
+def test_untrusted_key(world) -> None:
+    producer, push, pull, root, mallory, warnings = world
+    result = _publish(producer, push, "untrusted")
+    forged = ActionRecord(result, mallory.sign(result))
+    _overwrite(root / "ac" / result.key, forged.encode())
+    _assert_unused(pull, result.key)
+    assert pull.stats.ignored_untrusted == 1 and pull.stats.blobs_down == 0
+    assert any("untrusted key" in w and "mallory" in w for w in warnings)
+
+
+def test_unsigned(world) -> None:
+    producer, push, pull, root, _, warnings = world
+    result = _publish(producer, push, "unsigned")
+    _overwrite(root / "ac" / result.key, ActionRecord(result, None).encode())
+    _assert_unused(pull, result.key)
+    assert pull.stats.ignored_unsigned == 1 and pull.stats.blobs_down == 0
+    assert any("unsigned" in w for w in warnings)
+
+
+def test_tampered_result_fails_signature(world) -> None:
+    """A trusted signature over different contents: the tree was swapped for an evil one."""
+    producer, push, pull, root, _, _ = world
+    result = _publish(producer, push, "tampered")
+    evil = _publish(producer, push, "evil")
+    record = ActionRecord.decode((root / "ac" / result.key).read_bytes(), "test")
+    raw = record.result.to_dict() | {"tree": evil.tree}
+    _overwrite(root / "ac" / result.key, canonical_bytes({"result": raw, "signature": record.signature}))
+    _assert_unused(pull, result.key)
+    assert pull.stats.bad_signature == 1 and pull.stats.blobs_down == 0
+
+
+def test_garbage_signature(world) -> None:
+    producer, push, pull, root, _, _ = world
+    result = _publish(producer, push, "garbage")
+    _overwrite(root / "ac" / result.key, ActionRecord(result, {"key": "ci", "sig": "!!not base64"}).encode())
+    _assert_unused(pull, result.key)
+    assert pull.stats.bad_signature == 1
+
+
+def test_record_filed_under_another_key(world) -> None:
+    """A validly signed record replayed under a different action key is refused."""
+    producer, push, pull, root, _, _ = world
+    honest = _publish(producer, push, "honest")
+    victim = _publish(producer, push, "victim")
+    _overwrite(root / "ac" / victim.key, (root / "ac" / honest.key).read_bytes())
+    _assert_unused(pull, victim.key)
+    assert pull.stats.bad_records == 1
+
+
+def test_not_a_record(world) -> None:
+    producer, push, pull, root, _, _ = world
+    result = _publish(producer, push, "junk")
+    _overwrite(root / "ac" / result.key, b"<html>proxy error</html>")
+    _assert_unused(pull, result.key)
+    assert pull.stats.bad_records == 1
+
+
+def test_tree_blob_replaced(world) -> None:
+    """The record is genuine but the tree blob on the remote now lists other files."""
+    producer, push, pull, root, _, _ = world
+    result = _publish(producer, push, "tree")
+    evil_file = producer.put_bytes(b"malware")
+    evil_tree = encode_manifest({"mesh.obj": Entry(evil_file, 7, True)})
+    _overwrite(root / "cas" / result.tree, evil_tree)
+    _assert_unused(pull, result.key)
+    assert pull.stats.rejected_blobs == 1 and pull.stats.incomplete_records == 1
+    assert not pull.store.has_blob(result.tree) and not pull.store.has_blob(evil_file)
+
+
+def test_blob_with_swapped_bytes(world) -> None:
+    producer, push, pull, root, _, warnings = world
+    result = _publish(producer, push, "swapped")
+    manifest = producer.get_tree(result.tree)
+    mesh, uv = manifest["mesh.obj"].digest, manifest["uv.png"].digest
+    mesh_bytes = (root / "cas" / mesh).read_bytes()
+    _overwrite(root / "cas" / mesh, (root / "cas" / uv).read_bytes())
+    _overwrite(root / "cas" / uv, mesh_bytes)
+    _assert_unused(pull, result.key)
+    assert pull.stats.rejected_blobs == 2 and pull.stats.incomplete_records == 1
+    assert not pull.store.has_blob(mesh) and not pull.store.has_blob(uv)
+    assert any("rejected" in w for w in warnings)
+    assert not list(pull.store.tmp.iterdir())  # no download left behind
+
+
+def test_truncated_blob(world) -> None:
+    producer, push, pull, root, _, _ = world
+    result = _publish(producer, push, "truncated")
+    uv = producer.get_tree(result.tree)["uv.png"].digest
+    path = root / "cas" / uv
+    _overwrite(path, path.read_bytes()[:1000])
+    _assert_unused(pull, result.key)
+    assert pull.stats.rejected_blobs == 1
+    assert not pull.store.has_blob(uv)
+
+
+def test_blob_missing_on_remote(world) -> None:
+    producer, push, pull, root, _, _ = world
+    result = _publish(producer, push, "dangling")
+    os.unlink(root / "cas" / result.log)
+    _assert_unused(pull, result.key)
+    assert pull.stats.incomplete_records == 1
+
+
+def test_honest_record_still_pulls_after_poison(world) -> None:
+    producer, push, pull, root, mallory, _ = world
+    bad = _publish(producer, push, "bad")
+    good = _publish(producer, push, "good")
+    _overwrite(root / "ac" / bad.key, ActionRecord(bad, mallory.sign(bad)).encode())
+    assert pull.pull_action(bad.key) is None
+    assert pull.pull_action(good.key) == good
+    assert pull.store.verify().clean and pull.stats.pulled_actions == 1
