@@ -241,5 +241,11 @@ def approve(buildfile: Path, target: str) -> None:
     click.echo(f"approved {target}: {', '.join(stages)}")
 
 
+from buildsys import cli_repro  # noqa: E402  (after handled/BUILDFILE_OPTION, which it imports)
+
+for _command in cli_repro.COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":
     main()

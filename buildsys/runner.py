@@ -15,6 +15,7 @@ import getpass
 import os
 import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +64,19 @@ def run_action(
     fingerprint: Fingerprint,
     recipe_path: list[Path],
     keep_sandbox: bool = False,
+    record: bool = True,
+    umask: int = 0o022,
+    sandbox_parent: Path | None = None,
 ) -> RunOutcome:
+    """Run one action in a fresh sandbox. ``record=False`` (verify) leaves the action cache
+    untouched and only returns the output tree; ``umask`` and ``sandbox_parent`` (a folder on the
+    store's filesystem) let verify vary what must not matter."""
     spec = resolved.spec
-    sandbox = store.make_tmp_dir(f"sbx-{spec.name}-")
+    if sandbox_parent is None:
+        sandbox = store.make_tmp_dir(f"sbx-{spec.name}-")
+    else:
+        sandbox_parent.mkdir(parents=True, exist_ok=True)
+        sandbox = Path(tempfile.mkdtemp(dir=sandbox_parent, prefix=f"sbx-{spec.name}-"))
     try:
         linked = []
         inputs = {}
@@ -98,6 +109,7 @@ def run_action(
             work=str(sandbox / "work"),
             tmp=str(sandbox / "tmp"),
             log=str(log_path),
+            umask=umask,
         )
         outcome = executor.run(job)
         touched = [(p, d) for p, d, size, mtime in linked if _changed(p, size, mtime)]
@@ -127,7 +139,8 @@ def run_action(
             fingerprint=fingerprint.full(resolved.threads),
             producer=producer(),
         )
-        store.put_action(ActionRecord(result))
+        if record:
+            store.put_action(ActionRecord(result))
         return RunOutcome(outcome, result, log)
     finally:
         if not keep_sandbox:

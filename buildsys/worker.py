@@ -36,13 +36,26 @@ def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:
     stream.flush()
 
 
+def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
+    """``size`` bytes, looping over short reads (the parent reads an unbuffered pipe: a
+    buffered reader could swallow a second frame that ``select`` would then never report)."""
+    chunks = []
+    while size:
+        chunk = stream.read(size)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
 def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
-    header = stream.read(4)
-    if len(header) < 4:
+    header = _read_exact(stream, 4)
+    if header is None:
         return None
     (length,) = struct.unpack(">I", header)
-    data = stream.read(length)
-    if len(data) < length:
+    data = _read_exact(stream, length)
+    if data is None:
         return None
     return msgpack.unpackb(data, raw=False)
 
@@ -74,7 +87,7 @@ def run_job(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
     for root in reversed(job["recipe_path"]):
         if root not in sys.path:
             sys.path.insert(0, root)
-    os.umask(0o022)
+    os.umask(job.get("umask", 0o022))
     os.chdir(job["work"])
     os.environ["TMPDIR"] = job["tmp"]
     os.environ["HOME"] = job["work"]

@@ -1,0 +1,196 @@
+"""Recipe fixtures for the verify, diff and hand-off tests.
+
+Each ``leak_*`` recipe breaks the determinism contract in exactly one way, so verify must catch
+it and name its stage; the file kinds are chosen so that the artifact diff shows the matching
+measures (.npy: array measures, .json: key diff, .png: image measures and a heat map). The
+``sensitive_*`` recipes are deterministic under the contract and diverge only when one
+``verify --vary`` variation changes what they (wrongly) depend on. The rest are well-behaved
+stages for pipelines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+from buildsys.context import StageContext
+
+
+def _json(ctx: StageContext, name: str, value: object) -> None:
+    (ctx.out / name).write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
+
+
+def _npy(ctx: StageContext, name: str, array: object) -> None:
+    import numpy as np
+
+    np.save(ctx.out / name, np.asarray(array))
+
+
+# --------------------------------------------------------------------------- well-behaved
+
+
+def make_base(ctx: StageContext) -> None:
+    """A deterministic source stage: seeded numbers, plus the declared source files copied."""
+    rng = ctx.rng("base")
+    _npy(ctx, "base.npy", rng.standard_normal(int(ctx.param("size", 32))))
+    for name in ctx.inputs:
+        for path in ctx.input_files(name):
+            (ctx.out / path.name).write_bytes(path.read_bytes())
+
+
+def echo_params(ctx: StageContext) -> None:
+    """Writes its params: changing a param changes the key and the output."""
+    _json(ctx, "params.json", {"params": ctx.params, "seed": ctx.seed})
+
+
+def summarize(ctx: StageContext) -> None:
+    """Deterministic consumer: a digest of every input file's bytes, so any upstream
+    divergence propagates into this stage's output."""
+    import hashlib
+
+    rows = {}
+    for name in sorted(ctx.inputs):
+        for path in ctx.input_files(name):
+            rows[f"{name}/{path.relative_to(ctx.input_dir(name)).as_posix()}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    _json(ctx, "summary.json", rows)
+
+
+def count_files(ctx: StageContext) -> None:
+    """Deterministic consumer that ignores its input's content: absorbs upstream divergence."""
+    _json(ctx, "count.json", {name: len(ctx.input_files(name)) for name in sorted(ctx.inputs)})
+
+
+def creative(ctx: StageContext) -> None:
+    """A stochastic stage drawing from the context's seeded generator (reproducible in practice)."""
+    rng = ctx.rng("creative")
+    _npy(ctx, "field.npy", rng.standard_normal((8, 8)).astype("float32"))
+
+
+def finalize(ctx: StageContext) -> None:
+    """Deterministic finalization: a tiny mesh and an array derived from the creative field."""
+    import numpy as np
+
+    field = np.load(ctx.input_file("field", (".npy",)))
+    heights = np.cumsum(field, axis=0).astype("float32")
+    _npy(ctx, "heights.npy", heights)
+    scale = float(ctx.param("scale", 1.0))
+    lines = ["ply", "format ascii 1.0", "element vertex 3", "property float x", "property float y", "property float z",
+             "element face 1", "property list uchar int vertex_indices", "end_header"]
+    lines += [f"{scale * heights[0, 0]:.6f} 0 0", f"0 {scale:.6f} 0", "0 0 1", "3 0 1 2"]
+    (ctx.out / "asset.ply").write_text("\n".join(lines) + "\n", encoding="ascii")
+
+
+def validate(ctx: StageContext) -> None:
+    """A gate: report.json with passed/failures, like recipes/validate."""
+    import numpy as np
+
+    heights = np.load(ctx.input_dir("asset") / "heights.npy")
+    finite = bool(np.isfinite(heights).all())
+    _json(ctx, "report.json", {"passed": finite, "failures": [] if finite else [{"gate": "finite", "message": "NaN"}]})
+
+
+def use_model(ctx: StageContext) -> None:
+    """Reads its checkpoint: a stage whose model the registry may refuse for hand-off."""
+    files = sorted(p.name for p in ctx.model.rglob("*") if p.is_file()) if ctx.model else []
+    _json(ctx, "model.json", {"files": files, "weight": (ctx.model / "weights.txt").read_text() if ctx.model else None})
+
+
+# --------------------------------------------------------------------------- contract breakers
+
+
+def leak_clock(ctx: StageContext) -> None:
+    """Output depends on the wall clock."""
+    _json(ctx, "stamp.json", {"built_at_ns": time.time_ns(), "value": 1})
+
+
+def leak_urandom_png(ctx: StageContext) -> None:
+    """Output depends on os.urandom: a noise image."""
+    from PIL import Image
+
+    size = 16
+    Image.frombytes("RGB", (size, size), os.urandom(size * size * 3)).save(ctx.out / "noise.png")
+
+
+def leak_thread_race(ctx: StageContext) -> None:
+    """A float reduction accumulated in the order worker threads finish: scheduling decides
+    the rounding. The running sums are written, so any change of order shows."""
+    import numpy as np
+
+    values = ctx.rng("race").standard_normal(16) * np.logspace(-6, 6, 16)
+    finished: list[float] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        time.sleep((time.perf_counter_ns() % 1000) / 500_000)  # jitter: lets the scheduler reorder
+        with lock:
+            finished.append(float(values[i]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(values))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    running, total = [], 0.0
+    for v in finished:
+        total += v
+        running.append(total)
+    _npy(ctx, "sum.npy", np.array(running, dtype="float64"))
+
+
+def leak_set_order(ctx: StageContext) -> None:
+    """Iterates a set of strings: the order depends on PYTHONHASHSEED (pinned by the contract,
+    so only ``--vary hashseed`` shows it)."""
+    names = {f"part-{i:02d}" for i in range(24)}
+    _json(ctx, "order.json", {"parts": list(names)})
+
+
+def leak_cwd(ctx: StageContext) -> None:
+    """Records the working directory (a fresh sandbox path every run)."""
+    _json(ctx, "where.json", {"cwd": os.getcwd()})
+
+
+def leak_environment(ctx: StageContext) -> None:
+    """Records the environment's variable names and LANG (fixed by the contract, so only
+    ``--vary env`` shows it)."""
+    _json(ctx, "env.json", {"names": sorted(os.environ), "lang": os.environ.get("LANG")})
+
+
+def leak_unseeded_numpy(ctx: StageContext) -> None:
+    """numpy.random.default_rng() without a seed draws from OS entropy."""
+    import numpy as np
+
+    _npy(ctx, "noise.npy", np.random.default_rng().standard_normal(64))
+
+
+def sensitive_timezone(ctx: StageContext) -> None:
+    """Formats a fixed instant in local time: depends on TZ."""
+    _json(ctx, "local.json", {"epoch": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(0))})
+
+
+def sensitive_umask(ctx: StageContext) -> None:
+    """Records the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    _json(ctx, "umask.json", {"umask": oct(mask)})
+
+
+def sensitive_threads(ctx: StageContext) -> None:
+    """A chunked float32 reduction with one chunk per thread: the same bytes at the same thread
+    count, other bytes at another (what 'deterministic' allows and 'strict' forbids)."""
+    import numpy as np
+
+    values = ctx.rng("chunks").standard_normal(100_003).astype("float32") * np.float32(1000.5)
+    total = np.float32(0.0)
+    for chunk in np.array_split(values, ctx.threads):
+        total = np.float32(total + chunk.sum(dtype="float32"))
+    _npy(ctx, "mean.npy", np.array([total / np.float32(values.size)], dtype="float32"))
+
+
+def sensitive_cwd_depth(ctx: StageContext) -> None:
+    """Records how deep the working directory is: the sandbox name changes every run, its
+    depth only under ``--vary cwd``."""
+    from pathlib import Path
+
+    _json(ctx, "depth.json", {"depth": len(Path.cwd().parts)})

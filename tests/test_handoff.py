@@ -1,0 +1,236 @@
+"""handoff and bundle verify: a round trip to a second machine (empty store, other cwd), the
+model-registry policy, and a bundle that was tampered with in every way we could think of."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from buildsys.bundle import BundleError, read_bundle
+from buildsys.errors import EXIT_BAD_INPUT, EXIT_NOT_REPRODUCIBLE
+
+from repro_helpers import TESTS, build, files_under, run, stage, write_buildfile
+
+MODELS = """[models.ckpt]
+path = "ckpt"
+license = "CC-BY-4.0"
+production = true
+
+[models.toy]
+path = "ckpt"
+
+[targets.asset]
+outputs = ["final", "check"]
+
+"""
+
+BODY = MODELS + (
+    stage("asset", "source", "make_base", inputs={"src": "src:data/*.txt"})
+    + stage("asset", "dream", "creative", inputs={"base": "source"}, mode="stochastic")
+    + stage("asset", "final", "finalize", inputs={"field": "dream"}, params={"scale": 2.0})
+    + stage("asset", "check", "validate", inputs={"asset": "final"}, gate=True)
+    + stage("asset", "weights", "use_model", model="ckpt")
+    + stage("risky", "weights", "use_model", model="toy")
+)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("studio")
+    (root / "ckpt").mkdir()
+    (root / "ckpt" / "weights.txt").write_text("0.5 0.25\n")
+    (root / "data").mkdir()
+    (root / "data" / "prompt.txt").write_text("a small stone bridge\n")
+    buildfile = write_buildfile(root, BODY)
+    build(buildfile, "asset", "risky")
+    return buildfile
+
+
+@pytest.fixture(scope="module")
+def bundle(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("handoff") / "asset-bundle"
+    proc = run(["handoff", "-f", str(project), "asset", "-o", str(out), "--json"], project.parent)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _lock(bundle: Path) -> dict:
+    return json.loads((bundle / "lock.json").read_text())
+
+
+def test_bundle_layout_and_lock(bundle: Path, project: Path) -> None:
+    files = files_under(bundle)
+    assert {"BUILDSYS-BUNDLE", "lock.json", "artifacts/final/asset.ply", "artifacts/check/report.json", "validation/asset__check.json"} <= files
+    lock = _lock(bundle)
+    stages = lock["stages"]
+    assert set(stages) == {"asset/source", "asset/dream", "asset/final", "asset/check", "asset/weights"}
+    assert {sid for sid, s in stages.items() if s["replay"]} == {"asset/source", "asset/final", "asset/check", "asset/weights"}
+    assert "stochastic" in stages["asset/dream"]["not_replayed"]
+    final = stages["asset/final"]
+    assert final["inputs"]["field"] == stages["asset/dream"]["output"]
+    assert final["description"]["params"] == {"scale": 2.0} and final["recipe"]["code"] == final["description"]["recipe"]["code"]
+    assert final["fingerprint"]["python"] and "numpy" in final["fingerprint"] and final["metrics"]["wall_s"] >= 0
+    assert stages["asset/weights"]["model"] == {"name": "ckpt", "digest": stages["asset/weights"]["description"]["model"]["digest"], "license": "CC-BY-4.0", "production": True}
+    assert lock["policy"] == {"violations": [], "forced": False}
+    assert lock["order"] == ["asset/source", "asset/dream", "asset/final", "asset/check", "asset/weights"]
+    assert lock["builds"] and all(b["file"] in files and b["producer"]["user"] for b in lock["builds"])
+    assert lock["validation"] == {"asset/check": "validation/asset__check.json"}
+    # every bundled file is listed with its digest and size, and nothing carries the build's paths
+    assert set(lock["files"]) == files - {"BUILDSYS-BUNDLE", "lock.json"} - {f for f in files if (bundle / f).is_dir()}
+    for rel in files:
+        path = bundle / rel
+        if path.is_file():
+            assert str(project.parent).encode() not in path.read_bytes(), rel
+    assert json.loads((bundle / "validation/asset__check.json").read_text())["passed"] is True
+
+
+def test_round_trip_on_a_second_machine(bundle: Path, tmp_path: Path) -> None:
+    machine = tmp_path / "machine-2"
+    machine.mkdir()
+    before = {p: p.stat().st_mtime_ns for p in bundle.rglob("*")}
+    proc = run(["verify", str(bundle), "--recipe-path", str(TESTS), "--json"], machine)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert [s["stage"] for s in report["stages"]] == ["asset/source", "asset/final", "asset/check", "asset/weights"]  # upstream first
+    assert {s["stage"]: s["status"] for s in report["stages"]} == {
+        "asset/source": "reproduced", "asset/final": "reproduced", "asset/check": "reproduced", "asset/weights": "reproduced",
+    }
+    assert not any("differs" in n for s in report["stages"] for n in s["notes"])
+    assert list(machine.iterdir()) == []  # an empty store elsewhere: nothing written in the cwd
+    assert {p: p.stat().st_mtime_ns for p in bundle.rglob("*")} == before
+
+
+def test_bundle_verify_reports_other_recipe_code(bundle: Path, tmp_path: Path) -> None:
+    """The recipe installed here differs: reported; a cosmetic edit still reproduces, a
+    behavioural one diverges with its diff."""
+    cosmetic, behavioural = tmp_path / "cosmetic", tmp_path / "behavioural"
+    source = (TESTS / "nondeterministic_recipes.py").read_text()
+    for folder, text in ((cosmetic, source + "\n# reviewed\n"), (behavioural, source.replace("np.cumsum(field, axis=0)", "np.cumsum(field, axis=1)"))):
+        folder.mkdir()
+        (folder / "nondeterministic_recipes.py").write_text(text)
+    proc = run(["verify", str(bundle), "--recipe-path", str(cosmetic), "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    final = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}["asset/final"]
+    assert any("differs from the bundled build" in n for n in final["notes"])
+    proc = run(["verify", str(bundle), "--recipe-path", str(behavioural), "--json"], tmp_path)
+    assert proc.returncode == EXIT_NOT_REPRODUCIBLE
+    report = json.loads(proc.stdout)
+    assert report["first_failing"] == "asset/final"
+    final = {s["stage"]: s for s in report["stages"]}["asset/final"]
+    assert {d["name"]: d["kind"] for d in final["diff"]["differing"]}["heights.npy"] == "array"
+
+
+def test_diff_between_bundle_and_store_record(bundle: Path, project: Path) -> None:
+    proc = run(["diff", "-f", str(project), "asset@-1", str(bundle), "--json"], project.parent)
+    assert proc.returncode == 0, proc.stderr
+    verdicts = {s["stage"]: s["verdict"] for s in json.loads(proc.stdout)["stages"]}
+    assert {v for sid, v in verdicts.items() if sid.startswith("asset/")} == {"same"}
+
+
+def test_policy_refuses_unlicensed_model_unless_forced(project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "risky"
+    proc = run(["handoff", "-f", str(project), "risky", "-o", str(out)], project.parent)
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert "model 'toy'" in proc.stderr and "no licence" in proc.stderr and "production-ready" in proc.stderr
+    assert not out.exists()
+    proc = run(["handoff", "-f", str(project), "risky", "-o", str(out), "--force"], project.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert "FORCED" in proc.stdout
+    lock = _lock(out)
+    assert lock["policy"]["forced"] is True
+    assert any("toy" in v and "no licence" in v for v in lock["policy"]["violations"])
+    assert set(lock["models"]["toy"]["violations"]) == {"is not marked production-ready", "has no licence"}
+    read_bundle(out)  # a forced bundle is still a valid bundle
+
+
+def test_handoff_refuses_a_non_empty_destination(project: Path, tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    proc = run(["handoff", "-f", str(project), "asset", "-o", str(tmp_path)], project.parent)
+    assert proc.returncode == EXIT_BAD_INPUT and "not an empty directory" in proc.stderr
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- tampering
+
+
+def _first_blob(b: Path) -> Path:
+    return sorted((b / "blobs").iterdir())[0]
+
+
+def _flip_byte(path: Path) -> None:
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _edit_lock(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def apply(b: Path) -> None:
+        lock = _lock(b)
+        edit(lock)
+        (b / "lock.json").write_text(json.dumps(lock))
+    return apply
+
+
+def _set_threads(lock: dict) -> None:
+    lock["stages"]["asset/final"]["threads"] = "two"
+
+
+def _change_param(lock: dict) -> None:
+    lock["stages"]["asset/final"]["description"]["params"]["scale"] = 3.0
+
+
+TAMPERING: dict[str, tuple[Callable[[Path], None], list[str]]] = {
+    "corrupt blob byte": (lambda b: _flip_byte(_first_blob(b)), ["blobs/", "hashes to"]),
+    "corrupt artifact byte": (lambda b: _flip_byte(b / "artifacts/final/asset.ply"), ["artifacts/final/asset.ply", "hashes to"]),
+    "removed file": (lambda b: (b / "validation/asset__check.json").unlink(), ["validation/asset__check.json", "missing"]),
+    "unlisted file": (lambda b: (b / "artifacts/final/extra.txt").write_text("x"), ["extra.txt", "not listed"]),
+    "path traversal": (_edit_lock(lambda lock: lock["files"].update({"artifacts/../../evil.txt": {"digest": "0" * 64, "size": 1}})),
+                       ["lock.json", "files.artifacts/../../evil.txt", ".."]),
+    "absolute path": (_edit_lock(lambda lock: lock["files"].update({"/tmp/evil.txt": {"digest": "0" * 64, "size": 1}})),
+                      ["lock.json", "files./tmp/evil.txt", "absolute"]),
+    "traversal in tree": (_edit_lock(lambda lock: next(iter(lock["trees"].values())).update({"../evil": ["0" * 64, 1, False]})),
+                          ["lock.json", "trees.", "../evil"]),
+    "symlink": (lambda b: os.symlink("/etc/hostname", b / "artifacts/final/link.ply"), ["link.ply", "symbolic link"]),
+    "symlinked lock": (lambda b: ((b / "lock.json").rename(b / "real-lock"), os.symlink(b / "real-lock", b / "lock.json")), ["lock.json", "symbolic link"]),
+    "malformed JSON": (lambda b: (b / "lock.json").write_text((b / "lock.json").read_text()[:-40]), ["lock.json", "malformed JSON at line"]),
+    "wrong type": (_edit_lock(_set_threads), ["lock.json", "stages.asset/final.threads", "must be int"]),
+    "oversized entry": (_edit_lock(lambda lock: lock["files"]["artifacts/final/asset.ply"].update({"size": 10**15})),
+                        ["lock.json", "files.artifacts/final/asset.ply.size", "cap"]),
+    "edited description": (_edit_lock(_change_param), ["lock.json", "stages.asset/final.key", "does not hash"]),
+    "stage order": (_edit_lock(lambda lock: lock["order"].pop()), ["lock.json", "order", "exactly once"]),
+    "lock not an object": (lambda b: (b / "lock.json").write_text("[1, 2]"), ["lock.json", "must be a JSON object"]),
+    "missing marker": (lambda b: (b / "BUILDSYS-BUNDLE").unlink(), ["BUILDSYS-BUNDLE", "missing"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TAMPERING))
+def test_tampered_bundle_is_refused(bundle: Path, tmp_path: Path, name: str) -> None:
+    mutate, expected = TAMPERING[name]
+    box = tmp_path / "box"
+    box.mkdir()
+    copy = box / "bundle"
+    shutil.copytree(bundle, copy, symlinks=True)
+    mutate(copy)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+
+    def outside() -> set[str]:
+        return {p for p in files_under(tmp_path) if not p.startswith("box/bundle/")}
+
+    outside_before = outside()
+    proc = run(["verify", str(copy), "--recipe-path", str(TESTS)], cwd)
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr
+    message = proc.stderr.strip()
+    assert message.startswith("buildsys: error:") and len(message.splitlines()) == 1, message
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+    assert outside() == outside_before
+    assert not (tmp_path / "evil.txt").exists() and not (box / "evil").exists()
+    with pytest.raises(BundleError):
+        read_bundle(copy)
