@@ -234,6 +234,7 @@ class _Expander:
         self.r = _Reader(path, text)
         self.raw = raw
         self.check_recipes = check_recipes
+        self._checked_recipes: set[str] = set()
 
     def project(self) -> Project:
         r = self.r
@@ -336,11 +337,12 @@ class _Expander:
             raise r.error(f"{where}.recipe", "missing (every stage names its recipe as 'module:function')")
         if recipe.count(":") != 1 or not all(recipe.split(":")):
             raise r.error(f"{where}.recipe", f"must be 'module:function', got {recipe!r}")
-        if self.check_recipes:
+        if self.check_recipes and recipe not in self._checked_recipes:
             try:
                 check_recipe(recipe, self.recipe_path)
             except RecipeNotFound as exc:
                 raise r.error(f"{where}.recipe", str(exc)) from None
+            self._checked_recipes.add(recipe)  # hundreds of stages share a few recipes
         inputs: dict[str, tuple[InputRef, ...]] = {}
         for input_name, value in r.table(table.get("inputs", {}), f"{where}.inputs").items():
             refs = value if isinstance(value, list) else [value]

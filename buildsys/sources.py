@@ -62,7 +62,8 @@ def ingest_files(files: list[tuple[str, Path]], store: LocalStore, stat_cache: S
     """Hash (stat cache first) and add files to the store; returns (tree digest, manifest)."""
     manifest: Manifest = {}
     for rel, path in files:
-        digest, size = stat_cache.digest(path)
+        # a file the stat cache does not know is hashed while it is copied into the store
+        digest, size = stat_cache.digest(path, store.put_file)
         if not store.has_blob(digest):
             stored, _ = store.put_file(path)
             if stored != digest:

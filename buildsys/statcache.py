@@ -6,7 +6,11 @@ written again within the same timestamp tick: git's "racily clean" problem). And
 re-stat'ed after hashing: if it changed while it was read, :class:`SourceChanged` is raised and
 nothing about it is cached.
 
-On disk: ``<store>/statcache``, msgpack ``{path: [dev, ino, size, mtime_ns, hashed_ns, digest]}``,
+The inode change time is compared too (as git does): a tool that rewrites a file and puts its
+old mtime back (``touch -r``, ``cp -p``, ``os.utime``) cannot hide the change, because nothing
+but the kernel sets ctime.
+
+On disk: ``<store>/statcache``, msgpack ``{path: [dev, ino, size, mtime_ns, hashed_ns, digest, ctime_ns]}``,
 rewritten atomically at the end of a build when anything changed. Concurrent builds may each
 rewrite it; the loser's entries are simply hashed again next time.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import msgpack
 
@@ -48,27 +53,29 @@ class StatCache:
         if entry is None:
             return None
         st = st or os.stat(path)
-        if entry[:4] != _signature(st) or entry[3] + RACY_NS >= entry[4]:
+        if len(entry) != 7 or entry[:4] != _signature(st) or entry[6] != st.st_ctime_ns or entry[3] + RACY_NS >= entry[4]:
             return None
         return entry[5]
 
     def remember(self, path: Path, st: os.stat_result, digest: Digest) -> None:
-        self.entries[str(path)] = [*_signature(st), time.time_ns(), digest]
+        self.entries[str(path)] = [*_signature(st), time.time_ns(), digest, st.st_ctime_ns]
         self.dirty = True
 
     def forget(self, path: Path) -> None:
         if self.entries.pop(str(path), None) is not None:
             self.dirty = True
 
-    def digest(self, path: Path) -> tuple[Digest, int]:
-        """(digest, size) of a file, from the cache when its stat is unchanged."""
+    def digest(self, path: Path, hash_file: Callable[[Path], tuple[Digest, int]] = digest_file) -> tuple[Digest, int]:
+        """(digest, size) of a file, from the cache when its stat is unchanged. On a miss the
+        file is read by ``hash_file`` (a store's ``put_file`` hashes while it copies the file in,
+        so a new source is read once, not twice)."""
         st = os.stat(path)
         cached = self.lookup(path, st)
         if cached is not None:
             return cached, st.st_size
-        digest, size = digest_file(path)
+        digest, size = hash_file(path)
         after = os.stat(path)
-        if _signature(after) != _signature(st) or size != st.st_size:
+        if _signature(after) != _signature(st) or after.st_ctime_ns != st.st_ctime_ns or size != st.st_size:
             self.forget(path)
             raise SourceChanged(f"{path}: changed while it was being hashed; nothing was cached, build again")
         self.remember(path, st, digest)

@@ -9,7 +9,7 @@ Layout (format version 1, checked on open)::
     builds/<ns>-<pid>       the digest of one build record (a blob), one file per build
     locks/ab/<key>          flock files: one action executes at most once at a time
     lock                    flock: builds hold it shared, gc holds it exclusive
-    statcache               msgpack {path: [dev, ino, size, mtime_ns, digest]}
+    statcache               msgpack {path: [dev, ino, size, mtime_ns, hashed_ns, digest, ctime_ns]}
     tmp/                    temp files and sandboxes; anything here is garbage after a crash
 
 Every write is temp file, fsync, rename, so a crash at any instant leaves no partial blob
@@ -71,6 +71,13 @@ class GcReport:
     freed_bytes: int = 0
 
 
+# what a store folder may hold before its FORMAT file exists: the files a user keeps in an
+# empty store folder, and what a store being created by another process (or a crashed one) has
+_LAYOUT_NAMES = frozenset(
+    {"README.md", ".gitignore", "FORMAT", "cas", "ac", "refs", "builds", "locks", "tmp", "lock", "statcache", "quarantine"}
+)
+
+
 def _shard(root: Path, name: str) -> Path:
     return root / name[:2] / name
 
@@ -87,6 +94,8 @@ class LocalStore:
         self.locks = self.root / "locks"
         self.tmp = self.root / "tmp"
         self.quarantine = self.root / "quarantine"
+        # trees already read and verified by this process (blobs are immutable): digest -> manifest
+        self._trees: dict[Digest, Manifest] = {}
         self._open(create)
 
     def _open(self, create: bool) -> None:
@@ -97,7 +106,9 @@ class LocalStore:
                 raise StoreError(f"{marker}: store format {found!r}, this buildsys reads {FORMAT!r}")
         elif not create:
             raise StoreError(f"{self.root}: not a buildsys store (no FORMAT file)")
-        elif self.root.exists() and any(p.name not in ("README.md", ".gitignore") for p in self.root.iterdir()):
+        elif self.root.exists() and any(p.name not in _LAYOUT_NAMES for p in self.root.iterdir()):
+            # only the store's own names are tolerated: a crash (or another process) between
+            # creating the folders below and writing FORMAT leaves exactly those
             raise StoreError(f"{self.root}: directory is not empty and is not a buildsys store")
         for path in (self.cas, self.ac, self.refs, self.builds, self.locks, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
@@ -130,15 +141,16 @@ class LocalStore:
         name even if the source changes meanwhile."""
         if move:
             digest, size = digest_file(source)
-            fd = os.open(source, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             path = _shard(self.cas, digest)
             if os.path.exists(path):
                 os.unlink(source)
             else:
+                # fsync only the file that becomes the blob (a duplicate is simply dropped)
+                fd = os.open(source, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 os.chmod(source, 0o444)
                 path.parent.mkdir(exist_ok=True)
                 os.replace(source, path)
@@ -155,10 +167,12 @@ class LocalStore:
                     dst.write(view[:n])
                     size += n
                 dst.flush()
-                os.fsync(dst.fileno())
-            digest = hasher.hexdigest()
-            path = _shard(self.cas, digest)
-            if os.path.exists(path):
+                digest = hasher.hexdigest()
+                path = _shard(self.cas, digest)
+                exists = os.path.exists(path)
+                if not exists:
+                    os.fsync(dst.fileno())  # only the copy that becomes the blob
+            if exists:
                 os.unlink(tmp)
             else:
                 os.chmod(tmp, 0o444)
@@ -237,6 +251,7 @@ class LocalStore:
             os.chmod(dest, 0o444)
 
     def quarantine_blob(self, digest: Digest) -> None:
+        self._trees.pop(digest, None)
         self.quarantine.mkdir(exist_ok=True)
         try:
             os.replace(self.blob_path(digest), self.quarantine / digest)
@@ -249,10 +264,17 @@ class LocalStore:
         return self.put_bytes(encode_manifest(manifest))
 
     def get_tree(self, digest: Digest) -> Manifest:
+        """A tree's manifest. Its bytes are verified the first time this process reads it; later
+        reads only check the blob is still there (a tree removed by gc is still missing)."""
+        cached = self._trees.get(digest)
+        if cached is not None and os.path.exists(_shard(self.cas, digest)):
+            return dict(cached)
         try:
-            return decode_manifest(self.read_bytes(digest), where=f"tree {digest}")
+            manifest = decode_manifest(self.read_bytes(digest), where=f"tree {digest}")
         except TreeError as exc:
             raise StoreCorruption(str(exc)) from None
+        self._trees[digest] = manifest
+        return dict(manifest)
 
     def ingest_directory(self, root: Path, move: bool = True) -> tuple[Digest, Manifest]:
         """Add every file under ``root`` and its manifest; returns (tree digest, manifest)."""
@@ -361,7 +383,19 @@ class LocalStore:
     @contextmanager
     def action_lock(self, key: Digest) -> Iterator[None]:
         """Exclusive across processes: the same action executes at most once at a time."""
-        path = _shard(self.locks, key)
+        with self._flock(_shard(self.locks, key)):
+            yield
+
+    @contextmanager
+    def folder_lock(self, folder: Path) -> Iterator[None]:
+        """Exclusive across processes, for a folder outside the store that buildsys owns (the
+        materialized outputs): two builds never write and prune it at the same time."""
+        name = digest_bytes(b"folder\0" + os.fsencode(os.path.abspath(folder)))
+        with self._flock(_shard(self.locks, name)):
+            yield
+
+    @contextmanager
+    def _flock(self, path: Path) -> Iterator[None]:
         path.parent.mkdir(exist_ok=True)
         with open(path, "a+b") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
