@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buildsys.config import RemoteSettings
 from buildsys.context import Budget
 from buildsys.determinism import MODES
 from buildsys.errors import BuildfileError
@@ -261,7 +262,7 @@ class _Expander:
         self.recipe_path = roots
         remote = self.raw.get("remote")
         if remote is not None:
-            r.table(remote, "remote")
+            RemoteSettings.from_table(r.table(remote, "remote"), f"{self.path}: [remote]")
         pipelines = r.table(self.raw.get("pipelines", {}), "pipelines")
         for name, table in pipelines.items():
             r.name(name, f"pipelines.{name}")

@@ -14,44 +14,9 @@ from typing import Any, Callable
 
 import click
 
-from buildsys.errors import EXIT_BAD_INPUT, EXIT_STORE, BuildsysError
-
-BUILDFILE_OPTION = click.option(
-    "-f", "--buildfile", type=click.Path(path_type=Path), default=Path("Buildfile.toml"), show_default=True,
-    help="The Buildfile to read.",
-)
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"buildsys: error: {message}", err=True)
-    sys.exit(code)
-
-
-def handled(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's typed errors into a message and an exit code."""
-
-    @wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from buildsys.encoding import EncodingError
-        from buildsys.store.local import StoreError
-
-        try:
-            return function(*args, **kwargs)
-        except BuildsysError as exc:
-            _fail(str(exc), exc.exit_code)
-        except StoreError as exc:
-            _fail(str(exc), EXIT_STORE)
-        except EncodingError as exc:
-            _fail(f"cannot encode: {exc}", EXIT_BAD_INPUT)
-
-    return wrapper
-
-
-def _session(buildfile: Path, jobs: int | None = None):
-    from buildsys.session import Session
-
-    return Session(buildfile, jobs=jobs)
-
+from buildsys import cli_remote, cli_repro
+from buildsys.cli_common import BUILDFILE_OPTION, handled, open_session
+from buildsys.errors import EXIT_STORE
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="buildsys")
@@ -78,11 +43,12 @@ def build(buildfile: Path, targets: tuple[str, ...], jobs: int | None, keep_goin
     """Build TARGETS (all targets when none is named), using and filling the caches."""
     from buildsys.builder import Builder
     from buildsys.progress import reporter_for
+    from buildsys.cli_common import open_remote_cache
     from buildsys.summary import print_summary
 
-    with _session(buildfile, jobs) as session:
+    with open_session(buildfile, jobs) as session:
         names = session.targets(targets)
-        remote = None if no_remote else _remote_cache(session, remote_url)
+        remote = None if no_remote else open_remote_cache(session, remote_url)
         try:
             report = Builder(session, reporter=reporter_for(json_output), remote=remote, keep_going=keep_going).build(names)
         finally:
@@ -90,13 +56,6 @@ def build(buildfile: Path, targets: tuple[str, ...], jobs: int | None, keep_goin
                 remote.close()
         print_summary(report, session, json_output)
     sys.exit(report.exit_code)
-
-
-def _remote_cache(session, url: str | None):
-    """The remote cache the Buildfile, user config or --remote name, or None."""
-    from buildsys.remote_setup import open_remote_cache
-
-    return open_remote_cache(session, url)
 
 
 @main.command()
@@ -109,7 +68,7 @@ def plan(buildfile: Path, targets: tuple[str, ...], json_output: bool) -> None:
     from buildsys.builder import Builder
     from buildsys.summary import print_plan
 
-    with _session(buildfile) as session:
+    with open_session(buildfile) as session:
         report = Builder(session, execute=False).build(session.targets(targets))
         print_plan(report, json_output)
 
@@ -126,7 +85,7 @@ def explain(buildfile: Path, target: str, json_output: bool) -> None:
     """Why TARGET's stages rebuild (or rebuilt last time): the key components that changed."""
     from buildsys.explain import explain_target, print_explanation
 
-    with _session(buildfile) as session:
+    with open_session(buildfile) as session:
         print_explanation(explain_target(session, session.targets([target])[0]), json_output)
 
 
@@ -143,7 +102,7 @@ def store_ls(buildfile: Path, what: str) -> None:
     """List refs, action keys, blobs or build records."""
     from buildsys.inspect import list_store
 
-    with _session(buildfile) as session:
+    with open_session(buildfile) as session:
         for line in list_store(session.store, what):
             click.echo(line)
 
@@ -156,7 +115,7 @@ def store_cat(buildfile: Path, digest: str) -> None:
     """Print a blob (trees, records and descriptions decoded as JSON)."""
     from buildsys.inspect import cat_object
 
-    with _session(buildfile) as session:
+    with open_session(buildfile) as session:
         data = cat_object(session.store, digest)
         if isinstance(data, bytes):
             sys.stdout.buffer.write(data)
@@ -171,7 +130,7 @@ def store_cat(buildfile: Path, digest: str) -> None:
 @handled
 def store_verify(buildfile: Path, repair: bool, json_output: bool) -> None:
     """Re-hash every blob and check every action record's references."""
-    with _session(buildfile) as session:
+    with open_session(buildfile) as session:
         with session.store.using():
             report = session.store.verify(repair=repair)
     if json_output:
@@ -196,7 +155,7 @@ def gc(buildfile: Path, dry_run: bool) -> None:
     """Remove everything not reachable from refs (last builds, pins, approvals)."""
     from buildsys.inspect import collect_garbage
 
-    with _session(buildfile) as session:
+    with open_session(buildfile) as session:
         report = collect_garbage(session.store, dry_run)
     verb = "would free" if dry_run else "freed"
     click.echo(f"{verb} {report.freed_bytes} bytes: {report.removed_blobs} blobs, {report.removed_actions} action records; kept {report.kept_blobs} blobs")
@@ -212,7 +171,7 @@ def log(buildfile: Path, limit: int, stage_id: str | None, json_output: bool) ->
     """Build records, newest first; or one stage's captured log."""
     from buildsys.inspect import build_history, stage_log
 
-    with _session(buildfile) as session:
+    with open_session(buildfile) as session:
         if stage_id:
             sys.stdout.buffer.write(stage_log(session.store, stage_id))
             return
@@ -236,14 +195,12 @@ def approve(buildfile: Path, target: str) -> None:
     """Pin TARGET's current gate-stage outputs (renders) as the reference for render regression."""
     from buildsys.inspect import approve_target
 
-    with _session(buildfile) as session:
+    with open_session(buildfile) as session:
         stages = approve_target(session, session.targets([target])[0])
     click.echo(f"approved {target}: {', '.join(stages)}")
 
 
-from buildsys import cli_repro  # noqa: E402  (after handled/BUILDFILE_OPTION, which it imports)
-
-for _command in cli_repro.COMMANDS:
+for _command in (*cli_repro.COMMANDS, *cli_remote.COMMANDS):
     main.add_command(_command)
 
 

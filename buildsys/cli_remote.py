@@ -1,11 +1,8 @@
-"""``buildsys keys ...`` and ``buildsys remote status``: thin commands over
+"""``buildsys keys ...`` and ``buildsys remote status|push|pull``: thin commands over
 :mod:`buildsys.signing`, :mod:`buildsys.config` and :mod:`buildsys.remote`.
 
-Add them to the main CLI with ``cli.add_command(keys)`` and ``cli.add_command(remote)``. The
-main CLI passes the Buildfile's ``[remote]`` table through ``ctx.meta[BUILDFILE_REMOTE]``
-(a dict, or a zero-argument callable returning one, or None) and, optionally, the Buildfile's
-name through ``ctx.meta[BUILDFILE_NAME]``. Heavy modules (requests, boto3, cryptography) are
-imported inside the commands, so importing this module stays cheap.
+Heavy modules (requests, boto3, cryptography) are imported inside the commands, so importing
+this module stays cheap.
 """
 
 from __future__ import annotations
@@ -17,18 +14,19 @@ from typing import Any
 
 import click
 
+from buildsys.cli_common import BUILDFILE_OPTION, handled, open_remote_cache, open_session
 from buildsys.config import ConfigError, RemoteSettings, keys_dir, load_settings, load_user_config
 
-BUILDFILE_REMOTE = "buildsys.buildfile_remote"
-BUILDFILE_NAME = "buildsys.buildfile_name"
 _PROBE = "0" * 64
 
 
-def _buildfile_remote(ctx: click.Context) -> tuple[dict[str, Any] | None, str]:
-    value = ctx.meta.get(BUILDFILE_REMOTE)
-    if callable(value):
-        value = value()
-    return value, ctx.meta.get(BUILDFILE_NAME, "Buildfile.toml")
+def _buildfile_remote(buildfile: Path) -> tuple[dict[str, Any] | None, str]:
+    """The Buildfile's [remote] table, when there is a Buildfile."""
+    if not buildfile.exists():
+        return None, str(buildfile)
+    from buildsys.buildfile import load
+
+    return load(buildfile, check_recipes=False).remote, str(buildfile)
 
 
 @click.group("keys")
@@ -102,17 +100,19 @@ def _probe(settings: RemoteSettings) -> dict[str, Any]:
 
 
 @remote.command("status")
+@BUILDFILE_OPTION
 @click.option("--remote", "cli_url", default=None, help="Remote URL, overriding the Buildfile and user config.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def remote_status(ctx: click.Context, cli_url: str | None, as_json: bool) -> None:
+@handled
+def remote_status(ctx: click.Context, buildfile: Path, cli_url: str | None, as_json: bool) -> None:
     """What remote is configured, whether it answers, and how fast; exits 1 if unreachable."""
     from buildsys.remote.cache import load_trust
     from buildsys.signing import SigningError
 
     try:
         user = load_user_config()
-        table, where = _buildfile_remote(ctx)
+        table, where = _buildfile_remote(buildfile)
         settings = load_settings(table, cli_url, buildfile_where=where, user=user)
         trusted, signer = load_trust(user)
         report: dict[str, Any] = {
@@ -145,3 +145,62 @@ def remote_status(ctx: click.Context, cli_url: str | None, as_json: bool) -> Non
         click.echo(f"trusted keys: {report['trusted_keys']}")
     if settings.enabled and not report.get("reachable"):
         ctx.exit(1)
+
+
+def _required_cache(session, url: str | None):
+    from buildsys.errors import BuildsysError
+
+    cache = open_remote_cache(session, url)
+    if cache is None:
+        raise BuildsysError("no remote configured: set [remote] url in the Buildfile or user config, or pass --remote URL")
+    return cache
+
+
+@remote.command("push")
+@BUILDFILE_OPTION
+@click.argument("targets", nargs=-1)
+@click.option("--remote", "cli_url", default=None, help="Remote URL, overriding the Buildfile and user config.")
+@handled
+def remote_push(buildfile: Path, targets: tuple[str, ...], cli_url: str | None) -> None:
+    """Upload the last build of TARGETS (all when none named): every action and blob it used."""
+    with open_session(buildfile) as session:
+        keys = []
+        for name in session.targets(targets):
+            ref = session.last_build(name)
+            if ref is None:
+                raise click.ClickException(f"target {name!r} has not been built here yet")
+            keys += [entry["key"] for entry in ref["stages"].values()]
+        cache = _required_cache(session, cli_url)
+        try:
+            summary = cache.push_closure(keys)
+        finally:
+            cache.close()
+    click.echo(f"pushed {summary.pushed} actions ({len(keys)} asked; {summary.not_local} not in the local store, {summary.failed} failed)")
+    if summary.failed or not cache.enabled:
+        raise SystemExit(1)
+
+
+@remote.command("pull")
+@BUILDFILE_OPTION
+@click.argument("targets", nargs=-1)
+@click.option("--remote", "cli_url", default=None, help="Remote URL, overriding the Buildfile and user config.")
+@handled
+def remote_pull(buildfile: Path, targets: tuple[str, ...], cli_url: str | None) -> None:
+    """Prefetch TARGETS' whole closure from the remote, running nothing (e.g. before going
+    offline). Stages the remote lacks are listed as still to build."""
+    from buildsys.builder import PULLED, WOULD_RUN, Builder
+
+    with open_session(buildfile) as session:
+        cache = _required_cache(session, cli_url)
+        try:
+            report = Builder(session, remote=cache, execute=False).build(session.targets(targets))
+        finally:
+            cache.close()
+    pulled = [sid for sid, s in report.stages.items() if s.status == PULLED]
+    missing = [sid for sid, s in report.stages.items() if s.status == WOULD_RUN]
+    click.echo(f"pulled {len(pulled)} stages, {len(report.stages) - len(pulled) - len(missing)} already local, {len(missing)} not on the remote")
+    for sid in missing:
+        click.echo(f"  still to build: {sid}")
+
+
+COMMANDS = [keys, remote]

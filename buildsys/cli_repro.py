@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from buildsys.cli import BUILDFILE_OPTION, handled
+from buildsys.cli_common import BUILDFILE_OPTION, handled
 from buildsys.errors import EXIT_NOT_REPRODUCIBLE, EXIT_OK
 
 

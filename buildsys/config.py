@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from buildsys.errors import BuildsysError
 
-class ConfigError(ValueError):
+
+class ConfigError(BuildsysError):
     """A configuration file or table is invalid; the message names the file and the field."""
 
 

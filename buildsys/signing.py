@@ -28,11 +28,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from buildsys.config import KEY_NAME
 from buildsys.store.records import ActionRecord, ActionResult
+from buildsys.errors import BuildsysError
 
 DOMAIN = b"buildsys action result v1\x00"
 
 
-class SigningError(Exception):
+class SigningError(BuildsysError):
     """A key file or key name is unusable; the message names the file."""
 
 

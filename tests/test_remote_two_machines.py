@@ -1,0 +1,164 @@
+"""Two machines, one cache: machine A builds the default targets and pushes; machine B (an empty
+store in another directory, another process) builds the same Buildfile and executes nothing,
+with bitwise-identical artifacts. For each backend: shared folder, nginx WebDAV, S3 (moto).
+And at the build level: a remote that is down or slow, or that holds unsigned records, never
+fails a build that can run locally."""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from buildsys.signing import generate_key
+from conftest import REPO, CliResult, run_cli
+from tests.remote_servers import MotoServer, NginxServer, SlowServer, free_port, moto_session, nginx_binary  # noqa: F401
+
+
+def _machine(root: Path) -> Path:
+    """A checkout of the default project on another machine."""
+    root.mkdir(parents=True)
+    shutil.copy(REPO / "Buildfile.toml", root / "Buildfile.toml")
+    shutil.copytree(REPO / "recipes", root / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _config(path: Path, keys: Path, trusted: str, signing: str | None) -> dict[str, str]:
+    name, _, pub = trusted.partition(":")
+    text = f'[trust]\nkeys = {{ {name} = "{pub}" }}\n'
+    if signing:
+        text = f'[signing]\nkey = "{signing}"\n' + text
+    path.write_text(text)
+    return {"BUILDSYS_CONFIG": str(path), "BUILDSYS_KEYS_DIR": str(keys)}
+
+
+def _build(root: Path, env: dict[str, str], *args: str) -> CliResult:
+    result = run_cli("build", "--json", "-f", str(root / "Buildfile.toml"), *args, cwd=root, env=env)
+    assert result.code == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory, moto_session: MotoServer):
+    """Machine A after building the default targets and pushing them to all three remotes."""
+    if nginx_binary() is None:
+        pytest.skip("nginx binary not found (Debian: apt-get install nginx)")
+    base = tmp_path_factory.mktemp("farm")
+    keys = base / "keys"
+    public = generate_key("farm-a", keys)
+    env_a = _config(base / "a.toml", keys, public, signing="farm-a")
+    env_b = _config(base / "b.toml", base / "no-keys", public, signing=None)
+    aws = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+    bucket = f"farm{time.monotonic_ns()}"
+    moto_session.client().create_bucket(Bucket=bucket)
+    (base / "shared-cache").mkdir()
+    nginx = NginxServer(base / "nginx").start()
+    remotes = {
+        "file": f"file://{base / 'shared-cache'}",
+        "http": f"{nginx.url}/cache",
+        "s3": f"s3://{bucket}/buildsys",
+    }
+    env_a.update(aws)
+    env_b.update(aws)
+    machine_a = _machine(base / "a")
+    first = _build(machine_a, env_a, "--remote", remotes["file"])
+    assert first.summary["executed"] == 18
+    assert first.summary["remote"]["pushed_actions"] == 18
+    try:
+        yield base, machine_a, remotes, env_a, env_b, moto_session, nginx
+    finally:
+        nginx.stop()
+
+
+@pytest.mark.parametrize("backend", ["file", "http", "s3"])
+def test_second_machine_executes_nothing(farm, backend):
+    base, machine_a, remotes, env_a, env_b, moto, _ = farm
+    url = remotes[backend]
+    if backend != "file":
+        env_a = {**env_a, "BUILDSYS_CONFIG": _with_endpoint(base, env_a["BUILDSYS_CONFIG"], backend, moto)}
+        push = run_cli("remote", "push", "-f", str(machine_a / "Buildfile.toml"), "--remote", url, cwd=machine_a, env=env_a)
+        assert push.code == 0, push.stderr + push.stdout
+    env_b = {**env_b, "BUILDSYS_CONFIG": _with_endpoint(base, env_b["BUILDSYS_CONFIG"], backend, moto)}
+    machine_b = _machine(base / f"b-{backend}")
+    result = _build(machine_b, env_b, "--remote", url)
+    assert result.summary["executed"] == 0
+    assert result.summary["pulled"] == 18
+    assert result.summary["remote"]["ignored_unsigned"] == 0
+    comparison = filecmp.dircmp(machine_a / "out", machine_b / "out")
+    _assert_same_tree(comparison)
+    assert run_cli("store", "verify", "-f", str(machine_b / "Buildfile.toml"), cwd=machine_b).code == 0
+
+
+def _with_endpoint(base: Path, config: str, backend: str, moto: MotoServer) -> str:
+    """The S3 endpoint of the moto server goes in the user config's [remote] table."""
+    text = Path(config).read_text()
+    if backend == "s3":
+        text = f'[remote]\ns3_endpoint_url = "{moto.url}"\ns3_region = "us-east-1"\n' + text
+    out = base / f"{Path(config).stem}-{backend}.toml"
+    out.write_text(text)
+    return str(out)
+
+
+def _assert_same_tree(comparison: filecmp.dircmp) -> None:
+    assert not comparison.left_only and not comparison.right_only, (comparison.left_only, comparison.right_only)
+    _, mismatch, errors = filecmp.cmpfiles(comparison.left, comparison.right, comparison.common_files, shallow=False)
+    assert not mismatch and not errors, (mismatch, errors)
+    for sub in comparison.subdirs.values():
+        _assert_same_tree(sub)
+
+
+SMALL = """
+[project]
+recipe_path = ["{repo}"]
+jobs = 1
+[targets.t.stages.copy]
+recipe = "recipes.files:copy"
+inputs = {{ src = "src:data.txt" }}
+"""
+
+
+def _small(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "data.txt").write_text("payload")
+    (root / "Buildfile.toml").write_text(SMALL.format(repo=REPO))
+    return root
+
+
+def test_unsigned_records_are_ignored_and_counted(tmp_path):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "empty.toml").write_text("")
+    cache = f"file://{tmp_path / 'cache'}"
+    isolated = {"BUILDSYS_CONFIG": str(tmp_path / "empty.toml"), "BUILDSYS_KEYS_DIR": str(tmp_path / "keys")}
+    a = _build(_small(tmp_path / "a"), isolated, "--remote", cache)
+    assert a.summary["executed"] == 1 and a.summary["remote"]["pushed_actions"] == 1
+    b_root = _small(tmp_path / "b")
+    b = _build(b_root, isolated, "--remote", cache)
+    assert b.summary["executed"] == 1 and b.summary["pulled"] == 0
+    assert b.summary["remote"]["ignored_unsigned"] == 1
+    assert (b_root / "out/t/copy/src/data.txt").read_text() == "payload"
+
+
+@pytest.mark.parametrize("fault", ["down", "slow"])
+def test_unusable_remote_never_fails_a_local_build(tmp_path, fault):
+    if fault == "down":
+        url = f"http://127.0.0.1:{free_port()}/cache"
+        server = None
+    else:
+        server = SlowServer(delay_s=3.0).start()
+        url = f"{server.url}/cache"
+    config = tmp_path / "config.toml"
+    config.write_text("[remote]\ntimeout_s = 0.5\nretries = 1\n")
+    try:
+        root = _small(tmp_path / "p")
+        result = _build(root, {"BUILDSYS_CONFIG": str(config), "BUILDSYS_KEYS_DIR": str(tmp_path / "k")}, "--remote", url)
+    finally:
+        if server is not None:
+            server.stop()
+    assert result.summary["executed"] == 1
+    assert result.summary["remote"]["disabled_reason"]
+    assert "remote" in result.stderr
+    assert (root / "out/t/copy/src/data.txt").read_text() == "payload"
