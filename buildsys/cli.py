@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from functools import wraps
 from pathlib import Path
-from typing import Any, Callable
 
 import click
 
@@ -198,6 +196,33 @@ def approve(buildfile: Path, target: str) -> None:
     with open_session(buildfile) as session:
         stages = approve_target(session, session.targets([target])[0])
     click.echo(f"approved {target}: {', '.join(stages)}")
+
+
+@main.command()
+@BUILDFILE_OPTION
+@click.argument("target")
+@click.option("--name", help="Pin name (default: the target's name).")
+@handled
+def pin(buildfile: Path, target: str, name: str | None) -> None:
+    """Keep TARGET's last build through gc (e.g. an asset handed off), until unpinned."""
+    from buildsys.inspect import pin_target
+
+    with open_session(buildfile) as session:
+        count = pin_target(session, session.targets([target])[0], name or target)
+    click.echo(f"pinned {target} as {name or target}: {count} stages")
+
+
+@main.command()
+@BUILDFILE_OPTION
+@click.argument("name")
+@handled
+def unpin(buildfile: Path, name: str) -> None:
+    """Drop the pin NAME; gc may then collect what only it kept."""
+    from buildsys.inspect import unpin as drop_pin
+
+    with open_session(buildfile) as session:
+        drop_pin(session.store, name)
+    click.echo(f"unpinned {name}")
 
 
 for _command in (*cli_repro.COMMANDS, *cli_remote.COMMANDS):

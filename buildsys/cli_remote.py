@@ -108,30 +108,26 @@ def _probe(settings: RemoteSettings) -> dict[str, Any]:
 def remote_status(ctx: click.Context, buildfile: Path, cli_url: str | None, as_json: bool) -> None:
     """What remote is configured, whether it answers, and how fast; exits 1 if unreachable."""
     from buildsys.remote.cache import load_trust
-    from buildsys.signing import SigningError
 
-    try:
-        user = load_user_config()
-        table, where = _buildfile_remote(buildfile)
-        settings = load_settings(table, cli_url, buildfile_where=where, user=user)
-        trusted, signer = load_trust(user)
-        report: dict[str, Any] = {
-            "url": settings.url or None,
-            "url_from": settings.where("url") if settings.url else None,
-            "read_only": settings.read_only,
-            "parallel": settings.parallel,
-            "timeout_s": settings.timeout_s,
-            "retries": settings.retries,
-            "zstd": settings.zstd,
-            "auth": settings.username is not None,
-            "signing_key": signer.name if signer else None,
-            "trusted_keys": len(trusted),
-            "config": str(user.path) if user.path else None,
-        }
-        if settings.enabled:
-            report.update(_probe(settings))
-    except (ConfigError, SigningError) as exc:
-        raise click.ClickException(str(exc)) from None
+    user = load_user_config()
+    table, where = _buildfile_remote(buildfile)
+    settings = load_settings(table, cli_url, buildfile_where=where, user=user)
+    trusted, signer = load_trust(user)
+    report: dict[str, Any] = {
+        "url": settings.url or None,
+        "url_from": settings.where("url") if settings.url else None,
+        "read_only": settings.read_only,
+        "parallel": settings.parallel,
+        "timeout_s": settings.timeout_s,
+        "retries": settings.retries,
+        "zstd": settings.zstd,
+        "auth": settings.username is not None,
+        "signing_key": signer.name if signer else None,
+        "trusted_keys": len(trusted),
+        "config": str(user.path) if user.path else None,
+    }
+    if settings.enabled:
+        report.update(_probe(settings))
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     elif not settings.enabled:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterator
 
 from buildsys.encoding import decode
@@ -104,5 +103,17 @@ def approve_target(session: Session, target: str) -> list[str]:
     return sorted(stages)
 
 
-def to_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+
+def pin_target(session: Session, target: str, name: str) -> int:
+    """Keep the target's last build (every stage's record and output) through gc, under
+    ``refs/pins/NAME``; returns the number of stages pinned."""
+    ref = session.last_build(target)
+    if ref is None:
+        raise BuildsysError(f"target {target!r} has not been built yet: nothing to pin")
+    session.store.write_ref("pins", name, {"target": target, "stages": ref["stages"]})
+    return len(ref["stages"])
+
+
+def unpin(store: LocalStore, name: str) -> None:
+    if not store.delete_ref("pins", name):
+        raise BuildsysError(f"no pin named {name!r}; pins: {', '.join(store.list_refs('pins')) or 'none'}")

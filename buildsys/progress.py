@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import TextIO
 
-from buildsys.builder import CACHED, StageReport
+from buildsys.builder import CACHED, SilentReporter, StageReport
 
 
 class PlainReporter:
@@ -86,8 +86,6 @@ class RichReporter:
 
 
 def reporter_for(json_output: bool, stream: TextIO = sys.stderr):
-    from buildsys.builder import SilentReporter
-
     if json_output:
         return SilentReporter()
     if stream.isatty():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -139,9 +138,3 @@ def recipe_code_digest(ref: str, roots: list[Path], file_digest) -> Digest:
     closure = code_closure(module_name, tuple(roots))
     return digest_value({name: file_digest(path) for name, path in sorted(closure.items())})
 
-
-def ensure_importable(roots: list[Path]) -> None:
-    for root in reversed(roots):
-        text = str(root)
-        if text not in sys.path:
-            sys.path.insert(0, text)

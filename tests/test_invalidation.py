@@ -4,7 +4,6 @@ and an upstream change whose output bytes are identical stops there (early cutof
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

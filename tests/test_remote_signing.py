@@ -7,11 +7,10 @@ import os
 import stat
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 
-from buildsys.cli_remote import BUILDFILE_REMOTE, keys, remote
+from buildsys.cli_remote import keys, remote
 from buildsys.signing import Signer, SigningError, TrustedKeys, Verdict, generate_key
 from buildsys.store.records import ActionRecord, ActionResult
 from tests.remote_servers import NginxServer, nginx  # noqa: F401
@@ -87,34 +86,22 @@ def test_cli_keys_generate_and_list(env: Path) -> None:
     assert again.exit_code == 1 and "already exists" in again.output
 
 
-def _main_cli(buildfile_remote) -> click.Group:
-    """A stand-in for the engine's main CLI: it hands the Buildfile's [remote] table over."""
-
-    @click.group()
-    @click.pass_context
-    def cli(ctx: click.Context) -> None:
-        ctx.meta[BUILDFILE_REMOTE] = buildfile_remote
-
-    cli.add_command(remote)
-    cli.add_command(keys)
-    return cli
-
-
 def test_cli_remote_status(env: Path, nginx: NginxServer) -> None:
     runner = CliRunner()
     (env / "share").mkdir()
     ok = runner.invoke(remote, ["status", "--remote", f"file://{env / 'share'}"])
     assert ok.exit_code == 0 and "reachable" in ok.output and "trusted keys: 0" in ok.output
-    project = {"url": f"{nginx.url}/cache", "parallel": 3}
-    as_json = runner.invoke(_main_cli(lambda: project), ["remote", "status", "--json"])
+    buildfile = env / "Buildfile.toml"
+    buildfile.write_text(f'[remote]\nurl = "{nginx.url}/cache"\nparallel = 3\n[targets.t.stages.s]\nrecipe = "recipes.files:copy"\n')
+    as_json = runner.invoke(remote, ["status", "-f", str(buildfile), "--json"])
     report = json.loads(as_json.output)
     assert as_json.exit_code == 0 and report["reachable"] and report["parallel"] == 3
-    assert report["url_from"] == "Buildfile.toml [remote]" and report["latency_ms"] >= 0
+    assert report["url_from"] == f"{buildfile} [remote]" and report["latency_ms"] >= 0
     nginx.stop()
-    down = runner.invoke(_main_cli(project), ["remote", "status", "--json"])
+    down = runner.invoke(remote, ["status", "-f", str(buildfile), "--json"])
     assert down.exit_code == 1 and json.loads(down.output)["reachable"] is False
     none = runner.invoke(remote, ["status", "--remote", ""])
     assert none.exit_code == 0 and "none configured" in none.output
     (env / "config.toml").write_text("[remote]\nretries = -1\n")
     bad = runner.invoke(remote, ["status"])
-    assert bad.exit_code == 1 and "field 'retries'" in bad.output
+    assert bad.exit_code == 2 and "field 'retries'" in bad.output

@@ -1,0 +1,45 @@
+"""gc from the command line: keeps the last build of every target and pinned builds, frees the
+rest, reports bytes, and leaves a store that verifies."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import Project
+
+BUILDFILE = """
+[targets.t.stages.copy]
+recipe = "recipes.files:copy"
+inputs = { src = "src:data.txt" }
+"""
+
+
+def _freed(output: str) -> int:
+    return int(re.search(r"(\d+) bytes", output).group(1))
+
+
+def test_gc_keeps_last_and_pinned_builds(project: Project):
+    project.buildfile_text(BUILDFILE)
+    project.write("data.txt", "version one " * 1000)
+    assert project.build().code == 0
+    assert project.cli("pin", "t", "--name", "delivered-v1").code == 0
+    project.write("data.txt", "version two " * 1000)
+    assert project.build().code == 0
+    project.write("data.txt", "version three " * 1000)
+    assert project.build().code == 0
+
+    dry = project.cli("gc", "--dry-run")
+    assert dry.code == 0 and "would free" in dry.stdout and _freed(dry.stdout) > 0
+    done = project.cli("gc")
+    assert done.code == 0 and _freed(done.stdout) == _freed(dry.stdout)
+    assert project.cli("store", "verify").code == 0
+
+    project.write("data.txt", "version three " * 1000)
+    assert project.build().summary["executed"] == 0, "the last build survives gc"
+    project.write("data.txt", "version one " * 1000)
+    assert project.build().summary["executed"] == 0, "the pinned build survives gc"
+    project.write("data.txt", "version two " * 1000)
+    assert project.build().summary["executed"] == 1, "an unpinned, superseded build was collected"
+
+    assert project.cli("unpin", "delivered-v1").code == 0
+    assert project.cli("unpin", "delivered-v1").code == 2
