@@ -1,0 +1,60 @@
+"""The embedded default project, as a user meets it: a cold build of every target, a no-op
+second build, `verify` replaying every deterministic stage bitwise, and render regression
+against renders pinned with `approve`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+
+
+@pytest.fixture(scope="module")
+def default_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("default")
+    shutil.copy(REPO / "Buildfile.toml", root / "Buildfile.toml")
+    shutil.copytree(REPO / "recipes", root / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
+    first = run_cli("build", "--json", cwd=root)
+    assert first.code == 0, first.stderr
+    summary = first.summary
+    assert summary["executed"] == 18 and summary["failed"] == 0
+    assert summary["targets"] == {"tiny-prior": "ok", "red-blob": "ok", "blue-rock": "ok", "bunny": "ok"}
+    return root
+
+
+def test_second_build_is_a_noop(default_project: Path):
+    again = run_cli("build", "--json", cwd=default_project)
+    assert again.code == 0
+    assert again.summary["executed"] == 0 and again.summary["cached"] == 18
+    assert again.summary["workers_started"] == 0
+
+
+def test_artifacts_are_materialized(default_project: Path):
+    for target in ("red-blob", "blue-rock", "bunny"):
+        export = default_project / "out" / target / "export"
+        assert {"model.glb", "model.obj", "model.mtl", "model.png"} <= {p.name for p in export.iterdir()}
+        report = json.loads((default_project / "out" / target / "validate" / "report.json").read_text())
+        assert report["passed"] is True
+        assert report["gates"]["render_ssim"]["status"] == "skipped"
+
+
+def test_default_targets_verify_bitwise(default_project: Path):
+    result = run_cli("verify", "--json", "bunny", "red-blob", "blue-rock", "tiny-prior", cwd=default_project)
+    assert result.code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["first_divergent"] is None
+
+
+def test_approved_renders_become_the_regression_reference(default_project: Path):
+    approved = run_cli("approve", "bunny", cwd=default_project)
+    assert approved.code == 0, approved.stderr
+    rebuilt = run_cli("build", "--json", "bunny", cwd=default_project)
+    assert rebuilt.code == 0
+    assert rebuilt.summary["executed"] == 1, "only validate reads the approved renders"
+    report = json.loads((default_project / "out/bunny/validate/report.json").read_text())
+    assert report["gates"]["render_ssim"]["status"] == "pass"
+    assert report["gates"]["render_max_diff"]["status"] == "pass"
