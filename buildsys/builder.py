@@ -25,7 +25,7 @@ from buildsys.encoding import decode
 from buildsys.errors import EXIT_BUILD_FAILED, EXIT_OK, BuildsysError
 from buildsys.executor import Executor, LocalExecutor
 from buildsys.hashing import Digest
-from buildsys.materialize import MaterializeReport, materialize_tree
+from buildsys.materialize import MaterializeReport, materialize_trees
 from buildsys.resolver import Resolved, closure
 from buildsys.runner import producer, run_action
 from buildsys.session import Session
@@ -182,6 +182,7 @@ class Builder:
     def _walk(self, target_names: list[str]) -> dict[str, StageReport]:
         project = self.session.project
         order = closure(project, target_names, self.resolver)
+        self.resolver.prefetch_sources(order)
         deps = {sid: set(self.resolver.upstream(project.stages[sid])) for sid in order}
         dependents: dict[str, list[str]] = {sid: [] for sid in order}
         for sid in order:
@@ -336,12 +337,14 @@ class Builder:
         project = self.session.project
         # another build of this project may be materializing the same folders: one at a time,
         # or its pruning would delete the other's half-written temp files
+        trees = [
+            (reports[f"{name}/{stage}"].tree, project.outputs / name / stage)
+            for name in target_names
+            for stage in project.targets[name].outputs
+            if reports[f"{name}/{stage}"].ok
+        ]
         with self.store.folder_lock(project.outputs):
-            for name in target_names:
-                for stage in project.targets[name].outputs:
-                    report = reports[f"{name}/{stage}"]
-                    if report.ok:
-                        materialize_tree(self.store, report.tree, project.outputs / name / stage, self.session.stat_cache, out)
+            materialize_trees(self.store, trees, self.session.stat_cache, out)
 
     def _write_refs(self, target_names: list[str], reports: dict[str, StageReport]) -> None:
         project = self.session.project

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,29 @@ class MaterializeReport:
     unchanged: int = 0
     removed: int = 0
     bytes_written: int = 0
+
+
+COPY_THREADS = 4
+
+
+def materialize_trees(
+    store: LocalStore, trees: list[tuple[Digest, Path]], stat_cache: StatCache, report: MaterializeReport
+) -> None:
+    """Several trees at once: copying is I/O and hashing in C, both outside the GIL, so a few
+    threads keep the disk busy while one verifies what it wrote."""
+    if len(trees) <= 1:
+        for tree, dest in trees:
+            materialize_tree(store, tree, dest, stat_cache, report)
+        return
+    parts = [MaterializeReport() for _ in trees]
+    with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="materialize") as pool:
+        for future in [pool.submit(materialize_tree, store, t, d, stat_cache, r) for (t, d), r in zip(trees, parts)]:
+            future.result()
+    for part in parts:
+        report.written += part.written
+        report.unchanged += part.unchanged
+        report.removed += part.removed
+        report.bytes_written += part.bytes_written
 
 
 def materialize_tree(store: LocalStore, tree: Digest, dest: Path, stat_cache: StatCache, report: MaterializeReport) -> None:

@@ -9,6 +9,7 @@ out once per build, and it never imports a heavy library.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,22 @@ class Resolver:
                 raise InputError(f"{self.project.file}: {where}: {exc}") from None
             self._sources[ref] = ingest_files(files, self.store, self.stat_cache)[0]
         return self._sources[ref]
+
+    def prefetch_sources(self, stage_ids: list[str], threads: int = 4) -> None:
+        """Hash and store every source the stages read, several files at once (a cold build
+        of many small stages otherwise waits on one file at a time in the scheduler thread)."""
+        pending = {}
+        for sid in stage_ids:
+            spec = self.project.stages[sid]
+            for name, refs in spec.inputs.items():
+                for ref in refs:
+                    if ref.kind in ("src", "pkg") and ref not in self._sources:
+                        pending.setdefault(ref, f"{spec.where}.inputs.{name}")
+        if len(pending) <= 1:
+            return
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sources") as pool:
+            for future in [pool.submit(self.source_tree, ref, where) for ref, where in pending.items()]:
+                future.result()
 
     def approved_tree(self, target: str, stage: str) -> Digest:
         ref = self.store.read_ref("approved", target) or {}
