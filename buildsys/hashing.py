@@ -31,8 +31,12 @@ def digest_file(path: str | os.PathLike[str]) -> tuple[Digest, int]:
     """(digest, size) of a file, streamed through one reusable buffer: a multi-GB checkpoint
     costs 16 MiB of memory, and large files are hashed on all cores."""
     with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size >= LARGE_FILE:
+        size = os.fstat(handle.fileno()).st_size
+        if size >= LARGE_FILE:
             return digest_stream(handle, blake3.blake3(max_threads=blake3.blake3.AUTO), LARGE_CHUNK)
+        if size < CHUNK:
+            data = handle.read()
+            return digest_bytes(data), len(data)
         return digest_stream(handle)
 
 

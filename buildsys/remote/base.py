@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, runtime_checkable
 
+import blake3
+
 from buildsys.hashing import Digest, is_digest
 
 
@@ -54,9 +56,12 @@ class Remote(Protocol):
         """The subset of ``digests`` the remote holds."""
         ...
 
-    def get_blob(self, digest: Digest, dest: Path) -> None:
+    def get_blob(self, digest: Digest, dest: Path) -> Digest | None:
         """Stream a blob into ``dest`` (created or truncated). Raises NotFound if absent.
-        The bytes are not verified here: the caller re-hashes them."""
+        The bytes are not verified here: the caller checks them. A backend that hashed the
+        bytes while writing them (:class:`HashingWriter`) returns that digest, so the caller
+        need not read the file again; one that could not returns None and the caller
+        re-hashes the file."""
         ...
 
     def put_blob(self, digest: Digest, source: Path) -> None:
@@ -97,3 +102,35 @@ def parallel_has(probe: Callable[[Digest], bool], digests: Iterable[Digest], par
         return {d for d in wanted if probe(d)}
     with ThreadPoolExecutor(max_workers=min(parallel, len(wanted)), thread_name_prefix="remote-has") as pool:
         return {d for d, present in zip(wanted, pool.map(probe, wanted)) if present}
+
+
+class HashingWriter:
+    """A file opened for writing (created or truncated) that hashes exactly the bytes written
+    to it, so a download is checked in the same pass that stores it. A retried attempt opens
+    a new writer, so a partial earlier attempt never leaks into the digest."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb")
+        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self.size = 0
+
+    def write(self, data) -> int:
+        self._hasher.update(data)
+        self._file.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def hexdigest(self) -> Digest:
+        return self._hasher.hexdigest()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "HashingWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

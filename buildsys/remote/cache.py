@@ -2,7 +2,8 @@
 
 Pull: a remote record is used only if it decodes, names the action key it was filed under,
 and carries a signature by a trusted key. Then every blob it references that is missing
-locally is downloaded (in parallel) into the store's tmp dir and re-hashed on adoption; wrong
+locally is downloaded (in parallel) into the store's tmp dir and hashed (while it is written, where
+the backend can, else re-read) before adoption; wrong
 or truncated bytes never enter the store. The tree blob is parsed only after it is verified.
 The record is written to the local action cache (signature kept) only when everything it
 references is present, so a pulled record never points at a missing blob.
@@ -177,9 +178,12 @@ class RemoteCache:
             return False
         tmp = Path(self.store.tmp) / f".remote-{digest[:16]}-{uuid.uuid4().hex[:8]}"
         try:
-            self.remote.get_blob(digest, tmp)
+            hashed = self.remote.get_blob(digest, tmp)
             size = os.path.getsize(tmp)
-            self.store.adopt_verified(tmp, digest)
+            if hashed is None:
+                self.store.adopt_verified(tmp, digest)
+            else:  # hashed while written: the same check, without reading the bytes twice
+                self.store.adopt_hashed(tmp, digest, hashed)
         except StoreCorruption as exc:
             self._count("rejected_blobs")
             self._note("rejected", f"remote blob {short(digest)} rejected: {exc}")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
 from buildsys.hashing import Digest
-from buildsys.remote.base import MAX_RECORD_BYTES, CorruptContent, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name
+from buildsys.remote.base import MAX_RECORD_BYTES, CorruptContent, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name
 
 _COPY_CHUNK = 1 << 20
 
@@ -52,8 +52,8 @@ class FileRemote:
         self._check_root()
         return {d for d in set(digests) if os.path.exists(self.root / "cas" / check_name(d, "cas"))}
 
-    def get_blob(self, digest: Digest, dest: Path) -> None:
-        self._read(self.root / "cas" / check_name(digest, "cas"), dest, f"blob {digest}")
+    def get_blob(self, digest: Digest, dest: Path) -> Digest:
+        return self._read(self.root / "cas" / check_name(digest, "cas"), dest, f"blob {digest}")
 
     def put_blob(self, digest: Digest, source: Path) -> None:
         target = self.root / "cas" / check_name(digest, "cas")
@@ -61,7 +61,7 @@ class FileRemote:
             return
         try:
             with open(source, "rb") as src:
-                self._write(target, lambda dst: shutil.copyfileobj(src, dst, _COPY_CHUNK), f"blob {digest}")
+                self._write(target, lambda dst: _copy_in_kernel(src, dst), f"blob {digest}")
         except FileNotFoundError:
             raise RemoteError(f"{source}: local blob to upload is missing") from None
 
@@ -82,11 +82,16 @@ class FileRemote:
     def put_action(self, key: Digest, data: bytes) -> None:
         self._write(self.root / "ac" / check_name(key, "ac"), lambda dst: dst.write(data), f"record {key}")
 
-    def _read(self, path: Path, dest: Path, what: str) -> None:
+    def _read(self, path: Path, dest: Path, what: str) -> Digest:
+        """Copy ``path`` to ``dest`` and hash it in the same pass; returns the digest."""
         self._check_root()
         try:
-            with open(path, "rb") as src, open(dest, "wb") as dst:
-                shutil.copyfileobj(src, dst, _COPY_CHUNK)
+            with open(path, "rb") as src, HashingWriter(dest) as dst:
+                buffer = bytearray(_COPY_CHUNK)
+                view = memoryview(buffer)
+                while n := src.readinto(buffer):
+                    dst.write(view[:n])
+                return dst.hexdigest()
         except FileNotFoundError:
             if not path.exists():
                 raise NotFound(f"{self.describe()}: {what} not found") from None
@@ -116,6 +121,21 @@ class FileRemote:
         except BaseException:
             _unlink(tmp)
             raise
+
+
+def _copy_in_kernel(src: BinaryIO, dst: BinaryIO) -> None:
+    """Copy a whole file with ``sendfile`` (no round trip of the bytes through Python: the
+    cache hashed the source just before); plain copy where the kernel refuses."""
+    try:
+        while os.sendfile(dst.fileno(), src.fileno(), None, 1 << 30):
+            pass
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        src.seek(0)
+        dst.seek(0)
+        dst.truncate()
+        shutil.copyfileobj(src, dst, _COPY_CHUNK)
 
 
 def _unlink(path: str) -> None:

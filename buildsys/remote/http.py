@@ -15,6 +15,11 @@ Bodies stream in both directions (file object up, 1 MiB chunks down), so memory 
 whatever the blob size. Connections are pooled (pool sized to the parallelism); transient
 failures (connection errors, timeouts, 408/429/5xx, truncated bodies) are retried with
 exponential backoff inside a time budget, see :mod:`buildsys.remote.retry`.
+
+Blobs (HEAD/GET/PUT) go through a lean keep-alive pool on http.client
+(:mod:`buildsys.remote.httpconn`) unless a proxy applies to the URL; action records and
+proxied remotes use requests. Downloads are hashed while written (:class:`HashingWriter`),
+so the cache checks them without reading them back.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from buildsys.hashing import Digest
-from buildsys.remote.base import MAX_RECORD_BYTES, CorruptContent, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_has
+from buildsys.remote.base import MAX_RECORD_BYTES, CorruptContent, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_has
+from buildsys.remote.httpconn import NETWORK_ERRORS as _POOL_ERRORS, ConnectionPool, truncated
 from buildsys.remote.retry import RetryPolicy, Transient, call_with_retry
 
 _CHUNK = 1 << 20
+_SMALL = 1 << 20
+"""Blobs up to this size are read into memory and sent with their headers in one write."""
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
@@ -68,12 +76,19 @@ class HttpRemote:
         if username is not None:
             self.session.auth = (username, password or "")
         self.session.headers["User-Agent"] = "buildsys-remote/1"
+        self._path = parts.path.rstrip("/")
+        self.pool: ConnectionPool | None = None
+        if not requests.utils.get_environ_proxies(self.base):
+            auth = (username, password or "") if username is not None else None
+            self.pool = ConnectionPool(parts.scheme, parts.hostname, parts.port, timeout_s, maxsize=2 * parallel, auth=auth, ssl_context=_ssl_context() if parts.scheme == "https" else None)
 
     def describe(self) -> str:
         return self.base + (" (zstd)" if self.zstd else "")
 
     def close(self) -> None:
         self.session.close()
+        if self.pool is not None:
+            self.pool.close()
 
     # helpers -----------------------------------------------------------------------------
 
@@ -117,13 +132,17 @@ class HttpRemote:
         return self._retry(attempt, what)
 
     def has_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
+        if self.pool is not None:
+            return parallel_has(self._pool_head, digests, self.parallel)
         return parallel_has(lambda d: self._head(self._blob_url(d), f"HEAD blob {d}"), digests, self.parallel)
 
-    def get_blob(self, digest: Digest, dest: Path) -> None:
+    def get_blob(self, digest: Digest, dest: Path) -> Digest:
+        if self.pool is not None:
+            return self._pool_get(digest, dest)
         url = self._blob_url(digest)
         what = f"GET blob {digest}"
 
-        def attempt() -> None:
+        def attempt() -> Digest:
             response = self._send("GET", url, stream=True)
             with response:
                 if response.status_code == 404:
@@ -131,23 +150,26 @@ class HttpRemote:
                 if not 200 <= response.status_code < 300:
                     raise self._refuse(response, what)
                 try:
-                    with open(dest, "wb") as out:
+                    with HashingWriter(dest) as out:
                         chunks = response.iter_content(_CHUNK)
                         if self.zstd:
                             _decompress_into(chunks, out, what)
                         else:
                             for chunk in chunks:
                                 out.write(chunk)
+                        return out.hexdigest()
                 except _NETWORK_ERRORS as exc:
                     raise Transient(f"body interrupted: {_short(exc)}") from None
 
-        self._retry(attempt, what)
+        return self._retry(attempt, what)
 
     def put_blob(self, digest: Digest, source: Path) -> None:
         url = self._blob_url(digest)
         what = f"PUT blob {digest}"
         if not os.path.exists(source):
             raise RemoteError(f"{source}: local blob to upload is missing")
+        if self.pool is not None:
+            return self._pool_put(digest, source)
 
         def attempt() -> None:
             with open(source, "rb") as body:
@@ -191,6 +213,99 @@ class HttpRemote:
                     raise self._refuse(response, what)
 
         self._retry(attempt, what)
+
+
+    # blobs through the lean pool ---------------------------------------------------------
+
+    def _blob_path(self, digest: Digest) -> str:
+        return f"{self._path}/{'cas.zst' if self.zstd else 'cas'}/{check_name(digest, 'cas')}"
+
+    def _pooled(self, what: str, attempt: Callable[[], object]):
+        """Retry ``attempt`` (which uses the pool), network failures and retryable statuses
+        counting as transient, exactly as in the requests path."""
+
+        def wrapped():
+            try:
+                return attempt()
+            except _POOL_ERRORS as exc:
+                raise Transient(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+        return self._retry(wrapped, what)
+
+    def _status(self, response, what: str, absent: bool = False) -> bool:
+        """True for 2xx, False for a 404 when ``absent`` is allowed; raises otherwise."""
+        status = response.status
+        if 200 <= status < 300:
+            return True
+        if status == 404 and absent:
+            return False
+        if status in _TRANSIENT_STATUS:
+            raise Transient(f"HTTP {status}")
+        raise RemoteRefused(f"{self.base}: {what}: HTTP {status} {response.reason}")
+
+    def _pool_head(self, digest: Digest) -> bool:
+        path, what = self._blob_path(digest), f"HEAD blob {digest}"
+
+        def attempt() -> bool:
+            with self.pool.request("HEAD", path) as response:
+                return self._status(response, what, absent=True)
+
+        return self._pooled(what, attempt)
+
+    def _pool_get(self, digest: Digest, dest: Path) -> Digest:
+        path, what = self._blob_path(digest), f"GET blob {digest}"
+
+        def attempt() -> Digest:
+            with self.pool.request("GET", path) as response:
+                if not self._status(response, what, absent=True):
+                    raise NotFound(f"{self.base}: blob {digest} not found")
+                with HashingWriter(dest) as out:
+                    if self.zstd:
+                        _decompress_into(iter(lambda: response.read(_CHUNK), b""), out, what)
+                    else:
+                        buffer = bytearray(_CHUNK)
+                        view = memoryview(buffer)
+                        while n := response.readinto(buffer):
+                            out.write(view[:n])
+                    if truncated(response):
+                        raise Transient("body truncated")
+                    return out.hexdigest()
+
+        return self._pooled(what, attempt)
+
+    def _pool_put(self, digest: Digest, source: Path) -> None:
+        path, what = self._blob_path(digest), f"PUT blob {digest}"
+        try:
+            size = os.path.getsize(source)
+            small = None if self.zstd or size > _SMALL else Path(source).read_bytes()
+        except FileNotFoundError:
+            raise RemoteError(f"{source}: local blob to upload is missing") from None
+
+        def attempt() -> None:
+            if small is not None:  # one send for headers and body (no Nagle/delayed-ACK stall)
+                with self.pool.request("PUT", path, body=small) as response:
+                    self._status(response, what)
+                return
+            with open(source, "rb") as handle:
+
+                def rewound():
+                    handle.seek(0)
+                    return _compress(handle) if self.zstd else handle
+
+                headers = {"Transfer-Encoding": "chunked"} if self.zstd else {"Content-Length": str(size)}
+                with self.pool.request("PUT", path, body=rewound, headers=headers) as response:
+                    self._status(response, what)
+
+        self._pooled(what, attempt)
+
+
+def _ssl_context():
+    """The CA bundle requests would use (``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, else certifi)."""
+    import ssl
+
+    from requests.utils import DEFAULT_CA_BUNDLE_PATH
+
+    return ssl.create_default_context(cafile=os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH)
 
 
 def _compress(body) -> Iterator[bytes]:

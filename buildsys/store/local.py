@@ -28,7 +28,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import blake3
 
@@ -76,6 +76,20 @@ class GcReport:
 _LAYOUT_NAMES = frozenset(
     {"README.md", ".gitignore", "FORMAT", "cas", "ac", "refs", "builds", "locks", "tmp", "lock", "statcache", "quarantine"}
 )
+
+
+def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[Digest, int]:
+    """Copy one open file to another through one buffer, hashing what was copied."""
+    hasher = blake3.blake3()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    size = 0
+    while n := src.readinto(buffer):
+        hasher.update(view[:n])
+        dst.write(view[:n])
+        size += n
+    dst.flush()
+    return hasher.hexdigest(), size
 
 
 def _shard(root: Path, name: str) -> Path:
@@ -141,47 +155,33 @@ class LocalStore:
         name even if the source changes meanwhile."""
         if move:
             digest, size = digest_file(source)
-            path = _shard(self.cas, digest)
-            if os.path.exists(path):
-                os.unlink(source)
-            else:
-                # fsync only the file that becomes the blob (a duplicate is simply dropped)
-                fd = os.open(source, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.chmod(source, 0o444)
-                path.parent.mkdir(exist_ok=True)
-                os.replace(source, path)
+            self._install(source, digest)
             return digest, size
         fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=".b-")
         try:
-            hasher = blake3.blake3()
-            size = 0
             with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-                buffer = bytearray(CHUNK)
-                view = memoryview(buffer)
-                while n := src.readinto(buffer):
-                    hasher.update(view[:n])
-                    dst.write(view[:n])
-                    size += n
-                dst.flush()
-                digest = hasher.hexdigest()
-                path = _shard(self.cas, digest)
-                exists = os.path.exists(path)
-                if not exists:
-                    os.fsync(dst.fileno())  # only the copy that becomes the blob
-            if exists:
-                os.unlink(tmp)
-            else:
-                os.chmod(tmp, 0o444)
-                path.parent.mkdir(exist_ok=True)
-                os.replace(tmp, path)
+                digest, size = _copy_hashing(src, dst)
+            self._install(Path(tmp), digest)
             return digest, size
         except BaseException:
             _unlink_quietly(tmp)
             raise
+
+    def _install(self, file: Path, digest: Digest) -> None:
+        """Rename a complete file in as blob ``digest`` (fsync first: only the file that
+        becomes the blob pays for it; a duplicate is simply dropped)."""
+        path = _shard(self.cas, digest)
+        if os.path.exists(path):
+            _unlink_quietly(file)
+            return
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(file, 0o444)
+        path.parent.mkdir(exist_ok=True)
+        os.replace(file, path)
 
     def adopt_verified(self, tmp_file: Path, expected: Digest) -> None:
         """Move a downloaded file in under ``expected`` after re-hashing it; a mismatch is
@@ -190,18 +190,16 @@ class LocalStore:
         if digest != expected:
             _unlink_quietly(tmp_file)
             raise StoreCorruption(f"blob {expected}: received bytes hash to {digest}")
-        path = _shard(self.cas, expected)
-        if os.path.exists(path):
+        self._install(tmp_file, expected)
+
+    def adopt_hashed(self, tmp_file: Path, expected: Digest, actual: Digest) -> None:
+        """Like :meth:`adopt_verified` for a file whose digest ``actual`` was computed over the
+        very bytes written into it (hashed while downloading), so it is not read a second time.
+        A mismatch is refused and the file removed."""
+        if actual != expected:
             _unlink_quietly(tmp_file)
-            return
-        fd = os.open(tmp_file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp_file, 0o444)
-        path.parent.mkdir(exist_ok=True)
-        os.replace(tmp_file, path)
+            raise StoreCorruption(f"blob {expected}: received bytes hash to {actual}")
+        self._install(tmp_file, expected)
 
     def read_bytes(self, digest: Digest) -> bytes:
         path = self.blob_path(digest)
@@ -220,18 +218,13 @@ class LocalStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         try:
-            hasher = blake3.blake3()
             try:
                 src = open(self.blob_path(digest), "rb")
             except FileNotFoundError:
                 raise StoreError(f"blob {digest} is missing from {self.root}") from None
             with src, os.fdopen(fd, "wb") as dst:
-                buffer = bytearray(CHUNK)
-                view = memoryview(buffer)
-                while n := src.readinto(buffer):
-                    hasher.update(view[:n])
-                    dst.write(view[:n])
-            if hasher.hexdigest() != digest:
+                copied, _ = _copy_hashing(src, dst)
+            if copied != digest:
                 self.quarantine_blob(digest)
                 raise StoreCorruption(f"blob {digest} in {self.root} is corrupt (moved to quarantine)")
             os.chmod(tmp, 0o755 if executable else 0o644)
