@@ -13,6 +13,11 @@ The description of an action (format ``ACTION_VERSION``) is the map::
     mode         deterministic | strict | stochastic
     device       the resolved device (cpu, cuda)
     iterations   the iteration budget handed to the recipe, or None
+    isolate      true when the stage runs in a fresh worker process of its own
+
+``isolate`` is in the key because it can change bytes: some native libraries keep process-wide
+state (allocator layout, static caches) that leaks from one job into the next in a reused
+worker; pymeshlab's isotropic remeshing is one (see the cleanup stages of Buildfile.toml).
 
 The target's name is deliberately absent: two targets that run the same action share its
 output. The action key is the BLAKE3 digest of the canonical encoding of this map.
@@ -40,6 +45,7 @@ def describe(
     mode: str,
     device: str,
     iterations: int | None,
+    isolate: bool = False,
 ) -> dict[str, Any]:
     return {
         "v": ACTION_VERSION,
@@ -53,6 +59,7 @@ def describe(
         "mode": mode,
         "device": device,
         "iterations": iterations,
+        "isolate": isolate,
     }
 
 

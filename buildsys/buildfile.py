@@ -9,7 +9,8 @@ Tables (every unknown key is an error, never ignored)::
     [targets.NAME]       pipeline, seed, stages.STAGE.* (overrides), outputs, on_fail, description
 
 A stage: recipe ("module:function"), inputs ({name: ref | [ref, ...]}), params, seed, model,
-fingerprint, mode, budget ({seconds, memory_mb, iterations}), device, production, gate.
+fingerprint, mode, budget ({seconds, memory_mb, iterations}), device, production, gate,
+isolate (run in a fresh worker process instead of a reused one).
 Input refs: ``STAGE`` (same target), ``@TARGET/STAGE``, ``src:GLOB`` (project files),
 ``pkg:PACKAGE/PATH`` (a file shipped in an installed package), ``approved:STAGE`` (renders
 pinned by ``buildsys approve``; empty when none).
@@ -36,7 +37,7 @@ from buildsys.recipe_identity import RecipeNotFound, check_recipe
 PROJECT_KEYS = {"store", "outputs", "jobs", "recipe_path", "threads", "name", "description"}
 STAGE_KEYS = {
     "recipe", "inputs", "params", "seed", "model", "fingerprint", "mode", "budget", "device",
-    "production", "gate", "description",
+    "production", "gate", "isolate", "description",
 }
 BUDGET_KEYS = {"seconds", "memory_mb", "iterations"}
 MODEL_KEYS = {"path", "target", "stage", "digest", "license", "production", "description"}
@@ -78,6 +79,7 @@ class StageSpec:
     production: bool
     gate: bool
     where: str
+    isolate: bool = False
 
     @property
     def id(self) -> str:
@@ -383,6 +385,7 @@ class _Expander:
             budget=Budget(seconds=float(seconds) if seconds is not None else None, memory_mb=memory, iterations=iterations),
             device=device, production=r.typed(table, "production", bool, where, False),
             gate=r.typed(table, "gate", bool, where, False), where=where,
+            isolate=r.typed(table, "isolate", bool, where, False),
         )
 
     def input_ref(self, ref: str, target: str, where: str) -> InputRef:

@@ -50,9 +50,10 @@ class Job:
     tmp: str
     log: str
     umask: int = 0o022
+    isolated: bool = False
 
     def message(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "action"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("action", "isolated")}
 
 
 @dataclass
@@ -170,12 +171,12 @@ class LocalExecutor:
         self._lock = threading.Condition()
         self.spawned = 0
 
-    def _checkout(self, env_key: tuple[str, int]) -> _Worker:
+    def _checkout(self, env_key: tuple[str, int], fresh: bool = False) -> _Worker:
         with self._lock:
             while self._busy >= self.slots:
                 self._lock.wait()
             self._busy += 1
-            for worker in self._idle:
+            for worker in [] if fresh else self._idle:
                 if worker.env_key == env_key and worker.process.poll() is None:
                     self._idle.remove(worker)
                     return worker
@@ -192,12 +193,17 @@ class LocalExecutor:
             self._lock.notify()
 
     def run(self, job: Job) -> JobOutcome:
-        worker = self._checkout((job.mode, job.threads))
+        """Run a job on an idle worker of its environment, or a new one. An isolated job gets a
+        fresh worker that is closed afterwards, so no state of an earlier job can reach it."""
+        worker = self._checkout((job.mode, job.threads), fresh=job.isolated)
         keep: _Worker | None = worker
         try:
             outcome = self._drive(worker, job)
             if outcome.status in ("timeout", "memory", "crash"):
                 worker.kill()
+                keep = None
+            elif job.isolated:
+                worker.close()
                 keep = None
             return outcome
         except BaseException:

@@ -163,6 +163,7 @@ class Resolver:
             mode=spec.mode,
             device=device,
             iterations=spec.budget.iterations,
+            isolate=spec.isolate,
         )
         return Resolved(spec, description, action_key(description), inputs, model, self.threads, device)
 

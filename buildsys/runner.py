@@ -110,6 +110,7 @@ def run_action(
             tmp=str(sandbox / "tmp"),
             log=str(log_path),
             umask=umask,
+            isolated=spec.isolate,
         )
         outcome = executor.run(job)
         touched = [(p, d) for p, d, size, mtime in linked if _changed(p, size, mtime)]

@@ -239,6 +239,7 @@ def stage_spec(description: dict[str, Any], target: str, seconds: float | None =
         production=False,
         gate=False,
         where=f"recorded action {target}/{description['stage']}",
+        isolate=bool(description.get("isolate", False)),
     )
 
 

@@ -34,6 +34,21 @@ def test_workers_are_reused_across_stages(project: Project):
     assert 1 <= result.summary["workers_started"] <= 2
 
 
+def test_isolated_stages_get_a_fresh_worker_each(project: Project):
+    stages = "\n".join(
+        f'[targets.t.stages.s{i}]\nrecipe = "recipes.files:copy"\ninputs = {{ src = "src:data/{i}.txt" }}\nisolate = {"true" if i < 3 else "false"}\n'
+        for i in range(6)
+    )
+    for i in range(6):
+        project.write(f"data/{i}.txt", str(i))
+    project.buildfile_text(stages)
+    project.buildfile.write_text(project.buildfile.read_text().replace("jobs = 2", "jobs = 1"))
+    result = project.build()
+    assert result.code == 0, result.stderr
+    assert result.summary["executed"] == 6
+    assert result.summary["workers_started"] == 4, "three isolated stages, three shared one worker"
+
+
 def _conv_bytes(project: Project, threads: int, mode: str) -> tuple[str, str]:
     project.write("mr/__init__.py", "")
     project.write("mr/conv.py", TORCH_RECIPE)
