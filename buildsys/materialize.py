@@ -56,6 +56,7 @@ def materialize_trees(
 
 def materialize_tree(store: LocalStore, tree: Digest, dest: Path, stat_cache: StatCache, report: MaterializeReport) -> None:
     manifest = store.get_tree(tree)
+    fresh = not dest.exists()
     written_before = report.written
     for rel, entry in manifest.items():
         path = dest / rel
@@ -68,13 +69,11 @@ def materialize_tree(store: LocalStore, tree: Digest, dest: Path, stat_cache: St
             continue
         if st is not None and not os.path.isfile(path):
             _remove(path)
-        store.copy_blob_to(entry.digest, path, entry.executable)
-        backdated = time.time_ns() - BACKDATE_NS
-        os.utime(path, ns=(backdated, backdated))
-        stat_cache.remember(path, os.stat(path), entry.digest)
+        written = store.copy_blob_to(entry.digest, path, entry.executable, mtime_ns=time.time_ns() - BACKDATE_NS)
+        stat_cache.remember(path, written, entry.digest)
         report.written += 1
         report.bytes_written += entry.size
-    if dest.is_dir() and report.written > written_before:
+    if not fresh and report.written > written_before:
         _prune(dest, set(manifest), stat_cache, report)
 
 

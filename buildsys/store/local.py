@@ -92,6 +92,17 @@ def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[Digest, int]:
     return hasher.hexdigest(), size
 
 
+def _kernel_copy(src: BinaryIO, dst: BinaryIO) -> None:
+    """Copy a whole file inside the kernel (copy_file_range), never through Python buffers."""
+    size = os.fstat(src.fileno()).st_size
+    offset = 0
+    while offset < size:
+        sent = os.copy_file_range(src.fileno(), dst.fileno(), size - offset)
+        if sent == 0:
+            raise StoreError(f"blob copy ended early at byte {offset} of {size}")
+        offset += sent
+
+
 def _shard(root: Path, name: str) -> Path:
     return root / name[:2] / name
 
@@ -110,6 +121,8 @@ class LocalStore:
         self.quarantine = self.root / "quarantine"
         # trees already read and verified by this process (blobs are immutable): digest -> manifest
         self._trees: dict[Digest, Manifest] = {}
+        # blobs whose bytes this process hashed as it wrote them in
+        self._written: set[Digest] = set()
         self._open(create)
 
     def _open(self, create: bool) -> None:
@@ -171,6 +184,7 @@ class LocalStore:
         """Rename a complete file in as blob ``digest`` (fsync first: only the file that
         becomes the blob pays for it; a duplicate is simply dropped)."""
         path = _shard(self.cas, digest)
+        self._written.add(digest)
         if os.path.exists(path):
             _unlink_quietly(file)
             return
@@ -212,9 +226,10 @@ class LocalStore:
             raise StoreCorruption(f"blob {digest} in {self.root} is corrupt (moved to quarantine)")
         return data
 
-    def copy_blob_to(self, digest: Digest, dest: Path, executable: bool = False) -> os.stat_result:
-        """Copy a blob out as an ordinary writable file, verifying its digest on the way.
-        Returns the stat of the written file."""
+    def copy_blob_to(self, digest: Digest, dest: Path, executable: bool = False, mtime_ns: int | None = None) -> os.stat_result:
+        """Copy a blob out as an ordinary writable file, verifying its digest on the way (a
+        blob this process wrote itself is copied by the kernel instead: its bytes were hashed
+        as they went in). Returns the stat of the written file."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         try:
@@ -223,11 +238,16 @@ class LocalStore:
             except FileNotFoundError:
                 raise StoreError(f"blob {digest} is missing from {self.root}") from None
             with src, os.fdopen(fd, "wb") as dst:
-                copied, _ = _copy_hashing(src, dst)
-            if copied != digest:
-                self.quarantine_blob(digest)
-                raise StoreCorruption(f"blob {digest} in {self.root} is corrupt (moved to quarantine)")
-            os.chmod(tmp, 0o755 if executable else 0o644)
+                if digest in self._written:
+                    _kernel_copy(src, dst)
+                else:
+                    copied, _ = _copy_hashing(src, dst)
+                    if copied != digest:
+                        self.quarantine_blob(digest)
+                        raise StoreCorruption(f"blob {digest} in {self.root} is corrupt (moved to quarantine)")
+                os.fchmod(dst.fileno(), 0o755 if executable else 0o644)
+                if mtime_ns is not None:
+                    os.utime(dst.fileno(), ns=(mtime_ns, mtime_ns))
             os.replace(tmp, dest)
             return os.stat(dest)
         except BaseException:
