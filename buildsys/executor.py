@@ -148,12 +148,14 @@ class _Worker:
         self.process.wait()
 
     def close(self) -> None:
+        """An idle worker has delivered everything (its reply came after its outputs and log
+        were written): end it at once rather than wait for the interpreter's shutdown."""
         if self.process.poll() is None:
             try:
                 self.process.stdin.close()
-                self.process.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.kill()
+            except OSError:
+                pass
+            self.kill()
 
 
 class LocalExecutor:

@@ -101,17 +101,17 @@ def gpu_present() -> bool:
 
 
 def _blas() -> str:
-    """numpy's BLAS, from its build config (numpy is light enough to import)."""
-    try:
-        import numpy
-    except ImportError:
+    """numpy's BLAS name and version, read from the build config numpy ships as
+    ``numpy/__config__.py`` (text, so the CLI does not pay for importing numpy)."""
+    spec = importlib.util.find_spec("numpy")
+    if spec is None or not spec.submodule_search_locations:
         return NONE
     try:
-        config = numpy.show_config(mode="dicts")
-        blas = config.get("Build Dependencies", {}).get("blas", {})
-        return f"{blas.get('name', '?')} {blas.get('version', '?')}".strip()
-    except Exception:  # show_config's layout changes between numpy releases
+        text = (Path(list(spec.submodule_search_locations)[0]) / "__config__.py").read_text()
+    except OSError:
         return NONE
+    match = re.search(r'"blas":\s*\{\s*"name":\s*"([^"]*)".*?"version":\s*"([^"]*)"', text, re.DOTALL)
+    return f"{match.group(1)} {match.group(2)}" if match else NONE
 
 
 def _os() -> str:

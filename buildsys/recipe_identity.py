@@ -88,10 +88,23 @@ def check_recipe(ref: str, roots: list[Path]) -> ModuleSource:
     return source
 
 
+def _statements(body: list[ast.stmt]):
+    """Every statement, nested ones included (imports are statements, so the expressions, most
+    of a module's nodes, are never visited)."""
+    for node in body:
+        yield node
+        for name in ("body", "orelse", "finalbody"):
+            yield from _statements(getattr(node, name, None) or [])
+        for handler in getattr(node, "handlers", None) or []:
+            yield from _statements(handler.body)
+        for case in getattr(node, "cases", None) or []:
+            yield from _statements(case.body)
+
+
 def _imports(source: ModuleSource) -> set[str]:
     package = source.name if source.is_package else source.name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(_tree(source.path)):
+    for node in _statements(_tree(source.path).body):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
