@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any
 
 from buildsys.action import changed_components
 from buildsys.encoding import decode
@@ -101,19 +101,10 @@ class BuildReport:
         }
 
 
-class Reporter(Protocol):
-    def begin(self, total: int) -> None: ...
+class Reporter:
+    """What the scheduler tells about a build as it goes; this base says nothing (``--json``),
+    the terminal reporters in :mod:`buildsys.progress` override what they show."""
 
-    def started(self, stage_id: str) -> None: ...
-
-    def progress(self, stage_id: str, done: int, total: int | None, message: str) -> None: ...
-
-    def finished(self, report: StageReport) -> None: ...
-
-    def end(self) -> None: ...
-
-
-class SilentReporter:
     def begin(self, total: int) -> None: ...
 
     def started(self, stage_id: str) -> None: ...
@@ -139,7 +130,7 @@ class Builder:
         self.session = session
         self.store = session.store
         self.resolver = session.resolver
-        self.reporter = reporter or SilentReporter()
+        self.reporter = reporter or Reporter()
         self._executor = executor
         self.remote = remote
         self.keep_going = keep_going

@@ -10,19 +10,13 @@ import sys
 import threading
 from typing import TextIO
 
-from buildsys.builder import CACHED, SilentReporter, StageReport
+from buildsys.builder import CACHED, Reporter, StageReport
 
 
-class PlainReporter:
+class PlainReporter(Reporter):
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.lock = threading.Lock()
-
-    def begin(self, total: int) -> None: ...
-
-    def started(self, stage_id: str) -> None: ...
-
-    def progress(self, stage_id: str, done: int, total: int | None, message: str) -> None: ...
 
     def finished(self, report: StageReport) -> None:
         if report.status == CACHED:
@@ -33,10 +27,8 @@ class PlainReporter:
         with self.lock:
             print(f"{report.status:>9}  {report.id}{detail}", file=self.stream, flush=True)
 
-    def end(self) -> None: ...
 
-
-class RichReporter:
+class RichReporter(Reporter):
     """Overall bar plus one line per running stage with the iterations its recipe reports."""
 
     def __init__(self) -> None:
@@ -87,7 +79,7 @@ class RichReporter:
 
 def reporter_for(json_output: bool, stream: TextIO = sys.stderr):
     if json_output:
-        return SilentReporter()
+        return Reporter()
     if stream.isatty():
         return RichReporter()
     return PlainReporter(stream)
