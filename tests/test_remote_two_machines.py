@@ -162,3 +162,20 @@ def test_unusable_remote_never_fails_a_local_build(tmp_path, fault):
     assert result.summary["remote"]["disabled_reason"]
     assert "remote" in result.stderr
     assert (root / "out/t/copy/src/data.txt").read_text() == "payload"
+
+
+def test_hits_across_machines_need_the_declared_fingerprint_fields(tmp_path):
+    public = generate_key("studio", tmp_path / "keys")
+    env_a = _config(tmp_path / "a.toml", tmp_path / "keys", public, signing="studio")
+    env_b = _config(tmp_path / "b.toml", tmp_path / "none", public, signing=None)
+    (tmp_path / "cache").mkdir()
+    cache = f"file://{tmp_path / 'cache'}"
+    text = SMALL.format(repo=REPO) + 'fingerprint = ["torch"]\n'
+    for name in ("a", "b", "c"):
+        root = _small(tmp_path / name)
+        (root / "Buildfile.toml").write_text(text)
+    assert _build(tmp_path / "a", env_a, "--remote", cache).summary["remote"]["pushed_actions"] == 1
+    other_torch = _build(tmp_path / "b", {**env_b, "BUILDSYS_FINGERPRINT_OVERRIDE": "torch=9.9.9"}, "--remote", cache)
+    assert other_torch.summary["pulled"] == 0 and other_torch.summary["executed"] == 1
+    same_torch = _build(tmp_path / "c", env_b, "--remote", cache)
+    assert same_torch.summary["pulled"] == 1 and same_torch.summary["executed"] == 0
