@@ -24,7 +24,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
 from buildsys.hashing import Digest, digest_file, short
 from buildsys.remote.base import CorruptContent, NotFound, Remote, RemoteError, RemoteRefused
@@ -35,6 +35,7 @@ from buildsys.store.records import ActionRecord, ActionResult, RecordError
 if TYPE_CHECKING:
     from buildsys.config import RemoteSettings, UserConfig
 
+T = TypeVar("T")
 _MAX_NOTES = 50
 
 
@@ -159,7 +160,7 @@ class RemoteCache:
             self.stats.disabled_reason = str(exc)
         self.warn(f"remote {self.remote.describe()} disabled for the rest of this run: {exc}")
 
-    def _map(self, fn: Callable[[Digest], bool], digests: list[Digest]) -> list[bool]:
+    def _map(self, fn: Callable[[Digest], T], digests: list[Digest]) -> list[T]:
         if len(digests) <= 1:
             return [fn(d) for d in digests]
         with self._lock:
@@ -170,46 +171,51 @@ class RemoteCache:
 
     # pull ---------------------------------------------------------------------------------
 
-    def _fetch(self, digest: Digest) -> bool:
-        """Download one blob into the store, verified. False if it could not be had."""
-        if self.store.has_blob(digest):
-            return True
+    def _download(self, digest: Digest) -> Path | None:
+        """Download one blob into a temp file of the store and check its bytes; None if it
+        could not be had (the problem is counted and reported)."""
         if not self.enabled:
-            return False
+            return None
         tmp = Path(self.store.tmp) / f".remote-{digest[:16]}-{uuid.uuid4().hex[:8]}"
         try:
             hashed = self.remote.get_blob(digest, tmp)
-            size = os.path.getsize(tmp)
-            if hashed is None:
-                self.store.adopt_verified(tmp, digest)
-            else:  # hashed while written: the same check, without reading the bytes twice
-                self.store.adopt_hashed(tmp, digest, hashed)
+            self.store.check_download(tmp, digest, hashed)
         except StoreCorruption as exc:
             self._count("rejected_blobs")
             self._note("rejected", f"remote blob {short(digest)} rejected: {exc}")
-            return False
+            _unlink(tmp)
+            return None
         except CorruptContent as exc:
             self._count("rejected_blobs")
             self._failed(exc)
             self._note("rejected", f"remote blob {short(digest)} rejected: {exc}")
-            return False
-        except NotFound as exc:
-            self._failed(exc)
-            return False
+            _unlink(tmp)
+            return None
         except RemoteError as exc:
             self._failed(exc)
-            return False
-        finally:
             _unlink(tmp)
+            return None
         self._count("blobs_down")
-        self._count("bytes_down", size)
+        self._count("bytes_down", os.path.getsize(tmp))
+        return tmp
+
+    def _fetch(self, digest: Digest) -> bool:
+        """One blob into the store, verified. False if it could not be had."""
+        if self.store.has_blob(digest):
+            return True
+        tmp = self._download(digest)
+        if tmp is None:
+            return False
+        self.store.adopt_checked([(tmp, digest)])
         return True
 
     def pull_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
-        """Fetch the blobs missing locally; return those now present in the store."""
+        """Fetch the blobs missing locally (in parallel, moved in with one filesystem flush);
+        return those now present in the store."""
         wanted = sorted(set(digests))
         missing = self.store.missing_blobs(wanted)
-        self._map(self._fetch, missing)
+        downloads = self._map(self._download, missing)
+        self.store.adopt_checked([(tmp, digest) for tmp, digest in zip(downloads, missing) if tmp is not None])
         return set(wanted) - set(self.store.missing_blobs(wanted))
 
     def pull_tree(self, tree: Digest) -> bool:
