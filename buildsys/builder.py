@@ -218,16 +218,14 @@ class Builder:
                 reports[sid] = StageReport(sid, SKIPPED, error="not started: an earlier stage failed")
         return reports
 
-    def _try_cache(self, sid: str, trees: dict[str, Digest]) -> tuple[StageReport | None, Resolved | None]:
+    def _try_cache(self, sid: str, trees: dict[str, Digest]) -> tuple[StageReport | None, Resolved]:
         resolved = self.resolver.resolve(self.session.project.stages[sid], trees)
         result = self.store.lookup(resolved.key)
         if result is not None:
             return self._report(sid, CACHED, result), resolved
         return None, resolved
 
-    def _would_run(self, sid: str, resolved: Resolved | None) -> StageReport:
-        if resolved is None:
-            return StageReport(sid, WOULD_RUN, error="upstream stage will run")
+    def _would_run(self, sid: str, resolved: Resolved) -> StageReport:
         if self.remote is not None:
             result = self.remote.pull_action(resolved.key)
             if result is not None:
@@ -255,9 +253,8 @@ class Builder:
                 return self._report(sid, CACHED, result)
             run = run_action(resolved, self.store, self._executor_for_build(), self.session.fingerprint, self.session.project.recipe_path)
         if run.result is None:
-            status = FAILED
             return StageReport(
-                sid, status, key=resolved.key, log=run.log, error=f"{run.outcome.status}: {run.outcome.error}",
+                sid, FAILED, key=resolved.key, log=run.log, error=f"{run.outcome.status}: {run.outcome.error}",
                 outcome=run.outcome.status, wall_s=run.outcome.wall_s,
             )
         if self.remote is not None:

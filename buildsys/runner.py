@@ -15,6 +15,7 @@ import getpass
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,11 @@ from buildsys import __version__
 from buildsys.encoding import canonical_bytes
 from buildsys.executor import Executor, Job, JobOutcome
 from buildsys.fingerprint import Fingerprint
-from buildsys.hashing import Digest
+from buildsys.hashing import Digest, digest_file
 from buildsys.resolver import Resolved
 from buildsys.store.local import LocalStore
 from buildsys.store.records import ActionRecord, ActionResult
-from buildsys.tree import TreeError
+from buildsys.tree import Entry, Manifest, TreeError, encode_manifest, walk_files
 
 
 @dataclass
@@ -119,16 +120,24 @@ def run_action(
                 store.quarantine_blob(digest)
             names = ", ".join(str(p.relative_to(sandbox)) for p, _ in touched[:3])
             outcome = JobOutcome(False, "failed", f"recipe modified its read-only input {names}", outcome.wall_s, outcome.cpu_s, outcome.peak_rss_mb)
-        log = store.put_file(log_path, move=True)[0] if log_path.exists() else None
+        log = digest_file(log_path)[0] if log_path.exists() else None
         if not outcome.ok:
+            if log:
+                store.install_many([(log_path, log)])
             return RunOutcome(outcome, None, log)
         try:
-            tree, _ = store.ingest_directory(sandbox / "out", move=True)
+            manifest, blobs = _hash_outputs(sandbox / "out")
         except TreeError as exc:
+            if log:
+                store.install_many([(log_path, log)])
             return RunOutcome(JobOutcome(False, "failed", f"bad output: {exc}", outcome.wall_s, outcome.cpu_s, outcome.peak_rss_mb), None, log)
+        tree_file, tree = store.stage_bytes(encode_manifest(manifest))
+        description_file, description = store.stage_bytes(canonical_bytes(resolved.description))
+        blobs += [(tree_file, tree), (description_file, description)] + ([(log_path, log)] if log else [])
+        store.install_many(blobs)
         result = ActionResult(
             key=resolved.key,
-            description=store.put_bytes(canonical_bytes(resolved.description)),
+            description=description,
             tree=tree,
             log=log,
             metrics={
@@ -146,6 +155,18 @@ def run_action(
     finally:
         if not keep_sandbox:
             shutil.rmtree(sandbox, ignore_errors=True)
+
+
+def _hash_outputs(out: Path) -> tuple[Manifest, list[tuple[Path, Digest]]]:
+    """The manifest of a stage's output folder and its files with their digests, ready for
+    one :meth:`LocalStore.install_many` together with the tree, description and log."""
+    manifest: Manifest = {}
+    files: list[tuple[Path, Digest]] = []
+    for rel, path, st in walk_files(out):
+        digest, size = digest_file(path)
+        manifest[rel] = Entry(digest, size, bool(st.st_mode & stat.S_IXUSR))
+        files.append((path, digest))
+    return manifest, files
 
 
 def _changed(path: Path, size: int, mtime_ns: int) -> bool:

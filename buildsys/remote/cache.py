@@ -206,7 +206,7 @@ class RemoteCache:
         tmp = self._download(digest)
         if tmp is None:
             return False
-        self.store.adopt_checked([(tmp, digest)])
+        self.store.install_many([(tmp, digest)])
         return True
 
     def pull_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
@@ -215,7 +215,7 @@ class RemoteCache:
         wanted = sorted(set(digests))
         missing = self.store.missing_blobs(wanted)
         downloads = self._map(self._download, missing)
-        self.store.adopt_checked([(tmp, digest) for tmp, digest in zip(downloads, missing) if tmp is not None])
+        self.store.install_many([(tmp, digest) for tmp, digest in zip(downloads, missing) if tmp is not None])
         return set(wanted) - set(self.store.missing_blobs(wanted))
 
     def pull_tree(self, tree: Digest) -> bool:

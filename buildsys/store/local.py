@@ -24,7 +24,6 @@ import ctypes
 import fcntl
 import os
 import shutil
-import stat
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from buildsys.encoding import canonical_bytes, decode
 from buildsys.hashing import CHUNK, Digest, digest_bytes, digest_file, is_digest
 from buildsys.store.atomic import unlink_quietly as _unlink_quietly, write_atomic
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
-from buildsys.tree import Entry, Manifest, TreeError, decode_manifest, encode_manifest, walk_files
+from buildsys.tree import Manifest, TreeError, decode_manifest, encode_manifest
 
 FORMAT = "buildsys-store 1"
 
@@ -231,10 +230,12 @@ class LocalStore:
         self.check_download(tmp_file, expected, actual)
         self._install(tmp_file, expected)
 
-    def adopt_checked(self, files: list[tuple[Path, Digest]]) -> None:
-        """Move in several checked downloads with one flush of the store's filesystem
-        (``syncfs``) instead of an fsync each: a pull of many small blobs is bound by those.
-        Every blob is durable before it becomes visible, as with :meth:`_install`."""
+    def install_many(self, files: list[tuple[Path, Digest]]) -> None:
+        """Move in several files whose digests are known (checked downloads, hashed outputs,
+        staged bytes) with one flush of the store's filesystem (``syncfs``) instead of an
+        fsync each: many small blobs are bound by those. Every blob is durable before it
+        becomes visible, as with :meth:`_install`. The files must be on the store's
+        filesystem."""
         new = []
         for f, d in files:
             if os.path.exists(_shard(self.cas, d)):
@@ -326,13 +327,12 @@ class LocalStore:
         self._trees[digest] = manifest
         return dict(manifest)
 
-    def ingest_directory(self, root: Path, move: bool = True) -> tuple[Digest, Manifest]:
-        """Add every file under ``root`` and its manifest; returns (tree digest, manifest)."""
-        manifest: Manifest = {}
-        for rel, path, st in walk_files(root):
-            digest, size = self.put_file(path, move=move)
-            manifest[rel] = Entry(digest, size, bool(st.st_mode & stat.S_IXUSR))
-        return self.put_tree(manifest), manifest
+    def stage_bytes(self, data: bytes) -> tuple[Path, Digest]:
+        """Bytes written to a temp file for :meth:`install_many`: not yet durable, not visible."""
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=".s-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return Path(tmp), digest_bytes(data)
 
     def tree_missing(self, digest: Digest) -> list[Digest]:
         """The blobs a tree needs that are absent (the tree blob itself included)."""
