@@ -179,3 +179,22 @@ def test_hits_across_machines_need_the_declared_fingerprint_fields(tmp_path):
     assert other_torch.summary["pulled"] == 0 and other_torch.summary["executed"] == 1
     same_torch = _build(tmp_path / "c", env_b, "--remote", cache)
     assert same_torch.summary["pulled"] == 1 and same_torch.summary["executed"] == 0
+
+
+def test_remote_pull_prefetches_a_closure_for_offline_work(tmp_path):
+    public = generate_key("studio", tmp_path / "keys")
+    env_a = _config(tmp_path / "a.toml", tmp_path / "keys", public, signing="studio")
+    env_b = _config(tmp_path / "b.toml", tmp_path / "none", public, signing=None)
+    (tmp_path / "cache").mkdir()
+    cache = f"file://{tmp_path / 'cache'}"
+    text = SMALL.format(repo=REPO) + '[targets.t.stages.again]\nrecipe = "recipes.files:copy"\ninputs = { prev = "copy" }\n'
+    for name in ("a", "b"):
+        (_small(tmp_path / name) / "Buildfile.toml").write_text(text)
+    assert _build(tmp_path / "a", env_a, "--remote", cache).summary["remote"]["pushed_actions"] == 2
+    b = tmp_path / "b"
+    pulled = run_cli("remote", "pull", "-f", str(b / "Buildfile.toml"), "--remote", cache, cwd=b, env=env_b)
+    assert pulled.code == 0, pulled.stderr
+    assert "pulled 2 stages" in pulled.stdout
+    offline = _build(b, env_b, "--no-remote")
+    assert offline.summary["executed"] == 0 and offline.summary["cached"] == 2
+    assert (b / "out/t/again/prev/src/data.txt").read_text() == "payload"
