@@ -96,7 +96,8 @@ class Bench:
         with open(path, "wb") as out:
             for _ in range(self.args.large_mib):
                 out.write(os.urandom(MiB))
-        large, _ = self.src.put_file(path, move=True)
+        large, _ = self.src.put_file(path)
+        path.unlink()
         small = [self.src.put_bytes(os.urandom(self.args.small_kib * 1024)) for _ in range(self.args.small_count)]
         return large, small
 

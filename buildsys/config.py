@@ -158,20 +158,21 @@ class UserConfig:
     """key name -> base64 Ed25519 public key (32 bytes)."""
 
 
-def config_path() -> Path:
-    explicit = os.environ.get("BUILDSYS_CONFIG")
+def _user_path(variable: str, name: str) -> Path:
+    """``$variable`` if set, else ``name`` in buildsys's folder of ``$XDG_CONFIG_HOME``."""
+    explicit = os.environ.get(variable)
     if explicit:
         return Path(explicit)
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "buildsys" / "config.toml"
+    return Path(base) / "buildsys" / name
+
+
+def config_path() -> Path:
+    return _user_path("BUILDSYS_CONFIG", "config.toml")
 
 
 def keys_dir() -> Path:
-    explicit = os.environ.get("BUILDSYS_KEYS_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "buildsys" / "keys"
+    return _user_path("BUILDSYS_KEYS_DIR", "keys")
 
 
 def load_user_config(path: Path | None = None) -> UserConfig:

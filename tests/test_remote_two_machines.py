@@ -164,12 +164,18 @@ def test_unusable_remote_never_fails_a_local_build(tmp_path, fault):
     assert (root / "out/t/copy/src/data.txt").read_text() == "payload"
 
 
-def test_hits_across_machines_need_the_declared_fingerprint_fields(tmp_path):
+def _signer_and_reader(tmp_path: Path) -> tuple[dict[str, str], dict[str, str], str]:
+    """(env of a machine that signs what it pushes, env of one that only trusts it, a shared
+    folder cache URL)."""
     public = generate_key("studio", tmp_path / "keys")
     env_a = _config(tmp_path / "a.toml", tmp_path / "keys", public, signing="studio")
     env_b = _config(tmp_path / "b.toml", tmp_path / "none", public, signing=None)
     (tmp_path / "cache").mkdir()
-    cache = f"file://{tmp_path / 'cache'}"
+    return env_a, env_b, f"file://{tmp_path / 'cache'}"
+
+
+def test_hits_across_machines_need_the_declared_fingerprint_fields(tmp_path):
+    env_a, env_b, cache = _signer_and_reader(tmp_path)
     text = SMALL.format(repo=REPO) + 'fingerprint = ["torch"]\n'
     for name in ("a", "b", "c"):
         root = _small(tmp_path / name)
@@ -182,11 +188,7 @@ def test_hits_across_machines_need_the_declared_fingerprint_fields(tmp_path):
 
 
 def test_remote_pull_prefetches_a_closure_for_offline_work(tmp_path):
-    public = generate_key("studio", tmp_path / "keys")
-    env_a = _config(tmp_path / "a.toml", tmp_path / "keys", public, signing="studio")
-    env_b = _config(tmp_path / "b.toml", tmp_path / "none", public, signing=None)
-    (tmp_path / "cache").mkdir()
-    cache = f"file://{tmp_path / 'cache'}"
+    env_a, env_b, cache = _signer_and_reader(tmp_path)
     text = SMALL.format(repo=REPO) + '[targets.t.stages.again]\nrecipe = "recipes.files:copy"\ninputs = { prev = "copy" }\n'
     for name in ("a", "b"):
         (_small(tmp_path / name) / "Buildfile.toml").write_text(text)

@@ -179,14 +179,9 @@ class LocalStore:
             write_atomic(path, data, self.tmp, mode=0o444)
         return digest
 
-    def put_file(self, source: Path, move: bool = False) -> tuple[Digest, int]:
-        """Add a file. ``move`` renames it in (it must be on the store's filesystem and no
-        longer written); otherwise it is copied while hashed, so the blob always matches its
-        name even if the source changes meanwhile."""
-        if move:
-            digest, size = digest_file(source)
-            self._install(source, digest)
-            return digest, size
+    def put_file(self, source: Path) -> tuple[Digest, int]:
+        """Add a copy of a file, hashed while copied, so the blob always matches its name even
+        if the source changes meanwhile."""
         fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=".b-")
         try:
             with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
@@ -223,12 +218,6 @@ class LocalStore:
         if actual != expected:
             _unlink_quietly(tmp_file)
             raise StoreCorruption(f"blob {expected}: received bytes hash to {actual}")
-
-    def adopt_verified(self, tmp_file: Path, expected: Digest, actual: Digest | None = None) -> None:
-        """Move a downloaded file in under ``expected`` once :meth:`check_download` passed, so
-        wrong bytes never enter the store."""
-        self.check_download(tmp_file, expected, actual)
-        self._install(tmp_file, expected)
 
     def install_many(self, files: list[tuple[Path, Digest]]) -> None:
         """Move in several files whose digests are known (checked downloads, hashed outputs,
