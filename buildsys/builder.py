@@ -159,9 +159,10 @@ class Builder:
             targets = self._target_verdicts(target_names, reports)
             materialized = MaterializeReport()
             if self.execute:
+                # refs first: their flush then does not also write out the materialized copies
+                self._write_refs(target_names, reports)
                 if self.materialize:
                     self._materialize(target_names, reports, materialized)
-                self._write_refs(target_names, reports)
             report = BuildReport(
                 targets, reports, materialized, remote=self._remote_stats(), wall_s=time.time() - started,
                 workers_started=getattr(self._executor, "spawned", 0),
@@ -336,6 +337,7 @@ class Builder:
 
     def _write_refs(self, target_names: list[str], reports: dict[str, StageReport]) -> None:
         project = self.session.project
+        refs = {}
         for name in target_names:
             stages = project.targets[name].stages
             if not all(reports[s.id].ok for s in stages.values()):
@@ -352,7 +354,8 @@ class Builder:
                 elif previous.get("description"):
                     entry["previous"] = previous["description"]
                 entries[stage_name] = entry
-            self.store.write_ref("targets", name, {"stages": entries, "outputs": list(project.targets[name].outputs)})
+            refs[name] = {"stages": entries, "outputs": list(project.targets[name].outputs)}
+        self.store.write_refs("targets", refs)
 
     def _remote_stats(self) -> dict[str, Any] | None:
         if self.remote is None:

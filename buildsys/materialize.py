@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildsys.hashing import Digest
-from buildsys.statcache import StatCache
+from buildsys.store.statcache import StatCache
 from buildsys.store.local import LocalStore
+from buildsys.tree import Manifest
 
 BACKDATE_NS = 1_000_000_000
 
@@ -39,6 +40,14 @@ def materialize_trees(
 ) -> None:
     """Several trees at once: copying is I/O and hashing in C, both outside the GIL, so a few
     threads keep the disk busy while one verifies what it wrote."""
+    stale = []
+    for tree, dest in trees:
+        unchanged = _unchanged_files(store.get_tree(tree), dest, stat_cache)
+        if unchanged is None:
+            stale.append((tree, dest))
+        else:
+            report.unchanged += unchanged
+    trees = stale
     if len(trees) <= 1:
         for tree, dest in trees:
             materialize_tree(store, tree, dest, stat_cache, report)
@@ -52,6 +61,20 @@ def materialize_trees(
         report.unchanged += part.unchanged
         report.removed += part.removed
         report.bytes_written += part.bytes_written
+
+
+def _unchanged_files(manifest: Manifest, dest: Path, stat_cache: StatCache) -> int | None:
+    """How many files a tree has when every one is in place, unchanged; None otherwise. A
+    no-op build of many targets checks them all here, without starting a thread."""
+    for rel, entry in manifest.items():
+        path = dest / rel
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if st.st_size != entry.size or stat_cache.lookup(path, st) != entry.digest:
+            return None
+    return len(manifest)
 
 
 def materialize_tree(store: LocalStore, tree: Digest, dest: Path, stat_cache: StatCache, report: MaterializeReport) -> None:

@@ -21,7 +21,8 @@ from buildsys.fingerprint import Fingerprint
 from buildsys.hashing import Digest
 from buildsys.recipe_identity import recipe_code_digest
 from buildsys.sources import SourceError, ingest_files, ingest_path, match_files
-from buildsys.statcache import StatCache
+from buildsys.store.batch import BlobBatch
+from buildsys.store.statcache import StatCache
 from buildsys.store.local import LocalStore
 from buildsys.tree import Manifest
 
@@ -67,18 +68,19 @@ class Resolver:
             self._code[recipe] = recipe_code_digest(recipe, self.project.recipe_path, lambda p: self.stat_cache.digest(p)[0])
         return self._code[recipe]
 
-    def source_tree(self, ref: InputRef, where: str) -> Digest:
+    def source_tree(self, ref: InputRef, where: str, batch: BlobBatch | None = None) -> Digest:
         if ref not in self._sources:
             try:
                 files = match_files(ref.kind, ref.value, self.project.root)
             except SourceError as exc:
                 raise InputError(f"{self.project.file}: {where}: {exc}") from None
-            self._sources[ref] = ingest_files(files, self.store, self.stat_cache)[0]
+            self._sources[ref] = ingest_files(files, batch or self.store, self.stat_cache)[0]
         return self._sources[ref]
 
     def prefetch_sources(self, stage_ids: list[str], threads: int = 4) -> None:
         """Hash and store every source the stages read, several files at once (a cold build
-        of many small stages otherwise waits on one file at a time in the scheduler thread)."""
+        of many small stages otherwise waits on one file at a time in the scheduler thread),
+        made durable together by one flush."""
         pending = {}
         for sid in stage_ids:
             spec = self.project.stages[sid]
@@ -86,11 +88,34 @@ class Resolver:
                 for ref in refs:
                     if ref.kind in ("src", "pkg") and ref not in self._sources:
                         pending.setdefault(ref, f"{spec.where}.inputs.{name}")
-        if len(pending) <= 1:
+        pending = {ref: where for ref, where in pending.items() if not self._source_from_stat_cache(ref)}
+        if not pending:
             return
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sources") as pool:
-            for future in [pool.submit(self.source_tree, ref, where) for ref, where in pending.items()]:
-                future.result()
+        try:
+            with BlobBatch(self.store) as batch, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sources") as pool:
+                for future in [pool.submit(self.source_tree, ref, where, batch) for ref, where in pending.items()]:
+                    future.result()
+        except BaseException:
+            for ref in pending:  # their blobs were discarded with the batch
+                self._sources.pop(ref, None)
+            raise
+
+    def _source_from_stat_cache(self, ref: InputRef) -> bool:
+        """Resolve a source whose files are all known to the stat cache and in the store (the
+        no-op case: nothing to read, so no thread to start); False if any file needs work."""
+        try:
+            files = match_files(ref.kind, ref.value, self.project.root)
+        except SourceError:
+            return False  # reported with its field by source_tree
+        for _, path in files:
+            try:
+                digest = self.stat_cache.lookup(path)
+            except FileNotFoundError:
+                return False
+            if digest is None or not self.store.has_blob(digest):
+                return False
+        self._sources[ref] = ingest_files(files, self.store, self.stat_cache)[0]
+        return True
 
     def approved_tree(self, target: str, stage: str) -> Digest:
         ref = self.store.read_ref("approved", target) or {}

@@ -9,7 +9,7 @@ from buildsys.buildfile import Project, load
 from buildsys.errors import BuildsysError
 from buildsys.fingerprint import Fingerprint, from_environment
 from buildsys.resolver import Resolver, default_threads
-from buildsys.statcache import StatCache
+from buildsys.store.statcache import StatCache
 from buildsys.store.local import LocalStore
 
 
@@ -21,7 +21,7 @@ class Session:
     def __init__(self, buildfile: Path, jobs: int | None = None, store: Path | None = None, check_recipes: bool = True) -> None:
         self.project: Project = load(Path(buildfile), check_recipes=check_recipes)
         self.store = LocalStore(store or self.project.store)
-        self.stat_cache = StatCache(self.store.root / "statcache", self.store.tmp)
+        self.stat_cache: StatCache = self.store.stat_cache
         self.fingerprint: Fingerprint = from_environment()
         self.jobs = jobs or self.project.jobs
         self.threads = default_threads(self.project, self.jobs)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from buildsys.errors import SourceChanged
 from buildsys.hashing import Digest
-from buildsys.statcache import StatCache
+from buildsys.store.statcache import StatCache
+from buildsys.store.batch import BlobBatch
 from buildsys.store.local import LocalStore
 from buildsys.tree import Entry, Manifest
 
@@ -58,8 +59,9 @@ def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, 
     return files
 
 
-def ingest_files(files: list[tuple[str, Path]], store: LocalStore, stat_cache: StatCache) -> tuple[Digest, Manifest]:
-    """Hash (stat cache first) and add files to the store; returns (tree digest, manifest)."""
+def ingest_files(files: list[tuple[str, Path]], store: LocalStore | BlobBatch, stat_cache: StatCache) -> tuple[Digest, Manifest]:
+    """Hash (stat cache first) and add files to the store, or to a batch of it; returns (tree
+    digest, manifest)."""
     manifest: Manifest = {}
     for rel, path in files:
         # a file the stat cache does not know is hashed while it is copied into the store

@@ -9,7 +9,7 @@ import sys
 import time
 
 from buildsys.hashing import digest_bytes
-from buildsys.statcache import RACY_NS, StatCache
+from buildsys.store.statcache import RACY_NS, StatCache
 from conftest import Project
 
 

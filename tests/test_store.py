@@ -9,7 +9,7 @@ import pytest
 from buildsys.hashing import digest_bytes
 from buildsys.store.local import LocalStore, StoreCorruption, StoreError
 from buildsys.store.records import ActionRecord, ActionResult
-from buildsys.tree import Entry
+from buildsys.tree import Entry, encode_manifest
 
 
 def _result(store: LocalStore, key_seed: bytes) -> ActionResult:
@@ -98,3 +98,88 @@ def test_refuses_a_foreign_non_empty_folder(tmp_path):
     (tmp_path / "s" / "precious.txt").write_text("mine")
     with pytest.raises(StoreError, match="not empty"):
         LocalStore(tmp_path / "s")
+
+
+def _tamper(path, data: bytes) -> None:
+    """Overwrite a blob in place with bytes of the same size and put its old mtime back."""
+    st = os.stat(path)
+    os.chmod(path, 0o644)
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_copied_out_blob_is_sealed_and_a_later_edit_breaks_the_seal(tmp_path):
+    source = tmp_path / "model.bin"
+    source.write_bytes(b"weights" * 1000)
+    digest, _ = LocalStore(tmp_path / "s").put_file(source)
+
+    first = LocalStore(tmp_path / "s")  # another process: it did not write the blob
+    assert not first.trusted(digest)
+    first.copy_blob_to(digest, tmp_path / "out" / "a.bin")  # verified on the way, then sealed
+    first.stat_cache.save()
+    assert LocalStore(tmp_path / "s").trusted(digest)
+
+    _tamper(first.blob_path(digest), b"WEIGHTS" * 1000)
+    later = LocalStore(tmp_path / "s")
+    assert not later.trusted(digest), "a rewrite changes the ctime, whatever the mtime says"
+    with pytest.raises(StoreCorruption, match=digest):
+        later.copy_blob_to(digest, tmp_path / "out" / "b.bin")
+    assert not (tmp_path / "out" / "b.bin").exists()
+    assert (later.quarantine / digest).exists()
+
+
+def test_batch_blobs_become_visible_together_on_commit(tmp_path):
+    from buildsys.store.batch import BlobBatch
+
+    store = LocalStore(tmp_path / "s")
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"f{i}")
+        files[-1].write_bytes(b"source %d" % i)
+    with BlobBatch(store) as batch:
+        digests = [batch.put_file(f)[0] for f in files]
+        tree = batch.put_tree({f.name: Entry(d, f.stat().st_size) for f, d in zip(files, digests)})
+        assert all(batch.has_blob(d) for d in [*digests, tree])
+        assert not any(store.has_blob(d) for d in [*digests, tree]), "nothing is visible before the flush"
+    assert all(store.has_blob(d) for d in [*digests, tree])
+    assert store.read_bytes(digests[1]) == b"source 1"
+    assert not list(store.tmp.iterdir())
+
+
+def test_batch_discards_its_staged_files_on_error(tmp_path):
+    from buildsys.store.batch import BlobBatch
+
+    store = LocalStore(tmp_path / "s")
+    (tmp_path / "f").write_bytes(b"never stored")
+    with pytest.raises(RuntimeError):
+        with BlobBatch(store) as batch:
+            digest, _ = batch.put_file(tmp_path / "f")
+            raise RuntimeError("the build stops here")
+    assert not store.has_blob(digest)
+    assert not list(store.tmp.iterdir())
+
+
+def test_record_installed_with_its_blobs_and_refused_without_them(tmp_path):
+    store = LocalStore(tmp_path / "s")
+    blob_file, blob = store.stage_bytes(b"output")
+    tree_file, tree = store.stage_bytes(encode_manifest({"out.txt": Entry(blob, 6)}))
+    description_file, description = store.stage_bytes(b"description")
+    result = ActionResult(key=digest_bytes(b"key"), description=description, tree=tree, log=None)
+    store.install_many([(blob_file, blob), (tree_file, tree), (description_file, description)], ActionRecord(result))
+    assert store.lookup(result.key) == result
+
+    orphan = ActionResult(key=digest_bytes(b"other"), description=digest_bytes(b"absent"), tree=tree, log=None)
+    with pytest.raises(StoreError, match="blobs missing"):
+        store.install_many([], ActionRecord(orphan))
+    assert store.get_action(orphan.key) is None
+    assert not list(store.tmp.iterdir())
+
+
+def test_refs_written_together_and_unchanged_ones_left_alone(tmp_path):
+    store = LocalStore(tmp_path / "s")
+    store.write_refs("targets", {"a": {"v": 1}, "b": {"v": 2}})
+    before = os.stat(store.ref_path("targets", "a"))
+    store.write_refs("targets", {"a": {"v": 1}, "b": {"v": 3}})
+    assert store.read_ref("targets", "b") == {"v": 3}
+    after = os.stat(store.ref_path("targets", "a"))
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

@@ -9,31 +9,34 @@ Layout (format version 1, checked on open)::
     builds/<ns>-<pid>       the digest of one build record (a blob), one file per build
     locks/ab/<key>          flock files: one action executes at most once at a time
     lock                    flock: builds hold it shared, gc holds it exclusive
-    statcache               msgpack {path: [dev, ino, size, mtime_ns, hashed_ns, digest, ctime_ns]}
+    statcache               the stat cache of source files, materialized outputs and sealed blobs
     tmp/                    temp files and sandboxes; anything here is garbage after a crash
 
 Every write is temp file, fsync, rename, so a crash at any instant leaves no partial blob
 visible; an action record is written only after every blob it references, so no record ever
-points at a missing blob. Blobs read into memory or copied out are re-hashed; a blob whose
-bytes no longer match its name is moved to ``quarantine/`` and reported.
+points at a missing blob. Blobs read into memory are re-hashed; a blob copied out is re-hashed
+unless it is *trusted*: this process hashed its bytes as it wrote them, or its stat still
+matches the seal recorded the last time it was written or verified (see statcache.py). A blob
+whose bytes no longer match its name is moved to ``quarantine/`` and reported.
 """
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
+import functools
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import blake3
 
 from buildsys.encoding import canonical_bytes, decode
 from buildsys.hashing import CHUNK, Digest, digest_bytes, digest_file, is_digest
+from buildsys.store.statcache import StatCache
 from buildsys.store.atomic import unlink_quietly as _unlink_quietly, write_atomic
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
 from buildsys.tree import Manifest, TreeError, decode_manifest, encode_manifest
@@ -92,21 +95,39 @@ def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[Digest, int]:
     return hasher.hexdigest(), size
 
 
+@functools.cache
+def _libc_syncfs() -> Callable[[int], int] | None:
+    import ctypes  # 3 ms of imports, paid by the first flush rather than by every command
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
 def _syncfs(folder: Path) -> bool:
     """Flush every dirty page of the filesystem holding ``folder`` (Linux ``syncfs``); False
     where the call is not available, so the caller fsyncs file by file instead."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        call = libc.syncfs
-    except (OSError, AttributeError):
+    call = _libc_syncfs()
+    if call is None:
         return False
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if call(fd) != 0:
+            import ctypes
+
             raise OSError(ctypes.get_errno(), f"syncfs({folder}) failed")
     finally:
         os.close(fd)
     return True
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _kernel_copy(src: BinaryIO, dst: BinaryIO) -> None:
@@ -120,8 +141,20 @@ def _kernel_copy(src: BinaryIO, dst: BinaryIO) -> None:
         offset += sent
 
 
-def _shard(root: Path, name: str) -> Path:
-    return root / name[:2] / name
+def _shard(root: str, name: str) -> str:
+    """``root/ab/abcd...``: plain strings, as this is on every lookup's path."""
+    return f"{root}/{name[:2]}/{name}"
+
+
+def _move_in(file: Path | str, path: str) -> None:
+    """Rename into a shard, creating the shard folder the first time."""
+    try:
+        os.replace(file, path)
+    except FileNotFoundError:
+        if not os.path.exists(file):
+            raise
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.replace(file, path)
 
 
 class LocalStore:
@@ -136,11 +169,13 @@ class LocalStore:
         self.locks = self.root / "locks"
         self.tmp = self.root / "tmp"
         self.quarantine = self.root / "quarantine"
+        self._cas, self._ac, self._locks = str(self.cas), str(self.ac), str(self.locks)
         # trees already read and verified by this process (blobs are immutable): digest -> manifest
         self._trees: dict[Digest, Manifest] = {}
         # blobs whose bytes this process hashed as it wrote them in
         self._written: set[Digest] = set()
         self._open(create)
+        self.stat_cache = StatCache(self.root / "statcache", self.tmp)
 
     def _open(self, create: bool) -> None:
         marker = self.root / "FORMAT"
@@ -164,50 +199,52 @@ class LocalStore:
     def blob_path(self, digest: Digest) -> Path:
         if not is_digest(digest):
             raise StoreError(f"{digest!r} is not a digest")
-        return _shard(self.cas, digest)
+        return Path(_shard(self._cas, digest))
 
     def has_blob(self, digest: Digest) -> bool:
-        return os.path.exists(_shard(self.cas, digest))
+        return os.path.exists(_shard(self._cas, digest))
 
     def missing_blobs(self, digests: list[Digest] | set[Digest]) -> list[Digest]:
-        return [d for d in digests if not os.path.exists(_shard(self.cas, d))]
+        return [d for d in digests if not os.path.exists(_shard(self._cas, d))]
 
     def put_bytes(self, data: bytes) -> Digest:
         digest = digest_bytes(data)
-        path = _shard(self.cas, digest)
+        path = _shard(self._cas, digest)
         if not os.path.exists(path):
-            write_atomic(path, data, self.tmp, mode=0o444)
+            write_atomic(Path(path), data, self.tmp, mode=0o444)
+            self._written.add(digest)
         return digest
 
     def put_file(self, source: Path) -> tuple[Digest, int]:
         """Add a copy of a file, hashed while copied, so the blob always matches its name even
         if the source changes meanwhile."""
+        tmp, digest, size = self.stage_file(source)
+        self._install(tmp, digest)
+        return digest, size
+
+    def stage_file(self, source: Path) -> tuple[Path, Digest, int]:
+        """A copy of a file in tmp/ for :meth:`install_many`, hashed while copied: not yet
+        durable, not visible."""
         fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=".b-")
         try:
             with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
                 digest, size = _copy_hashing(src, dst)
-            self._install(Path(tmp), digest)
-            return digest, size
         except BaseException:
             _unlink_quietly(tmp)
             raise
+        return Path(tmp), digest, size
 
     def _install(self, file: Path, digest: Digest) -> None:
         """Rename a complete file in as blob ``digest`` (fsync first: only the file that
         becomes the blob pays for it; a duplicate is simply dropped)."""
-        path = _shard(self.cas, digest)
+        path = _shard(self._cas, digest)
         self._written.add(digest)
         if os.path.exists(path):
             _unlink_quietly(file)
             return
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_file(file)
         os.chmod(file, 0o444)
-        path.parent.mkdir(exist_ok=True)
-        os.replace(file, path)
+        _move_in(file, path)
 
     def check_download(self, tmp_file: Path, expected: Digest, actual: Digest | None = None) -> None:
         """Refuse (and remove) a downloaded file whose bytes are not blob ``expected``.
@@ -219,28 +256,36 @@ class LocalStore:
             _unlink_quietly(tmp_file)
             raise StoreCorruption(f"blob {expected}: received bytes hash to {actual}")
 
-    def install_many(self, files: list[tuple[Path, Digest]]) -> None:
+    def install_many(self, files: list[tuple[Path, Digest]], record: ActionRecord | None = None) -> None:
         """Move in several files whose digests are known (checked downloads, hashed outputs,
-        staged bytes) with one flush of the store's filesystem (``syncfs``) instead of an
-        fsync each: many small blobs are bound by those. Every blob is durable before it
-        becomes visible, as with :meth:`_install`. The files must be on the store's
-        filesystem."""
+        staged bytes) and then, if given, the action record that references them, with one
+        flush of the store's filesystem (``syncfs``) instead of an fsync each: many small
+        blobs are bound by those. Every blob is durable before it becomes visible, as with
+        :meth:`_install`, and the record becomes visible last. The files must be on the
+        store's filesystem."""
         new = []
         for f, d in files:
-            if os.path.exists(_shard(self.cas, d)):
+            if os.path.exists(_shard(self._cas, d)):
                 _unlink_quietly(f)
             else:
                 new.append((f, d))
-        if len(new) < 2 or not _syncfs(self.tmp):
-            for f, d in new:
-                self._install(f, d)
-            return
-        for f, d in new:
-            self._written.add(d)
-            os.chmod(f, 0o444)
-            path = _shard(self.cas, d)
-            path.parent.mkdir(exist_ok=True)
-            os.replace(f, path)
+        staged_record = self._stage(record.encode()) if record is not None else None
+        try:
+            if len(new) + (record is not None) < 2 or not _syncfs(self.tmp):
+                for f, d in new:
+                    self._install(f, d)
+                if staged_record is not None:
+                    _fsync_file(staged_record)
+            else:
+                for f, d in new:
+                    self._written.add(d)
+                    os.chmod(f, 0o444)
+                    _move_in(f, _shard(self._cas, d))
+            if record is not None:
+                self._publish_action(record, staged_record)
+        finally:
+            if staged_record is not None:
+                _unlink_quietly(staged_record)
 
     def read_bytes(self, digest: Digest) -> bytes:
         path = self.blob_path(digest)
@@ -253,25 +298,41 @@ class LocalStore:
             raise StoreCorruption(f"blob {digest} in {self.root} is corrupt (moved to quarantine)")
         return data
 
+    def trusted(self, digest: Digest, st: os.stat_result | None = None) -> bool:
+        """Whether a blob's bytes can be used without re-hashing them (see the module
+        docstring); ``st`` is the blob's stat when the caller has it."""
+        if digest in self._written:
+            return True
+        path = _shard(self._cas, digest)
+        try:
+            return self.stat_cache.lookup(path, st) == digest
+        except FileNotFoundError:
+            return False
+
     def copy_blob_to(self, digest: Digest, dest: Path, executable: bool = False, mtime_ns: int | None = None) -> os.stat_result:
-        """Copy a blob out as an ordinary writable file, verifying its digest on the way (a
-        blob this process wrote itself is copied by the kernel instead: its bytes were hashed
-        as they went in). Returns the stat of the written file."""
+        """Copy a blob out as an ordinary writable file: by the kernel when the blob is
+        trusted, else through a buffer that verifies its digest on the way (and seals it).
+        Returns the stat of the written file."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         try:
+            blob = self.blob_path(digest)
             try:
-                src = open(self.blob_path(digest), "rb")
+                src = open(blob, "rb")
             except FileNotFoundError:
                 raise StoreError(f"blob {digest} is missing from {self.root}") from None
             with src, os.fdopen(fd, "wb") as dst:
-                if digest in self._written:
+                st = os.fstat(src.fileno())
+                sealed = self.stat_cache.lookup(blob, st) == digest
+                if sealed or digest in self._written:
                     _kernel_copy(src, dst)
                 else:
                     copied, _ = _copy_hashing(src, dst)
                     if copied != digest:
                         self.quarantine_blob(digest)
                         raise StoreCorruption(f"blob {digest} in {self.root} is corrupt (moved to quarantine)")
+                if not sealed:
+                    self.stat_cache.seal(blob, st, digest)
                 os.fchmod(dst.fileno(), 0o755 if executable else 0o644)
                 if mtime_ns is not None:
                     os.utime(dst.fileno(), ns=(mtime_ns, mtime_ns))
@@ -292,6 +353,8 @@ class LocalStore:
 
     def quarantine_blob(self, digest: Digest) -> None:
         self._trees.pop(digest, None)
+        self._written.discard(digest)
+        self.stat_cache.forget(_shard(self._cas, digest))
         self.quarantine.mkdir(exist_ok=True)
         try:
             os.replace(self.blob_path(digest), self.quarantine / digest)
@@ -307,7 +370,7 @@ class LocalStore:
         """A tree's manifest. Its bytes are verified the first time this process reads it; later
         reads only check the blob is still there (a tree removed by gc is still missing)."""
         cached = self._trees.get(digest)
-        if cached is not None and os.path.exists(_shard(self.cas, digest)):
+        if cached is not None and os.path.exists(_shard(self._cas, digest)):
             return dict(cached)
         try:
             manifest = decode_manifest(self.read_bytes(digest), where=f"tree {digest}")
@@ -318,10 +381,13 @@ class LocalStore:
 
     def stage_bytes(self, data: bytes) -> tuple[Path, Digest]:
         """Bytes written to a temp file for :meth:`install_many`: not yet durable, not visible."""
+        return self._stage(data), digest_bytes(data)
+
+    def _stage(self, data: bytes) -> Path:
         fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=".s-")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        return Path(tmp), digest_bytes(data)
+        return Path(tmp)
 
     def tree_missing(self, digest: Digest) -> list[Digest]:
         """The blobs a tree needs that are absent (the tree blob itself included)."""
@@ -332,23 +398,34 @@ class LocalStore:
     # action cache --------------------------------------------------------------------------
 
     def get_action(self, key: Digest) -> ActionRecord | None:
-        path = _shard(self.ac, key)
+        path = _shard(self._ac, key)
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as handle:
+                data = handle.read()
         except FileNotFoundError:
             return None
         try:
-            return ActionRecord.decode(data, where=str(path))
+            return ActionRecord.decode(data, where=path)
         except RecordError as exc:
             raise StoreCorruption(str(exc)) from None
 
     def put_action(self, record: ActionRecord) -> None:
+        self._publish_action(record, None)
+
+    def _publish_action(self, record: ActionRecord, durable_file: Path | None) -> None:
+        """Make a record visible, refusing one that references a missing blob. ``durable_file``
+        holds its bytes already flushed to disk; without it they are written atomically."""
         missing = self.missing_blobs(record.result.blobs())
         if not missing:
             missing = self.tree_missing(record.result.tree)
         if missing:
             raise StoreError(f"action {record.result.key}: refusing to record, blobs missing: {missing[:3]}")
-        write_atomic(_shard(self.ac, record.result.key), record.encode(), self.tmp)
+        path = _shard(self._ac, record.result.key)
+        if durable_file is None:
+            write_atomic(Path(path), record.encode(), self.tmp)
+            return
+        os.chmod(durable_file, 0o644)
+        _move_in(durable_file, path)
 
     def lookup(self, key: Digest) -> ActionResult | None:
         """The cached result of an action, only if every blob it references is present."""
@@ -361,7 +438,7 @@ class LocalStore:
         return result
 
     def drop_action(self, key: Digest) -> None:
-        _unlink_quietly(_shard(self.ac, key))
+        _unlink_quietly(_shard(self._ac, key))
 
     def action_keys(self) -> Iterator[Digest]:
         for shard in sorted(self.ac.iterdir()):
@@ -385,14 +462,37 @@ class LocalStore:
             raise StoreCorruption(f"{path}: unreadable ref ({exc})") from None
 
     def write_ref(self, kind: str, name: str, value: dict) -> None:
-        path = self.ref_path(kind, name)
-        data = canonical_bytes(value)
+        self.write_refs(kind, {name: value})
+
+    def write_refs(self, kind: str, values: dict[str, dict]) -> None:
+        """Write several refs of one kind, each atomically, made durable by one flush; a ref
+        whose bytes are unchanged is not rewritten."""
+        changed: list[tuple[Path, bytes]] = []
+        for name, value in values.items():
+            path = self.ref_path(kind, name)
+            data = canonical_bytes(value)
+            try:
+                with open(path, "rb") as handle:
+                    if handle.read() == data:
+                        continue
+            except FileNotFoundError:
+                pass
+            changed.append((path, data))
+        if len(changed) < 2:
+            for path, data in changed:
+                write_atomic(path, data, self.tmp)
+            return
+        staged = [(self._stage(data), path) for path, data in changed]
         try:
-            if path.read_bytes() == data:
-                return
-        except FileNotFoundError:
-            pass
-        write_atomic(path, data, self.tmp)
+            if not _syncfs(self.tmp):
+                for tmp, _ in staged:
+                    _fsync_file(tmp)
+            (self.refs / kind).mkdir(parents=True, exist_ok=True)
+            for tmp, path in staged:
+                os.replace(tmp, path)
+        finally:
+            for tmp, _ in staged:
+                _unlink_quietly(tmp)
 
     def delete_ref(self, kind: str, name: str) -> bool:
         try:
@@ -422,7 +522,7 @@ class LocalStore:
     @contextmanager
     def action_lock(self, key: Digest) -> Iterator[None]:
         """Exclusive across processes: the same action executes at most once at a time."""
-        with self._flock(_shard(self.locks, key)):
+        with self._flock(Path(_shard(self._locks, key))):
             yield
 
     @contextmanager
@@ -430,7 +530,7 @@ class LocalStore:
         """Exclusive across processes, for a folder outside the store that buildsys owns (the
         materialized outputs): two builds never write and prune it at the same time."""
         name = digest_bytes(b"folder\0" + os.fsencode(os.path.abspath(folder)))
-        with self._flock(_shard(self.locks, name)):
+        with self._flock(Path(_shard(self._locks, name))):
             yield
 
     @contextmanager
@@ -542,7 +642,9 @@ class LocalStore:
             report.freed_bytes += path.stat().st_size
             if not dry_run:
                 path.unlink()
+                self.stat_cache.forget(path)
         if not dry_run:
+            self.stat_cache.save()
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp.mkdir(exist_ok=True)
         return report

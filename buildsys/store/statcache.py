@@ -10,7 +10,13 @@ The inode change time is compared too (as git does): a tool that rewrites a file
 old mtime back (``touch -r``, ``cp -p``, ``os.utime``) cannot hide the change, because nothing
 but the kernel sets ctime.
 
-On disk: ``<store>/statcache``, msgpack ``{path: [dev, ino, size, mtime_ns, hashed_ns, digest, ctime_ns]}``,
+Blobs of the store are *sealed* rather than remembered: a blob is a read-only file whose bytes
+were hashed as the store wrote them (or verified as they were last copied out), so the racy
+window does not apply to it; any later write to it still changes its mtime or ctime, and then
+it is verified again. ``store verify`` re-hashes every blob whatever its seal says.
+
+On disk: ``<store>/statcache``, msgpack ``{path: [dev, ino, size, mtime_ns, hashed_ns, digest, ctime_ns]}``
+(``hashed_ns`` is ``SEALED`` for a sealed blob),
 rewritten atomically at the end of a build when anything changed. Concurrent builds may each
 rewrite it; the loser's entries are simply hashed again next time.
 """
@@ -29,6 +35,7 @@ from buildsys.hashing import Digest, digest_file
 from buildsys.store.atomic import write_atomic
 
 RACY_NS = 50_000_000
+SEALED = -1
 
 
 def _signature(st: os.stat_result) -> list[int]:
@@ -53,12 +60,19 @@ class StatCache:
         if entry is None:
             return None
         st = st or os.stat(path)
-        if len(entry) != 7 or entry[:4] != _signature(st) or entry[6] != st.st_ctime_ns or entry[3] + RACY_NS >= entry[4]:
+        if len(entry) != 7 or entry[:4] != _signature(st) or entry[6] != st.st_ctime_ns:
+            return None
+        if entry[4] != SEALED and entry[3] + RACY_NS >= entry[4]:
             return None
         return entry[5]
 
     def remember(self, path: Path, st: os.stat_result, digest: Digest) -> None:
         self.entries[str(path)] = [*_signature(st), time.time_ns(), digest, st.st_ctime_ns]
+        self.dirty = True
+
+    def seal(self, path: Path, st: os.stat_result, digest: Digest) -> None:
+        """Trust a store blob with this stat from now on (see the module docstring)."""
+        self.entries[str(path)] = [*_signature(st), SEALED, digest, st.st_ctime_ns]
         self.dirty = True
 
     def forget(self, path: Path) -> None:
