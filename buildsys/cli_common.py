@@ -58,8 +58,11 @@ def open_remote_cache(session, url: str | None):
     """The remote cache that the Buildfile's [remote], the user config or --remote names, or
     None when none is configured."""
     from buildsys.config import load_settings, load_user_config
-    from buildsys.remote.cache import open_cache
 
     user = load_user_config()
     settings = load_settings(session.project.remote, url, buildfile_where=str(session.project.file), user=user)
+    if not settings.enabled:
+        return None
+    from buildsys.remote.cache import open_cache  # signing and HTTP/S3 clients: only with a remote
+
     return open_cache(session.store, settings, user, warn)

@@ -18,29 +18,50 @@ import msgpack
 class EncodingError(TypeError):
     """A value that has no canonical encoding; the message gives its path inside the value."""
 
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"${path}: {problem}")
+        self.path = path
+        self.problem = problem
 
-def _canonical(value: Any, path: str) -> Any:
+    def within(self, step: str) -> "EncodingError":
+        """The same error seen from the container one level up."""
+        return EncodingError(step + self.path, self.problem)
+
+
+def _canonical(value: Any) -> Any:
+    """The value with maps in canonical key order. The path to a bad value is built only when
+    one is found (as the error unwinds), so the common case pays nothing for it."""
     if value is None or isinstance(value, (bool, str, bytes)):
         return value
     if isinstance(value, int):
         if not -(2**63) <= value < 2**64:
-            raise EncodingError(f"{path}: integer {value} does not fit 64 bits")
+            raise EncodingError("", f"integer {value} does not fit 64 bits")
         return value
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
-            raise EncodingError(f"{path}: {value} has no canonical encoding")
+            raise EncodingError("", f"{value} has no canonical encoding")
         return value
     if isinstance(value, (list, tuple)):
-        return [_canonical(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(_canonical(item))
+            except EncodingError as exc:
+                raise exc.within(f"[{i}]") from None
+        return out
     if isinstance(value, dict):
-        items = []
-        for k, v in value.items():
+        for k in value:
             if not isinstance(k, str):
-                raise EncodingError(f"{path}: map key {k!r} is {type(k).__name__}, keys must be strings")
-            items.append((k.encode("utf-8"), k, _canonical(v, f"{path}.{k}")))
-        items.sort(key=lambda item: item[0])
-        return _OrderedMap((k, v) for _, k, v in items)
-    raise EncodingError(f"{path}: {type(value).__name__} {value!r} has no canonical encoding")
+                raise EncodingError("", f"map key {k!r} is {type(k).__name__}, keys must be strings")
+        # code point order is UTF-8 byte order, so sorting the str keys sorts their encodings
+        ordered = _OrderedMap()
+        for k in sorted(value):
+            try:
+                ordered[k] = _canonical(value[k])
+            except EncodingError as exc:
+                raise exc.within(f".{k}") from None
+        return ordered
+    raise EncodingError("", f"{type(value).__name__} {value!r} has no canonical encoding")
 
 
 class _OrderedMap(dict):
@@ -49,7 +70,7 @@ class _OrderedMap(dict):
 
 def canonical_bytes(value: Any) -> bytes:
     """The canonical msgpack bytes of a description."""
-    return msgpack.packb(_canonical(value, "$"), use_bin_type=True, use_single_float=False, strict_types=False)
+    return msgpack.packb(_canonical(value), use_bin_type=True, use_single_float=False, strict_types=False)
 
 
 def decode(data: bytes) -> Any:

@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-import psutil
-
 from buildsys.determinism import worker_environment
 from buildsys.worker import read_frame, write_frame
 
@@ -109,6 +107,23 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
+def _children_rss_psutil(pid: int) -> int:
+    """Where the kernel has no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN off)."""
+    import psutil
+
+    total = 0
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return 0
+    for child in children:
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
 class _Worker:
     def __init__(self, env_key: tuple[str, int], env_overrides: dict[str, str] | None = None) -> None:
         mode, threads = env_key
@@ -123,22 +138,16 @@ class _Worker:
             env=env,
             start_new_session=True,
         )
-        self.ps = psutil.Process(self.process.pid)
 
     def rss_mb(self) -> float:
-        try:
-            total = self.ps.memory_info().rss
-            if _PROC_CHILDREN:
-                total += sum(_rss_bytes(pid) for pid in _descendants(self.process.pid))
-            else:
-                for child in self.ps.children(recursive=True):
-                    try:
-                        total += child.memory_info().rss
-                    except psutil.Error:
-                        pass
-            return total / (1 << 20)
-        except psutil.Error:
-            return 0.0
+        """Resident memory of the worker and everything it started."""
+        pid = self.process.pid
+        total = _rss_bytes(pid)
+        if _PROC_CHILDREN:
+            total += sum(_rss_bytes(child) for child in _descendants(pid))
+        else:
+            total += _children_rss_psutil(pid)
+        return total / (1 << 20)
 
     def kill(self) -> None:
         try:

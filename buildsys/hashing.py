@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, BinaryIO
 
 import blake3
@@ -51,8 +52,11 @@ def digest_stream(handle: BinaryIO, hasher: "blake3.blake3 | None" = None, chunk
     return hasher.hexdigest(), size
 
 
+_DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_HEX_LEN}}}")
+
+
 def is_digest(text: str) -> bool:
-    return len(text) == DIGEST_HEX_LEN and all(c in "0123456789abcdef" for c in text)
+    return isinstance(text, str) and _DIGEST.fullmatch(text) is not None
 
 
 def short(digest: Digest) -> str:

@@ -11,6 +11,7 @@ store whether the stage succeeded or not; a failed stage records nothing in the 
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import shutil
@@ -26,6 +27,7 @@ from buildsys.executor import Executor, Job, JobOutcome
 from buildsys.fingerprint import Fingerprint
 from buildsys.hashing import Digest, digest_file
 from buildsys.resolver import Resolved
+from buildsys.store.atomic import unlink_quietly
 from buildsys.store.local import LocalStore
 from buildsys.store.records import ActionRecord, ActionResult
 from buildsys.tree import Entry, Manifest, TreeError, encode_manifest, walk_files
@@ -38,13 +40,19 @@ class RunOutcome:
     log: Digest | None
 
 
-def producer() -> dict[str, str]:
-    """Who made a result: recorded in result and build records, never inside an artifact."""
+@functools.cache
+def _who() -> tuple[str, str]:
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return {"user": user, "host": socket.gethostname(), "buildsys": __version__}
+    return user, socket.gethostname()
+
+
+def producer() -> dict[str, str]:
+    """Who made a result: recorded in result and build records, never inside an artifact."""
+    user, host = _who()
+    return {"user": user, "host": host, "buildsys": __version__}
 
 
 def _link_tree(store: LocalStore, tree: Digest, dest: Path) -> list[tuple[Path, Digest, int, int]]:
@@ -78,8 +86,9 @@ def run_action(
     else:
         sandbox_parent.mkdir(parents=True, exist_ok=True)
         sandbox = Path(tempfile.mkdtemp(dir=sandbox_parent, prefix=f"sbx-{spec.name}-"))
+    linked: list[tuple[Path, Digest, int, int]] = []
+    outputs: list[Path] = []
     try:
-        linked = []
         inputs = {}
         for name, tree in resolved.inputs.items():
             folder = sandbox / "inputs" / name
@@ -127,6 +136,7 @@ def run_action(
             return RunOutcome(outcome, None, log)
         try:
             manifest, blobs = _hash_outputs(sandbox / "out")
+            outputs = [path for path, _ in blobs]
         except TreeError as exc:
             if log:
                 store.install_many([(log_path, log)])
@@ -134,7 +144,6 @@ def run_action(
         tree_file, tree = store.stage_bytes(encode_manifest(manifest))
         description_file, description = store.stage_bytes(canonical_bytes(resolved.description))
         blobs += [(tree_file, tree), (description_file, description)] + ([(log_path, log)] if log else [])
-        store.install_many(blobs)
         result = ActionResult(
             key=resolved.key,
             description=description,
@@ -149,12 +158,29 @@ def run_action(
             fingerprint=fingerprint.full(resolved.threads),
             producer=producer(),
         )
-        if record:
-            store.put_action(ActionRecord(result))
+        store.install_many(blobs, ActionRecord(result) if record else None)
         return RunOutcome(outcome, result, log)
     finally:
         if not keep_sandbox:
-            shutil.rmtree(sandbox, ignore_errors=True)
+            _remove_sandbox(sandbox, [path for path, *_ in linked] + outputs)
+
+
+def _remove_sandbox(sandbox: Path, known: list[Path]) -> None:
+    """Remove a sandbox. Usually it holds nothing but the inputs this run linked and the
+    folders of those and of the outputs (which have moved into the store, like the log):
+    those are removed by name, a few calls per stage where a tree walk costs a millisecond.
+    Anything else left (a failed stage's outputs, a recipe's scratch files) falls back to
+    the walk."""
+    try:
+        for path in known:
+            unlink_quietly(path)
+        folders = {parent for path in known for parent in path.relative_to(sandbox).parents if parent.parts}
+        folders |= {Path("out"), Path("work"), Path("tmp")}
+        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+            os.rmdir(sandbox / folder)
+        os.rmdir(sandbox)
+    except OSError:
+        shutil.rmtree(sandbox, ignore_errors=True)
 
 
 def _hash_outputs(out: Path) -> tuple[Manifest, list[tuple[Path, Digest]]]:

@@ -70,3 +70,43 @@ def test_strict_mode_is_independent_of_the_thread_count(project: Project):
     two, info_two = _conv_bytes(project, 2, "strict")
     assert info_one == "1 True" and info_two == "2 True"
     assert one == two
+
+
+SCRATCH_RECIPES = '''
+import tempfile
+from pathlib import Path
+from buildsys.context import StageContext
+
+def scratch(ctx: StageContext) -> None:
+    Path("scratch.txt").write_text("left in the work folder")
+    tempfile.mkstemp()
+    for name in sorted(ctx.inputs):
+        for path in ctx.input_files(name):
+            (ctx.out / path.name).write_bytes(path.read_bytes())
+
+def fail(ctx: StageContext) -> None:
+    (ctx.out / "half.txt").write_text("written before the failure")
+    raise RuntimeError("no")
+'''
+
+
+def test_sandboxes_are_removed_whatever_a_stage_leaves_in_them(project: Project):
+    project.write("sr.py", SCRATCH_RECIPES)
+    project.write("data/a/b/deep.txt", "nested input")
+    project.write("data/top.txt", "top input")
+    project.buildfile_text(
+        """
+        [targets.t.stages.copy]
+        recipe = "recipes.files:copy"
+        inputs = { src = "src:data/**/*.txt" }
+        [targets.t.stages.scratch]
+        recipe = "sr:scratch"
+        inputs = { src = "src:data/**/*.txt" }
+        [targets.f.stages.fail]
+        recipe = "sr:fail"
+        """
+    )
+    result = project.build("-k")
+    assert result.summary["executed"] == 2 and result.summary["failed"] == 1, result.stdout
+    assert not list((project.root / "store" / "tmp").iterdir())
+    assert (project.root / "out/t/copy/src/data/a/b/deep.txt").read_text() == "nested input"
