@@ -5,12 +5,13 @@ Workloads: one large blob (``--large-mib``, default 1024) and many small blobs
 S3 server and a shared folder, all on loopback, started here. Plain clients: curl (``-T`` /
 ``-o``; ``--parallel`` for many files), boto3 ``upload_file``/``download_file`` (a thread pool
 for many files), ``cp``. buildsys does more work than the plain client: existence checks
-before upload, a re-hash before upload and after download, fsync and atomic rename into the
-store. So a second, fairer baseline is timed too ("plain+"): the plain client plus the
-guarantees it lacks that cost time outside buildsys's control: ``sync`` (fsync) of what it
-wrote locally (file copies, curl downloads), and for HTTP uploads an existence probe per blob
-(``curl -I``) before the PUTs, as buildsys never uploads a blob the remote has. Hashing is not
-added to the baseline (BLAKE3 runs at several GB/s; it is part of buildsys's cost). Prints a
+before upload (except HTTP blobs under 64 KiB, sent unasked), a re-hash after download (and
+before upload of a blob the local store cannot vouch for; the blobs here were hashed by this
+process), fsync and atomic rename into the store. So a second, fairer baseline is timed too
+("plain+"): the plain client plus the guarantees it lacks that cost time outside buildsys's
+control: ``sync`` (fsync) of what it wrote locally (file copies, curl downloads), and for
+HTTP uploads an existence probe per blob (``curl -I``) before the PUTs. Hashing is not added
+to the baseline (BLAKE3 runs at several GB/s; it is part of buildsys's cost). Prints a
 markdown table for BENCHMARKS.md.
 
     .venv/bin/python bench/remote_throughput.py --large-mib 256 --small-count 2000
@@ -65,6 +66,9 @@ class Row:
 
 
 def timed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn`` takes, started on a clean page cache (``sync`` first), so no step pays
+    for the disk writeback of the step before (making the blobs, the other client's run)."""
+    os.sync()
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start

@@ -31,6 +31,14 @@ def backend(request, tmp_path: Path):
     remote.close()
 
 
+def _blobs(tmp_path: Path, count: int, sizes: tuple[int, ...] = (0, 1, 4096, 70_000)) -> list[tuple[str, Path]]:
+    blobs = []
+    for i in range(count):
+        data = os.urandom(sizes[i % len(sizes)])
+        blobs.append((digest_bytes(data), _write(tmp_path / f"blob{i}", data)))
+    return blobs
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -122,4 +130,47 @@ def test_http_pool_survives_server_closing_idle_connections(nginx: NginxServer, 
     nginx.start()
     assert remote.has_blobs([digest]) == {digest}
     assert remote.get_blob(digest, tmp_path / "out") == digest
+    remote.close()
+
+
+def test_batch_put_and_existence(backend, tmp_path: Path) -> None:
+    """put_blobs (libcurl multi batch over HTTP, with a blob over its 1 MiB in-memory limit)
+    and has_blobs over enough digests for S3 to list instead of HEAD."""
+    kind, remote = backend
+    blobs = _blobs(tmp_path, 120) + [(digest_file(p)[0], p) for p in [_write(tmp_path / "big", os.urandom(3 << 20))]]
+    digests = [d for d, _ in blobs]
+    half = blobs[::2]
+    remote.put_blobs(half)
+    assert remote.has_blobs(digests + ["f" * 64]) == {d for d, _ in half}
+    remote.put_blobs(blobs)  # again: the ones there are simply replaced
+    assert remote.has_blobs(digests) == set(digests)
+    for digest, source in blobs[-5:]:
+        remote.get_blob(digest, tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == source.read_bytes()
+    remote.put_blobs([])
+
+
+@pytest.mark.parametrize("page_keys, page_worth", [(7, 2), (7, 10**6), (1000, 64)])
+def test_s3_listing_scans(moto_s3, tmp_path: Path, monkeypatch, page_keys: int, page_worth: int) -> None:
+    """Existence by listing: several pages per run, parallel runs jumping to the next wanted
+    digest, and the fall back to HEADs when pages answer too few digests."""
+    from buildsys.remote import s3
+
+    monkeypatch.setattr(s3, "_PAGE_KEYS", page_keys)
+    monkeypatch.setattr(s3, "_PAGE_WORTH", page_worth)
+    server, url = moto_s3
+    remote = open_remote(url, RemoteSettings(s3_endpoint_url=server.url, s3_region="us-east-1", parallel=4))
+    blobs = _blobs(tmp_path, 90, sizes=(10,))
+    remote.put_blobs(blobs[:60])
+    wanted = [d for d, _ in blobs[30:]] + ["0" * 64, "f" * 64]
+    listings = []
+    list_objects = remote.client.list_objects_v2
+    monkeypatch.setattr(remote.client, "list_objects_v2", lambda **kw: listings.append(kw) or list_objects(**kw))
+    assert remote.has_blobs(wanted) == {d for d, _ in blobs[30:60]}
+    if page_worth > 1000:
+        assert len(listings) == 1  # the first page answered too few: HEADs for the rest
+    elif page_keys < 60:
+        assert len(listings) > 4  # pages in several runs
+    else:
+        assert len(listings) == 1  # one page holds the whole bucket
     remote.close()

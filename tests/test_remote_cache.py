@@ -78,25 +78,30 @@ def test_miss_is_none_and_counted(remote_url, keys, tmp_path: Path) -> None:
 
 
 def test_existence_checked_before_upload(nginx: NginxServer, keys, tmp_path: Path) -> None:
+    """Blobs of at least probe_min_bytes (64 KiB over HTTP) are HEADed and sent only when
+    missing; smaller ones are sent unasked (a HEAD costs what their PUT does)."""
     signer, trusted = keys
     a = LocalStore(tmp_path / "a")
-    shared = {"common.txt": b"shared texture" * 100}
+    shared = {"common.bin": b"shared texture" * 10_000}  # 140 kB: probed
     first = make_action(a, {**shared, "one.obj": b"v 1"}, "first")
     second = make_action(a, {**shared, "two.obj": b"v 2"}, "second")
     cache = _cache(a, f"{nginx.url}/cache", RemoteSettings(), trusted, signer)
     assert cache.push_action(first.key)
     puts_after_first = nginx.requests()[("PUT", "cas", 201)]
     assert puts_after_first == 5  # tree, description, log, two files
+    assert nginx.requests()[("HEAD", "cas", 404)] == 1  # only the large one was probed
     assert cache.push_action(second.key)
     counts = nginx.requests()
     # the shared file was not uploaded again: 4 new blobs (tree, description, log, two.obj)
     assert counts[("PUT", "cas", 201)] == puts_after_first + 4
     assert counts[("HEAD", "cas", 200)] == 1
-    assert cache.push_action(first.key)  # everything present: only the record is rewritten
+    assert cache.push_action(first.key)  # everything present: the large blob is not re-sent
     counts = nginx.requests()
     assert counts[("PUT", "cas", 201)] == puts_after_first + 4
+    assert counts[("HEAD", "cas", 200)] == 2
+    assert counts[("PUT", "cas", 204)] == 4  # the small ones went again; nginx: "replaced"
     assert sum(n for (m, space, _), n in counts.items() if m == "PUT" and space == "ac") == 3
-    assert cache.stats.blobs_already_remote == 1 + 5
+    assert cache.stats.blobs_already_remote == 2
 
 
 def test_read_only_never_writes(nginx: NginxServer, keys, tmp_path: Path) -> None:

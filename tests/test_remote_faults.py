@@ -128,7 +128,7 @@ def test_basic_auth(nginx: NginxServer, tmp_path: Path, monkeypatch) -> None:
     settings = RemoteSettings(username=NGINX_USER, password_env="CACHE_PW", timeout_s=1.0)
     bad = _cache(a, f"{nginx.url}/auth", settings, trusted, signer)
     assert bad.push_action(result.key) is False
-    assert "401" in bad.stats.disabled_reason
+    assert "401" in bad.stats.push_disabled_reason  # refused writes stop pushing, not pulling
     try:
         open_remote(f"{nginx.url}/auth", settings).get_action("a" * 64)
     except RemoteRefused as exc:

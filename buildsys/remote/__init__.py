@@ -35,7 +35,7 @@ def open_remote(url: str, options: RemoteSettings | None = None) -> Remote:
             raise ConfigError(f"{where}: field 'url': {url!r}: use file:///absolute/path")
         from buildsys.remote.file import FileRemote
 
-        return FileRemote(Path(unquote(parts.path)))
+        return FileRemote(Path(unquote(parts.path)), parallel=options.parallel)
     if scheme in ("http", "https"):
         from buildsys.remote.http import HttpRemote
 

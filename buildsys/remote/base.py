@@ -6,7 +6,8 @@ A remote is another store reached over a dumb protocol. It holds two typed key s
     ac/<key>       action records (canonical msgpack, see buildsys.store.records), by action key
 
 The contract is deliberately tiny (has / get / put, as in bazel-remote and Nix's binary
-caches): a backend never interprets what it moves. Everything fetched is re-hashed and every
+caches), plus ``put_blobs`` so each backend can move a batch the way it moves fastest: a
+backend never interprets what it moves. Everything fetched is re-hashed and every
 record's signature checked by the caller (:mod:`buildsys.remote.cache`), so a backend may be
 untrusted. Backends raise only :class:`RemoteError` and its subclasses.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, runtime_checkable
+from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import blake3
 
@@ -52,6 +53,11 @@ MAX_RECORD_BYTES = 16 << 20
 class Remote(Protocol):
     """One remote store. Implementations must be safe to call from several threads."""
 
+    probe_min_bytes: int
+    """Blobs smaller than this are uploaded without asking ``has_blobs`` first: on this backend
+    an existence probe costs about what the upload does, and sending a blob again is harmless
+    (same name, same bytes). 0: always probe."""
+
     def has_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
         """The subset of ``digests`` the remote holds."""
         ...
@@ -66,6 +72,12 @@ class Remote(Protocol):
 
     def put_blob(self, digest: Digest, source: Path) -> None:
         """Stream ``source`` up under ``digest``, in bounded memory whatever its size."""
+        ...
+
+    def put_blobs(self, blobs: Sequence[tuple[Digest, Path]]) -> None:
+        """Upload several blobs (``put_blob`` each), as many at once as the backend's
+        parallelism allows. Raises the first RemoteError and starts no further upload; which of
+        the others arrived is then unknown (the caller pushes the record only on success)."""
         ...
 
     def get_action(self, key: Digest) -> bytes | None:
@@ -102,6 +114,21 @@ def parallel_has(probe: Callable[[Digest], bool], digests: Iterable[Digest], par
         return {d for d in wanted if probe(d)}
     with ThreadPoolExecutor(max_workers=min(parallel, len(wanted)), thread_name_prefix="remote-has") as pool:
         return {d for d, present in zip(wanted, pool.map(probe, wanted)) if present}
+
+
+def parallel_put(put: Callable[[Digest, Path], None], blobs: Sequence[tuple[Digest, Path]], parallel: int) -> None:
+    """``put_blobs`` for backends that upload one blob per call: ``parallel`` at a time,
+    stopping at the first error (uploads not yet started are cancelled)."""
+    if len(blobs) <= 1 or parallel <= 1:
+        for digest, source in blobs:
+            put(digest, source)
+        return
+    pool = ThreadPoolExecutor(max_workers=min(parallel, len(blobs)), thread_name_prefix="remote-put")
+    try:
+        for future in [pool.submit(put, digest, source) for digest, source in blobs]:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class HashingWriter:

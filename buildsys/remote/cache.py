@@ -8,8 +8,10 @@ or truncated bytes never enter the store. The tree blob is parsed only after it 
 The record is written to the local action cache (signature kept) only when everything it
 references is present, so a pulled record never points at a missing blob.
 
-Push: blobs first, existence-checked (``has_blobs``) so only missing ones are uploaded, each
-re-hashed before upload so local bit rot is not spread; the (signed) record last.
+Push: blobs first, existence-checked (``has_blobs``, except blobs small enough that the
+backend's probe costs what their upload does) so only missing ones are uploaded; a blob the
+local store cannot vouch for (``LocalStore.trusted``) is re-hashed before upload so local bit
+rot is not spread; the (signed) record last.
 
 A remote that is down, too slow or failing never fails the build: backends retry within a
 bound, then this cache disables the remote for the rest of the run, warns once and degrades
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _MAX_NOTES = 50
+_HASH_INLINE = 1 << 20
+"""Blobs smaller than this are re-hashed in the calling thread: for them a worker thread's
+hand-over costs more than the hashing."""
 
 
 @dataclass
@@ -291,12 +296,27 @@ class RemoteCache:
 
     # push ---------------------------------------------------------------------------------
 
-    def _upload(self, digest: Digest) -> bool:
-        if not self.can_push:
-            return False
-        path = self.store.blob_path(digest)
+    def _local_blobs(self, digests: list[Digest]) -> dict[Digest, tuple[Path, int, bool]]:
+        """(path, size, trusted) of each local blob to push; a missing one is reported and left out.
+        Trusted blobs (hashed by this process, or sealed and unchanged since, see
+        ``LocalStore.trusted``) are sent as they are; the others are re-hashed first."""
+        found: dict[Digest, tuple[Path, int, bool]] = {}
+        for digest in digests:
+            path = self.store.blob_path(digest)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                self._count("local_corrupt")
+                self._note("local", f"local blob {short(digest)} vanished before upload")
+                continue
+            found[digest] = (path, st.st_size, self.store.trusted(digest, st))
+        return found
+
+    def _rehash_ok(self, digest: Digest) -> bool:
+        """Whether an untrusted local blob still hashes to its name (else it is not uploaded,
+        so local bit rot is not spread)."""
         try:
-            found, size = digest_file(path)
+            found, _ = digest_file(self.store.blob_path(digest))
         except FileNotFoundError:
             self._count("local_corrupt")
             self._note("local", f"local blob {short(digest)} vanished before upload")
@@ -305,28 +325,42 @@ class RemoteCache:
             self._count("local_corrupt")
             self._note("local", f"local blob {short(digest)} is corrupt (hashes to {short(found)}); not uploaded, run buildsys store verify")
             return False
-        try:
-            self.remote.put_blob(digest, path)
-        except RemoteError as exc:
-            self._failed(exc, write=True)
-            return False
-        self._count("blobs_up")
-        self._count("bytes_up", size)
         return True
 
     def push_blobs(self, digests: Iterable[Digest]) -> bool:
-        """Upload the local blobs the remote lacks; True when the remote has them all."""
+        """Upload the local blobs the remote lacks; True when the remote has them all.
+
+        Blobs of at least the backend's ``probe_min_bytes`` are existence-checked with one
+        ``has_blobs`` call and only missing ones are sent; smaller ones are sent unasked (there
+        a probe costs what the upload does). The batch goes up with one ``put_blobs`` call, so
+        the backend can move it its fastest way (libcurl's multi interface, kernel copies)."""
         if not self.can_push:
             return False
         wanted = sorted(set(digests))
+        local = self._local_blobs(wanted)
+        complete = len(local) == len(wanted)
+        probe = [d for d, (_, size, _) in local.items() if size >= self.remote.probe_min_bytes]
         try:
-            present = self.remote.has_blobs(wanted)
+            present = self.remote.has_blobs(probe) if probe else set()
         except RemoteError as exc:
             self._failed(exc)
             return False
         self._count("blobs_already_remote", len(present))
-        missing = [d for d in wanted if d not in present]
-        return all(self._map(self._upload, missing)) and self.can_push
+        send = [d for d in local if d not in present]
+        untrusted = [d for d in send if not local[d][2]]
+        inline = [d for d in untrusted if local[d][1] < _HASH_INLINE]
+        pooled = [d for d in untrusted if local[d][1] >= _HASH_INLINE]
+        checks = [self._rehash_ok(d) for d in inline] + self._map(self._rehash_ok, pooled)
+        corrupt = {d for d, ok in zip(inline + pooled, checks) if not ok}
+        send = [d for d in send if d not in corrupt]
+        try:
+            self.remote.put_blobs([(d, local[d][0]) for d in send])
+        except RemoteError as exc:
+            self._failed(exc, write=True)
+            return False
+        self._count("blobs_up", len(send))
+        self._count("bytes_up", sum(local[d][1] for d in send))
+        return complete and not corrupt and self.can_push
 
     def _signed(self, record: ActionRecord) -> ActionRecord:
         if record.signature is not None and self.trusted.verify(record) is Verdict.OK:

@@ -7,8 +7,13 @@ once::
     <root>/ac/<key>       action records
     <root>/.tmp/          partial writes; anything here is garbage
 
-Writes go to a temp file in ``.tmp/`` (same filesystem), are fsynced and renamed into place,
-so readers on other machines see either nothing or the whole object. The root must exist: a
+Writes go to a temp file in ``.tmp/`` (same filesystem) and are renamed into place, so readers
+on other machines see either nothing or the whole object. Records are fsynced first; blobs are
+not: a remote is a cache whose every download is re-hashed, so a blob torn by a power loss on
+the share is rejected like any corrupt one, never used (an fsync per blob made pushes of many
+small blobs several times slower than ``cp``; on NFS, ``close`` already flushes to the server).
+Blobs are copied in by the kernel (``copy_file_range``: a server-side copy on NFS 4.2) and
+copied out the same way when large, then hashed from the page cache. The root must exist: a
 missing root usually means an unmounted share, which is reported, never silently created.
 """
 
@@ -19,19 +24,27 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Sequence
+
+import blake3
 
 from buildsys.hashing import Digest
-from buildsys.remote.base import MAX_RECORD_BYTES, CorruptContent, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name
+from buildsys.remote.base import MAX_RECORD_BYTES, CorruptContent, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_put
 
 _COPY_CHUNK = 1 << 20
+_KERNEL_READ_MIN = 4 << 20
+"""Blobs from this size on are copied out by the kernel, then hashed (see ``_read``)."""
 
 
 class FileRemote:
     """A remote in a local or network-mounted directory."""
 
-    def __init__(self, root: Path) -> None:
+    probe_min_bytes = 0
+    """An existence check is a local ``stat``: always cheaper than a copy."""
+
+    def __init__(self, root: Path, parallel: int = 8) -> None:
         self.root = Path(root)
+        self.parallel = parallel
 
     def describe(self) -> str:
         return f"file://{self.root}"
@@ -61,9 +74,12 @@ class FileRemote:
             return
         try:
             with open(source, "rb") as src:
-                self._write(target, lambda dst: _copy_in_kernel(src, dst), f"blob {digest}")
+                self._write(target, lambda dst: _copy_in_kernel(src, dst), f"blob {digest}", durable=False)
         except FileNotFoundError:
             raise RemoteError(f"{source}: local blob to upload is missing") from None
+
+    def put_blobs(self, blobs: Sequence[tuple[Digest, Path]]) -> None:
+        parallel_put(self.put_blob, blobs, self.parallel)
 
     def get_action(self, key: Digest) -> bytes | None:
         self._check_root()
@@ -83,15 +99,22 @@ class FileRemote:
         self._write(self.root / "ac" / check_name(key, "ac"), lambda dst: dst.write(data), f"record {key}")
 
     def _read(self, path: Path, dest: Path, what: str) -> Digest:
-        """Copy ``path`` to ``dest`` and hash it in the same pass; returns the digest."""
+        """Copy ``path`` to ``dest``; returns the digest of the bytes in ``dest``. Small files
+        are hashed as they pass through; large ones are copied by the kernel and hashed from
+        ``dest``'s pages (on all cores), so their bytes never pass through Python."""
         self._check_root()
         try:
-            with open(path, "rb") as src, HashingWriter(dest) as dst:
-                buffer = bytearray(_COPY_CHUNK)
-                view = memoryview(buffer)
-                while n := src.readinto(buffer):
-                    dst.write(view[:n])
-                return dst.hexdigest()
+            with open(path, "rb") as src:
+                if os.fstat(src.fileno()).st_size >= _KERNEL_READ_MIN:
+                    with open(dest, "wb") as dst:
+                        _copy_in_kernel(src, dst)
+                    return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(dest).hexdigest()
+                with HashingWriter(dest) as dst:
+                    buffer = bytearray(_COPY_CHUNK)
+                    view = memoryview(buffer)
+                    while n := src.readinto(buffer):
+                        dst.write(view[:n])
+                    return dst.hexdigest()
         except FileNotFoundError:
             if not path.exists():
                 raise NotFound(f"{self.describe()}: {what} not found") from None
@@ -99,7 +122,7 @@ class FileRemote:
         except OSError as exc:
             raise self._error(exc, what) from None
 
-    def _write(self, target: Path, fill: Callable[[BinaryIO], object], what: str) -> None:
+    def _write(self, target: Path, fill: Callable[[BinaryIO], object], what: str, durable: bool = True) -> None:
         self._check_root()
         tmp_dir = self.root / ".tmp"
         try:
@@ -111,8 +134,9 @@ class FileRemote:
         try:
             with os.fdopen(fd, "wb") as dst:
                 fill(dst)
-                dst.flush()
-                os.fsync(dst.fileno())
+                if durable:
+                    dst.flush()
+                    os.fsync(dst.fileno())
             os.chmod(tmp, 0o444 if target.parent.name == "cas" else 0o644)
             os.replace(tmp, target)
         except OSError as exc:
@@ -124,10 +148,11 @@ class FileRemote:
 
 
 def _copy_in_kernel(src: BinaryIO, dst: BinaryIO) -> None:
-    """Copy a whole file with ``sendfile`` (no round trip of the bytes through Python: the
-    cache hashed the source just before); plain copy where the kernel refuses."""
+    """Copy a whole file with ``copy_file_range`` (no round trip of the bytes through Python;
+    a reflink or server-side copy where the filesystem can); plain copy where the kernel
+    refuses (e.g. across filesystems on some kernels)."""
     try:
-        while os.sendfile(dst.fileno(), src.fileno(), None, 1 << 30):
+        while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
             pass
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):

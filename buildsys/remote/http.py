@@ -19,21 +19,37 @@ exponential backoff inside a time budget, see :mod:`buildsys.remote.retry`.
 Blobs (HEAD/GET/PUT) go through a lean keep-alive pool on http.client
 (:mod:`buildsys.remote.httpconn`) unless a proxy applies to the URL; action records and
 proxied remotes use requests. Downloads are hashed while written (:class:`HashingWriter`),
-so the cache checks them without reading them back.
+so the cache checks them without reading them back. A batch of blobs up to 1 MiB
+(``put_blobs``) goes up through libcurl's multi interface (:mod:`buildsys.remote.curlmulti`),
+as fast as ``curl --parallel``; blobs under 64 KiB are not probed before upload
+(``probe_min_bytes``): a HEAD costs as much as their PUT, and a PUT of a content-addressed
+name is idempotent (nginx writes it to a temp file and renames it in).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from buildsys.hashing import Digest
-from buildsys.remote.base import MAX_RECORD_BYTES, CorruptContent, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_has
+from buildsys.remote.base import (
+    MAX_RECORD_BYTES,
+    CorruptContent,
+    HashingWriter,
+    NotFound,
+    RemoteError,
+    RemoteRefused,
+    RemoteUnavailable,
+    check_name,
+    parallel_has,
+    parallel_put,
+)
+from buildsys.remote.curlmulti import put_many
 from buildsys.remote.httpconn import NETWORK_ERRORS as _POOL_ERRORS, ConnectionPool, truncated
 from buildsys.remote.retry import RetryPolicy, Transient, call_with_retry
 
@@ -46,6 +62,10 @@ _NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptio
 
 class HttpRemote:
     """A remote behind a plain HTTP(S) server."""
+
+    probe_min_bytes = 64 << 10
+    """Below this, a HEAD costs about what the PUT does (one request each way), so small blobs
+    are sent unasked; larger ones are probed so bytes the remote has are not sent again."""
 
     def __init__(
         self,
@@ -77,6 +97,7 @@ class HttpRemote:
             self.session.auth = (username, password or "")
         self.session.headers["User-Agent"] = "buildsys-remote/1"
         self._path = parts.path.rstrip("/")
+        self.timeout_s = timeout_s
         self.pool: ConnectionPool | None = None
         if not requests.utils.get_environ_proxies(self.base):
             auth = (username, password or "") if username is not None else None
@@ -180,6 +201,11 @@ class HttpRemote:
                     raise self._refuse(response, what)
 
         self._retry(attempt, what)
+
+    def put_blobs(self, blobs: Sequence[tuple[Digest, Path]]) -> None:
+        if self.pool is None:  # through a proxy: one request at a time, via requests
+            return parallel_put(self.put_blob, blobs, self.parallel)
+        parallel_put(self.put_blob, self._put_small(blobs), self.parallel)
 
     def get_action(self, key: Digest) -> bytes | None:
         url = f"{self.base}/ac/{check_name(key, 'ac')}"
@@ -298,20 +324,62 @@ class HttpRemote:
 
         self._pooled(what, attempt)
 
+    def _put_small(self, blobs: Sequence[tuple[Digest, Path]]) -> list[tuple[Digest, Path]]:
+        """PUT the blobs of up to 1 MiB in one libcurl multi batch, read as transfers free up;
+        return the larger ones, not sent. A request that failed in transport or with a
+        retryable status is sent again alone under the usual retry policy, which raises when
+        it gives up; any other status raises at once (no new request is started)."""
+        large: list[tuple[Digest, Path]] = []
+        sources: dict[Digest, Path] = {}
 
-def _ssl_context():
+        def jobs() -> Iterator[tuple[Digest, str, bytes]]:
+            for digest, source in blobs:
+                try:
+                    with open(source, "rb") as handle:
+                        data = handle.read(_SMALL + 1)
+                except FileNotFoundError:
+                    raise RemoteError(f"{source}: local blob to upload is missing") from None
+                if len(data) > _SMALL:
+                    large.append((digest, source))
+                    continue
+                sources[digest] = source
+                yield digest, self._blob_url(digest), _compress_bytes(data) if self.zstd else data
+
+        cainfo = _ca_bundle() if self.base.startswith("https:") else None
+        for digest, status, _ in put_many(jobs(), parallel=self.parallel, timeout_s=self.timeout_s, headers=self.pool.headers, cainfo=cainfo):
+            if 200 <= status < 300:
+                continue
+            if status == 0 or status in _TRANSIENT_STATUS:
+                self._pool_put(digest, sources[digest])
+                continue
+            raise RemoteRefused(f"{self.base}: PUT blob {digest}: HTTP {status}")
+        return large
+
+
+def _ca_bundle() -> str:
     """The CA bundle requests would use (``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, else certifi)."""
-    import ssl
-
     from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
-    return ssl.create_default_context(cafile=os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH)
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH
+
+
+def _ssl_context():
+    """A TLS context verifying against :func:`_ca_bundle`."""
+    import ssl
+
+    return ssl.create_default_context(cafile=_ca_bundle())
 
 
 def _compress(body) -> Iterator[bytes]:
     import zstandard
 
     yield from zstandard.ZstdCompressor(level=3).read_to_iter(body, read_size=_CHUNK, write_size=_CHUNK)
+
+
+def _compress_bytes(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=3).compress(data)
 
 
 def _decompress_into(chunks: Iterable[bytes], out, what: str) -> None:

@@ -5,8 +5,18 @@ Layout under the prefix::
     <prefix>/cas/<digest>   blobs
     <prefix>/ac/<key>       action records
 
-Blobs move with boto3's managed transfers (``upload_file`` / ``download_file``): streamed from
-and to files, multipart above 16 MiB in 16 MiB parts, so memory stays bounded. Credentials
+Blobs up to 16 MiB move in one request each (``put_object`` from memory, ``get_object``
+streamed into the file and hashed on the way); larger ones with boto3's managed transfers
+(``upload_file`` / ``download_file``, multipart in 16 MiB parts), so memory stays bounded
+(16 MiB a transfer).
+(A managed transfer starts a thread pool per call: for many small blobs that cost more than
+the request.)
+
+Existence checks for many blobs list the ``cas/`` keys (ListObjectsV2, 1,000 keys a page)
+instead of one HEAD per blob: digests are uniformly spread, so each page answers every wanted
+digest in its key range, and a scan jumps (``StartAfter``) to the next wanted digest. Where
+the bucket is so much larger than the batch that a page answers only a few digests, the rest
+are HEADed as before. Credentials
 come from the usual boto3 chain (env, ~/.aws, instance role) unless the settings name them
 (``username`` = access key id, ``password_env`` = env var holding the secret key). Retries and
 timeouts are botocore's (standard mode), sized from the same settings as the HTTP remote.
@@ -15,24 +25,53 @@ The bucket must exist; it is never created here.
 
 from __future__ import annotations
 
+import os
+
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from boto3.exceptions import Boto3Error
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError, ReadTimeoutError, ResponseStreamingError
 
 from buildsys.hashing import Digest
-from buildsys.remote.base import MAX_RECORD_BYTES, CorruptContent, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_has
+from buildsys.remote.base import (
+    MAX_RECORD_BYTES,
+    CorruptContent,
+    HashingWriter,
+    NotFound,
+    RemoteError,
+    RemoteRefused,
+    RemoteUnavailable,
+    check_name,
+    parallel_has,
+    parallel_put,
+)
+from buildsys.remote.retry import RetryPolicy, Transient, call_with_retry
 
 _PART = 16 << 20
+_CHUNK = 1 << 20
+_BODY_ERRORS = (IncompleteReadError, ReadTimeoutError, ResponseStreamingError)
+"""A response body cut short or stalled: the request is worth trying again."""
+_PAGE_KEYS = 1000
+"""Keys a listing page asks for (S3's maximum)."""
+_LIST_MIN = 32
+"""Below this many digests, ``has_blobs`` HEADs each one (a listing could not pay off)."""
+_PAGE_WORTH = 64
+"""A full listing page (1,000 keys to parse) costs about this many HEADs (moto on loopback:
+~150 ms against ~2 ms; AWS: ~100 ms against ~20 ms); a scan whose page answered fewer wanted
+digests leaves the rest to HEADs."""
 
 
 class S3Remote:
     """A remote in an S3 bucket."""
+
+    probe_min_bytes = 0
+    """Always check first: many blobs are checked with a few listings, and S3 bills uploads."""
 
     def __init__(
         self,
@@ -54,6 +93,7 @@ class S3Remote:
         self.prefix = prefix + "/" if prefix else ""
         self.endpoint_url = endpoint_url
         self.parallel = parallel
+        self.policy = RetryPolicy(attempts=retries + 1)
         config = Config(
             connect_timeout=timeout_s,
             read_timeout=timeout_s,
@@ -99,18 +139,88 @@ class S3Remote:
                 return False
             raise error from None
 
-    def has_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
+    def _head_each(self, digests: Iterable[Digest]) -> set[Digest]:
         return parallel_has(lambda d: self._exists(self._key("cas", d), f"blob {d}"), digests, self.parallel)
 
-    def get_blob(self, digest: Digest, dest: Path) -> None:
+    def has_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
+        wanted = sorted(set(digests))
+        if len(wanted) < _LIST_MIN:
+            return self._head_each(wanted)
+        found, rest, dense = self._scan(wanted, max_pages=1)  # a small bucket: one page says all
+        if rest and not dense:
+            size = -(-len(rest) // self.parallel)  # contiguous runs: a page serves one run
+            runs = [rest[i : i + size] for i in range(0, len(rest), size)]
+            with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="remote-list") as pool:
+                scans = list(pool.map(self._scan, runs))
+            rest = []
+            for more, left, _ in scans:
+                found |= more
+                rest += left
+        return found | self._head_each(rest)
+
+    def _scan(self, run: list[Digest], max_pages: int | None = None) -> tuple[set[Digest], list[Digest], bool]:
+        """List the ``cas/`` keys from each wanted digest of ``run`` (sorted) on, a page at a
+        time. Returns (present, unanswered, dense): the scan stops after ``max_pages`` pages, or
+        early when a page answered fewer than ``_PAGE_WORTH`` digests (``dense``: the bucket
+        is too crowded for listing to beat HEADs)."""
+        base = f"{self.prefix}cas/"
+        found: set[Digest] = set()
+        i = pages = 0
+        start = run[0][:-1]  # just before run[0]: keys sort by digest (fixed-length hex)
+        while i < len(run):
+            if max_pages is not None and pages >= max_pages:
+                return found, run[i:], False
+            try:
+                page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=base, StartAfter=base + start, MaxKeys=_PAGE_KEYS)
+            except (ClientError, BotoCoreError) as exc:
+                raise self._error(exc, "list blobs") from None
+            pages += 1
+            keys = {item["Key"][len(base) :] for item in page.get("Contents", ())}
+            last = max(keys, default="")
+            first = i
+            while i < len(run) and (not page.get("IsTruncated") or run[i] <= last):
+                if run[i] in keys:
+                    found.add(run[i])
+                i += 1
+            if i < len(run) and i - first < _PAGE_WORTH:
+                return found, run[i:], True
+            if i < len(run):
+                start = max(run[i][:-1], last)
+        return found, [], False
+
+    def get_blob(self, digest: Digest, dest: Path) -> Digest | None:
+        key, what = self._key("cas", digest), f"blob {digest}"
+
+        def attempt() -> Digest | None:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            body = response["Body"]
+            if response.get("ContentLength", 0) > _PART:  # large: ranged parts in parallel
+                body.close()
+                self.client.download_file(self.bucket, key, str(dest), Config=self.transfer)
+                return None
+            with body, HashingWriter(dest) as out:
+                try:
+                    while chunk := body.read(_CHUNK):
+                        out.write(chunk)
+                except _BODY_ERRORS as exc:  # botocore retried the request, not its body
+                    raise Transient(f"{type(exc).__name__}: {exc}") from None
+                return out.hexdigest()
+
+        def give_up(reason: str, attempts: int) -> Exception:
+            return RemoteUnavailable(f"{self.describe()}: {what}: {reason} (after {attempts} tries)")
+
         try:
-            self.client.download_file(self.bucket, self._key("cas", digest), str(dest), Config=self.transfer)
+            return call_with_retry(attempt, self.policy, give_up)
         except (ClientError, BotoCoreError, Boto3Error) as exc:
-            raise self._error(exc, f"blob {digest}") from None
+            raise self._error(exc, what) from None
 
     def put_blob(self, digest: Digest, source: Path) -> None:
+        key = self._key("cas", digest)
         try:
-            self.client.upload_file(str(source), self.bucket, self._key("cas", digest), Config=self.transfer)
+            if os.path.getsize(source) <= _PART:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=Path(source).read_bytes())
+            else:
+                self.client.upload_file(str(source), self.bucket, key, Config=self.transfer)
         except FileNotFoundError:
             raise RemoteError(f"{source}: local blob to upload is missing") from None
         except (ClientError, BotoCoreError, Boto3Error) as exc:
@@ -118,6 +228,9 @@ class S3Remote:
             if isinstance(cause, (ClientError, BotoCoreError)):
                 raise self._error(cause, f"upload blob {digest}") from None
             raise RemoteUnavailable(f"{self.describe()}: upload blob {digest}: {exc}") from None
+
+    def put_blobs(self, blobs: Sequence[tuple[Digest, Path]]) -> None:
+        parallel_put(self.put_blob, blobs, self.parallel)
 
     def get_action(self, key: Digest) -> bytes | None:
         try:
