@@ -15,9 +15,10 @@ import json
 import sys
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from queue import SimpleQueue
 from typing import Any
 
 from buildsys.action import changed_components
@@ -185,6 +186,7 @@ class Builder:
         trees: dict[str, Digest] = {}
         reports: dict[str, StageReport] = {}
         running: dict[Future, str] = {}
+        completed: SimpleQueue[Future] = SimpleQueue()
         stop = False
         self.reporter.begin(len(order))
         pool = ThreadPoolExecutor(max_workers=self.session.jobs, thread_name_prefix="stage")
@@ -196,21 +198,24 @@ class Builder:
                     if report is None and self.execute:
                         self.reporter.started(sid)
                         self._key_to_stage[resolved.key] = sid
-                        running[pool.submit(self._run, resolved)] = sid
+                        future = pool.submit(self._run, resolved)
+                        running[future] = sid
+                        future.add_done_callback(completed.put)
                         continue
                     if report is None:
                         report = self._would_run(sid, resolved)
                     stop |= self._finish(report, trees, reports, dependents, waiting, ready)
                 if not running:
                     break
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for future in done:
-                    sid = running.pop(future)
-                    try:
-                        report = future.result()
-                    except BuildsysError as exc:
-                        report = StageReport(sid, FAILED, error=str(exc))
-                    stop |= self._finish(report, trees, reports, dependents, waiting, ready)
+                # one completion at a time from a queue: wait() on every running future
+                # would cost O(running) per completion, quadratic in a wide graph
+                future = completed.get()
+                sid = running.pop(future)
+                try:
+                    report = future.result()
+                except BuildsysError as exc:
+                    report = StageReport(sid, FAILED, error=str(exc))
+                stop |= self._finish(report, trees, reports, dependents, waiting, ready)
         finally:
             pool.shutdown(wait=True)
             self.reporter.end()
