@@ -174,3 +174,43 @@ def test_s3_listing_scans(moto_s3, tmp_path: Path, monkeypatch, page_keys: int, 
     else:
         assert len(listings) == 1  # one page holds the whole bucket
     remote.close()
+
+
+def test_batch_get(backend, tmp_path: Path) -> None:
+    """get_blobs (libcurl multi batch over HTTP, decompressing with zstd; threads elsewhere):
+    each blob lands in its own file, hashed; a missing one is NotFound, the others go on."""
+    kind, remote = backend
+    blobs = list(dict(_blobs(tmp_path, 40) + [(digest_file(p)[0], p) for p in [_write(tmp_path / "big", os.urandom(3 << 20))]]).items())
+    remote.put_blobs(blobs)
+    missing = "e" * 64
+    out = tmp_path / "got"
+    out.mkdir()
+    got = dict(remote.get_blobs([d for d, _ in blobs] + [missing], lambda d: out / d))
+    assert isinstance(got.pop(missing), NotFound)
+    assert got == {d: d for d, _ in blobs}
+    for digest, source in blobs:
+        assert (out / digest).read_bytes() == source.read_bytes()
+
+
+def test_http_batch_get_retries_alone(nginx: NginxServer, tmp_path: Path, monkeypatch) -> None:
+    """A batched download cut short is fetched again alone (under the retry policy); one
+    refused (401) is an error for that blob, not a retry."""
+    from buildsys.remote import RemoteRefused, http
+
+    remote = open_remote(f"{nginx.url}/cache")
+    blobs = _blobs(tmp_path, 6, sizes=(4096,))
+    remote.put_blobs(blobs)
+    real = http.get_many
+
+    def flaky(jobs, **kwargs):
+        for i, (key, status, message) in enumerate(real(jobs, **kwargs)):
+            yield (key, 200, "connection reset") if i == 0 else (key, 401, "") if i == 1 else (key, status, message)
+
+    monkeypatch.setattr(http, "get_many", flaky)
+    single = []
+    pool_get = remote._pool_get
+    monkeypatch.setattr(remote, "_pool_get", lambda d, dest: single.append(d) or pool_get(d, dest))
+    got = dict(remote.get_blobs([d for d, _ in blobs], lambda d: tmp_path / f"{d}.out"))
+    refused = [d for d, outcome in got.items() if isinstance(outcome, RemoteRefused)]
+    assert len(single) == 1 and got[single[0]] == single[0] and len(refused) == 1
+    assert sum(got[d] == d for d, _ in blobs) == 5

@@ -3,6 +3,7 @@ existence-checked, pulled records keep their signature."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,29 @@ def test_pull_blobs_and_push_blobs(tmp_path: Path, keys) -> None:
     down = _cache(b, f"file://{tmp_path / 'share'}", RemoteSettings(), keys[1])
     assert down.pull_blobs(digests + ["d" * 64]) == set(digests)
     assert down.stats.blobs_down == 20 and b.verify().clean
+
+
+@pytest.mark.parametrize("zstd", [False, True])
+def test_http_batch_pull_checks_each_blob(nginx: NginxServer, keys, tmp_path: Path, zstd: bool) -> None:
+    """pull_blobs over HTTP (one libcurl batch): a blob missing on the remote and one whose
+    bytes were replaced (with zstd: not a zstd stream) are counted and never installed; the
+    others are verified and installed; nothing is left in the store's tmp dir. The same
+    corrupt blob pulled alone (the single-request path) is rejected the same way."""
+    settings = RemoteSettings(zstd=zstd)
+    a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
+    digests = [a.put_bytes(os.urandom(4096)) for _ in range(30)]
+    up = _cache(a, f"{nginx.url}/cache", settings, keys[1], keys[0])
+    assert up.push_blobs(digests)
+    folder = nginx.root / "cache" / ("cas.zst" if zstd else "cas")
+    gone, corrupt = digests[3], digests[7]
+    (folder / gone).unlink()
+    os.chmod(folder / corrupt, 0o644)
+    (folder / corrupt).write_bytes(b"not what was asked for")
+    warnings: list[str] = []
+    down = _cache(b, f"{nginx.url}/cache", settings, keys[1], warnings=warnings)
+    assert down.pull_blobs(digests) == set(digests) - {gone, corrupt}
+    stats = down.stats
+    assert (stats.blobs_down, stats.bytes_down, stats.rejected_blobs) == (28, 28 * 4096, 1)
+    assert down.enabled and b.verify().clean and not list(b.tmp.iterdir())
+    assert any("rejected" in w and corrupt[:8] in w and ("zstd stream" in w) == zstd for w in warnings)
+    assert down.pull_blobs([corrupt]) == set() and down.stats.rejected_blobs == 2  # alone: not batched

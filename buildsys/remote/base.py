@@ -6,17 +6,18 @@ A remote is another store reached over a dumb protocol. It holds two typed key s
     ac/<key>       action records (canonical msgpack, see buildsys.store.records), by action key
 
 The contract is deliberately tiny (has / get / put, as in bazel-remote and Nix's binary
-caches), plus ``put_blobs`` so each backend can move a batch the way it moves fastest: a
-backend never interprets what it moves. Everything fetched is re-hashed and every
+caches), plus ``get_blobs`` / ``put_blobs`` so each backend can move a batch the way it moves
+fastest: a backend never interprets what it moves. Everything fetched is re-hashed and every
 record's signature checked by the caller (:mod:`buildsys.remote.cache`), so a backend may be
 untrusted. Backends raise only :class:`RemoteError` and its subclasses.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Generator, Iterable, Protocol, Sequence, runtime_checkable
 
 import blake3
 
@@ -45,6 +46,9 @@ class RemoteRefused(RemoteError):
     """The remote answered, but refused the request (authentication, permissions, a 4xx)."""
 
 
+BlobsGot = Generator[tuple[Digest, Digest | None | RemoteError], None, None]
+"""What ``get_blobs`` yields: per blob, its hashed digest (None: not hashed) or the error."""
+
 MAX_RECORD_BYTES = 16 << 20
 """Action records are small; a larger answer is refused rather than read into memory."""
 
@@ -68,6 +72,15 @@ class Remote(Protocol):
         bytes while writing them (:class:`HashingWriter`) returns that digest, so the caller
         need not read the file again; one that could not returns None and the caller
         re-hashes the file."""
+        ...
+
+    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], Path]) -> BlobsGot:
+        """Download distinct blobs, each as ``get_blob`` would into ``dest_for(digest)`` (called
+        once per blob, when its download starts), as many at once as the backend's parallelism
+        allows. Yields ``(digest, outcome)`` in completion order: the digest ``get_blob`` would
+        return, or the RemoteError it would raise, so one missing or failing blob does not stop
+        the others. Raises RemoteError only for a failure of the whole batch. Closing the
+        generator stops the batch; a destination written so far is left for the caller."""
         ...
 
     def put_blob(self, digest: Digest, source: Path) -> None:
@@ -131,30 +144,59 @@ def parallel_put(put: Callable[[Digest, Path], None], blobs: Sequence[tuple[Dige
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def parallel_get(
+    get: Callable[[Digest, Path], Digest | None], digests: Sequence[Digest], dest_for: Callable[[Digest], Path], parallel: int
+) -> BlobsGot:
+    """``get_blobs`` for backends that download one blob per call: ``parallel`` at a time on
+    threads, outcomes yielded as they complete (closing cancels the downloads not started)."""
+
+    def one(digest: Digest) -> tuple[Digest, Digest | None | RemoteError]:
+        try:
+            return digest, get(digest, dest_for(digest))
+        except RemoteError as exc:
+            return digest, exc
+
+    if len(digests) <= 1 or parallel <= 1:
+        yield from map(one, digests)
+        return
+    pool = ThreadPoolExecutor(max_workers=min(parallel, len(digests)), thread_name_prefix="remote-get")
+    try:
+        for future in as_completed([pool.submit(one, digest) for digest in digests]):
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class HashingWriter:
     """A file opened for writing (created or truncated) that hashes exactly the bytes written
     to it, so a download is checked in the same pass that stores it. A retried attempt opens
-    a new writer, so a partial earlier attempt never leaks into the digest."""
+    a new writer, so a partial earlier attempt never leaks into the digest. Written straight
+    to the file descriptor: nothing is buffered here (callers write in chunks), and a batch of
+    small downloads is spared the syscalls :func:`open` adds per file (fstat, isatty, seek)."""
 
     def __init__(self, path: Path) -> None:
-        self._file = open(path, "wb")
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
         self.size = 0
 
     def write(self, data) -> int:
         self._hasher.update(data)
-        self._file.write(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
         self.size += len(data)
         return len(data)
 
     def flush(self) -> None:
-        self._file.flush()
+        """Nothing to flush (unbuffered); here for writers that wrap this one (zstd)."""
 
     def hexdigest(self) -> Digest:
         return self._hasher.hexdigest()
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> "HashingWriter":
         return self

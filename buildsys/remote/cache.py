@@ -2,8 +2,9 @@
 
 Pull: a remote record is used only if it decodes, names the action key it was filed under,
 and carries a signature by a trusted key. Then every blob it references that is missing
-locally is downloaded (in parallel) into the store's tmp dir and hashed (while it is written, where
-the backend can, else re-read) before adoption; wrong
+locally is downloaded (one ``get_blobs`` batch, which the backend runs in parallel) into the
+store's tmp dir and hashed (while it is written, where the backend can, else re-read) before
+adoption; wrong
 or truncated bytes never enter the store. The tree blob is parsed only after it is verified.
 The record is written to the local action cache (signature kept) only when everything it
 references is present, so a pulled record never points at a missing blob.
@@ -176,42 +177,53 @@ class RemoteCache:
 
     # pull ---------------------------------------------------------------------------------
 
-    def _download(self, digest: Digest) -> Path | None:
-        """Download one blob into a temp file of the store and check its bytes; None if it
-        could not be had (the problem is counted and reported)."""
-        if not self.enabled:
-            return None
-        tmp = Path(self.store.tmp) / f".remote-{digest[:16]}-{uuid.uuid4().hex[:8]}"
+    def _download(self, digests: list[Digest]) -> list[tuple[Path, Digest]]:
+        """Download blobs (one ``get_blobs`` batch) into temp files of the store and check
+        their bytes; return the good ``(file, digest)`` pairs. A blob that could not be had
+        is counted and reported; an error that disables the remote ends the batch."""
+        tmp_dir, prefix = Path(self.store.tmp), f".remote-{uuid.uuid4().hex[:8]}-"
+        pending = {digest: tmp_dir / (prefix + digest) for digest in digests}
+        good: list[tuple[Path, Digest]] = []
+        batch = self.remote.get_blobs(digests, pending.__getitem__)
         try:
-            hashed = self.remote.get_blob(digest, tmp)
-            self.store.check_download(tmp, digest, hashed)
+            for digest, outcome in batch:
+                tmp = pending.pop(digest)
+                if self._checked(digest, tmp, outcome):
+                    good.append((tmp, digest))
+                if not self.enabled:
+                    break
+        except RemoteError as exc:
+            self._failed(exc)
+        finally:
+            batch.close()
+            for tmp in pending.values():  # not downloaded, or cut short
+                _unlink(tmp)
+        self._count("blobs_down", len(good))
+        self._count("bytes_down", sum(os.path.getsize(tmp) for tmp, _ in good))
+        return good
+
+    def _checked(self, digest: Digest, tmp: Path, outcome: Digest | None | RemoteError) -> bool:
+        """Whether ``tmp`` holds blob ``digest`` (``outcome``: what ``get_blobs`` yielded for
+        it); if not, the problem is counted and reported and ``tmp`` removed."""
+        try:
+            if isinstance(outcome, RemoteError):
+                raise outcome
+            self.store.check_download(tmp, digest, outcome)
         except StoreCorruption as exc:
             self._count("rejected_blobs")
             self._note("rejected", f"remote blob {short(digest)} rejected: {exc}")
             _unlink(tmp)
-            return None
+            return False
         except CorruptContent as exc:
             self._count("rejected_blobs")
             self._failed(exc)
             self._note("rejected", f"remote blob {short(digest)} rejected: {exc}")
             _unlink(tmp)
-            return None
+            return False
         except RemoteError as exc:
             self._failed(exc)
             _unlink(tmp)
-            return None
-        self._count("blobs_down")
-        self._count("bytes_down", os.path.getsize(tmp))
-        return tmp
-
-    def _fetch(self, digest: Digest) -> bool:
-        """One blob into the store, verified. False if it could not be had."""
-        if self.store.has_blob(digest):
-            return True
-        tmp = self._download(digest)
-        if tmp is None:
             return False
-        self.store.install_many([(tmp, digest)])
         return True
 
     def pull_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
@@ -219,13 +231,13 @@ class RemoteCache:
         return those now present in the store."""
         wanted = sorted(set(digests))
         missing = self.store.missing_blobs(wanted)
-        downloads = self._map(self._download, missing)
-        self.store.install_many([(tmp, digest) for tmp, digest in zip(downloads, missing) if tmp is not None])
-        return set(wanted) - set(self.store.missing_blobs(wanted))
+        got = self._download(missing) if missing and self.enabled else []
+        self.store.install_many(got)
+        return set(wanted).difference(missing).union(digest for _, digest in got)
 
     def pull_tree(self, tree: Digest) -> bool:
         """Fetch a tree blob and every file it lists; True when all are local and verified."""
-        if not self._fetch(tree):
+        if tree not in self.pull_blobs([tree]):
             return False
         try:
             manifest = self.store.get_tree(tree)

@@ -29,7 +29,7 @@ from typing import BinaryIO, Callable, Iterable, Sequence
 import blake3
 
 from buildsys.hashing import Digest
-from buildsys.remote.base import MAX_RECORD_BYTES, CorruptContent, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_put
+from buildsys.remote.base import MAX_RECORD_BYTES, BlobsGot, CorruptContent, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_get, parallel_put
 
 _COPY_CHUNK = 1 << 20
 _KERNEL_READ_MIN = 4 << 20
@@ -77,6 +77,9 @@ class FileRemote:
                 self._write(target, lambda dst: _copy_in_kernel(src, dst), f"blob {digest}", durable=False)
         except FileNotFoundError:
             raise RemoteError(f"{source}: local blob to upload is missing") from None
+
+    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], Path]) -> BlobsGot:
+        return parallel_get(self.get_blob, digests, dest_for, self.parallel)
 
     def put_blobs(self, blobs: Sequence[tuple[Digest, Path]]) -> None:
         parallel_put(self.put_blob, blobs, self.parallel)

@@ -20,8 +20,10 @@ Blobs (HEAD/GET/PUT) go through a lean keep-alive pool on http.client
 (:mod:`buildsys.remote.httpconn`) unless a proxy applies to the URL; action records and
 proxied remotes use requests. Downloads are hashed while written (:class:`HashingWriter`),
 so the cache checks them without reading them back. A batch of blobs up to 1 MiB
-(``put_blobs``) goes up through libcurl's multi interface (:mod:`buildsys.remote.curlmulti`),
-as fast as ``curl --parallel``; blobs under 64 KiB are not probed before upload
+(``put_blobs``) goes up, and any batch of blobs (``get_blobs``) comes down, through libcurl's
+multi interface (:mod:`buildsys.remote.curlmulti`), as fast as ``curl --parallel``; each
+download streams into its own writer, so memory stays bounded there too. Blobs under 64 KiB
+are not probed before upload
 (``probe_min_bytes``): a HEAD costs as much as their PUT, and a PUT of a content-addressed
 name is idempotent (nginx writes it to a temp file and renames it in).
 """
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Self, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -39,6 +41,7 @@ from requests.adapters import HTTPAdapter
 from buildsys.hashing import Digest
 from buildsys.remote.base import (
     MAX_RECORD_BYTES,
+    BlobsGot,
     CorruptContent,
     HashingWriter,
     NotFound,
@@ -46,10 +49,11 @@ from buildsys.remote.base import (
     RemoteRefused,
     RemoteUnavailable,
     check_name,
+    parallel_get,
     parallel_has,
     parallel_put,
 )
-from buildsys.remote.curlmulti import put_many
+from buildsys.remote.curlmulti import get_many, put_many
 from buildsys.remote.httpconn import NETWORK_ERRORS as _POOL_ERRORS, ConnectionPool, truncated
 from buildsys.remote.retry import RetryPolicy, Transient, call_with_retry
 
@@ -171,18 +175,19 @@ class HttpRemote:
                 if not 200 <= response.status_code < 300:
                     raise self._refuse(response, what)
                 try:
-                    with HashingWriter(dest) as out:
-                        chunks = response.iter_content(_CHUNK)
-                        if self.zstd:
-                            _decompress_into(chunks, out, what)
-                        else:
-                            for chunk in chunks:
-                                out.write(chunk)
-                        return out.hexdigest()
+                    with _Landing(dest, self.zstd, what) as landing:
+                        for chunk in response.iter_content(_CHUNK):
+                            landing.write(chunk)
+                        return landing.finish()
                 except _NETWORK_ERRORS as exc:
                     raise Transient(f"body interrupted: {_short(exc)}") from None
 
         return self._retry(attempt, what)
+
+    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], Path]) -> BlobsGot:
+        if self.pool is None or len(digests) <= 1:  # proxied, or nothing to batch
+            return parallel_get(self.get_blob, digests, dest_for, self.parallel)
+        return self._get_many(digests, dest_for)
 
     def put_blob(self, digest: Digest, source: Path) -> None:
         url = self._blob_url(digest)
@@ -285,17 +290,14 @@ class HttpRemote:
             with self.pool.request("GET", path) as response:
                 if not self._status(response, what, absent=True):
                     raise NotFound(f"{self.base}: blob {digest} not found")
-                with HashingWriter(dest) as out:
-                    if self.zstd:
-                        _decompress_into(iter(lambda: response.read(_CHUNK), b""), out, what)
-                    else:
-                        buffer = bytearray(_CHUNK)
-                        view = memoryview(buffer)
-                        while n := response.readinto(buffer):
-                            out.write(view[:n])
+                with _Landing(dest, self.zstd, what) as landing:
+                    buffer = bytearray(_CHUNK)
+                    view = memoryview(buffer)
+                    while n := response.readinto(buffer):
+                        landing.write(view[:n])
                     if truncated(response):
                         raise Transient("body truncated")
-                    return out.hexdigest()
+                    return landing.finish()
 
         return self._pooled(what, attempt)
 
@@ -355,6 +357,98 @@ class HttpRemote:
             raise RemoteRefused(f"{self.base}: PUT blob {digest}: HTTP {status}")
         return large
 
+    def _get_many(self, digests: Sequence[Digest], dest_for: Callable[[Digest], Path]) -> BlobsGot:
+        """``get_blobs`` in one libcurl multi batch, each body streamed (and decompressed)
+        into its own :class:`_Landing`, opened as its transfer starts."""
+        landings: dict[Digest, _Landing] = {}
+
+        def jobs() -> Iterator[tuple[Digest, str, Callable[[bytes], int | None]]]:
+            for digest in digests:
+                url = self._blob_url(digest)
+                landing = landings[digest] = _Landing(dest_for(digest), self.zstd, f"GET blob {digest}")
+                yield digest, url, landing.write
+
+        cainfo = _ca_bundle() if self.base.startswith("https:") else None
+        try:
+            for digest, status, message in get_many(jobs(), parallel=self.parallel, timeout_s=self.timeout_s, headers=self.pool.headers, cainfo=cainfo):
+                try:
+                    outcome: Digest | RemoteError = self._landed(digest, landings.pop(digest), status, message)
+                except RemoteError as exc:
+                    outcome = exc
+                yield digest, outcome
+        finally:
+            for landing in landings.values():
+                landing.close()
+
+    def _landed(self, digest: Digest, landing: _Landing, status: int, message: str) -> Digest:
+        """The digest of what one batched transfer brought (``status`` and ``message`` as
+        :mod:`buildsys.remote.curlmulti` reports them). A transfer that did not complete, or a
+        retryable status, is fetched again alone under the usual retry policy (which raises
+        RemoteUnavailable when it gives up), as in ``_put_small``."""
+        with landing:
+            if status == 404:
+                raise NotFound(f"{self.base}: blob {digest} not found")
+            if status not in _TRANSIENT_STATUS:
+                if status and not 200 <= status < 300:
+                    raise RemoteRefused(f"{self.base}: GET blob {digest}: HTTP {status}")
+                if not message or landing.failure is not None:  # complete, or refused by us
+                    return landing.finish()
+        return self._pool_get(digest, landing.dest)
+
+
+class _Landing:
+    """Where a downloaded blob lands: its bytes (decompressed first when the remote stores
+    zstd) are written to ``dest`` and hashed as they are (:class:`HashingWriter`), so memory
+    stays bounded and the file is never read back. ``write`` never raises, so it can be
+    libcurl's write callback (an exception cannot cross libcurl): a failure (a broken zstd
+    stream, a full disk) is kept, answered with 0 so libcurl aborts the transfer, and raised
+    by ``finish``."""
+
+    def __init__(self, dest: Path, zstd: bool, what: str) -> None:
+        self.dest = dest
+        self.what = what
+        self.failure: Exception | None = None
+        self._out = HashingWriter(dest)
+        self._sink = self._out
+        self._corrupt: tuple[type[Exception], ...] = ()  # failures meaning the bytes are broken
+        if zstd:
+            import zstandard
+
+            self._sink = zstandard.ZstdDecompressor().stream_writer(self._out, closefd=False)
+            self._corrupt = (zstandard.ZstdError,)
+
+    def write(self, data) -> int | None:
+        if self.failure is None:
+            try:
+                self._sink.write(data)
+                return None
+            except Exception as exc:  # noqa: BLE001 - kept for finish(); see the class docstring
+                self.failure = exc
+        return 0
+
+    def finish(self) -> Digest:
+        """The digest of the bytes written; raises the write failure (CorruptContent for a
+        broken zstd stream)."""
+        if self._sink is not self._out and self.failure is None:
+            try:
+                self._sink.flush()  # the decompressor's last output
+            except Exception as exc:  # noqa: BLE001 - raised below
+                self.failure = exc
+        if self.failure is not None:
+            if isinstance(self.failure, self._corrupt):
+                raise CorruptContent(f"{self.what}: not a valid zstd stream ({self.failure})")
+            raise self.failure
+        return self._out.hexdigest()
+
+    def close(self) -> None:
+        self._out.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _ca_bundle() -> str:
     """The CA bundle requests would use (``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, else certifi)."""
@@ -380,18 +474,6 @@ def _compress_bytes(data: bytes) -> bytes:
     import zstandard
 
     return zstandard.ZstdCompressor(level=3).compress(data)
-
-
-def _decompress_into(chunks: Iterable[bytes], out, what: str) -> None:
-    import zstandard
-
-    writer = zstandard.ZstdDecompressor().stream_writer(out, closefd=False)
-    try:
-        for chunk in chunks:
-            writer.write(chunk)
-        writer.flush()
-    except zstandard.ZstdError as exc:
-        raise CorruptContent(f"{what}: not a valid zstd stream ({exc})") from None
 
 
 def _short(exc: Exception) -> str:

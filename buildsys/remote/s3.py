@@ -29,7 +29,7 @@ import os
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import boto3
@@ -41,6 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError,
 from buildsys.hashing import Digest
 from buildsys.remote.base import (
     MAX_RECORD_BYTES,
+    BlobsGot,
     CorruptContent,
     HashingWriter,
     NotFound,
@@ -48,6 +49,7 @@ from buildsys.remote.base import (
     RemoteRefused,
     RemoteUnavailable,
     check_name,
+    parallel_get,
     parallel_has,
     parallel_put,
 )
@@ -228,6 +230,9 @@ class S3Remote:
             if isinstance(cause, (ClientError, BotoCoreError)):
                 raise self._error(cause, f"upload blob {digest}") from None
             raise RemoteUnavailable(f"{self.describe()}: upload blob {digest}: {exc}") from None
+
+    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], Path]) -> BlobsGot:
+        return parallel_get(self.get_blob, digests, dest_for, self.parallel)
 
     def put_blobs(self, blobs: Sequence[tuple[Digest, Path]]) -> None:
         parallel_put(self.put_blob, blobs, self.parallel)
