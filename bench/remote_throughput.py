@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,8 @@ class Bench:
         self.work = work
         self.src = LocalStore(work / "src")
         self.rows: list[Row] = []
+        self.rounds: dict[str, list[tuple]] = {}
+        self.names: dict[str, tuple] = {}
         self.large, self.small = self._make_blobs()
         self.large_bytes = args.large_mib * MiB
         self.small_bytes = args.small_count * args.small_kib * 1024
@@ -125,16 +128,26 @@ class Bench:
     def record(
         self, backend: str, ours: tuple[float, ...], plain: tuple[float, ...], plain_name: str, fair: tuple = (None,) * 4, fair_names: tuple = ("",) * 4
     ) -> None:
+        """One round of a backend: printed now, kept for the medians of :meth:`finish`."""
+        self.rounds.setdefault(backend, []).append((ours, plain, fair))
+        for row in self._rows(backend, ours, plain, plain_name, fair, fair_names):
+            print(f"round {len(self.rounds[backend])}: {row.line()}", flush=True)
+        self.names[backend] = (plain_name, fair_names)
+
+    def finish(self) -> None:
+        """Rows of medians over the rounds of each backend (small-file timings on this machine
+        swing up to 5x between back-to-back runs, for every client alike)."""
+        for backend, rounds in self.rounds.items():
+            medians = [tuple(None if cell[0] is None else statistics.median(cell) for cell in zip(*column)) for column in zip(*rounds)]
+            self.rows += self._rows(backend, *medians[:2], self.names[backend][0], medians[2], self.names[backend][1])
+
+    def _rows(self, backend: str, ours: tuple, plain: tuple, plain_name: str, fair: tuple, fair_names: tuple) -> list[Row]:
         large, small = f"1 x {self.args.large_mib} MiB", f"{self.args.small_count:,} x {self.args.small_kib} KiB"
-        for (workload, direction, nbytes), o, p, f, fn in zip(
-            [(large, "push", self.large_bytes), (large, "pull", self.large_bytes), (small, "push", self.small_bytes), (small, "pull", self.small_bytes)],
-            ours,
-            plain,
-            fair,
-            fair_names,
-        ):
-            self.rows.append(Row(backend, workload, direction, nbytes, o, p, plain_name, f, fn))
-            print(self.rows[-1].line(), flush=True)
+        workloads = [(large, "push", self.large_bytes), (large, "pull", self.large_bytes), (small, "push", self.small_bytes), (small, "pull", self.small_bytes)]
+        return [
+            Row(backend, workload, direction, nbytes, o, p, plain_name, f, fn)
+            for (workload, direction, nbytes), o, p, f, fn in zip(workloads, ours, plain, fair, fair_names)
+        ]
 
     # backends ------------------------------------------------------------------------------
 
@@ -174,10 +187,11 @@ class Bench:
         subprocess.run(["xargs", "-P", str(self.args.parallel), "-n", "500", "sync"], input="\n".join(paths), text=True, check=True)
 
     def s3(self, moto: MotoServer) -> None:
+        bucket = f"bench{len(self.rounds.get('s3 (moto server)', []))}"  # a fresh bucket each round
         client = moto.client()
-        client.create_bucket(Bucket="bench")
+        client.create_bucket(Bucket=bucket)
         settings = RemoteSettings(parallel=self.args.parallel, s3_endpoint_url=moto.url, s3_region="us-east-1")
-        ours = self.ours("s3", "s3://bench/ours", settings)
+        ours = self.ours("s3", f"s3://{bucket}/ours", settings)
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
         import boto3
@@ -189,11 +203,11 @@ class Bench:
         out = self.work / "boto-out"
         out.mkdir()
         large_path = str(self.src.blob_path(self.large))
-        t1 = timed(lambda: client.upload_file(large_path, "bench", "plain/large", Config=transfer))
-        t2 = timed(lambda: client.download_file("bench", "plain/large", str(out / "large"), Config=transfer))
+        t1 = timed(lambda: client.upload_file(large_path, bucket, "plain/large", Config=transfer))
+        t2 = timed(lambda: client.download_file(bucket, "plain/large", str(out / "large"), Config=transfer))
         with ThreadPoolExecutor(self.args.parallel) as pool:
-            t3 = timed(lambda: list(pool.map(lambda d: client.upload_file(str(self.src.blob_path(d)), "bench", f"plain/cas/{d}"), self.small)))
-            t4 = timed(lambda: list(pool.map(lambda d: client.download_file("bench", f"plain/cas/{d}", str(out / d)), self.small)))
+            t3 = timed(lambda: list(pool.map(lambda d: client.upload_file(str(self.src.blob_path(d)), bucket, f"plain/cas/{d}"), self.small)))
+            t4 = timed(lambda: list(pool.map(lambda d: client.download_file(bucket, f"plain/cas/{d}", str(out / d)), self.small)))
         shutil.rmtree(out)
         self.record("s3 (moto server)", ours, (t1, t2, t3, t4), f"boto3, {self.args.parallel} threads")
 
@@ -245,6 +259,7 @@ def main() -> None:
     parser.add_argument("--small-kib", type=int, default=4)
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--backends", default="http,s3,file")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per backend; the table gives medians")
     parser.add_argument("--workdir", type=Path, default=None, help="Scratch space (default: a temp dir).")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="buildsys-bench-", dir=args.workdir))
@@ -256,22 +271,26 @@ def main() -> None:
             if backend == "http":
                 nginx = NginxServer(work / "nginx", workers=2).start()
                 servers.append(nginx)
-                bench.http(nginx)
+                for _ in range(args.repeat):
+                    bench.http(nginx)
             elif backend == "s3":
                 for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
                     os.environ.setdefault(name, value)
                 moto = MotoServer().start(work / "moto.log")
                 servers.append(moto)
                 try:
-                    bench.s3(moto)
+                    for _ in range(args.repeat):
+                        bench.s3(moto)
                 except SystemExit:
                     print((work / "moto.log").read_text(errors="replace")[-3000:], file=sys.stderr)
                     raise
                 moto.stop()
             elif backend == "file":
-                bench.folder()
+                for _ in range(args.repeat):
+                    bench.folder()
             else:
                 raise SystemExit(f"unknown backend {backend!r}")
+        bench.finish()
         print()
         print(bench.table())
     finally:
