@@ -156,6 +156,26 @@ def test_pull_blobs_and_push_blobs(tmp_path: Path, keys) -> None:
     assert down.stats.blobs_down == 20 and b.verify().clean
 
 
+def test_torn_blob_on_a_share_is_rejected_removed_and_pushed_again(tmp_path: Path, keys) -> None:
+    """Blob writes to a share are not fsynced: a power loss can leave one torn. It is rejected,
+    taken off the share, so the next push (which checks existence) sends it again."""
+    share = tmp_path / "share"
+    share.mkdir()
+    a = LocalStore(tmp_path / "a")
+    digest = a.put_bytes(os.urandom(5000))
+    up = _cache(a, f"file://{share}", RemoteSettings(), keys[1], keys[0])
+    assert up.push_blobs([digest])
+    torn = share / "cas" / digest
+    os.chmod(torn, 0o644)
+    torn.write_bytes(torn.read_bytes()[:1000])
+
+    down = _cache(LocalStore(tmp_path / "b"), f"file://{share}", RemoteSettings(), keys[1])
+    assert down.pull_blobs([digest]) == set()
+    assert down.stats.rejected_blobs == 1 and not torn.exists()
+    assert up.push_blobs([digest])
+    assert down.pull_blobs([digest]) == {digest}
+
+
 @pytest.mark.parametrize("zstd", [False, True])
 def test_http_batch_pull_checks_each_blob(nginx: NginxServer, keys, tmp_path: Path, zstd: bool) -> None:
     """pull_blobs over HTTP (one libcurl batch): a blob missing on the remote and one whose

@@ -66,7 +66,17 @@ class FileRemote:
         return {d for d in set(digests) if os.path.exists(self.root / "cas" / check_name(d, "cas"))}
 
     def get_blob(self, digest: Digest, dest: Path) -> Digest:
-        return self._read(self.root / "cas" / check_name(digest, "cas"), dest, f"blob {digest}")
+        """Read a blob. One whose bytes do not hash to its name is also removed from the share
+        (the caller rejects what was read): blob writes are not fsynced, so a power loss can
+        leave one torn, and a push, which checks existence first, would never replace it."""
+        path = self.root / "cas" / check_name(digest, "cas")
+        hashed = self._read(path, dest, f"blob {digest}")
+        if hashed != digest:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass  # a read-only share: it stays rejected on every read
+        return hashed
 
     def put_blob(self, digest: Digest, source: Path) -> None:
         target = self.root / "cas" / check_name(digest, "cas")
