@@ -94,3 +94,39 @@ def test_large_file_hashing_uses_bounded_memory(tmp_path):
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path)], capture_output=True, text=True, check=True)
     # VmHWM, not ru_maxrss: the latter survives fork+exec and would report pytest's own peak
     assert int(out.stdout) < 128 * 1024, "peak RSS (KiB) while hashing 256 MiB"
+
+
+def test_a_sealed_blob_edited_in_place_is_caught_at_restore_and_healed(project: Project):
+    """Restores copy sealed blobs without re-hashing them; an in-place edit of a blob (same
+    size, old mtime put back) still changes its ctime, so the restore verifies it, refuses the
+    corrupt bytes and quarantines the blob, and the next build makes it again."""
+    project.write("mr/__init__.py", "")
+    project.write("mr/twice.py", '''
+        def run(ctx):
+            (ctx.out / "twice.bin").write_bytes(ctx.input_file("src").read_bytes() * 2)
+    ''')
+    (project.root / "data").mkdir()
+    (project.root / "data/in.bin").write_bytes(os.urandom(50_000))
+    project.buildfile_text('''
+        [targets.t.stages.twice]
+        recipe = "mr.twice:run"
+        inputs = { src = "src:data/in.bin" }
+    ''')
+    output = project.root / "out/t/twice/twice.bin"
+    assert project.build().code == 0
+    expected = output.read_bytes()
+    output.unlink()
+    assert project.build().code == 0  # a restore: the blob is verified once more, then sealed
+    blob = project.root / "store/cas" / digest_bytes(expected)[:2] / digest_bytes(expected)
+    st = os.stat(blob)
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes([expected[0] ^ 1]) + expected[1:])
+    os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
+    output.unlink()
+
+    caught = project.build()
+    assert caught.code == 3 and "corrupt" in caught.stderr, caught.stderr
+    assert not output.exists()
+    healed = project.build()
+    assert healed.code == 0 and healed.summary["executed"] == 1
+    assert output.read_bytes() == expected
