@@ -347,7 +347,8 @@ class Builder:
             stages = project.targets[name].stages
             if not all(reports[s.id].ok for s in stages.values()):
                 continue
-            old = (self.session.last_build(name) or {}).get("stages", {})
+            last = self.session.last_build(name)
+            old = (last or {}).get("stages", {})
             entries = {}
             for stage_name, spec in stages.items():
                 report = reports[spec.id]
@@ -359,7 +360,9 @@ class Builder:
                 elif previous.get("description"):
                     entry["previous"] = previous["description"]
                 entries[stage_name] = entry
-            refs[name] = {"stages": entries, "outputs": list(project.targets[name].outputs)}
+            ref = {"stages": entries, "outputs": list(project.targets[name].outputs)}
+            if ref != last:  # already read above: an unchanged ref is not read again to compare
+                refs[name] = ref
         self.store.write_refs("targets", refs)
 
     def _remote_stats(self) -> dict[str, Any] | None:
