@@ -214,3 +214,25 @@ def test_http_batch_get_retries_alone(nginx: NginxServer, tmp_path: Path, monkey
     refused = [d for d, outcome in got.items() if isinstance(outcome, RemoteRefused)]
     assert len(single) == 1 and got[single[0]] == single[0] and len(refused) == 1
     assert sum(got[d] == d for d, _ in blobs) == 5
+
+
+def test_file_remote_batch_put_replaces_a_torn_blob_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    (share / "cas").mkdir(parents=True)
+    remote = open_remote(f"file://{share}")
+    (digest, source), (other, other_source) = _blobs(tmp_path, 2, sizes=(4096,))
+    (share / "cas" / digest).write_bytes(b"torn by a power loss")
+    remote.put_blobs([(digest, source), (other, other_source)])
+    for name, path in ((digest, source), (other, other_source)):
+        assert (share / "cas" / name).read_bytes() == path.read_bytes()
+        assert (share / "cas" / name).stat().st_mode & 0o777 == 0o444
+    with pytest.raises(RemoteError, match="local blob to upload is missing"):
+        remote.put_blobs([(digest_bytes(b"gone"), tmp_path / "gone")])
+    assert list((share / ".tmp").iterdir()) == []
+
+
+def test_local_and_network_filesystems_told_apart(tmp_path: Path) -> None:
+    from buildsys.remote.mounts import is_local_filesystem
+
+    assert is_local_filesystem(tmp_path)  # the test machine's disk or a tmpfs
+    assert not is_local_filesystem(Path("/proc/self"))  # procfs: not a disk of this machine

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, Generator, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Generator, Iterable, Protocol, Sequence, TypeVar, runtime_checkable
 
 import blake3
 
@@ -45,6 +45,8 @@ class CorruptContent(RemoteError):
 class RemoteRefused(RemoteError):
     """The remote answered, but refused the request (authentication, permissions, a 4xx)."""
 
+
+T = TypeVar("T")
 
 BlobsGot = Generator[tuple[Digest, Digest | None | RemoteError], None, None]
 """What ``get_blobs`` yields: per blob, its hashed digest (None: not hashed) or the error."""
@@ -130,15 +132,22 @@ def parallel_has(probe: Callable[[Digest], bool], digests: Iterable[Digest], par
 
 
 def parallel_put(put: Callable[[Digest, Path], None], blobs: Sequence[tuple[Digest, Path]], parallel: int) -> None:
-    """``put_blobs`` for backends that upload one blob per call: ``parallel`` at a time,
-    stopping at the first error (uploads not yet started are cancelled)."""
+    """``put_blobs`` for backends that upload one blob per call: ``parallel`` threads taking
+    the blobs in runs (see :func:`parallel_get`), stopping at the first error (runs not yet
+    started are cancelled)."""
     if len(blobs) <= 1 or parallel <= 1:
         for digest, source in blobs:
             put(digest, source)
         return
-    pool = ThreadPoolExecutor(max_workers=min(parallel, len(blobs)), thread_name_prefix="remote-put")
+
+    def put_run(run: Sequence[tuple[Digest, Path]]) -> None:
+        for digest, source in run:
+            put(digest, source)
+
+    runs = _runs(blobs, parallel)
+    pool = ThreadPoolExecutor(max_workers=min(parallel, len(runs)), thread_name_prefix="remote-put")
     try:
-        for future in [pool.submit(put, digest, source) for digest, source in blobs]:
+        for future in [pool.submit(put_run, run) for run in runs]:
             future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -147,8 +156,9 @@ def parallel_put(put: Callable[[Digest, Path], None], blobs: Sequence[tuple[Dige
 def parallel_get(
     get: Callable[[Digest, Path], Digest | None], digests: Sequence[Digest], dest_for: Callable[[Digest], Path], parallel: int
 ) -> BlobsGot:
-    """``get_blobs`` for backends that download one blob per call: ``parallel`` at a time on
-    threads, outcomes yielded as they complete (closing cancels the downloads not started)."""
+    """``get_blobs`` for backends that download one blob per call: ``parallel`` threads, each
+    taking the blobs in runs (a future and a thread hand-off per blob cost more than a small
+    blob's copy), outcomes yielded as runs complete (closing cancels the runs not started)."""
 
     def one(digest: Digest) -> tuple[Digest, Digest | None | RemoteError]:
         try:
@@ -159,12 +169,20 @@ def parallel_get(
     if len(digests) <= 1 or parallel <= 1:
         yield from map(one, digests)
         return
-    pool = ThreadPoolExecutor(max_workers=min(parallel, len(digests)), thread_name_prefix="remote-get")
+    runs = _runs(digests, parallel)
+    pool = ThreadPoolExecutor(max_workers=min(parallel, len(runs)), thread_name_prefix="remote-get")
     try:
-        for future in as_completed([pool.submit(one, digest) for digest in digests]):
-            yield future.result()
+        for future in as_completed([pool.submit(lambda run: [one(d) for d in run], run) for run in runs]):
+            yield from future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _runs(items: Sequence[T], parallel: int) -> list[Sequence[T]]:
+    """``items`` cut into runs for ``parallel`` threads: about four runs a thread, so the last
+    ones to finish balance the load, and at most 64 items a run, so outcomes keep streaming."""
+    size = max(1, min(64, len(items) // (4 * parallel)))
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class HashingWriter:

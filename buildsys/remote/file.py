@@ -20,15 +20,17 @@ missing root usually means an unmounted share, which is reported, never silently
 from __future__ import annotations
 
 import errno
+import itertools
 import os
-import shutil
+import secrets
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import blake3
 
 from buildsys.hashing import Digest
+from buildsys.remote.mounts import is_local_filesystem
 from buildsys.remote.base import MAX_RECORD_BYTES, BlobsGot, CorruptContent, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_get, parallel_put
 
 _COPY_CHUNK = 1 << 20
@@ -45,6 +47,7 @@ class FileRemote:
     def __init__(self, root: Path, parallel: int = 8) -> None:
         self.root = Path(root)
         self.parallel = parallel
+        self._batch_threads: int | None = None
 
     def describe(self) -> str:
         return f"file://{self.root}"
@@ -63,13 +66,18 @@ class FileRemote:
 
     def has_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
         self._check_root()
-        return {d for d in set(digests) if os.path.exists(self.root / "cas" / check_name(d, "cas"))}
+        cas = f"{self.root}{os.sep}cas{os.sep}"
+        return {d for d in set(digests) if os.path.exists(cas + check_name(d, "cas"))}
 
     def get_blob(self, digest: Digest, dest: Path) -> Digest:
+        self._check_root()
+        return self._get(digest, dest)
+
+    def _get(self, digest: Digest, dest: Path) -> Digest:
         """Read a blob. One whose bytes do not hash to its name is also removed from the share
         (the caller rejects what was read): blob writes are not fsynced, so a power loss can
         leave one torn, and a push, which checks existence first, would never replace it."""
-        path = self.root / "cas" / check_name(digest, "cas")
+        path = f"{self.root}{os.sep}cas{os.sep}{check_name(digest, 'cas')}"
         hashed = self._read(path, dest, f"blob {digest}")
         if hashed != digest:
             try:
@@ -79,20 +87,64 @@ class FileRemote:
         return hashed
 
     def put_blob(self, digest: Digest, source: Path) -> None:
-        target = self.root / "cas" / check_name(digest, "cas")
-        if os.path.exists(target):
-            return
-        try:
-            with open(source, "rb") as src:
-                self._write(target, lambda dst: _copy_in_kernel(src, dst), f"blob {digest}", durable=False)
-        except FileNotFoundError:
-            raise RemoteError(f"{source}: local blob to upload is missing") from None
+        self.put_blobs([(digest, source)])
 
     def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], Path]) -> BlobsGot:
-        return parallel_get(self.get_blob, digests, dest_for, self.parallel)
+        self._check_root()
+        return parallel_get(self._get, digests, dest_for, self._threads())
 
     def put_blobs(self, blobs: Sequence[tuple[Digest, Path]]) -> None:
-        parallel_put(self.put_blob, blobs, self.parallel)
+        """Copy blobs in, each into a temp file created read-only and renamed into place (an
+        existing blob of that name has the same bytes, or is torn and better replaced). The
+        root is checked and the folders made once per batch, not per blob: a push of many
+        small blobs is bound by the syscalls each costs."""
+        if not blobs:
+            return
+        self._check_root()
+        cas, tmp_dir = f"{self.root}{os.sep}cas", f"{self.root}{os.sep}.tmp"
+        try:
+            os.makedirs(cas, exist_ok=True)
+            os.makedirs(tmp_dir, exist_ok=True)
+        except OSError as exc:
+            raise self._error(exc, "cas folder") from None
+        token, serial = secrets.token_hex(6), itertools.count()
+
+        def put(digest: Digest, source: Path) -> None:
+            target = f"{cas}{os.sep}{check_name(digest, 'cas')}"
+            try:
+                src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise RemoteError(f"{source}: local blob to upload is missing") from None
+            except OSError as exc:
+                raise RemoteError(f"{source}: cannot read local blob: {exc.strerror}") from None
+            tmp = f"{tmp_dir}{os.sep}{digest[:16]}.{token}.{next(serial)}"
+            try:
+                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+                try:
+                    _copy_in_kernel(src, dst)
+                finally:
+                    os.close(dst)
+                os.replace(tmp, target)
+            except OSError as exc:
+                _unlink(tmp)
+                raise self._error(exc, f"blob {digest}") from None
+            except BaseException:
+                _unlink(tmp)
+                raise
+            finally:
+                os.close(src)
+
+        parallel_put(put, blobs, self._threads())
+
+    def _threads(self) -> int:
+        """Threads for a batch: ``parallel`` on a network share, where each file operation
+        waits on the server; no more than the cores where the folder is on a local disk, whose
+        operations are CPU-bound, so more Python threads only pass the GIL around (10,000 x
+        4 KiB pulled on 2 cores: 0.72 s of downloads on 8 threads, 0.45 s on 2)."""
+        if self._batch_threads is None:
+            local = is_local_filesystem(self.root)
+            self._batch_threads = min(self.parallel, os.cpu_count() or 1) if local else self.parallel
+        return self._batch_threads
 
     def get_action(self, key: Digest) -> bytes | None:
         self._check_root()
@@ -109,33 +161,43 @@ class FileRemote:
         return data
 
     def put_action(self, key: Digest, data: bytes) -> None:
-        self._write(self.root / "ac" / check_name(key, "ac"), lambda dst: dst.write(data), f"record {key}")
+        self._write_record(self.root / "ac" / check_name(key, "ac"), data, f"record {key}")
 
     def _read(self, path: Path, dest: Path, what: str) -> Digest:
         """Copy ``path`` to ``dest``; returns the digest of the bytes in ``dest``. Small files
-        are hashed as they pass through; large ones are copied by the kernel and hashed from
-        ``dest``'s pages (on all cores), so their bytes never pass through Python."""
-        self._check_root()
+        are read whole and hashed on the way through, with nothing but the syscalls ``cp``
+        makes (a batch pull of many small blobs is bound by those); large ones are copied by
+        the kernel and hashed from ``dest``'s pages (on all cores), so their bytes never pass
+        through Python."""
         try:
-            with open(path, "rb") as src:
-                if os.fstat(src.fileno()).st_size >= _KERNEL_READ_MIN:
-                    with open(dest, "wb") as dst:
-                        _copy_in_kernel(src, dst)
-                    return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(dest).hexdigest()
-                with HashingWriter(dest) as dst:
-                    buffer = bytearray(_COPY_CHUNK)
-                    view = memoryview(buffer)
-                    while n := src.readinto(buffer):
-                        dst.write(view[:n])
-                    return dst.hexdigest()
+            src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            if not path.exists():
-                raise NotFound(f"{self.describe()}: {what} not found") from None
+            raise NotFound(f"{self.describe()}: {what} not found") from None
+        except OSError as exc:
+            raise self._error(exc, what) from None
+        try:
+            size = os.fstat(src).st_size
+            if size >= _KERNEL_READ_MIN:
+                dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+                try:
+                    _copy_in_kernel(src, dst)
+                finally:
+                    os.close(dst)
+                return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(dest).hexdigest()
+            with HashingWriter(dest) as dst:
+                # up to the size seen: bytes appended later are not part of what was hashed
+                while size > 0 and (chunk := os.read(src, min(size, _COPY_CHUNK))):
+                    dst.write(chunk)
+                    size -= len(chunk)
+                return dst.hexdigest()
+        except FileNotFoundError:
             raise RemoteError(f"{dest}: cannot create download file") from None
         except OSError as exc:
             raise self._error(exc, what) from None
+        finally:
+            os.close(src)
 
-    def _write(self, target: Path, fill: Callable[[BinaryIO], object], what: str, durable: bool = True) -> None:
+    def _write_record(self, target: Path, data: bytes, what: str) -> None:
         self._check_root()
         tmp_dir = self.root / ".tmp"
         try:
@@ -146,11 +208,10 @@ class FileRemote:
             raise self._error(exc, what) from None
         try:
             with os.fdopen(fd, "wb") as dst:
-                fill(dst)
-                if durable:
-                    dst.flush()
-                    os.fsync(dst.fileno())
-            os.chmod(tmp, 0o444 if target.parent.name == "cas" else 0o644)
+                dst.write(data)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         except OSError as exc:
             _unlink(tmp)
@@ -160,20 +221,24 @@ class FileRemote:
             raise
 
 
-def _copy_in_kernel(src: BinaryIO, dst: BinaryIO) -> None:
-    """Copy a whole file with ``copy_file_range`` (no round trip of the bytes through Python;
-    a reflink or server-side copy where the filesystem can); plain copy where the kernel
-    refuses (e.g. across filesystems on some kernels)."""
+def _copy_in_kernel(src: int, dst: int) -> None:
+    """Copy a whole file, between file descriptors at offset 0, with ``copy_file_range`` (no
+    round trip of the bytes through Python; a reflink or server-side copy where the filesystem
+    can); plain reads and writes where the kernel refuses (e.g. across filesystems on some
+    kernels)."""
     try:
-        while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
+        while os.copy_file_range(src, dst, 1 << 30):
             pass
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
             raise
-        src.seek(0)
-        dst.seek(0)
-        dst.truncate()
-        shutil.copyfileobj(src, dst, _COPY_CHUNK)
+        os.lseek(src, 0, os.SEEK_SET)
+        os.lseek(dst, 0, os.SEEK_SET)
+        os.ftruncate(dst, 0)
+        while chunk := os.read(src, _COPY_CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(dst, view) :]
 
 
 def _unlink(path: str) -> None:
