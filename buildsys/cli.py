@@ -6,17 +6,39 @@ Typed errors become one-line messages and exit codes here and nowhere else (code
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from buildsys import cli_remote, cli_repro
 from buildsys.cli_common import BUILDFILE_OPTION, handled, open_session
 from buildsys.errors import EXIT_STORE
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Commands kept in other modules are imported only when one of them runs or the command
+    list is shown: a build does not pay for the imports of ``verify`` or ``remote``."""
+
+    LAZY = {
+        "verify": "buildsys.cli_repro:verify",
+        "diff": "buildsys.cli_repro:diff",
+        "handoff": "buildsys.cli_repro:handoff",
+        "keys": "buildsys.cli_remote:keys",
+        "remote": "buildsys.cli_remote:remote",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY:
+            module, attribute = self.LAZY[name].split(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="buildsys")
 def main() -> None:
     """buildsys: content-addressed, reproducible builds of 3D assets.
@@ -223,10 +245,6 @@ def unpin(buildfile: Path, name: str) -> None:
     with open_session(buildfile) as session:
         drop_pin(session.store, name)
     click.echo(f"unpinned {name}")
-
-
-for _command in (*cli_repro.COMMANDS, *cli_remote.COMMANDS):
-    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -197,6 +197,3 @@ def remote_pull(buildfile: Path, targets: tuple[str, ...], cli_url: str | None) 
     click.echo(f"pulled {len(pulled)} stages, {len(report.stages) - len(pulled) - len(missing)} already local, {len(missing)} not on the remote")
     for sid in missing:
         click.echo(f"  still to build: {sid}")
-
-
-COMMANDS = [keys, remote]

@@ -151,6 +151,3 @@ def handoff(buildfile: Path, target: str, out: Path, force: bool, json_output: b
         click.echo(f"  not replayable: {sid} ({why})")
     for violation in report.violations:
         click.echo(f"  FORCED past policy: {violation}")
-
-
-COMMANDS = [verify, diff, handoff]
