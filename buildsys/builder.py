@@ -29,6 +29,7 @@ from buildsys.hashing import Digest
 from buildsys.materialize import MaterializeReport, materialize_trees
 from buildsys.resolver import Resolved, closure
 from buildsys.runner import producer, run_action
+from buildsys.sandbox import SandboxPool
 from buildsys.session import Session
 from buildsys.store.local import StoreError
 from buildsys.store.records import ActionResult
@@ -138,6 +139,7 @@ class Builder:
         self.execute = execute
         self.materialize = materialize
         self._key_to_stage: dict[Digest, str] = {}
+        self._sandboxes = SandboxPool(self.store.tmp)
 
     def _executor_for_build(self) -> Executor:
         if self._executor is None:
@@ -157,6 +159,7 @@ class Builder:
             finally:
                 if self._executor is not None:
                     self._executor.close()
+                self._sandboxes.close()
             targets = self._target_verdicts(target_names, reports)
             materialized = MaterializeReport()
             if self.execute:
@@ -257,7 +260,10 @@ class Builder:
             result = self.store.lookup(resolved.key)
             if result is not None:
                 return self._report(sid, CACHED, result)
-            run = run_action(resolved, self.store, self._executor_for_build(), self.session.fingerprint, self.session.project.recipe_path)
+            run = run_action(
+                resolved, self.store, self._executor_for_build(), self.session.fingerprint, self.session.project.recipe_path,
+                sandboxes=self._sandboxes,
+            )
         if run.result is None:
             return StageReport(
                 sid, FAILED, key=resolved.key, log=run.log, error=f"{run.outcome.status}: {run.outcome.error}",

@@ -1,9 +1,9 @@
 """Running one action: sandbox in, executor, outputs into the store.
 
-The sandbox is a fresh directory under the store's ``tmp/`` holding only the action's declared
-inputs (``inputs/NAME/...``) and model (``model/...``), hard-linked read-only from the store, an
-empty ``out/``, a ``work/`` directory that becomes the recipe's working directory and a
-``tmp/``. After the recipe ran, every linked input is checked untouched (a recipe running as
+The sandbox (:mod:`buildsys.sandbox`) is an empty directory under the store's ``tmp/`` that
+gets only the action's declared inputs (``inputs/NAME/...``) and model (``model/...``),
+hard-linked read-only from the store, next to an empty ``out/``, a ``work/`` directory that
+becomes the recipe's working directory and a ``tmp/``. After the recipe ran, every linked input is checked untouched (a recipe running as
 root can write through a read-only hard link; the store's blob is then quarantined and the
 stage fails), ``out/`` is moved into the store and the result recorded. The log is kept in the
 store whether the stage succeeded or not; a failed stage records nothing in the action cache.
@@ -14,10 +14,8 @@ from __future__ import annotations
 import functools
 import getpass
 import os
-import shutil
 import socket
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from buildsys.executor import Executor, Job, JobOutcome
 from buildsys.fingerprint import Fingerprint
 from buildsys.hashing import Digest, digest_file
 from buildsys.resolver import Resolved
-from buildsys.store.atomic import unlink_quietly
+from buildsys.sandbox import SandboxPool
 from buildsys.store.local import LocalStore
 from buildsys.store.records import ActionRecord, ActionResult
 from buildsys.tree import Entry, Manifest, TreeError, encode_manifest, walk_files
@@ -72,20 +70,18 @@ def run_action(
     executor: Executor,
     fingerprint: Fingerprint,
     recipe_path: list[Path],
-    keep_sandbox: bool = False,
     record: bool = True,
     umask: int = 0o022,
-    sandbox_parent: Path | None = None,
+    sandboxes: SandboxPool | None = None,
 ) -> RunOutcome:
-    """Run one action in a fresh sandbox. ``record=False`` (verify) leaves the action cache
-    untouched and only returns the output tree; ``umask`` and ``sandbox_parent`` (a folder on the
+    """Run one action in an empty sandbox from ``sandboxes`` (default: a new one under the
+    store's ``tmp/``). ``record=False`` (verify) leaves the action cache untouched and only
+    returns the output tree; ``umask`` and ``sandboxes`` (a pool in another folder on the
     store's filesystem) let verify vary what must not matter."""
     spec = resolved.spec
-    if sandbox_parent is None:
-        sandbox = store.make_tmp_dir(f"sbx-{spec.name}-")
-    else:
-        sandbox_parent.mkdir(parents=True, exist_ok=True)
-        sandbox = Path(tempfile.mkdtemp(dir=sandbox_parent, prefix=f"sbx-{spec.name}-"))
+    pool = sandboxes or SandboxPool(store.tmp)
+    sandbox = pool.acquire()
+    log_path = sandbox / "log"
     linked: list[tuple[Path, Digest, int, int]] = []
     outputs: list[Path] = []
     try:
@@ -98,9 +94,6 @@ def run_action(
         if resolved.model:
             model_dir = sandbox / "model"
             linked += _link_tree(store, resolved.model, model_dir)
-        for sub in ("out", "work", "tmp"):
-            (sandbox / sub).mkdir()
-        log_path = sandbox / "log"
         job = Job(
             action=resolved.key,
             recipe=spec.recipe,
@@ -161,26 +154,9 @@ def run_action(
         store.install_many(blobs, ActionRecord(result) if record else None)
         return RunOutcome(outcome, result, log)
     finally:
-        if not keep_sandbox:
-            _remove_sandbox(sandbox, [path for path, *_ in linked] + outputs)
-
-
-def _remove_sandbox(sandbox: Path, known: list[Path]) -> None:
-    """Remove a sandbox. Usually it holds nothing but the inputs this run linked and the
-    folders of those and of the outputs (which have moved into the store, like the log):
-    those are removed by name, a few calls per stage where a tree walk costs a millisecond.
-    Anything else left (a failed stage's outputs, a recipe's scratch files) falls back to
-    the walk."""
-    try:
-        for path in known:
-            unlink_quietly(path)
-        folders = {parent for path in known for parent in path.relative_to(sandbox).parents if parent.parts}
-        folders |= {Path("out"), Path("work"), Path("tmp")}
-        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
-            os.rmdir(sandbox / folder)
-        os.rmdir(sandbox)
-    except OSError:
-        shutil.rmtree(sandbox, ignore_errors=True)
+        pool.release(sandbox, [path for path, *_ in linked] + outputs + [log_path])
+        if sandboxes is None:
+            pool.close()
 
 
 def _hash_outputs(out: Path) -> tuple[Manifest, list[tuple[Path, Digest]]]:

@@ -36,6 +36,7 @@ from buildsys.fingerprint import Fingerprint
 from buildsys.hashing import Digest, digest_file
 from buildsys.resolver import Resolved, closure
 from buildsys.runner import run_action
+from buildsys.sandbox import SandboxPool
 from buildsys.store.local import LocalStore, StoreError
 
 VARIATIONS = ("threads", "env", "cwd", "tz", "umask", "hashseed")
@@ -329,10 +330,14 @@ class Replayer:
             threads=self.variation.threads(plan.threads),
             device=description["device"],
         )
-        run = run_action(
-            resolved, self.store, self.executor, self.fingerprint, self.recipe_path,
-            record=False, umask=self.variation.umask, sandbox_parent=self.variation.sandbox_parent(self.store),
-        )
+        sandboxes = SandboxPool(self.variation.sandbox_parent(self.store) or self.store.tmp)
+        try:
+            run = run_action(
+                resolved, self.store, self.executor, self.fingerprint, self.recipe_path,
+                record=False, umask=self.variation.umask, sandboxes=sandboxes,
+            )
+        finally:
+            sandboxes.close()
         if run.result is None:
             return None, f"{run.outcome.status}: {run.outcome.error}"
         return run.result.tree, None

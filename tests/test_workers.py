@@ -110,3 +110,42 @@ def test_sandboxes_are_removed_whatever_a_stage_leaves_in_them(project: Project)
     assert result.summary["executed"] == 2 and result.summary["failed"] == 1, result.stdout
     assert not list((project.root / "store" / "tmp").iterdir())
     assert (project.root / "out/t/copy/src/data/a/b/deep.txt").read_text() == "nested input"
+
+
+SANDBOX_PROBE = '''
+import tempfile
+from pathlib import Path
+from buildsys.context import StageContext
+
+def litter(ctx: StageContext) -> None:
+    Path("scratch.txt").write_text("left in the work folder")
+    tempfile.mkstemp()  # in the sandbox's tmp/
+    (ctx.out / "a.txt").write_text("a")
+
+def look(ctx: StageContext) -> None:
+    sandbox = Path.cwd().parent
+    seen = sorted(str(p.relative_to(sandbox)) for p in sandbox.rglob("*"))
+    (ctx.out / "seen.txt").write_text("\\n".join(seen))
+'''
+
+
+def test_a_stage_never_sees_what_an_earlier_stage_left_in_its_sandbox(project: Project):
+    project.write("probe.py", SANDBOX_PROBE)
+    project.buildfile_text(
+        """
+        [targets.t.stages.first]
+        recipe = "probe:litter"
+        [targets.t.stages.clean]
+        recipe = "recipes.files:copy"
+        inputs = { src = "first" }
+        [targets.t.stages.second]
+        recipe = "probe:look"
+        inputs = { src = "clean" }
+        """
+    )
+    project.buildfile.write_text(project.buildfile.read_text().replace("jobs = 2", "jobs = 1"))
+    result = project.build()
+    assert result.code == 0, result.stderr
+    seen = (project.root / "out/t/second/seen.txt").read_text().splitlines()
+    assert seen == ["inputs", "inputs/src", "inputs/src/src", "inputs/src/src/a.txt", "log", "out", "tmp", "work"]
+    assert not list((project.root / "store" / "tmp").iterdir())
