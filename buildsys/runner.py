@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import getpass
 import os
-import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ def _who() -> tuple[str, str]:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return user, socket.gethostname()
+    return user, os.uname().nodename  # what gethostname() returns, without importing socket
 
 
 def producer() -> dict[str, str]:
