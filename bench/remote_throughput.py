@@ -18,7 +18,8 @@ Nothing is deleted until the end: every timed destination is a fresh folder. On 
 ext4 (this workplace's VM), creating a file within a minute or so of a mass delete in the same
 block group scans every recently freed inode (``recently_deleted`` in the kernel's inode
 allocator): removing one client's 10,000 files made the next client's 10,000 creates 5-10x
-slower, whichever client it was.
+slower, whichever client it was. The price is disk space: about 6 GiB per round and backend at
+the default sizes (every copy of the 1 GiB blob stays until the end).
 
     .venv/bin/python bench/remote_throughput.py --large-mib 256 --small-count 2000
 """
