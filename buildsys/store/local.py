@@ -610,8 +610,8 @@ class LocalStore:
 
     def gc(self, roots: set[Digest], keep_actions: set[Digest], dry_run: bool = False) -> GcReport:
         """Remove every blob not reachable from the trees in ``roots`` or from the action
-        records in ``keep_actions``, and every other action record. Build records are kept.
-        The caller holds ``using(exclusive=True)``."""
+        records in ``keep_actions``, every other action record, temp files and lock files.
+        Build records are kept. The caller holds ``using(exclusive=True)``."""
         live: set[Digest] = set()
         for _, record_digest in self.build_records():
             live.add(record_digest)
@@ -645,7 +645,10 @@ class LocalStore:
                 self.stat_cache.forget(path)
         if not dry_run:
             self.stat_cache.save()
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp.mkdir(exist_ok=True)
+            # no build holds the store while gc does, so no lock file is in use: one per action
+            # ever run would otherwise pile up forever
+            for folder in (self.tmp, self.locks):
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(exist_ok=True)
         return report
 
