@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import msgpack
+
 from conftest import Project
 
 BUILDFILE = """
@@ -46,3 +48,24 @@ def test_gc_keeps_last_and_pinned_builds(project: Project):
 
     assert project.cli("unpin", "delivered-v1").code == 0
     assert project.cli("unpin", "delivered-v1").code == 2
+
+
+def test_gc_forgets_stat_cache_entries_of_files_that_are_gone(project: Project):
+    project.buildfile_text(BUILDFILE)
+    project.write("data.txt", "kept")
+    project.write("old/data.txt", "a source of an earlier layout")
+    project.buildfile_text(BUILDFILE.replace('"src:data.txt"', '"src:old/data.txt"'))
+    assert project.build().code == 0
+    project.buildfile_text(BUILDFILE)
+    assert project.build().code == 0
+    (project.root / "old" / "data.txt").unlink()
+
+    statcache = project.root / "store" / "statcache"
+    before = msgpack.unpackb(statcache.read_bytes(), raw=False)
+    gone = str(project.root / "old" / "data.txt")
+    assert gone in before
+    assert project.cli("gc").code == 0
+    after = msgpack.unpackb(statcache.read_bytes(), raw=False)
+    assert gone not in after
+    assert str(project.root / "data.txt") in after, "entries of files that still exist stay"
+    assert project.build().summary["executed"] == 0

@@ -644,6 +644,7 @@ class LocalStore:
                 path.unlink()
                 self.stat_cache.forget(path)
         if not dry_run:
+            self.stat_cache.drop_missing()
             self.stat_cache.save()
             # no build holds the store while gc does, so no lock file is in use: one per action
             # ever run would otherwise pile up forever
