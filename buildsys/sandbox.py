@@ -32,7 +32,6 @@ class SandboxPool:
 
     def __init__(self, parent: Path) -> None:
         self.parent = parent
-        self._parent_made = False
         self._free: list[Path] = []
         self._modes: dict[Path, dict[str, int]] = {}
         self._lock = threading.Lock()
@@ -42,9 +41,7 @@ class SandboxPool:
         with self._lock:
             if self._free:
                 return self._free.pop()
-        if not self._parent_made:
-            self.parent.mkdir(parents=True, exist_ok=True)
-            self._parent_made = True
+        self.parent.mkdir(parents=True, exist_ok=True)
         sandbox = Path(tempfile.mkdtemp(dir=self.parent, prefix="sbx-"))
         for name in SKELETON:
             (sandbox / name).mkdir()

@@ -79,14 +79,13 @@ class StatCache:
         if self.entries.pop(str(path), None) is not None:
             self.dirty = True
 
-    def drop_missing(self) -> int:
+    def drop_missing(self) -> None:
         """Forget files that no longer exist (deleted sources, removed output folders, a moved
         project): their entries would otherwise pile up and be loaded by every build."""
         gone = [path for path in self.entries if not os.path.lexists(path)]
         for path in gone:
             del self.entries[path]
         self.dirty |= bool(gone)
-        return len(gone)
 
     def digest(self, path: Path, hash_file: Callable[[Path], tuple[Digest, int]] = digest_file) -> tuple[Digest, int]:
         """(digest, size) of a file, from the cache when its stat is unchanged. On a miss the
