@@ -73,35 +73,59 @@ def seed_globals(seed: int, stage: str) -> None:
     if numpy is not None:
         numpy.random.seed(derive_seed(seed, stage, "numpy-global") & 0xFFFFFFFF)
     if "torch" in sys.modules:
-        sys.modules["torch"].manual_seed(derive_seed(seed, stage, "torch-global"))
+        seed_torch_global(seed, stage)
+
+
+def seed_torch_global(seed: int, stage: str) -> None:
+    sys.modules["torch"].manual_seed(derive_seed(seed, stage, "torch-global"))
 
 
 def apply_torch_settings(mode: str, threads: int) -> None:
-    """Deterministic torch: fixed threads, deterministic algorithms, TF32 off, cuDNN benchmark
-    off; in strict mode oneDNN (mkldnn) off as well, which made 1- and 2-thread CPU convolutions
-    bitwise identical on the machines we measured."""
+    """Torch's process-wide switches, each set from the mode alone, so a worker reused across
+    stages carries nothing from one stage into the next (a stochastic stage after a deterministic
+    one must not inherit deterministic-only kernels: on CUDA that refuses ``grid_sample``'s
+    backward). Every mode: fixed threads, TF32 off, full-precision matmul, cuDNN benchmark off.
+    Deterministic and strict: deterministic algorithms only; strict also turns oneDNN (mkldnn)
+    off, which made 1- and 2-thread CPU convolutions bitwise identical on the machines we
+    measured."""
     import torch
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    if mode == "stochastic":
-        return
-    torch.use_deterministic_algorithms(True, warn_only=False)
+    deterministic = mode != "stochastic"
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        torch.use_deterministic_algorithms(deterministic, warn_only=False)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.deterministic = deterministic
     torch.set_float32_matmul_precision("highest")
     torch.backends.mkldnn.enabled = mode != "strict"
 
 
+NO_DETERMINISTIC_KERNEL = "does not have a deterministic implementation"
+
+
+def failure_hint(exc: BaseException, mode: str) -> str:
+    """What to do about a failure the determinism contract itself caused, or ``""``: torch
+    refuses operations without a deterministic kernel (on CUDA: ``grid_sample``'s backward, 3D
+    pooling backward, ...) once :func:`apply_torch_settings` asked for deterministic algorithms."""
+    if mode == "stochastic" or NO_DETERMINISTIC_KERNEL not in str(exc):
+        return ""
+    return (
+        f" [mode {mode!r} runs torch with deterministic algorithms only, and this operation has none on this "
+        'device: declare mode = "stochastic" for the stage, or device = "cpu"]'
+    )
+
+
 def resolve_device(requested: str) -> str:
-    """``auto`` picks the first CUDA device when one is usable, else the CPU. The resolved device
-    enters the action key, so a GPU build and a CPU build never share a cache entry."""
+    """``auto`` picks CUDA when a GPU is present and the installed torch is a CUDA build, else the
+    CPU; decided without importing torch (its version file and ``nvidia-smi``). The resolved
+    device enters the action key, so a GPU build and a CPU build never share a cache entry."""
     if requested != "auto":
         return requested
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return "cpu"
-    from buildsys.fingerprint import gpu_present
+    from buildsys.fingerprint import FIELDS, NONE, gpu_present
 
-    return "cuda" if gpu_present() else "cpu"
+    return "cuda" if gpu_present() and FIELDS["cuda"]() != NONE else "cpu"

@@ -14,6 +14,8 @@ prints lands in the log and can never corrupt the protocol.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import os
 import struct
 import sys
@@ -25,7 +27,7 @@ from typing import Any, BinaryIO
 import msgpack
 
 from buildsys.context import Budget, StageContext
-from buildsys.determinism import apply_torch_settings, seed_globals
+from buildsys.determinism import apply_torch_settings, failure_hint, seed_globals, seed_torch_global
 
 PROGRESS_INTERVAL_S = 0.2
 
@@ -83,7 +85,47 @@ def _redirect_output(path: str | None) -> None:
     os.close(fd)
 
 
+class _TorchImportHook(importlib.abc.MetaPathFinder):
+    """Applies the running job's torch settings, and seeds torch's global generator from it, the
+    moment a recipe first imports torch. Recipes import torch inside their functions (the CLI must
+    not pay for it), so without this hook the first torch stage a worker runs would run with
+    torch's defaults (nondeterministic kernels allowed, a global seed not derived from the action)
+    and the next ones with the contract: the same action's bytes would depend on which stages
+    shared its worker."""
+
+    def __init__(self) -> None:
+        self.job: dict[str, Any] | None = None
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "torch" or self.job is None:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        job, load = self.job, spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            load(module)
+            apply_torch_settings(job["mode"], job["threads"])
+            seed_torch_global(job["seed"], job["stage"])
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+_TORCH_IMPORT_HOOK = _TorchImportHook()
+
+
 def run_job(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
+    _TORCH_IMPORT_HOOK.job = job
+    try:
+        return _run_recipe(job, channel)
+    finally:
+        _TORCH_IMPORT_HOOK.job = None
+
+
+def _run_recipe(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
     for root in reversed(job["recipe_path"]):
         if root not in sys.path:
             sys.path.insert(0, root)
@@ -98,7 +140,6 @@ def run_job(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
     if "torch" in sys.modules:
         apply_torch_settings(job["mode"], job["threads"])
     progress = _Progress(channel)
-    budget = Budget(**job["budget"])
     context = StageContext(
         stage=job["stage"],
         target=job["target"],
@@ -107,7 +148,7 @@ def run_job(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
         seed=job["seed"],
         out=Path(job["out"]),
         model=Path(job["model"]) if job["model"] else None,
-        budget=budget,
+        budget=Budget(**job["budget"]),
         mode=job["mode"],
         device=job["device"],
         threads=job["threads"],
@@ -118,6 +159,8 @@ def run_job(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
 
 
 def main() -> None:
+    if "torch" not in sys.modules:
+        sys.meta_path.insert(0, _TORCH_IMPORT_HOOK)
     channel = os.fdopen(os.dup(1), "wb")
     requests = sys.stdin.buffer
     _redirect_output(None)
@@ -133,7 +176,8 @@ def main() -> None:
             reply: dict[str, Any] = {"done": True, "ok": True, **extra}
         except BaseException as exc:  # everything a recipe raises is reported, never fatal
             traceback.print_exc()
-            reply = {"done": True, "ok": False, "error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__}
+            error = f"{type(exc).__name__}: {exc}{failure_hint(exc, job['mode'])}"
+            reply = {"done": True, "ok": False, "error": error, "error_type": type(exc).__name__}
         reply["wall_s"] = time.perf_counter() - started
         reply["cpu_s"] = time.process_time() - cpu_started
         _redirect_output(None)

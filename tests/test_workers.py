@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
+from buildsys.determinism import resolve_device
 from conftest import Project
 
 TORCH_RECIPE = '''
@@ -149,3 +152,110 @@ def test_a_stage_never_sees_what_an_earlier_stage_left_in_its_sandbox(project: P
     seen = (project.root / "out/t/second/seen.txt").read_text().splitlines()
     assert seen == ["inputs", "inputs/src", "inputs/src/src", "inputs/src/src/a.txt", "log", "out", "tmp", "work"]
     assert not list((project.root / "store" / "tmp").iterdir())
+
+
+DEVICE_RECIPES = '''
+import torch
+from buildsys.context import StageContext
+
+def on_device(ctx: StageContext) -> None:
+    (ctx.out / "device.txt").write_text(str(torch.ones(1, device=ctx.torch_device()).device))
+
+def put(ctx: StageContext) -> None:
+    ctx.torch_generator("x")
+    values = torch.zeros(3).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+    (ctx.out / "values.txt").write_text(str(values.tolist()))
+'''
+
+
+@pytest.mark.skipif(resolve_device("auto") == "cuda", reason="this machine has CUDA")
+def test_a_cuda_stage_on_a_machine_without_cuda_fails_saying_so(project: Project):
+    project.write("dr.py", DEVICE_RECIPES)
+    project.buildfile_text('[targets.t.stages.gpu]\nrecipe = "dr:on_device"\ndevice = "cuda"\n'
+                           '[targets.a.stages.auto]\nrecipe = "dr:on_device"\ndevice = "auto"\n')
+    result = project.build("-k")
+    assert result.code != 0 and result.summary["failed"] == 1
+    error = result.summary["failures"]["t/gpu"]["error"]
+    assert "stage 'gpu': device is 'cuda' but torch" in error and "sees no CUDA device" in error, error
+    assert (project.root / "out/a/auto/device.txt").read_text() == "cpu"
+
+
+def test_an_operation_without_a_deterministic_kernel_names_the_way_out(project: Project):
+    project.write("dr.py", DEVICE_RECIPES)
+    project.buildfile_text('[targets.d.stages.put]\nrecipe = "dr:put"\n'
+                           '[targets.s.stages.put]\nrecipe = "dr:put"\nmode = "stochastic"\n')
+    result = project.build("-k")
+    assert result.code != 0 and result.summary["failed"] == 1 and result.summary["executed"] == 1
+    error = result.summary["failures"]["d/put"]["error"]
+    assert "put_ does not have a deterministic implementation" in error
+    assert 'declare mode = "stochastic" for the stage, or device = "cpu"' in error
+    assert (project.root / "out/s/put/values.txt").exists()
+
+
+PROBE_RECIPE = '''
+import json
+from buildsys.context import StageContext
+
+def probe(ctx: StageContext) -> None:
+    import torch  # inside the function, as recipes do: the first stage of a worker imports it
+
+    info = {"deterministic": torch.are_deterministic_algorithms_enabled(), "threads": torch.get_num_threads(),
+            "global_draw": torch.rand(4).tolist()}
+    (ctx.out / "probe.json").write_text(json.dumps(info))
+'''
+
+
+def test_the_first_torch_stage_of_a_worker_runs_under_the_contract_too(project: Project):
+    """A recipe imports torch inside its function, so in a fresh worker torch arrives during the
+    job: it must get the same settings and global seed as in a worker that had torch already."""
+    import json
+
+    project.write("pr.py", PROBE_RECIPE)
+    project.buildfile_text('''
+        [targets.fresh.stages.probe]
+        recipe = "pr:probe"
+        isolate = true
+        params = { tag = "fresh" }
+        [targets.reused]
+        outputs = ["warm", "probe", "loose"]
+        [targets.reused.stages.warm]
+        recipe = "pr:probe"
+        [targets.reused.stages.probe]
+        recipe = "pr:probe"
+        inputs = { after = "warm" }
+        params = { tag = "reused" }
+        [targets.reused.stages.loose]
+        recipe = "pr:probe"
+        mode = "stochastic"
+        inputs = { after = "probe" }
+    ''')
+    project.buildfile.write_text(project.buildfile.read_text().replace("jobs = 2", "jobs = 2\nthreads = 1"))
+    result = project.build()
+    assert result.code == 0 and result.summary["executed"] == 4, result.stdout + result.stderr
+    assert result.summary["workers_started"] == 3, "isolated; deterministic (warm, then probe); stochastic"
+    probes = {sid: json.loads((project.root / "out" / sid / "probe.json").read_text())
+              for sid in ("fresh/probe", "reused/warm", "reused/probe", "reused/loose")}
+    assert probes["fresh/probe"]["deterministic"] and probes["reused/probe"]["deterministic"]
+    assert not probes["reused/loose"]["deterministic"]
+    assert probes["fresh/probe"]["global_draw"] == probes["reused/probe"]["global_draw"]
+    assert {p["threads"] for p in probes.values()} == {1}
+
+
+def test_torch_settings_follow_the_mode_alone():
+    """Set from the mode each time: a stochastic stage after a deterministic one in the same
+    process (a recipe called directly, a worker) inherits none of its switches."""
+    import torch
+
+    from buildsys.determinism import apply_torch_settings
+
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled, torch.get_num_threads()
+    try:
+        apply_torch_settings("strict", 1)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.mkldnn.enabled
+        apply_torch_settings("stochastic", 1)
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.mkldnn.enabled
+        assert not torch.backends.cudnn.deterministic and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.mkldnn.enabled = before[1]
+        torch.set_num_threads(before[2])
