@@ -124,19 +124,31 @@ class StageContext:
 
         return numpy.random.Generator(numpy.random.PCG64(self.seed_for(stream)))
 
-    def torch_generator(self, stream: str = "default", device: str | None = None) -> "torch.Generator":
+    def torch_generator(self, stream: str = "default", device: str = "cpu") -> "torch.Generator":
+        """A seeded generator for one named stream, on the CPU unless ``device`` says otherwise.
+        A CUDA generator gives other numbers than a CPU one from the same seed: drawing on the CPU
+        and moving the draws to ``ctx.torch_device()`` keeps a stage's random choices the same on
+        every device."""
         import torch
 
         from buildsys.determinism import apply_torch_settings
 
         apply_torch_settings(self.mode, self.threads)
-        generator = torch.Generator(device=device or self.device)
+        generator = torch.Generator(device=device)
         generator.manual_seed(self.seed_for(stream))
         return generator
 
     def torch_device(self) -> "torch.device":
+        """The stage's device, checked: a stage declared for CUDA on a machine whose torch sees
+        no CUDA device (a CPU build of torch, a hidden GPU) fails here, saying so, rather than
+        deep inside the first tensor operation."""
         import torch
 
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RecipeError(
+                f"stage {self.stage!r}: device is 'cuda' but torch {torch.__version__} sees no CUDA device; "
+                "declare device = \"cpu\" or \"auto\", or install a CUDA build of torch"
+            )
         return torch.device(self.device)
 
     def progress(self, done: int, total: int | None = None, message: str = "") -> None:

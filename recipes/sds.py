@@ -7,9 +7,13 @@ UNet Jacobian skipped). The grid starts from a soft sphere (params ``init_*``) s
 prior that knows nothing still ends as one closed blob after marching cubes.
 
 Randomness: cameras, timesteps, noise, background and ray jitter each draw from their own
-``ctx.torch_generator`` stream. Outputs: ``field.npz`` (``density`` (X,Y,Z) float32 >= 0,
-``color`` (X,Y,Z,3) float32 in [0,1], ``bounds`` [-1, 1]), ``renders/view_NN.png`` (final, fixed
-cameras), ``renders/progress_NNNN.png`` (one fixed view during training) and ``sds.json``.
+``ctx.torch_generator`` stream, on the CPU, and the draws move to the stage's device: the same
+seed picks the same cameras, timesteps and noise on a CPU and on a GPU (CUDA generators give
+other streams), so the two runs differ only by floating-point arithmetic.
+
+Outputs: ``field.npz`` (``density`` (X,Y,Z) float32 >= 0, ``color`` (X,Y,Z,3) float32 in [0,1],
+``bounds`` [-1, 1]), ``renders/view_NN.png`` (final, fixed cameras),
+``renders/progress_NNNN.png`` (one fixed view during training) and ``sds.json``.
 """
 
 from __future__ import annotations
@@ -117,14 +121,16 @@ def distill(ctx: StageContext) -> None:
         raise RecipeError(f"stage {ctx.stage!r}: sds needs a model (a diffusers prior folder); declare model = ...")
     p = SDSParams.from_context(ctx)
     gens = {name: ctx.torch_generator(name) for name in ("camera", "timestep", "noise", "background", "jitter")}
+    device = ctx.torch_device()
     prior = load_prior(ctx.model, ctx.device)
     size = prior.image_size
 
     with torch.no_grad():
         embeddings = prior.encode_prompts([p.negative_prompt, p.prompt])
     blob = soft_sphere(p.grid, p.init_radius, p.init_softness, p.init_density)
-    raw_density = torch.nn.Parameter(torch.from_numpy(_inverse_softplus(blob)))
-    raw_color = torch.nn.Parameter(torch.zeros((3, p.grid, p.grid, p.grid), dtype=torch.float32))
+    raw_density = torch.nn.Parameter(torch.from_numpy(_inverse_softplus(blob)).to(device))
+    raw_color = torch.nn.Parameter(torch.zeros((3, p.grid, p.grid, p.grid), dtype=torch.float32, device=device))
+    white = torch.ones(3, device=device)
     optimizer = torch.optim.Adam([raw_density, raw_color], lr=p.lr, betas=(0.9, 0.99), eps=1e-15)
     (ctx.out / "renders").mkdir()
     preview_camera = orbit_camera(30.0, 20.0, p.distance)
@@ -140,14 +146,14 @@ def distill(ctx: StageContext) -> None:
         azimuth = float(torch.rand((1,), generator=gc)) * 360.0
         elevation = p.elevation_min + float(torch.rand((1,), generator=gc)) * (p.elevation_max - p.elevation_min)
         camera = orbit_camera(azimuth, elevation, p.distance)
-        background = torch.rand((3,), generator=gens["background"])
-        jitter = torch.rand((p.samples,), generator=gens["jitter"])
+        background = torch.rand((3,), generator=gens["background"]).to(device)
+        jitter = torch.rand((p.samples,), generator=gens["jitter"]).to(device)
         image = render_volume(density, color, camera, p.resolution, p.samples, background, jitter)[None]
         if p.resolution != size:
             image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
         x0 = prior.to_model_space(image)
-        t = _timestep(p, step, p.iterations, gens["timestep"], prior.num_train_timesteps)
-        noise = torch.randn(x0.shape, generator=gens["noise"])
+        t = _timestep(p, step, p.iterations, gens["timestep"], prior.num_train_timesteps).to(device)
+        noise = torch.randn(x0.shape, generator=gens["noise"]).to(device)
         a = prior.alphas_cumprod[t].view(1, 1, 1, 1)
         with torch.no_grad():
             x_t = a.sqrt() * x0.detach() + (1 - a).sqrt() * noise
@@ -166,19 +172,19 @@ def distill(ctx: StageContext) -> None:
         if preview_every and (step + 1) % preview_every == 0:
             with torch.no_grad():
                 d, c = fields()
-                img = render_volume(d, c, preview_camera, 2 * p.resolution, 2 * p.samples, torch.ones(3))
+                img = render_volume(d, c, preview_camera, 2 * p.resolution, 2 * p.samples, white)
             write_png(ctx.out / "renders" / f"progress_{step + 1:04d}.png", _to_uint8(img))
         ctx.progress(step + 1, p.iterations, f"t={int(t)}")
 
     with torch.no_grad():
         density, color = fields()
         for i, cam in enumerate(standard_cameras(4, distance=p.distance)):
-            img = render_volume(density, color, cam, 2 * p.resolution, 2 * p.samples, torch.ones(3))
+            img = render_volume(density, color, cam, 2 * p.resolution, 2 * p.samples, white)
             write_png(ctx.out / "renders" / f"view_{i:02d}.png", _to_uint8(img))
         save_npz(
             ctx.out / "field.npz",
-            density=density.numpy().astype(np.float32),
-            color=color.permute(1, 2, 3, 0).contiguous().numpy().astype(np.float32),
+            density=density.cpu().numpy().astype(np.float32),
+            color=color.permute(1, 2, 3, 0).contiguous().cpu().numpy().astype(np.float32),
             bounds=np.array([-1.0, 1.0], np.float32),
         )
     summary = {
@@ -203,5 +209,5 @@ def _round(x: float) -> float | None:
 
 
 def _to_uint8(image) -> np.ndarray:
-    arr = image.clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float64)
+    arr = image.clamp(0, 1).permute(1, 2, 0).cpu().numpy().astype(np.float64)
     return np.round(arr * 255.0).astype(np.uint8)

@@ -36,27 +36,58 @@ def render_volume(density: Any, color: Any, camera: Camera, size: int, samples: 
     """Render (3, size, size) in [0,1].
 
     ``density``: (X,Y,Z) non-negative; ``color``: (3,X,Y,Z) in [0,1]; ``background``: (3,);
-    ``jitter``: optional (samples,) offsets in [0,1) for stratified sampling (training only)."""
+    ``jitter``: optional (samples,) offsets in [0,1) for stratified sampling (training only).
+    Every tensor given must be on the grids' device; the image is made there too."""
     import torch
     import torch.nn.functional as F
 
-    origins, dirs = camera_rays(camera, size)
+    device = density.device
+    origins, dirs = (ray.to(device) for ray in camera_rays(camera, size))
     distance = float(np.sqrt((np.asarray(camera.eye) ** 2).sum()))
     near, far = max(distance - SQRT3, 0.0), distance + SQRT3
     step = (far - near) / samples
-    offsets = torch.arange(samples, dtype=torch.float32) + (0.5 if jitter is None else jitter)
+    offsets = torch.arange(samples, dtype=torch.float32, device=device) + (0.5 if jitter is None else jitter)
     t_vals = near + step * offsets  # (S,)
     pts = origins[:, None, :] + dirs[:, None, :] * t_vals[None, :, None]  # (N,S,3)
-    grid = pts.view(1, 1, -1, samples, 3)  # (x,y,z) -> (W,H,D) of a (Z,Y,X) volume
-    volume = torch.cat([density[None], color], dim=0).permute(0, 3, 2, 1)[None]  # (1,4,Z,Y,X)
-    sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    sampled = sampled[0, :, 0]  # (4,N,S)
+    volume = torch.cat([density[None], color], dim=0).permute(0, 3, 2, 1)  # (4,Z,Y,X)
+    if device.type == "cuda" and torch.are_deterministic_algorithms_enabled():
+        sampled = sample_trilinear(volume, pts.view(-1, 3)).view(4, -1, samples)
+    else:
+        grid = pts.view(1, 1, -1, samples, 3)  # (x,y,z) -> (W,H,D) of a (Z,Y,X) volume
+        sampled = F.grid_sample(volume[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        sampled = sampled[0, :, 0]  # (4,N,S)
     sigma, rgb = sampled[0], sampled[1:]
     alpha = 1.0 - torch.exp(-sigma * step)
     trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1] + 1e-10], dim=1), dim=1)
     weights = alpha * trans  # (N,S)
     image = (rgb * weights[None]).sum(dim=2) + (1.0 - weights.sum(dim=1))[None] * background[:, None]
     return image.view(3, size, size)
+
+
+def sample_trilinear(volume: Any, points: Any) -> Any:
+    """``grid_sample(volume[None], points, align_corners=True, padding_mode="zeros")`` for a
+    (C,D,H,W) volume at (P,3) points given as (x,y,z) in [-1,1]: (C,P). Written with
+    ``index_select``, whose backward CUDA runs deterministically when asked to, where
+    ``grid_sample``'s backward has only an atomic-add kernel that deterministic mode refuses."""
+    import torch
+
+    channels, depth, height, width = volume.shape
+    extent = torch.tensor([width - 1, height - 1, depth - 1], dtype=points.dtype, device=points.device)
+    coords = (points + 1.0) * 0.5 * extent
+    lower = coords.floor()
+    frac = coords - lower
+    lower = lower.long()
+    flat = volume.reshape(channels, -1)
+    result = None
+    for corner in range(8):
+        offset = torch.tensor([corner & 1, (corner >> 1) & 1, (corner >> 2) & 1], device=points.device)
+        index = lower + offset
+        inside = ((index >= 0) & (index < torch.tensor([width, height, depth], device=points.device))).all(dim=1)
+        x, y, z = (index[:, axis].clamp(0, limit - 1) for axis, limit in enumerate((width, height, depth)))
+        weight = torch.where(offset.bool(), frac, 1.0 - frac).prod(dim=1) * inside
+        term = flat.index_select(1, (z * height + y) * width + x) * weight
+        result = term if result is None else result + term
+    return result
 
 
 def soft_sphere(n: int, radius: float, softness: float, peak: float,
