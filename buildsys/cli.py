@@ -145,7 +145,7 @@ def store_cat(buildfile: Path, digest: str) -> None:
 
 @store.command("verify")
 @BUILDFILE_OPTION
-@click.option("--repair", is_flag=True, help="Quarantine corrupt blobs and drop records that reference them.")
+@click.option("--repair", is_flag=True, help="Quarantine corrupt blobs, make writable ones read-only, drop records that reference corrupt ones.")
 @click.option("--json", "json_output", is_flag=True)
 @handled
 def store_verify(buildfile: Path, repair: bool, json_output: bool) -> None:
@@ -159,6 +159,8 @@ def store_verify(buildfile: Path, repair: bool, json_output: bool) -> None:
         click.echo(f"{report.blobs} blobs ({report.bytes} bytes), {report.actions} action records")
         for item in report.corrupt_blobs:
             click.echo(f"corrupt blob: {item}")
+        for item in report.writable_blobs:
+            click.echo(f"writable blob: {item}")
         for item in report.bad_actions:
             click.echo(f"bad action record: {item}")
         for item in report.bad_refs:

@@ -122,6 +122,8 @@ def run_action(
             names = ", ".join(str(p.relative_to(sandbox)) for p, _ in touched[:3])
             outcome = JobOutcome(False, "failed", f"recipe modified its read-only input {names}", outcome.wall_s, outcome.cpu_s, outcome.peak_rss_mb)
         log = digest_file(log_path)[0] if log_path.exists() else None
+        if log:
+            os.chmod(log_path, 0o444)  # blobs are moved in read-only
         if not outcome.ok:
             if log:
                 store.install_many([(log_path, log)])
@@ -166,6 +168,8 @@ def _hash_outputs(out: Path) -> tuple[Manifest, list[tuple[Path, Digest]]]:
     for rel, path, st in walk_files(out):
         digest, size = digest_file(path)
         manifest[rel] = Entry(digest, size, bool(st.st_mode & stat.S_IXUSR))
+        if stat.S_IMODE(st.st_mode) != 0o444:
+            os.chmod(path, 0o444)  # blobs are moved in read-only
         files.append((path, digest))
     return manifest, files
 

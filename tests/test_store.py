@@ -70,6 +70,49 @@ def test_verify_finds_corruption_and_dangling_records(tmp_path):
     assert store.verify().clean
 
 
+def test_verify_finds_writable_blobs_and_repair_makes_them_read_only(tmp_path):
+    store = LocalStore(tmp_path / "s")
+    result = _result(store, b"k")
+    store.put_action(ActionRecord(result))
+    blob = store.get_tree(result.tree)["out.txt"].digest
+    os.chmod(store.blob_path(blob), 0o644)
+    report = store.verify()
+    assert report.writable_blobs == [blob] and not report.corrupt_blobs and not report.clean
+    assert not store.verify(repair=True).clean
+    assert store.verify().clean and not os.stat(store.blob_path(blob)).st_mode & 0o222
+
+
+def test_every_way_into_the_store_leaves_blobs_read_only(tmp_path):
+    """Files are created read-only before they are moved in (no chmod on the way): staged
+    bytes, staged copies, batches, single files, and a retried write over an earlier attempt."""
+    from buildsys.store.atomic import create_read_only
+    from buildsys.store.batch import BlobBatch
+
+    store = LocalStore(tmp_path / "s")
+    source = tmp_path / "src.txt"
+    source.write_text("a source file")
+    os.chmod(source, 0o666)
+    digests = [store.put_file(source)[0], store.put_bytes(b"bytes")]
+    staged = [store.stage_bytes(b"one"), store.stage_bytes(b"two")]
+    source_2 = tmp_path / "src-2.txt"
+    source_2.write_text("another source file")
+    tmp, digest, _ = store.stage_file(source_2)
+    store.install_many([*staged, (tmp, digest)])
+    digests += [d for _, d in staged] + [digest]
+    batch = BlobBatch(store)
+    digests += [batch.put_bytes(b"batched"), batch.put_file(source)[0]]
+    batch.commit()
+    retried = store.tmp / "retried"
+    os.close(create_read_only(retried))
+    fd = create_read_only(retried)  # an earlier attempt's read-only file is replaced, not reopened
+    os.write(fd, b"second attempt")
+    os.close(fd)
+    store.install_many([(retried, digest_bytes(b"second attempt")), store.stage_bytes(b"x")])
+    for digest in digests + [digest_bytes(b"second attempt")]:
+        assert os.stat(store.blob_path(digest)).st_mode & 0o777 == 0o444, digest
+    assert store.verify().clean
+
+
 def test_gc_keeps_roots_and_frees_the_rest(tmp_path):
     store = LocalStore(tmp_path / "s")
     kept = _result(store, b"kept")

@@ -22,6 +22,9 @@ from typing import Callable, Generator, Iterable, Protocol, Sequence, TypeVar, r
 import blake3
 
 from buildsys.hashing import Digest, is_digest
+from buildsys.store.atomic import create_read_only
+
+FilePath = str | os.PathLike[str]  # where a download lands; plain strings for big batches
 
 
 class RemoteError(Exception):
@@ -68,7 +71,7 @@ class Remote(Protocol):
         """The subset of ``digests`` the remote holds."""
         ...
 
-    def get_blob(self, digest: Digest, dest: Path) -> Digest | None:
+    def get_blob(self, digest: Digest, dest: FilePath) -> Digest | None:
         """Stream a blob into ``dest`` (created or truncated). Raises NotFound if absent.
         The bytes are not verified here: the caller checks them. A backend that hashed the
         bytes while writing them (:class:`HashingWriter`) returns that digest, so the caller
@@ -76,7 +79,7 @@ class Remote(Protocol):
         re-hashes the file."""
         ...
 
-    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], Path]) -> BlobsGot:
+    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], FilePath]) -> BlobsGot:
         """Download distinct blobs, each as ``get_blob`` would into ``dest_for(digest)`` (called
         once per blob, when its download starts), as many at once as the backend's parallelism
         allows. Yields ``(digest, outcome)`` in completion order: the digest ``get_blob`` would
@@ -154,7 +157,7 @@ def parallel_put(put: Callable[[Digest, Path], None], blobs: Sequence[tuple[Dige
 
 
 def parallel_get(
-    get: Callable[[Digest, Path], Digest | None], digests: Sequence[Digest], dest_for: Callable[[Digest], Path], parallel: int
+    get: Callable[[Digest, FilePath], Digest | None], digests: Sequence[Digest], dest_for: Callable[[Digest], FilePath], parallel: int
 ) -> BlobsGot:
     """``get_blobs`` for backends that download one blob per call: ``parallel`` threads, each
     taking the blobs in runs (a future and a thread hand-off per blob cost more than a small
@@ -186,14 +189,15 @@ def _runs(items: Sequence[T], parallel: int) -> list[Sequence[T]]:
 
 
 class HashingWriter:
-    """A file opened for writing (created or truncated) that hashes exactly the bytes written
-    to it, so a download is checked in the same pass that stores it. A retried attempt opens
-    a new writer, so a partial earlier attempt never leaks into the digest. Written straight
+    """A new read-only file (replacing any earlier attempt's; see :func:`create_read_only`: it
+    is bound for the store) open for writing, that hashes exactly the bytes written to it, so a
+    download is checked in the same pass that stores it. A retried attempt opens a new writer,
+    so a partial earlier attempt never leaks into the digest. Written straight
     to the file descriptor: nothing is buffered here (callers write in chunks), and a batch of
     small downloads is spared the syscalls :func:`open` adds per file (fstat, isatty, seek)."""
 
     def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        self._fd = create_read_only(path)
         self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
         self.size = 0
 

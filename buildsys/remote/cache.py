@@ -177,13 +177,13 @@ class RemoteCache:
 
     # pull ---------------------------------------------------------------------------------
 
-    def _download(self, digests: list[Digest]) -> list[tuple[Path, Digest]]:
+    def _download(self, digests: list[Digest]) -> list[tuple[str, Digest]]:
         """Download blobs (one ``get_blobs`` batch) into temp files of the store and check
         their bytes; return the good ``(file, digest)`` pairs. A blob that could not be had
         is counted and reported; an error that disables the remote ends the batch."""
-        tmp_dir, prefix = Path(self.store.tmp), f".remote-{uuid.uuid4().hex[:8]}-"
-        pending = {digest: tmp_dir / (prefix + digest) for digest in digests}
-        good: list[tuple[Path, Digest]] = []
+        prefix = f"{self.store.tmp}{os.sep}.remote-{uuid.uuid4().hex[:8]}-"
+        pending = {digest: prefix + digest for digest in digests}  # strings: 10,000 Paths cost 0.03 s
+        good: list[tuple[str, Digest]] = []
         batch = self.remote.get_blobs(digests, pending.__getitem__)
         try:
             for digest, outcome in batch:
@@ -202,7 +202,7 @@ class RemoteCache:
         self._count("bytes_down", sum(os.path.getsize(tmp) for tmp, _ in good))
         return good
 
-    def _checked(self, digest: Digest, tmp: Path, outcome: Digest | None | RemoteError) -> bool:
+    def _checked(self, digest: Digest, tmp: str, outcome: Digest | None | RemoteError) -> bool:
         """Whether ``tmp`` holds blob ``digest`` (``outcome``: what ``get_blobs`` yielded for
         it); if not, the problem is counted and reported and ``tmp`` removed."""
         try:

@@ -31,7 +31,8 @@ import blake3
 
 from buildsys.hashing import Digest
 from buildsys.remote.mounts import is_local_filesystem
-from buildsys.remote.base import MAX_RECORD_BYTES, BlobsGot, CorruptContent, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_get, parallel_put
+from buildsys.store.atomic import create_read_only
+from buildsys.remote.base import MAX_RECORD_BYTES, BlobsGot, CorruptContent, FilePath, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_get, parallel_put
 
 _COPY_CHUNK = 1 << 20
 _KERNEL_READ_MIN = 4 << 20
@@ -69,11 +70,11 @@ class FileRemote:
         cas = f"{self.root}{os.sep}cas{os.sep}"
         return {d for d in set(digests) if os.path.exists(cas + check_name(d, "cas"))}
 
-    def get_blob(self, digest: Digest, dest: Path) -> Digest:
+    def get_blob(self, digest: Digest, dest: FilePath) -> Digest:
         self._check_root()
         return self._get(digest, dest)
 
-    def _get(self, digest: Digest, dest: Path) -> Digest:
+    def _get(self, digest: Digest, dest: FilePath) -> Digest:
         """Read a blob. One whose bytes do not hash to its name is also removed from the share
         (the caller rejects what was read): blob writes are not fsynced, so a power loss can
         leave one torn, and a push, which checks existence first, would never replace it."""
@@ -89,7 +90,7 @@ class FileRemote:
     def put_blob(self, digest: Digest, source: Path) -> None:
         self.put_blobs([(digest, source)])
 
-    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], Path]) -> BlobsGot:
+    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], FilePath]) -> BlobsGot:
         self._check_root()
         return parallel_get(self._get, digests, dest_for, self._threads())
 
@@ -163,7 +164,7 @@ class FileRemote:
     def put_action(self, key: Digest, data: bytes) -> None:
         self._write_record(self.root / "ac" / check_name(key, "ac"), data, f"record {key}")
 
-    def _read(self, path: Path, dest: Path, what: str) -> Digest:
+    def _read(self, path: Path, dest: FilePath, what: str) -> Digest:
         """Copy ``path`` to ``dest``; returns the digest of the bytes in ``dest``. Small files
         are read whole and hashed on the way through, with nothing but the syscalls ``cp``
         makes (a batch pull of many small blobs is bound by those); large ones are copied by
@@ -178,7 +179,7 @@ class FileRemote:
         try:
             size = os.fstat(src).st_size
             if size >= _KERNEL_READ_MIN:
-                dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+                dst = create_read_only(dest)
                 try:
                     _copy_in_kernel(src, dst)
                 finally:

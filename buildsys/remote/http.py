@@ -43,6 +43,7 @@ from buildsys.remote.base import (
     MAX_RECORD_BYTES,
     BlobsGot,
     CorruptContent,
+    FilePath,
     HashingWriter,
     NotFound,
     RemoteError,
@@ -161,7 +162,7 @@ class HttpRemote:
             return parallel_has(self._pool_head, digests, self.parallel)
         return parallel_has(lambda d: self._head(self._blob_url(d), f"HEAD blob {d}"), digests, self.parallel)
 
-    def get_blob(self, digest: Digest, dest: Path) -> Digest:
+    def get_blob(self, digest: Digest, dest: FilePath) -> Digest:
         if self.pool is not None:
             return self._pool_get(digest, dest)
         url = self._blob_url(digest)
@@ -184,7 +185,7 @@ class HttpRemote:
 
         return self._retry(attempt, what)
 
-    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], Path]) -> BlobsGot:
+    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], FilePath]) -> BlobsGot:
         if self.pool is None or len(digests) <= 1:  # proxied, or nothing to batch
             return parallel_get(self.get_blob, digests, dest_for, self.parallel)
         return self._get_many(digests, dest_for)
@@ -283,7 +284,7 @@ class HttpRemote:
 
         return self._pooled(what, attempt)
 
-    def _pool_get(self, digest: Digest, dest: Path) -> Digest:
+    def _pool_get(self, digest: Digest, dest: FilePath) -> Digest:
         path, what = self._blob_path(digest), f"GET blob {digest}"
 
         def attempt() -> Digest:
@@ -357,7 +358,7 @@ class HttpRemote:
             raise RemoteRefused(f"{self.base}: PUT blob {digest}: HTTP {status}")
         return large
 
-    def _get_many(self, digests: Sequence[Digest], dest_for: Callable[[Digest], Path]) -> BlobsGot:
+    def _get_many(self, digests: Sequence[Digest], dest_for: Callable[[Digest], FilePath]) -> BlobsGot:
         """``get_blobs`` in one libcurl multi batch, each body streamed (and decompressed)
         into its own :class:`_Landing`, opened as its transfer starts."""
         landings: dict[Digest, _Landing] = {}
@@ -404,7 +405,7 @@ class _Landing:
     stream, a full disk) is kept, answered with 0 so libcurl aborts the transfer, and raised
     by ``finish``."""
 
-    def __init__(self, dest: Path, zstd: bool, what: str) -> None:
+    def __init__(self, dest: FilePath, zstd: bool, what: str) -> None:
         self.dest = dest
         self.what = what
         self.failure: Exception | None = None

@@ -43,6 +43,7 @@ from buildsys.remote.base import (
     MAX_RECORD_BYTES,
     BlobsGot,
     CorruptContent,
+    FilePath,
     HashingWriter,
     NotFound,
     RemoteError,
@@ -190,7 +191,7 @@ class S3Remote:
                 start = max(run[i][:-1], last)
         return found, [], False
 
-    def get_blob(self, digest: Digest, dest: Path) -> Digest | None:
+    def get_blob(self, digest: Digest, dest: FilePath) -> Digest | None:
         key, what = self._key("cas", digest), f"blob {digest}"
 
         def attempt() -> Digest | None:
@@ -199,6 +200,7 @@ class S3Remote:
             if response.get("ContentLength", 0) > _PART:  # large: ranged parts in parallel
                 body.close()
                 self.client.download_file(self.bucket, key, str(dest), Config=self.transfer)
+                os.chmod(dest, 0o444)  # bound for the store, which moves blobs in read-only
                 return None
             with body, HashingWriter(dest) as out:
                 try:
@@ -231,7 +233,7 @@ class S3Remote:
                 raise self._error(cause, f"upload blob {digest}") from None
             raise RemoteUnavailable(f"{self.describe()}: upload blob {digest}: {exc}") from None
 
-    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], Path]) -> BlobsGot:
+    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], FilePath]) -> BlobsGot:
         return parallel_get(self.get_blob, digests, dest_for, self.parallel)
 
     def put_blobs(self, blobs: Sequence[tuple[Digest, Path]]) -> None:

@@ -7,8 +7,12 @@ instant the writer dies at.
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
+
+READ_ONLY = 0o444
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 def fsync_directory(path: Path) -> None:
@@ -39,3 +43,26 @@ def unlink_quietly(path: str | Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def create_read_only(path: str | Path) -> int:
+    """A descriptor open for writing on a new file at ``path`` whose mode is already read-only
+    (the descriptor that creates a file may write it whatever its mode), replacing what is there.
+    A file bound for the store is made this way, so moving it in needs no chmod (10,000 small
+    blobs: 10,000 syscalls fewer)."""
+    try:
+        return os.open(path, _CREATE, READ_ONLY)
+    except FileExistsError:
+        os.unlink(path)  # an earlier attempt's file: opening it for writing would be refused
+        return os.open(path, _CREATE, READ_ONLY)
+
+
+def create_read_only_temp(folder: str | Path, prefix: str) -> tuple[int, str]:
+    """:func:`create_read_only` under a fresh random name in ``folder``: (descriptor, path)."""
+    for _ in range(16):
+        path = f"{folder}/{prefix}{secrets.token_hex(8)}"
+        try:
+            return os.open(path, _CREATE, READ_ONLY), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temp name for {prefix}*")

@@ -37,7 +37,7 @@ import blake3
 from buildsys.encoding import canonical_bytes, decode
 from buildsys.hashing import CHUNK, Digest, digest_bytes, digest_file, is_digest
 from buildsys.store.statcache import StatCache
-from buildsys.store.atomic import unlink_quietly as _unlink_quietly, write_atomic
+from buildsys.store.atomic import create_read_only_temp, unlink_quietly as _unlink_quietly, write_atomic
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
 from buildsys.tree import Manifest, TreeError, decode_manifest, encode_manifest
 
@@ -58,12 +58,13 @@ class VerifyReport:
     actions: int = 0
     bytes: int = 0
     corrupt_blobs: list[str] = field(default_factory=list)
+    writable_blobs: list[str] = field(default_factory=list)
     bad_actions: list[str] = field(default_factory=list)
     bad_refs: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not (self.corrupt_blobs or self.bad_actions or self.bad_refs)
+        return not (self.corrupt_blobs or self.writable_blobs or self.bad_actions or self.bad_refs)
 
 
 @dataclass
@@ -225,7 +226,7 @@ class LocalStore:
     def stage_file(self, source: Path) -> tuple[Path, Digest, int]:
         """A copy of a file in tmp/ for :meth:`install_many`, hashed while copied: not yet
         durable, not visible."""
-        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=".b-")
+        fd, tmp = create_read_only_temp(self.tmp, ".b-")
         try:
             with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
                 digest, size = _copy_hashing(src, dst)
@@ -234,16 +235,15 @@ class LocalStore:
             raise
         return Path(tmp), digest, size
 
-    def _install(self, file: Path, digest: Digest) -> None:
-        """Rename a complete file in as blob ``digest`` (fsync first: only the file that
-        becomes the blob pays for it; a duplicate is simply dropped)."""
+    def _install(self, file: Path | str, digest: Digest) -> None:
+        """Rename a complete, read-only file in as blob ``digest`` (fsync first: only the file
+        that becomes the blob pays for it; a duplicate is simply dropped)."""
         path = _shard(self._cas, digest)
         self._written.add(digest)
         if os.path.exists(path):
             _unlink_quietly(file)
             return
         _fsync_file(file)
-        os.chmod(file, 0o444)
         _move_in(file, path)
 
     def check_download(self, tmp_file: Path, expected: Digest, actual: Digest | None = None) -> None:
@@ -256,30 +256,24 @@ class LocalStore:
             _unlink_quietly(tmp_file)
             raise StoreCorruption(f"blob {expected}: received bytes hash to {actual}")
 
-    def install_many(self, files: list[tuple[Path, Digest]], record: ActionRecord | None = None) -> None:
+    def install_many(self, files: list[tuple[Path | str, Digest]], record: ActionRecord | None = None) -> None:
         """Move in several files whose digests are known (checked downloads, hashed outputs,
         staged bytes) and then, if given, the action record that references them, with one
         flush of the store's filesystem (``syncfs``) instead of an fsync each: many small
         blobs are bound by those. Every blob is durable before it becomes visible, as with
         :meth:`_install`, and the record becomes visible last. The files must be on the
-        store's filesystem."""
-        new = []
-        for f, d in files:
-            if os.path.exists(_shard(self._cas, d)):
-                _unlink_quietly(f)
-            else:
-                new.append((f, d))
+        store's filesystem and read-only already (:func:`create_read_only`); one whose blob
+        exists replaces it (same bytes: a rename costs what checking first would)."""
         staged_record = self._stage(record.encode()) if record is not None else None
         try:
-            if len(new) + (record is not None) < 2 or not _syncfs(self.tmp):
-                for f, d in new:
+            if len(files) + (record is not None) < 2 or not _syncfs(self.tmp):
+                for f, d in files:
                     self._install(f, d)
                 if staged_record is not None:
                     _fsync_file(staged_record)
             else:
-                for f, d in new:
+                for f, d in files:
                     self._written.add(d)
-                    os.chmod(f, 0o444)
                     _move_in(f, _shard(self._cas, d))
             if record is not None:
                 self._publish_action(record, staged_record)
@@ -384,7 +378,8 @@ class LocalStore:
         return self._stage(data), digest_bytes(data)
 
     def _stage(self, data: bytes) -> Path:
-        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=".s-")
+        """``data`` in a new read-only temp file (what a blob needs; records and refs chmod it)."""
+        fd, tmp = create_read_only_temp(self.tmp, ".s-")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         return Path(tmp)
@@ -489,6 +484,7 @@ class LocalStore:
                     _fsync_file(tmp)
             (self.refs / kind).mkdir(parents=True, exist_ok=True)
             for tmp, path in staged:
+                os.chmod(tmp, 0o644)
                 os.replace(tmp, path)
         finally:
             for tmp, _ in staged:
@@ -564,7 +560,9 @@ class LocalStore:
                 yield from sorted(shard.iterdir())
 
     def verify(self, repair: bool = False) -> VerifyReport:
-        """Re-hash every blob and check every action record's references."""
+        """Re-hash every blob, check that none is writable (a writable blob is one careless
+        ``open(..., "w")`` away from corruption; repair makes it read-only) and check every
+        action record's references."""
         report = VerifyReport()
         for path in self.blobs():
             digest, size = digest_file(path)
@@ -574,6 +572,10 @@ class LocalStore:
                 report.corrupt_blobs.append(path.name)
                 if repair:
                     self.quarantine_blob(path.name)
+            elif path.stat().st_mode & 0o222:
+                report.writable_blobs.append(path.name)
+                if repair:
+                    path.chmod(0o444)
         corrupt = set(report.corrupt_blobs)
         for key in self.action_keys():
             report.actions += 1
