@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA device, as one script for a GPU machine: python3 there must hold a
-# CUDA build of torch; dependencies it lacks come as wheels in .whl/ (installed to /tmp/site).
+# CUDA build of torch; dependencies it lacks come as wheels in .whl/ (installed to /tmp/site),
+# fetched beforehand where pip works, for that machine's Python (3.12 on the lent H200):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     blake3 zstandard diffusers trimesh importlib_metadata
 # Writes pytest's log and the SDS table under $OUT (default /tmp/gpu-check).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
