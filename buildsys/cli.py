@@ -211,6 +211,32 @@ def log(buildfile: Path, limit: int, stage_id: str | None, json_output: bool) ->
 
 @main.command()
 @BUILDFILE_OPTION
+@click.option("--json", "json_output", is_flag=True, help="One JSON object per model.")
+@handled
+def models(buildfile: Path, json_output: bool) -> None:
+    """The model registry: each checkpoint's source, pinned and current digest, licence,
+    production flag and the stages using it. Builds nothing, stores nothing."""
+    from buildsys.registry import UNPINNED, model_report
+
+    with open_session(buildfile) as session:
+        report = model_report(session.project, session.store, session.stat_cache)
+    if not report and not json_output:
+        click.echo(f"no models in {buildfile}")
+    for model in report:
+        if json_output:
+            click.echo(json.dumps(model.to_dict(), sort_keys=True))
+            continue
+        flags = ", ".join([model.license or "no licence", "production" if model.production else "not for production"])
+        click.echo(f"{model.name}: {model.status} ({model.source}; {flags})")
+        click.echo(f"  current  {model.current or '-'}")
+        click.echo(f"  pinned   {model.pinned or '-'}")
+        click.echo(f"  used by  {', '.join(model.used_by) or '-'}")
+        if model.status == UNPINNED:
+            click.echo(f'  pin it:  digest = "{model.current}" in [models.{model.name}]')
+
+
+@main.command()
+@BUILDFILE_OPTION
 @click.argument("target")
 @handled
 def approve(buildfile: Path, target: str) -> None:

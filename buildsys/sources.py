@@ -12,17 +12,39 @@ import glob
 import importlib.util
 import os
 from pathlib import Path
+from typing import Protocol
 
 from buildsys.errors import SourceChanged
-from buildsys.hashing import Digest
+from buildsys.hashing import Digest, digest_bytes, digest_file
 from buildsys.store.statcache import StatCache
-from buildsys.store.batch import BlobBatch
-from buildsys.store.local import LocalStore
-from buildsys.tree import Entry, Manifest
+from buildsys.tree import Entry, Manifest, encode_manifest
 
 
 class SourceError(LookupError):
     """A source reference that matches nothing or cannot be read."""
+
+
+class BlobSink(Protocol):
+    """Where ingested files go: a store, a batch of one, or :class:`_Digests` (nowhere)."""
+
+    def put_file(self, source: Path) -> tuple[Digest, int]: ...
+
+    def has_blob(self, digest: Digest) -> bool: ...
+
+    def put_tree(self, manifest: Manifest) -> Digest: ...
+
+
+class _Digests:
+    """A sink that keeps nothing: ingesting into it yields the digests a store would give."""
+
+    def put_file(self, source: Path) -> tuple[Digest, int]:
+        return digest_file(source)
+
+    def has_blob(self, digest: Digest) -> bool:
+        return True
+
+    def put_tree(self, manifest: Manifest) -> Digest:
+        return digest_bytes(encode_manifest(manifest))
 
 
 def package_folder(package: str) -> Path:
@@ -59,7 +81,7 @@ def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, 
     return files
 
 
-def ingest_files(files: list[tuple[str, Path]], store: LocalStore | BlobBatch, stat_cache: StatCache) -> tuple[Digest, Manifest]:
+def ingest_files(files: list[tuple[str, Path]], store: BlobSink, stat_cache: StatCache) -> tuple[Digest, Manifest]:
     """Hash (stat cache first) and add files to the store, or to a batch of it; returns (tree
     digest, manifest)."""
     manifest: Manifest = {}
@@ -75,7 +97,7 @@ def ingest_files(files: list[tuple[str, Path]], store: LocalStore | BlobBatch, s
     return store.put_tree(manifest), manifest
 
 
-def ingest_path(path: Path, store: LocalStore, stat_cache: StatCache) -> tuple[Digest, Manifest]:
+def ingest_path(path: Path, store: BlobSink, stat_cache: StatCache) -> tuple[Digest, Manifest]:
     """A file or a whole folder (e.g. a model checkpoint on disk) as a tree."""
     if path.is_file():
         return ingest_files([(path.name, path)], store, stat_cache)
@@ -83,3 +105,9 @@ def ingest_path(path: Path, store: LocalStore, stat_cache: StatCache) -> tuple[D
     if not files:
         raise SourceError(f"{path}: folder holds no files")
     return ingest_files(files, store, stat_cache)
+
+
+def path_digest(path: Path, stat_cache: StatCache) -> Digest:
+    """The tree digest :func:`ingest_path` would give ``path``, computed without writing to any
+    store (a checkpoint the stat cache knows is not read again)."""
+    return ingest_path(path, _Digests(), stat_cache)[0]
