@@ -180,6 +180,17 @@ def test_a_cuda_stage_on_a_machine_without_cuda_fails_saying_so(project: Project
     assert (project.root / "out/a/auto/device.txt").read_text() == "cpu"
 
 
+def test_gpu_presence_is_read_from_the_driver_folder_before_running_nvidia_smi(tmp_path, monkeypatch):
+    from buildsys import fingerprint
+
+    smi_runs = []
+    monkeypatch.setattr(fingerprint, "NVIDIA_PROC_GPUS", tmp_path / "gpus")
+    monkeypatch.setattr(fingerprint, "_nvidia_smi", lambda: smi_runs.append(1) or (fingerprint.NONE, fingerprint.NONE))
+    assert not fingerprint.gpu_present() and smi_runs == [1]  # no driver folder: ask nvidia-smi
+    (tmp_path / "gpus" / "0000:00:05.0").mkdir(parents=True)
+    assert fingerprint.gpu_present() and smi_runs == [1]
+
+
 def test_an_operation_without_a_deterministic_kernel_names_the_way_out(project: Project):
     project.write("dr.py", DEVICE_RECIPES)
     project.buildfile_text('[targets.d.stages.put]\nrecipe = "dr:put"\n'
