@@ -81,18 +81,24 @@ def materialize_tree(store: LocalStore, tree: Digest, dest: Path, stat_cache: St
     manifest = store.get_tree(tree)
     fresh = not dest.exists()
     written_before = report.written
+    folders: set[Path] = set()
     for rel, entry in manifest.items():
         path = dest / rel
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and st.st_size == entry.size and stat_cache.lookup(path, st) == entry.digest:
-            report.unchanged += 1
-            continue
-        if st is not None and not os.path.isfile(path):
-            _remove(path)
-        written = store.copy_blob_to(entry.digest, path, entry.executable, mtime_ns=time.time_ns() - BACKDATE_NS)
+        if fresh:  # nothing there to compare with or to replace atomically: written in place
+            if path.parent not in folders:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(path.parent)
+        else:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and st.st_size == entry.size and stat_cache.lookup(path, st) == entry.digest:
+                report.unchanged += 1
+                continue
+            if st is not None and not os.path.isfile(path):
+                _remove(path)
+        written = store.copy_blob_to(entry.digest, path, entry.executable, time.time_ns() - BACKDATE_NS, fresh=fresh)
         stat_cache.remember(path, written, entry.digest)
         report.written += 1
         report.bytes_written += entry.size

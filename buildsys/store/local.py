@@ -131,12 +131,12 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _kernel_copy(src: BinaryIO, dst: BinaryIO) -> None:
-    """Copy a whole file inside the kernel (copy_file_range), never through Python buffers."""
-    size = os.fstat(src.fileno()).st_size
+def _kernel_copy(src: int, dst: int, size: int) -> None:
+    """Copy a whole file of ``size`` bytes inside the kernel (copy_file_range), never through
+    Python buffers."""
     offset = 0
     while offset < size:
-        sent = os.copy_file_range(src.fileno(), dst.fileno(), size - offset)
+        sent = os.copy_file_range(src, dst, size - offset)
         if sent == 0:
             raise StoreError(f"blob copy ended early at byte {offset} of {size}")
         offset += sent
@@ -303,38 +303,64 @@ class LocalStore:
         except FileNotFoundError:
             return False
 
-    def copy_blob_to(self, digest: Digest, dest: Path, executable: bool = False, mtime_ns: int | None = None) -> os.stat_result:
+    def copy_blob_to(
+        self, digest: Digest, dest: Path, executable: bool = False, mtime_ns: int | None = None, fresh: bool = False
+    ) -> os.stat_result:
         """Copy a blob out as an ordinary writable file: by the kernel when the blob is
         trusted, else through a buffer that verifies its digest on the way (and seals it).
-        Returns the stat of the written file."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        The copy is written under a temp name and renamed over ``dest``, so a reader of
+        ``dest`` sees the old file or the new one. When the caller knows nothing is at ``dest``
+        and its folder exists (``fresh``: an output folder it just made), the copy is written
+        in place, sparing the temp name and the rename; an interrupted copy then leaves a file
+        no stat cache entry vouches for, which the next build rewrites. Returns the stat of
+        the written file."""
+        blob = _shard(self._cas, digest)
         try:
-            blob = self.blob_path(digest)
+            src = os.open(blob, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from {self.root}") from None
+        written: str | None = None
+        try:
+            if fresh:
+                try:
+                    dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                    written = str(dest)
+                except FileExistsError:  # not fresh after all: replace it atomically
+                    fresh = False
+            if not fresh:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dst, written = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
             try:
-                src = open(blob, "rb")
-            except FileNotFoundError:
-                raise StoreError(f"blob {digest} is missing from {self.root}") from None
-            with src, os.fdopen(fd, "wb") as dst:
-                st = os.fstat(src.fileno())
-                sealed = self.stat_cache.lookup(blob, st) == digest
-                if sealed or digest in self._written:
-                    _kernel_copy(src, dst)
-                else:
-                    copied, _ = _copy_hashing(src, dst)
-                    if copied != digest:
-                        self.quarantine_blob(digest)
-                        raise StoreCorruption(f"blob {digest} in {self.root} is corrupt (moved to quarantine)")
-                if not sealed:
-                    self.stat_cache.seal(blob, st, digest)
-                os.fchmod(dst.fileno(), 0o755 if executable else 0o644)
+                self._copy_out(digest, blob, src, dst)
+                os.fchmod(dst, 0o755 if executable else 0o644)
                 if mtime_ns is not None:
-                    os.utime(dst.fileno(), ns=(mtime_ns, mtime_ns))
-            os.replace(tmp, dest)
-            return os.stat(dest)
+                    os.utime(dst, ns=(mtime_ns, mtime_ns))
+                if fresh:
+                    return os.fstat(dst)
+            finally:
+                os.close(dst)
+            os.replace(written, dest)
+            return os.stat(dest)  # after the rename, which changes the inode's ctime
         except BaseException:
-            _unlink_quietly(tmp)
+            if written is not None:
+                _unlink_quietly(written)
             raise
+        finally:
+            os.close(src)
+
+    def _copy_out(self, digest: Digest, blob: str, src: int, dst: int) -> None:
+        st = os.fstat(src)
+        sealed = self.stat_cache.lookup(blob, st) == digest
+        if sealed or digest in self._written:
+            _kernel_copy(src, dst, st.st_size)
+        else:
+            with os.fdopen(src, "rb", closefd=False) as reader, os.fdopen(dst, "wb", closefd=False) as writer:
+                copied, _ = _copy_hashing(reader, writer)
+            if copied != digest:
+                self.quarantine_blob(digest)
+                raise StoreCorruption(f"blob {digest} in {self.root} is corrupt (moved to quarantine)")
+        if not sealed:
+            self.stat_cache.seal(blob, st, digest)
 
     def link_blob_to(self, digest: Digest, dest: Path) -> None:
         """Hard-link a blob into a sandbox (read-only; falls back to a copy across filesystems)."""

@@ -55,7 +55,7 @@ class StatCache:
         except (FileNotFoundError, ValueError, msgpack.UnpackException):
             self.entries = {}
 
-    def lookup(self, path: Path, st: os.stat_result | None = None) -> Digest | None:
+    def lookup(self, path: Path | str, st: os.stat_result | None = None) -> Digest | None:
         entry = self.entries.get(str(path))
         if entry is None:
             return None
@@ -70,7 +70,7 @@ class StatCache:
         self.entries[str(path)] = [*_signature(st), time.time_ns(), digest, st.st_ctime_ns]
         self.dirty = True
 
-    def seal(self, path: Path, st: os.stat_result, digest: Digest) -> None:
+    def seal(self, path: Path | str, st: os.stat_result, digest: Digest) -> None:
         """Trust a store blob with this stat from now on (see the module docstring)."""
         self.entries[str(path)] = [*_signature(st), SEALED, digest, st.st_ctime_ns]
         self.dirty = True
