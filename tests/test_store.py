@@ -7,6 +7,7 @@ import os
 import pytest
 
 from buildsys.hashing import digest_bytes
+from buildsys.store.atomic import create_read_only
 from buildsys.store.local import LocalStore, StoreCorruption, StoreError
 from buildsys.store.records import ActionRecord, ActionResult
 from buildsys.tree import Entry, encode_manifest
@@ -85,7 +86,6 @@ def test_verify_finds_writable_blobs_and_repair_makes_them_read_only(tmp_path):
 def test_every_way_into_the_store_leaves_blobs_read_only(tmp_path):
     """Files are created read-only before they are moved in (no chmod on the way): staged
     bytes, staged copies, batches, single files, and a retried write over an earlier attempt."""
-    from buildsys.store.atomic import create_read_only
     from buildsys.store.batch import BlobBatch
 
     store = LocalStore(tmp_path / "s")
@@ -111,6 +111,29 @@ def test_every_way_into_the_store_leaves_blobs_read_only(tmp_path):
     for digest in digests + [digest_bytes(b"second attempt")]:
         assert os.stat(store.blob_path(digest)).st_mode & 0o777 == 0o444, digest
     assert store.verify().clean
+
+
+def test_downloads_land_beside_their_blob_and_leftovers_are_garbage(tmp_path):
+    """A download lands in its blob's shard under a dot name: invisible to lookups, listings
+    and verify; moved in by a rename within the folder; removed by gc if a crash left it."""
+    store = LocalStore(tmp_path / "s")
+    data = [f"blob {i}".encode() for i in range(1100)]  # above PARALLEL_MOVES: two threads
+    digests = [digest_bytes(d) for d in data]
+    landing = store.incoming_paths(digests + [digest_bytes(b"left behind")], "batch1")
+    for digest, payload in zip(digests, data):
+        assert os.path.dirname(landing[digest]) == os.path.dirname(store.blob_path(digest))
+        fd = create_read_only(landing[digest])
+        os.write(fd, payload)
+        os.close(fd)
+    leftover = landing[digest_bytes(b"left behind")]
+    os.close(create_read_only(leftover))
+    assert not store.has_blob(digest_bytes(b"left behind"))
+    store.install_many([(landing[d], d) for d in digests])
+    assert all(store.read_bytes(d) == payload for d, payload in zip(digests, data))
+    assert [p.name for p in store.blobs()] == sorted(digests)
+    assert store.verify().clean and os.path.exists(leftover)
+    store.gc(set(), set())
+    assert not os.path.exists(leftover) and not list(store.blobs())
 
 
 def test_gc_keeps_roots_and_frees_the_rest(tmp_path):
