@@ -99,7 +99,7 @@ def materialize_tree(store: LocalStore, tree: Digest, dest: Path, stat_cache: St
             if st is not None and not os.path.isfile(path):
                 _remove(path)
         written = store.copy_blob_to(entry.digest, path, entry.executable, time.time_ns() - BACKDATE_NS, fresh=fresh)
-        stat_cache.remember(path, written, entry.digest)
+        stat_cache.remember(path, written, entry.digest, unflushed=True)
         report.written += 1
         report.bytes_written += entry.size
     if not fresh and report.written > written_before:

@@ -130,3 +130,22 @@ def test_a_sealed_blob_edited_in_place_is_caught_at_restore_and_healed(project: 
     healed = project.build()
     assert healed.code == 0 and healed.summary["executed"] == 1
     assert output.read_bytes() == expected
+
+
+def test_outputs_buildsys_did_not_flush_are_not_trusted_after_a_reboot(project: Project, monkeypatch):
+    """A power loss can keep a file's size and mtime but not its bytes: a materialized output's
+    entry holds the boot it was written in, and a later boot hashes or copies it again."""
+    from buildsys.store import statcache
+
+    source = project.write("data/a.txt", "a" * 100)
+    old = time.time_ns() - 10 * RACY_NS
+    os.utime(source, ns=(old, old))
+    project.buildfile_text('[targets.t.stages.copy]\nrecipe = "recipes.files:copy"\ninputs = { src = "src:data/a.txt" }\n')
+    assert project.build().code == 0
+    output = next((project.root / "out/t/copy").rglob("a.txt"))
+    cache = StatCache(project.root / "store" / "statcache", project.root / "store" / "tmp")
+    digest = digest_bytes(b"a" * 100)
+    assert cache.lookup(output) == digest and cache.lookup(source) == digest
+    monkeypatch.setattr(statcache, "BOOT_ID", "another boot")
+    assert cache.lookup(output) is None, "an unflushed output from an earlier boot was trusted"
+    assert cache.lookup(source) == digest, "a source file is the user's: its entry carries no boot"

@@ -15,8 +15,14 @@ were hashed as the store wrote them (or verified as they were last copied out), 
 window does not apply to it; any later write to it still changes its mtime or ctime, and then
 it is verified again. ``store verify`` re-hashes every blob whatever its seal says.
 
-On disk: ``<store>/statcache``, msgpack ``{path: [dev, ino, size, mtime_ns, hashed_ns, digest, ctime_ns]}``
-(``hashed_ns`` is ``SEALED`` for a sealed blob),
+Files buildsys itself wrote and did not flush (materialized outputs: flushing 300 MiB of copies
+would double a restore) are remembered *unflushed*, with the boot they were written in. After a
+power loss a filesystem may keep such a file's size and mtime but not its bytes (no journal, or
+``data=writeback``), and its entry would vouch for garbage: so after a reboot an unflushed entry
+is not trusted, and the file is hashed (or copied out) once more.
+
+On disk: ``<store>/statcache``, msgpack ``{path: [dev, ino, size, mtime_ns, hashed_ns, digest, ctime_ns(, boot)]}``
+(``hashed_ns`` is ``SEALED`` for a sealed blob; ``boot`` only for an unflushed file),
 rewritten atomically at the end of a build when anything changed. Concurrent builds may each
 rewrite it; the loser's entries are simply hashed again next time.
 """
@@ -36,6 +42,18 @@ from buildsys.store.atomic import write_atomic
 
 RACY_NS = 50_000_000
 SEALED = -1
+
+
+def _boot_id() -> str:
+    """This boot's identity (Linux); "" where there is none, which trusts unflushed files
+    across reboots as before."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+BOOT_ID = _boot_id()
 
 
 def _signature(st: os.stat_result) -> list[int]:
@@ -60,14 +78,18 @@ class StatCache:
         if entry is None:
             return None
         st = st or os.stat(path)
-        if len(entry) != 7 or entry[:4] != _signature(st) or entry[6] != st.st_ctime_ns:
+        if len(entry) not in (7, 8) or entry[:4] != _signature(st) or entry[6] != st.st_ctime_ns:
+            return None
+        if len(entry) == 8 and entry[7] != BOOT_ID:
             return None
         if entry[4] != SEALED and entry[3] + RACY_NS >= entry[4]:
             return None
         return entry[5]
 
-    def remember(self, path: Path, st: os.stat_result, digest: Digest) -> None:
-        self.entries[str(path)] = [*_signature(st), time.time_ns(), digest, st.st_ctime_ns]
+    def remember(self, path: Path, st: os.stat_result, digest: Digest, unflushed: bool = False) -> None:
+        """``unflushed``: buildsys wrote the file and did not flush it (see the module docstring)."""
+        entry = [*_signature(st), time.time_ns(), digest, st.st_ctime_ns]
+        self.entries[str(path)] = entry + [BOOT_ID] if unflushed else entry
         self.dirty = True
 
     def seal(self, path: Path | str, st: os.stat_result, digest: Digest) -> None:
