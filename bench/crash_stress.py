@@ -4,7 +4,8 @@ Each trial changes every action key (a params "round"), starts a build of N copy
 it after a random delay (the whole process tree, or only the CLI so its workers are orphaned),
 then checks that `buildsys store verify` is clean, that the next build succeeds with outputs
 identical to the inputs, and that the store is clean again. Some trials also kill the recovery
-build once before letting it finish (crash on top of a crash).
+build once before letting it finish (crash on top of a crash); some delete the output folder
+first, so the kill can land while outputs are written in place into fresh folders.
 
     .venv/bin/python bench/crash_stress.py --trials 200 --seed 1
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -49,6 +51,9 @@ def main() -> int:
         buildfile = copy_buildfile(work, count=args.stages, round_=trial)
         delay = rng.uniform(0.0, args.max_delay)
         workers_too = rng.random() < 0.75
+        if rng.random() < 0.3:
+            shutil.rmtree(work / "out", ignore_errors=True)
+            phases["outputs deleted first"] += 1
         proc = start_build(buildfile)
         time.sleep(delay)
         phases["finished before the kill" if proc.poll() is not None else "killed mid-build"] += 1
@@ -93,8 +98,6 @@ def main() -> int:
     print(f"  failures: {len(failures)}")
     print(f"  wall: {time.monotonic() - started:.0f} s, work folder {work}{'' if args.keep else ' (removed)'}")
     if not args.keep:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
 
