@@ -5,7 +5,9 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     blake3 zstandard diffusers trimesh importlib_metadata
-# Writes pytest's log and the SDS table under $OUT (default /tmp/gpu-check).
+# The finalize stages are not run there: pymeshlab's wheel (99 MB for 3.12) is more than the
+# lent machine takes along (64 MiB a call). Writes pytest's log and the SDS table under $OUT
+# (default /tmp/gpu-check).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
