@@ -113,6 +113,18 @@ def test_every_way_into_the_store_leaves_blobs_read_only(tmp_path):
     assert store.verify().clean
 
 
+def test_a_duplicate_is_dropped_and_the_blob_keeps_its_inode(tmp_path):
+    """A copy stage's output is its input's blob: moving it in over the blob would change the
+    blob's inode, void its seal and turn later copies out of it into hashing copies."""
+    store = LocalStore(tmp_path / "s")
+    digest = store.put_bytes(b"same bytes")
+    inode = os.stat(store.blob_path(digest)).st_ino
+    duplicate, other = store.stage_bytes(b"same bytes"), store.stage_bytes(b"other bytes")
+    store.install_many([duplicate, other])
+    assert os.stat(store.blob_path(digest)).st_ino == inode
+    assert not os.path.exists(duplicate[0]) and store.read_bytes(other[1]) == b"other bytes"
+
+
 def test_downloads_land_beside_their_blob_and_leftovers_are_garbage(tmp_path):
     """A download lands in its blob's shard under a dot name: invisible to lookups, listings
     and verify; moved in by a rename within the folder; removed by gc if a crash left it."""

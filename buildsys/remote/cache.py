@@ -231,7 +231,7 @@ class RemoteCache:
         wanted = sorted(set(digests))
         missing = self.store.missing_blobs(wanted)
         got = self._download(missing) if missing and self.enabled else []
-        self.store.install_many(got)
+        self.store.install_many(got, found_missing=True)
         return set(wanted).difference(missing).union(digest for _, digest in got)
 
     def pull_tree(self, tree: Digest) -> bool:
