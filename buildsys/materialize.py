@@ -4,7 +4,10 @@
 links into the store, so editing or deleting one can never corrupt the store; the next build
 notices (stat cache) and restores it. Each copy gets an mtime one second in the past, so a user
 edit, even within the same clock tick, always changes the mtime and is seen. Stray files in a
-stage's folder are removed: the folder belongs to buildsys.
+stage's folder are removed: the folder belongs to buildsys. A file that replaces another is
+written under a temp name and renamed over it, so a reader never sees half of it; a stage folder
+that did not exist is written in place (nobody can be reading it). Copies are not flushed: the
+stat cache trusts them only within the boot that wrote them.
 """
 
 from __future__ import annotations
