@@ -25,6 +25,7 @@ from buildsys.fingerprint import Fingerprint
 from buildsys.hashing import Digest, digest_file
 from buildsys.resolver import Resolved
 from buildsys.sandbox import SandboxPool
+from buildsys.store.atomic import READ_ONLY
 from buildsys.store.local import LocalStore
 from buildsys.store.records import ActionRecord, ActionResult
 from buildsys.tree import Entry, Manifest, TreeError, encode_manifest, walk_files
@@ -123,7 +124,7 @@ def run_action(
             outcome = JobOutcome(False, "failed", f"recipe modified its read-only input {names}", outcome.wall_s, outcome.cpu_s, outcome.peak_rss_mb)
         log = digest_file(log_path)[0] if log_path.exists() else None
         if log:
-            os.chmod(log_path, 0o444)  # blobs are moved in read-only
+            os.chmod(log_path, READ_ONLY)  # blobs are moved in read-only
         if not outcome.ok:
             if log:
                 store.install_many([(log_path, log)])
@@ -168,8 +169,8 @@ def _hash_outputs(out: Path) -> tuple[Manifest, list[tuple[Path, Digest]]]:
     for rel, path, st in walk_files(out):
         digest, size = digest_file(path)
         manifest[rel] = Entry(digest, size, bool(st.st_mode & stat.S_IXUSR))
-        if stat.S_IMODE(st.st_mode) != 0o444:
-            os.chmod(path, 0o444)  # blobs are moved in read-only
+        if stat.S_IMODE(st.st_mode) != READ_ONLY:
+            os.chmod(path, READ_ONLY)  # blobs are moved in read-only
         files.append((path, digest))
     return manifest, files
 

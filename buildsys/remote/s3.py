@@ -55,6 +55,7 @@ from buildsys.remote.base import (
     parallel_put,
 )
 from buildsys.remote.retry import RetryPolicy, Transient, call_with_retry
+from buildsys.store.atomic import READ_ONLY
 
 _PART = 16 << 20
 _CHUNK = 1 << 20
@@ -200,7 +201,7 @@ class S3Remote:
             if response.get("ContentLength", 0) > _PART:  # large: ranged parts in parallel
                 body.close()
                 self.client.download_file(self.bucket, key, str(dest), Config=self.transfer)
-                os.chmod(dest, 0o444)  # bound for the store, which moves blobs in read-only
+                os.chmod(dest, READ_ONLY)  # bound for the store, which moves blobs in read-only
                 return None
             with body, HashingWriter(dest) as out:
                 try:

@@ -39,7 +39,7 @@ import blake3
 from buildsys.encoding import canonical_bytes, decode
 from buildsys.hashing import CHUNK, Digest, digest_bytes, digest_file, is_digest
 from buildsys.store.statcache import StatCache
-from buildsys.store.atomic import create_read_only_temp, unlink_quietly as _unlink_quietly, write_atomic
+from buildsys.store.atomic import READ_ONLY, create_read_only_temp, unlink_quietly as _unlink_quietly, write_atomic
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
 from buildsys.tree import Manifest, TreeError, decode_manifest, encode_manifest
 
@@ -647,7 +647,7 @@ class LocalStore:
             elif path.stat().st_mode & 0o222:
                 report.writable_blobs.append(path.name)
                 if repair:
-                    path.chmod(0o444)
+                    path.chmod(READ_ONLY)
         corrupt = set(report.corrupt_blobs)
         for key in self.action_keys():
             report.actions += 1
