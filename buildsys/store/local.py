@@ -99,19 +99,52 @@ def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[Digest, int]:
 
 
 @functools.cache
-def _libc_syncfs() -> Callable[[int], int] | None:
+def _libc(name: str) -> Callable[..., int] | None:
+    """A function of the C library (Linux-only calls: ``syncfs``, ``sync_file_range``); None
+    where it is missing."""
     import ctypes  # 3 ms of imports, paid by the first flush rather than by every command
 
     try:
-        return ctypes.CDLL(None, use_errno=True).syncfs
+        call = ctypes.CDLL(None, use_errno=True)[name]
     except (OSError, AttributeError):
         return None
+    if name == "sync_file_range":
+        call.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    return call
+
+
+SYNCFS_MIN_FILES = 16
+
+
+def _flush_files(folder: Path, files: list[Path | str]) -> None:
+    """Make ``files`` (on the filesystem holding ``folder``) durable. Many files: one
+    ``syncfs``, as an fsync each is bound by round trips to the disk. A few (a stage's tree,
+    description and log; a ref or two): an fsync each, because ``syncfs`` flushes every dirty
+    page of the filesystem, and in a build that is mostly other stages' scratch files about to
+    be deleted (and the user's unrelated writes): a 300-stage copy pipeline wrote each of its
+    300 MiB of sandbox copies to disk, once a flush per stage."""
+    if len(files) < SYNCFS_MIN_FILES or not _syncfs(folder):
+        for path in files:
+            _fsync_file(path)
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing a file's dirty pages now (``sync_file_range``), without
+    waiting: the disk then works while the next files are copied and hashed, and the flush
+    that makes them durable finds most of the work done. A cold build of 300 x 1 MiB sources
+    spent 0.15 s idle in that flush; with this, first builds were 20% faster (A/B)."""
+    call = _libc("sync_file_range")
+    if call is not None:
+        call(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
 def _syncfs(folder: Path) -> bool:
     """Flush every dirty page of the filesystem holding ``folder`` (Linux ``syncfs``); False
-    where the call is not available, so the caller fsyncs file by file instead."""
-    call = _libc_syncfs()
+    where the call is not available."""
+    call = _libc("syncfs")
     if call is None:
         return False
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -253,6 +286,7 @@ class LocalStore:
         try:
             with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
                 digest, size = _copy_hashing(src, dst)
+                _start_writeback(dst.fileno())
         except BaseException:
             _unlink_quietly(tmp)
             raise
@@ -313,14 +347,9 @@ class LocalStore:
             files = kept
         staged_record = self._stage(record.encode()) if record is not None else None
         try:
-            if len(files) + (record is not None) < 2 or not _syncfs(self.tmp):
-                for f, d in files:
-                    self._install(f, d)
-                if staged_record is not None:
-                    _fsync_file(staged_record)
-            else:
-                self._written.update(d for _, d in files)
-                _parallel_moves([(f, _shard(self._cas, d)) for f, d in files])
+            _flush_files(self.tmp, [f for f, _ in files] + ([staged_record] if staged_record is not None else []))
+            self._written.update(d for _, d in files)
+            _parallel_moves([(f, _shard(self._cas, d)) for f, d in files])
             if record is not None:
                 self._publish_action(record, staged_record)
         finally:
@@ -551,9 +580,7 @@ class LocalStore:
             return
         staged = [(self._stage(data), path) for path, data in changed]
         try:
-            if not _syncfs(self.tmp):
-                for tmp, _ in staged:
-                    _fsync_file(tmp)
+            _flush_files(self.tmp, [tmp for tmp, _ in staged])
             (self.refs / kind).mkdir(parents=True, exist_ok=True)
             for tmp, path in staged:
                 os.chmod(tmp, 0o644)
