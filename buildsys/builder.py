@@ -11,7 +11,6 @@ running finishes cleanly.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import deque
@@ -25,6 +24,7 @@ from buildsys.action import changed_components
 from buildsys.encoding import decode
 from buildsys.errors import EXIT_BUILD_FAILED, EXIT_OK, BuildsysError
 from buildsys.executor import Executor, LocalExecutor
+from buildsys.gate import gate_verdict
 from buildsys.hashing import Digest
 from buildsys.materialize import MaterializeReport, materialize_trees
 from buildsys.resolver import Resolved, closure
@@ -279,18 +279,8 @@ class Builder:
             wall_s=float(result.metrics.get("wall_s", 0.0)), metrics=result.metrics,
         )
         if self.session.project.stages[sid].gate:
-            report.gate = self._gate(result.tree, sid)
+            report.gate = gate_verdict(self.store, result.tree, sid)
         return report
-
-    def _gate(self, tree: Digest, sid: str) -> dict[str, Any]:
-        entry = self.store.get_tree(tree).get("report.json")
-        if entry is None:
-            return {"passed": False, "failures": [{"gate": "report", "message": f"gate stage {sid} wrote no report.json"}]}
-        try:
-            report = json.loads(self.store.read_bytes(entry.digest))
-        except ValueError as exc:
-            return {"passed": False, "failures": [{"gate": "report", "message": f"report.json unreadable: {exc}"}]}
-        return {"passed": bool(report.get("passed")), "failures": report.get("failures", [])}
 
     def _finish(self, report, trees, reports, dependents, waiting, ready) -> bool:
         reports[report.id] = report

@@ -211,6 +211,27 @@ def log(buildfile: Path, limit: int, stage_id: str | None, json_output: bool) ->
 
 @main.command()
 @BUILDFILE_OPTION
+@click.argument("targets", nargs=-1)
+@click.option("--json", "json_output", is_flag=True, help="One JSON object per target.")
+@handled
+def report(buildfile: Path, targets: tuple[str, ...], json_output: bool) -> None:
+    """Provenance and cost of TARGETS' last builds (all targets when none is named): per stage,
+    the recipe, code, seed, mode, device, model and inputs that made its result, who made it
+    on what machine, the run's wall and CPU seconds, peak memory and iterations, its outputs
+    and gate verdict. Reads the store; builds nothing."""
+    from buildsys.report import render_reports, report_targets
+
+    with open_session(buildfile) as session:
+        reports = report_targets(session, session.targets(targets))
+    if json_output:
+        for item in reports:
+            click.echo(json.dumps(item.to_dict(), sort_keys=True))
+    else:
+        click.echo(render_reports(reports))
+
+
+@main.command()
+@BUILDFILE_OPTION
 @click.option("--json", "json_output", is_flag=True, help="One JSON object per model.")
 @handled
 def models(buildfile: Path, json_output: bool) -> None:

@@ -1,4 +1,4 @@
-"""`buildsys --help` and a no-op build import none of the heavy libraries."""
+"""`buildsys --help`, a no-op build, `plan` and `report` import none of the heavy libraries."""
 
 from __future__ import annotations
 
@@ -51,3 +51,4 @@ def test_noop_build_of_torch_stages_imports_nothing_heavy(project: Project):
     assert first.summary["executed"] == 1
     assert _heavy_after(["build", "-f", str(project.buildfile), "--json"], project.root) == "-"
     assert _heavy_after(["plan", "-f", str(project.buildfile)], project.root) == "-"
+    assert _heavy_after(["report", "-f", str(project.buildfile)], project.root) == "-"
