@@ -82,10 +82,12 @@ def build_history(store: LocalStore, limit: int) -> list[dict[str, Any]]:
 
 
 def stage_log(store: LocalStore, stage_id: str) -> bytes:
+    """What the run behind the stage's result in the last build that had one printed (empty
+    when it printed nothing: a result records no log then)."""
     for _, digest in reversed(store.build_records()):
         stage = decode(store.read_bytes(digest)).get("stages", {}).get(stage_id)
-        if stage and stage.get("log"):
-            return store.read_bytes(stage["log"])
+        if stage and (stage.get("log") or stage.get("key")):
+            return store.read_bytes(stage["log"]) if stage.get("log") else b""
     raise BuildsysError(f"no build record holds a log of {stage_id!r}")
 
 

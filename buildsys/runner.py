@@ -24,7 +24,7 @@ from buildsys.executor import Executor, Job, JobOutcome
 from buildsys.fingerprint import Fingerprint
 from buildsys.hashing import Digest, digest_file
 from buildsys.resolver import Resolved
-from buildsys.sandbox import SandboxPool
+from buildsys.sandbox import INPUTS, LOG, SandboxPool, input_folders
 from buildsys.store.atomic import READ_ONLY
 from buildsys.store.local import LocalStore
 from buildsys.store.records import ActionRecord, ActionResult
@@ -53,10 +53,10 @@ def producer() -> dict[str, str]:
     return {"user": user, "host": host, "buildsys": __version__}
 
 
-def _link_tree(store: LocalStore, tree: Digest, dest: Path) -> list[tuple[Path, Digest, int, int]]:
+def _link_tree(store: LocalStore, manifest: Manifest, dest: Path) -> list[tuple[Path, Digest, int, int]]:
     dest.mkdir(parents=True, exist_ok=True)
     linked = []
-    for rel, entry in store.get_tree(tree).items():
+    for rel, entry in manifest.items():
         path = dest / rel
         store.link_blob_to(entry.digest, path)
         st = path.stat()
@@ -80,20 +80,22 @@ def run_action(
     store's filesystem) let verify vary what must not matter."""
     spec = resolved.spec
     pool = sandboxes or SandboxPool(store.tmp)
-    sandbox = pool.acquire()
-    log_path = sandbox / "log"
+    layout = {name: store.get_tree(tree) for name, tree in resolved.inputs.items()}
+    sandbox = pool.acquire(input_folders(layout))
+    log_path = sandbox / LOG
     linked: list[tuple[Path, Digest, int, int]] = []
     outputs: list[Path] = []
+    log: Digest | None = None
     try:
         inputs = {}
-        for name, tree in resolved.inputs.items():
-            folder = sandbox / "inputs" / name
-            linked += _link_tree(store, tree, folder)
+        for name, manifest in layout.items():
+            folder = sandbox / INPUTS / name
+            linked += _link_tree(store, manifest, folder)
             inputs[name] = str(folder)
         model_dir = None
         if resolved.model:
             model_dir = sandbox / "model"
-            linked += _link_tree(store, resolved.model, model_dir)
+            linked += _link_tree(store, store.get_tree(resolved.model), model_dir)
         job = Job(
             action=resolved.key,
             recipe=spec.recipe,
@@ -122,8 +124,8 @@ def run_action(
                 store.quarantine_blob(digest)
             names = ", ".join(str(p.relative_to(sandbox)) for p, _ in touched[:3])
             outcome = JobOutcome(False, "failed", f"recipe modified its read-only input {names}", outcome.wall_s, outcome.cpu_s, outcome.peak_rss_mb)
-        log = digest_file(log_path)[0] if log_path.exists() else None
-        if log:
+        if log_path.exists() and log_path.stat().st_size:  # an empty log is no blob; it stays for the next stage
+            log = digest_file(log_path)[0]
             os.chmod(log_path, READ_ONLY)  # blobs are moved in read-only
         if not outcome.ok:
             if log:
@@ -138,7 +140,8 @@ def run_action(
             return RunOutcome(JobOutcome(False, "failed", f"bad output: {exc}", outcome.wall_s, outcome.cpu_s, outcome.peak_rss_mb), None, log)
         tree_file, tree = store.stage_bytes(encode_manifest(manifest))
         description_file, description = store.stage_bytes(canonical_bytes(resolved.description))
-        blobs += [(tree_file, tree), (description_file, description)] + ([(log_path, log)] if log else [])
+        blobs += [(f, d) for f, d in ((tree_file, tree), (description_file, description)) if f is not None]
+        blobs += [(log_path, log)] if log else []
         result = ActionResult(
             key=resolved.key,
             description=description,
@@ -156,7 +159,7 @@ def run_action(
         store.install_many(blobs, ActionRecord(result) if record else None)
         return RunOutcome(outcome, result, log)
     finally:
-        pool.release(sandbox, [path for path, *_ in linked] + outputs + [log_path])
+        pool.release(sandbox, [path for path, *_ in linked] + outputs + ([log_path] if log else []))
         if sandboxes is None:
             pool.close()
 

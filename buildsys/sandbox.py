@@ -1,30 +1,40 @@
 """Sandboxes: the folder a stage runs in, under the store's ``tmp/``.
 
-A sandbox holds ``inputs/`` (the declared inputs, hard-linked read-only from the store),
-``out/``, ``work/`` (the recipe's working directory) and ``tmp/``. A build hands each stage
-one from a :class:`SandboxPool`: when a stage is over, the files it was given and the files it
-made (moved into the store by then) are removed by name, with their folders, and if nothing
-else is left the four empty folders go to the next stage of the build instead of being
-removed and made again. A stage never sees another's files: a sandbox holding anything
+A sandbox holds ``inputs/`` (the declared inputs, hard-linked read-only from the store,
+``inputs/<name>/<path>``), ``out/``, ``work/`` (the recipe's working directory), ``tmp/`` and
+the stage's ``log``. A build hands each stage one from a :class:`SandboxPool`: when a stage is
+over, the files it was given and the files it made (moved into the store by then) are removed
+by name, and the folders of its outputs and model with them; if nothing else is left, the
+sandbox goes to the next stage of the build instead of being removed and made again, with its
+input folders still standing (the next stage removes those it does not need and adds those
+it lacks) and an empty log. A stage never sees another's files: a sandbox holding anything
 unexpected (a recipe's scratch file, a failed stage's outputs, a folder whose mode a recipe
 changed) is removed whole and the next stage gets a new one.
 
-Why reuse: creating and removing five folders per stage was a third of the inode operations
-of a build of many small stages, and on a journal-less ext4 every inode created within a
-minute of a removal nearby scans past the removed ones (the kernel's ``recently_deleted``).
+Why reuse: creating and removing a stage's folders and files was most of the inode operations
+of a build of many small stages, and on a journal-less ext4 every inode created within minutes
+of a removal nearby scans past each removed one (the kernel's ``recently_deleted``): a build
+slowed itself down as it went, and more so after a large delete.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
+import stat
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from buildsys.store.atomic import unlink_quietly
 
-SKELETON = ("inputs", "out", "tmp", "work")
+INPUTS = "inputs"
+SKELETON = (INPUTS, "out", "tmp", "work")
+LOG = "log"
+"""The stage's log file, beside the skeleton. A stage that printed nothing leaves it empty, and
+it stays for the next stage (whose worker appends to it), so a quiet stage creates no file."""
 
 
 class SandboxPool:
@@ -34,13 +44,25 @@ class SandboxPool:
         self.parent = parent
         self._free: list[Path] = []
         self._modes: dict[Path, dict[str, int]] = {}
+        self._kept: dict[Path, set[str]] = {}
         self._lock = threading.Lock()
 
-    def acquire(self) -> Path:
-        """An empty sandbox: one a finished stage left clean, else a new one."""
+    def acquire(self, input_folders: set[str] | frozenset[str] = frozenset()) -> Path:
+        """An empty sandbox: one a finished stage left clean, else a new one. ``input_folders``
+        (see :func:`input_folders`) are the folders the stage's inputs need: of those an earlier
+        stage left standing, the others are removed."""
         with self._lock:
-            if self._free:
-                return self._free.pop()
+            sandbox = self._free.pop() if self._free else None
+            kept = self._kept.pop(sandbox, set()) if sandbox is not None else set()
+        if sandbox is not None:
+            try:
+                for folder in sorted(kept - input_folders, key=_depth, reverse=True):
+                    os.rmdir(sandbox / folder)
+                return sandbox
+            except OSError:
+                with self._lock:
+                    self._modes.pop(sandbox, None)
+                shutil.rmtree(sandbox, ignore_errors=True)
         self.parent.mkdir(parents=True, exist_ok=True)
         sandbox = Path(tempfile.mkdtemp(dir=self.parent, prefix="sbx-"))
         for name in SKELETON:
@@ -53,41 +75,87 @@ class SandboxPool:
     def release(self, sandbox: Path, known: list[Path]) -> None:
         """Take back a sandbox after its stage: ``known`` are the files the stage was given or
         made (missing ones are fine). Kept for the next stage only if nothing else is left."""
-        if self._clean(sandbox, known):
+        kept = self._clean(sandbox, known)
+        if kept is not None:
             with self._lock:
+                self._kept[sandbox] = kept
                 self._free.append(sandbox)
             return
         with self._lock:
             self._modes.pop(sandbox, None)
         shutil.rmtree(sandbox, ignore_errors=True)
 
-    def _clean(self, sandbox: Path, known: list[Path]) -> bool:
+    def _clean(self, sandbox: Path, known: list[Path]) -> set[str] | None:
+        """Remove ``known`` and the folders of outputs and model; the input folders left
+        standing, or None when anything unexpected is left."""
         try:
             for path in known:
                 unlink_quietly(path)
             # the folders of those files, deepest first; of the top-level ones only those not in
-            # the skeleton (model/)
+            # the skeleton (model/); input folders stay for the next stage
             folders = {parent for path in known for parent in path.relative_to(sandbox).parents if parent.parts}
-            folders -= {Path(name) for name in SKELETON}
+            folders = {f for f in folders if f.parts[0] != INPUTS and f.as_posix() not in SKELETON}
             for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
                 os.rmdir(sandbox / folder)
         except OSError:
-            return False
+            return None
         modes = self._modes.get(sandbox)
-        if modes is None or sorted(os.listdir(sandbox)) != sorted(SKELETON):
-            return False
+        entries = set(os.listdir(sandbox))
+        if LOG in entries:
+            st = os.lstat(sandbox / LOG)
+            if not stat.S_ISREG(st.st_mode) or st.st_size:
+                return None
+            entries.remove(LOG)
+        if modes is None or entries != set(SKELETON):
+            return None
         for name, mode in modes.items():
             st = os.lstat(sandbox / name)
-            if st.st_mode != mode or (name and not _empty(sandbox / name)):
-                return False
-        return True
+            if st.st_mode != mode or (name and name != INPUTS and not _empty(sandbox / name)):
+                return None
+        return _empty_folders(sandbox, INPUTS, modes[INPUTS])
 
     def close(self) -> None:
         with self._lock:
             free, self._free = self._free, []
             self._modes.clear()
+            self._kept.clear()
         for sandbox in free:
             shutil.rmtree(sandbox, ignore_errors=True)
+
+
+def input_folders(layout: dict[str, Iterable[str]]) -> set[str]:
+    """The folders, relative to a sandbox, that inputs laid out as ``{name: [file path, ...]}``
+    need under ``inputs/``."""
+    folders = set()
+    for name, paths in layout.items():
+        folders.add(f"{INPUTS}/{name}")
+        for rel in paths:
+            parent = posixpath.dirname(rel)
+            while parent:
+                folders.add(f"{INPUTS}/{name}/{parent}")
+                parent = posixpath.dirname(parent)
+    return folders
+
+
+def _empty_folders(sandbox: Path, top: str, mode: int) -> set[str] | None:
+    """The folders below ``sandbox/top`` when it holds nothing else and each has ``mode``
+    (what a fresh folder gets); None otherwise."""
+    found: set[str] = set()
+    pending = [top]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(sandbox / rel) as entries:
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mode != mode:
+                    return None
+                child = f"{rel}/{entry.name}"
+                found.add(child)
+                pending.append(child)
+    return found
+
+
+def _depth(folder: str) -> int:
+    return folder.count("/")
 
 
 def _empty(folder: Path) -> bool:

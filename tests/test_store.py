@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
@@ -119,7 +123,10 @@ def test_a_duplicate_is_dropped_and_the_blob_keeps_its_inode(tmp_path):
     store = LocalStore(tmp_path / "s")
     digest = store.put_bytes(b"same bytes")
     inode = os.stat(store.blob_path(digest)).st_ino
-    duplicate, other = store.stage_bytes(b"same bytes"), store.stage_bytes(b"other bytes")
+    (tmp_path / "output").write_bytes(b"same bytes")
+    staged, duplicate_digest, _ = store.stage_file(tmp_path / "output")  # as a stage's output is
+    duplicate, other = (staged, duplicate_digest), store.stage_bytes(b"other bytes")
+    assert store.stage_bytes(b"same bytes") == (None, digest), "small bytes already there are not staged"
     store.install_many([duplicate, other])
     assert os.stat(store.blob_path(digest)).st_ino == inode
     assert not os.path.exists(duplicate[0]) and store.read_bytes(other[1]) == b"other bytes"
@@ -261,3 +268,40 @@ def test_refs_written_together_and_unchanged_ones_left_alone(tmp_path):
     assert store.read_ref("targets", "b") == {"v": 3}
     after = os.stat(store.ref_path("targets", "a"))
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+LOCK_HOLDER = """
+import sys, time
+from buildsys.store import LocalStore
+store = LocalStore(sys.argv[1])
+with store.action_lock(sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_action_locks_exclude_threads_and_processes_per_key_without_a_file_per_key(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    key, other = "ab" * 32, "cd" * 32
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(store.root), key, "0.5"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    with store.action_lock(other):  # another key: not held up
+        assert time.monotonic() - started < 0.3
+    events: list[str] = []
+
+    def take(name: str) -> None:
+        with store.action_lock(key):
+            events.append(f"{name} in")
+            time.sleep(0.1)
+            events.append(f"{name} out")
+
+    threads = [threading.Thread(target=take, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert holder.wait() == 0
+    assert time.monotonic() - started >= 0.45, "the other process held the key"
+    assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
+    assert sorted(p.name for p in store.locks.iterdir()) == ["actions"]

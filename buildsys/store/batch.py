@@ -43,7 +43,8 @@ class BlobBatch:
         digest = digest_bytes(data)
         if not self.has_blob(digest):
             tmp, _ = self.store.stage_bytes(data)
-            self._add(tmp, digest)
+            if tmp is not None:
+                self._add(tmp, digest)
         return digest
 
     def put_tree(self, manifest: Manifest) -> Digest:

@@ -8,7 +8,7 @@ Layout (format version 1, checked on open)::
     ac/ab/<key>             action-cache entries (see records.py)
     refs/<kind>/<name>      named roots: targets/<target> (last build), pins/<name>, approved/<target>
     builds/<ns>-<pid>       the digest of one build record (a blob), one file per build
-    locks/ab/<key>          flock files: one action executes at most once at a time
+    locks/actions           byte-range locks: one action executes at most once at a time
     lock                    flock: builds hold it shared, gc holds it exclusive
     statcache               the stat cache of source files, materialized outputs and sealed blobs
     tmp/                    temp files and sandboxes; anything here is garbage after a crash
@@ -27,6 +27,7 @@ import fcntl
 import functools
 import os
 import shutil
+import struct
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from buildsys.store.records import ActionRecord, ActionResult, RecordError
 from buildsys.tree import Manifest, TreeError, decode_manifest, encode_manifest
 
 FORMAT = "buildsys-store 1"
+_OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")  # Linux: see LocalStore._lock
 
 
 class StoreError(Exception):
@@ -474,9 +476,15 @@ class LocalStore:
         self._trees[digest] = manifest
         return dict(manifest)
 
-    def stage_bytes(self, data: bytes) -> tuple[Path, Digest]:
-        """Bytes written to a temp file for :meth:`install_many`: not yet durable, not visible."""
-        return self._stage(data), digest_bytes(data)
+    def stage_bytes(self, data: bytes) -> tuple[Path | None, Digest]:
+        """Bytes written to a temp file for :meth:`install_many` (not yet durable, not
+        visible), or no file (None) when the blob is there already: a file created only to be
+        deleted costs two inode operations, and on a journal-less ext4 each freed inode slows
+        the creates after it (see the sandbox module)."""
+        digest = digest_bytes(data)
+        if os.path.exists(_shard(self._cas, digest)):
+            return None, digest
+        return self._stage(data), digest
 
     def _stage(self, data: bytes) -> Path:
         """``data`` in a new read-only temp file (what a blob needs; records and refs chmod it)."""
@@ -617,19 +625,35 @@ class LocalStore:
     @contextmanager
     def action_lock(self, key: Digest) -> Iterator[None]:
         """Exclusive across processes: the same action executes at most once at a time."""
-        with self._flock(Path(_shard(self._locks, key))):
+        with self._lock(key):
             yield
 
     @contextmanager
     def folder_lock(self, folder: Path) -> Iterator[None]:
         """Exclusive across processes, for a folder outside the store that buildsys owns (the
         materialized outputs): two builds never write and prune it at the same time."""
-        name = digest_bytes(b"folder\0" + os.fsencode(os.path.abspath(folder)))
-        with self._flock(Path(_shard(self._locks, name))):
+        with self._lock(digest_bytes(b"folder\0" + os.fsencode(os.path.abspath(folder)))):
             yield
 
     @contextmanager
-    def _flock(self, path: Path) -> Iterator[None]:
+    def _lock(self, name: Digest) -> Iterator[None]:
+        """An exclusive lock named by a digest. On Linux: one byte of ``locks/actions``, at an
+        offset taken from the digest, held by an open-file-description lock
+        (``F_OFD_SETLKW``): like ``flock`` it belongs to the descriptor, so threads of one
+        process exclude each other, and it ends when the descriptor is closed, however the
+        process ends; but one file serves every name, where a file per name meant a file
+        created for each action ever run (a create costs a scan of recently freed inodes on a
+        journal-less ext4). Two digests sharing the 60-bit offset merely wait for each other.
+        Elsewhere: a ``flock`` file per name."""
+        if _OFD_LOCKS:
+            fd = os.open(self.locks / "actions", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, int(name[:15], 16), 1, 0))
+                yield
+            finally:
+                os.close(fd)
+            return
+        path = Path(_shard(self._locks, name))
         path.parent.mkdir(exist_ok=True)
         with open(path, "a+b") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
