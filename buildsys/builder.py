@@ -33,6 +33,7 @@ from buildsys.sandbox import SandboxPool
 from buildsys.session import Session
 from buildsys.store.local import StoreError
 from buildsys.store.records import ActionResult
+from buildsys.store.topdir import make_top_folder
 
 EXECUTED, CACHED, PULLED, FAILED, BLOCKED, SKIPPED, WOULD_RUN = (
     "executed", "cached", "pulled", "failed", "blocked", "skipped", "would-run",
@@ -333,6 +334,7 @@ class Builder:
             for stage in project.targets[name].outputs
             if reports[f"{name}/{stage}"].ok
         ]
+        make_top_folder(project.outputs)  # its target folders spread over the disk (see topdir.py)
         with self.store.folder_lock(project.outputs):
             materialize_trees(self.store, trees, self.session.stat_cache, out)
 

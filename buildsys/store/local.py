@@ -40,6 +40,7 @@ import blake3
 from buildsys.encoding import canonical_bytes, decode
 from buildsys.hashing import CHUNK, Digest, digest_bytes, digest_file, is_digest
 from buildsys.store.statcache import StatCache
+from buildsys.store.topdir import make_top_folder
 from buildsys.store.atomic import READ_ONLY, create_read_only_temp, unlink_quietly as _unlink_quietly, write_atomic
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
 from buildsys.tree import Manifest, TreeError, decode_manifest, encode_manifest
@@ -248,8 +249,10 @@ class LocalStore:
             # only the store's own names are tolerated: a crash (or another process) between
             # creating the folders below and writing FORMAT leaves exactly those
             raise StoreError(f"{self.root}: directory is not empty and is not a buildsys store")
-        for path in (self.cas, self.ac, self.refs, self.builds, self.locks, self.tmp):
-            path.mkdir(parents=True, exist_ok=True)
+        for path in (self.root, self.cas, self.ac, self.tmp):  # see topdir.py
+            make_top_folder(path)
+        for path in (self.refs, self.builds, self.locks):
+            path.mkdir(exist_ok=True)
         if not marker.exists():
             write_atomic(marker, (FORMAT + "\n").encode(), self.tmp)
 
@@ -775,8 +778,9 @@ class LocalStore:
             # ever run would otherwise pile up forever
             for folder in (self.tmp, self.locks):
                 shutil.rmtree(folder, ignore_errors=True)
+            make_top_folder(self.tmp)
+            self.locks.mkdir()
             for leftover in self.cas.glob("*/.in-*"):  # downloads a killed build never moved in
                 leftover.unlink(missing_ok=True)
-                folder.mkdir(exist_ok=True)
         return report
 
