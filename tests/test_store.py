@@ -132,7 +132,7 @@ def test_a_duplicate_is_dropped_and_the_blob_keeps_its_inode(tmp_path):
     assert not os.path.exists(duplicate[0]) and store.read_bytes(other[1]) == b"other bytes"
 
 
-def test_downloads_land_beside_their_blob_and_leftovers_are_garbage(tmp_path):
+def test_downloads_and_staged_files_land_beside_blobs_and_leftovers_are_garbage(tmp_path):
     """A download lands in its blob's shard under a dot name: invisible to lookups, listings
     and verify; moved in by a rename within the folder; removed by gc if a crash left it."""
     store = LocalStore(tmp_path / "s")
@@ -147,12 +147,15 @@ def test_downloads_land_beside_their_blob_and_leftovers_are_garbage(tmp_path):
     leftover = landing[digest_bytes(b"left behind")]
     os.close(create_read_only(leftover))
     assert not store.has_blob(digest_bytes(b"left behind"))
+    (tmp_path / "source").write_bytes(b"staged, never installed")
+    staged = [store.stage_file(tmp_path / "source")[0], store.stage_bytes(b"also staged")[0]]  # a killed build's
+    assert all(p.parent.parent == store.cas for p in staged), "staged beside the blobs, spread over the shards"
     store.install_many([(landing[d], d) for d in digests])
     assert all(store.read_bytes(d) == payload for d, payload in zip(digests, data))
     assert [p.name for p in store.blobs()] == sorted(digests)
-    assert store.verify().clean and os.path.exists(leftover)
+    assert store.verify().clean and os.path.exists(leftover) and all(p.exists() for p in staged)
     store.gc(set(), set())
-    assert not os.path.exists(leftover) and not list(store.blobs())
+    assert not os.path.exists(leftover) and not list(store.blobs()) and not any(p.exists() for p in staged)
 
 
 def test_gc_keeps_roots_and_frees_the_rest(tmp_path):

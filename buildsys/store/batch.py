@@ -2,7 +2,7 @@
 
 A cold build ingests hundreds of source files before its first stage runs; an fsync each
 forces a journal commit each and costs more than the copies. Files put into a batch are copied
-and hashed into the store's ``tmp/`` at once, and become blobs on :meth:`BlobBatch.commit`
+and hashed into the store (staged, not yet visible) at once, and become blobs on :meth:`BlobBatch.commit`
 with one ``syncfs`` (:meth:`LocalStore.install_many`), in the order they were put: a tree is
 always put after its files, so it never becomes visible before them.
 """

@@ -5,6 +5,7 @@ Layout (format version 1, checked on open)::
     FORMAT                  "buildsys-store 1"
     cas/ab/<digest>         blobs, read-only files named by their BLAKE3 digest
     cas/ab/.in-<batch>-<digest>  a download not yet moved in (garbage after a crash; gc removes it)
+    cas/ab/.s-*, cas/ab/.b-*     files staged for the store, not yet moved in (likewise)
     ac/ab/<key>             action-cache entries (see records.py)
     refs/<kind>/<name>      named roots: targets/<target> (last build), pins/<name>, approved/<target>
     builds/<ns>-<pid>       the digest of one build record (a blob), one file per build
@@ -285,9 +286,9 @@ class LocalStore:
         return digest, size
 
     def stage_file(self, source: Path) -> tuple[Path, Digest, int]:
-        """A copy of a file in tmp/ for :meth:`install_many`, hashed while copied: not yet
-        durable, not visible."""
-        fd, tmp = create_read_only_temp(self.tmp, ".b-")
+        """A copy of a file for :meth:`install_many`, hashed while copied: not yet durable, not
+        visible."""
+        fd, tmp = create_read_only_temp(self._staging_folder(), ".b-")
         try:
             with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
                 digest, size = _copy_hashing(src, dst)
@@ -487,14 +488,26 @@ class LocalStore:
         digest = digest_bytes(data)
         if os.path.exists(_shard(self._cas, digest)):
             return None, digest
-        return self._stage(data), digest
+        return self._stage(data, digest), digest
 
-    def _stage(self, data: bytes) -> Path:
+    def _stage(self, data: bytes, digest: Digest | None = None) -> Path:
         """``data`` in a new read-only temp file (what a blob needs; records and refs chmod it)."""
-        fd, tmp = create_read_only_temp(self.tmp, ".s-")
+        fd, tmp = create_read_only_temp(self._staging_folder(digest), ".s-")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         return Path(tmp)
+
+    def _staging_folder(self, digest: Digest | None = None) -> str:
+        """Where a file bound for the store is made: a blob's own shard folder when its digest
+        is known (moving it in is then a rename within one folder), else a random one. Not one
+        ``tmp/`` for all: an inode stays in the block group it was made in, and the shard
+        folders are spread over the disk (topdir.py), so a store's files are too, and the
+        inodes a deleted store frees are not all in the one group where the next store would
+        make every file (a first build after five rebuilt stores: 1.33 s against 0.97 s)."""
+        folder = f"{self._cas}/{digest[:2] if digest else os.urandom(1).hex()}"
+        if not os.path.isdir(folder):
+            os.makedirs(folder, exist_ok=True)
+        return folder
 
     def tree_missing(self, digest: Digest) -> list[Digest]:
         """The blobs a tree needs that are absent (the tree blob itself included)."""
@@ -780,7 +793,7 @@ class LocalStore:
                 shutil.rmtree(folder, ignore_errors=True)
             make_top_folder(self.tmp)
             self.locks.mkdir()
-            for leftover in self.cas.glob("*/.in-*"):  # downloads a killed build never moved in
+            for leftover in self.cas.glob("*/.*"):  # staged files and downloads a killed build never moved in
                 leftover.unlink(missing_ok=True)
         return report
 
