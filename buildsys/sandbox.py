@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import stat
 import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from buildsys.store.atomic import unlink_quietly
+from buildsys.store.atomic import remove_tree, unlink_quietly
 
 INPUTS = "inputs"
 SKELETON = (INPUTS, "out", "tmp", "work")
@@ -62,7 +61,7 @@ class SandboxPool:
             except OSError:
                 with self._lock:
                     self._modes.pop(sandbox, None)
-                shutil.rmtree(sandbox, ignore_errors=True)
+                remove_tree(sandbox)
         self.parent.mkdir(parents=True, exist_ok=True)
         sandbox = Path(tempfile.mkdtemp(dir=self.parent, prefix="sbx-"))
         for name in SKELETON:
@@ -83,7 +82,7 @@ class SandboxPool:
             return
         with self._lock:
             self._modes.pop(sandbox, None)
-        shutil.rmtree(sandbox, ignore_errors=True)
+        remove_tree(sandbox)
 
     def _clean(self, sandbox: Path, known: list[Path]) -> set[str] | None:
         """Remove ``known`` and the folders of outputs and model; the input folders left
@@ -120,7 +119,7 @@ class SandboxPool:
             self._modes.clear()
             self._kept.clear()
         for sandbox in free:
-            shutil.rmtree(sandbox, ignore_errors=True)
+            remove_tree(sandbox)
 
 
 def input_folders(layout: dict[str, Iterable[str]]) -> set[str]:

@@ -18,7 +18,6 @@ empty scratch store and its replayable stages run with the recipe code installed
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from buildsys.hashing import Digest, digest_file
 from buildsys.resolver import Resolved, closure
 from buildsys.runner import run_action
 from buildsys.sandbox import SandboxPool
+from buildsys.store.atomic import remove_tree
 from buildsys.store.local import LocalStore, StoreError
 
 VARIATIONS = ("threads", "env", "cwd", "tz", "umask", "hashseed")
@@ -352,7 +352,7 @@ class Replayer:
             prefix = stage.replace("/", "__")
             return diff_directories(a, b, self.assets_dir, asset_prefix=prefix)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_tree(scratch)
 
 
 class TreeSource:
@@ -469,7 +469,7 @@ def verify_targets(session: Any, targets: list[str], variation: Variation, jobs:
         replayer.close()
         parent = variation.sandbox_parent(session.store)
         if parent is not None:
-            shutil.rmtree(session.store.tmp / "verify vary-cwd", ignore_errors=True)
+            remove_tree(session.store.tmp / "verify vary-cwd")
     return VerifyReport(", ".join(targets), variation.to_list(), verdicts, assets_dir)
 
 
@@ -513,7 +513,7 @@ def verify_bundle(bundle_dir: Path, recipe_path: list[Path], variation: Variatio
             replayer.close()
         return VerifyReport(str(bundle_dir.name), variation.to_list(), verdicts, assets_dir, report_notes)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
 
 
 def render_report(report: VerifyReport) -> str:

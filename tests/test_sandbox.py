@@ -70,6 +70,7 @@ def test_a_sandbox_with_leftovers_is_removed_not_reused(tmp_path: Path) -> None:
     litter["unknown folder"] = lambda s: (s / "work" / "cache").mkdir()
     litter["file beside an input"] = lambda s: (s / "inputs/src/data/extra.txt").write_text("left")
     litter["input folder mode changed"] = lambda s: os.chmod(s / "inputs/src", 0o500)
+    litter["unreadable folder"] = lambda s: ((s / "work" / "locked").mkdir(), (s / "work" / "locked" / "f").write_text("x"), os.chmod(s / "work" / "locked", 0))
     for what, leave in litter.items():
         sandbox = pool.acquire()
         files = _stage_files(sandbox)

@@ -7,6 +7,7 @@ instant the writer dies at.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -65,3 +66,27 @@ def create_read_only_temp(folder: str | Path, prefix: str) -> tuple[int, str]:
         except FileExistsError:
             continue
     raise FileExistsError(f"{folder}: no free temp name for {prefix}*")
+
+
+def remove_tree(path: Path | str) -> None:
+    """Remove a folder buildsys made (a sandbox, a scratch folder) with all it holds, also what
+    a recipe made unwritable inside it: its owner may empty a folder without write permission
+    only after giving that permission back. Best effort: what cannot be removed stays."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        _make_owner_writable(str(path))
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_owner_writable(folder: str) -> None:
+    try:
+        os.chmod(folder, 0o700, follow_symlinks=False)
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            _make_owner_writable(entry.path)

@@ -42,7 +42,7 @@ from buildsys.encoding import canonical_bytes, decode
 from buildsys.hashing import CHUNK, Digest, digest_bytes, digest_file, is_digest
 from buildsys.store.statcache import StatCache
 from buildsys.store.topdir import make_top_folder
-from buildsys.store.atomic import READ_ONLY, create_read_only_temp, unlink_quietly as _unlink_quietly, write_atomic
+from buildsys.store.atomic import READ_ONLY, create_read_only_temp, remove_tree, unlink_quietly as _unlink_quietly, write_atomic
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
 from buildsys.tree import Manifest, TreeError, decode_manifest, encode_manifest
 
@@ -792,7 +792,7 @@ class LocalStore:
             # no build holds the store while gc does, so no lock file is in use: one per action
             # ever run would otherwise pile up forever
             for folder in (self.tmp, self.locks):
-                shutil.rmtree(folder, ignore_errors=True)
+                remove_tree(folder)
             make_top_folder(self.tmp)
             self.locks.mkdir()
             for leftover in self.cas.glob("*/.*"):  # staged files and downloads a killed build never moved in
