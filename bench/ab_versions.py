@@ -1,0 +1,114 @@
+"""Compare versions of buildsys side by side on the N-copy-stage project: first builds (after
+deleting the store and outputs) and restores (after deleting the outputs), versions alternating.
+
+    .venv/bin/python bench/ab_versions.py 16328f5 HEAD WORKTREE --rounds 5
+
+Each version (a git revision, or WORKTREE for the working tree as it is) is exported into a
+folder and byte-compiled there, and runs with ``PYTHONPATH`` pointing at it (its workers too).
+Two traps this avoids, both met on this workplace's VM: with ``PYTHONDONTWRITEBYTECODE`` set
+(this sandbox sets it) an exported version without .pyc files recompiles every module at every
+start, in the CLI and in each worker, up to ~0.1 s a build; and versions sharing one project
+folder share its block group, whose freed inodes slow every create on a journal-less ext4
+(see BENCHMARKS.md). So each version gets its own fresh top-level folder and its own inputs.
+Folder placement still differs between versions: run twice, the second time in reverse order,
+and trust what holds in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORKTREE = "WORKTREE"
+
+
+def export(rev: str, into: Path) -> Path:
+    folder = into / rev.replace("/", "_")
+    folder.mkdir()
+    if rev == WORKTREE:
+        shutil.copytree(REPO / "buildsys", folder / "buildsys", ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        archive = subprocess.run(["git", "archive", rev, "buildsys"], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(folder / "buildsys")], env=_env(), check=True)
+    return folder
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(extra)
+    return env
+
+
+def make_project(root: Path, stages: int, mib: float) -> None:
+    (root / "inputs").mkdir(parents=True)
+    for i in range(stages):
+        (root / "inputs" / f"f{i:03d}.bin").write_bytes(os.urandom(int(mib * (1 << 20))))
+    lines = ["[project]", f'recipe_path = ["{REPO}"]', "jobs = 2", ""]
+    for i in range(stages):
+        lines += [
+            f"[targets.t{i:03d}.stages.copy]",
+            'recipe = "recipes.files:copy"',
+            f'inputs = {{ src = "src:inputs/f{i:03d}.bin" }}',
+            "params = { flatten = true }",
+            "",
+        ]
+    (root / "Buildfile.toml").write_text("\n".join(lines))
+
+
+def timed_build(root: Path, code: Path) -> float:
+    os.sync()
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "buildsys", "build", "--json"], cwd=root, env=_env(PYTHONPATH=str(code)),
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("revisions", nargs="+", help=f"git revisions, or {WORKTREE}")
+    parser.add_argument("--stages", type=int, default=300)
+    parser.add_argument("--mib", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--parent", type=Path, default=Path("/") if os.access("/", os.W_OK) else Path(tempfile.gettempdir()),
+                        help="where the project folders go (default: / when writable, as top-level folders get unused groups)")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="ab-versions-code-"))
+    projects = {rev: Path(tempfile.mkdtemp(prefix=f"ab-{rev.replace('/', '_')}-", dir=args.parent)) for rev in args.revisions}
+    try:
+        code = {rev: export(rev, scratch) for rev in args.revisions}
+        for rev, root in projects.items():
+            make_project(root, args.stages, args.mib)
+        times: dict[str, dict[str, list[float]]] = {rev: {"first": [], "restore": []} for rev in args.revisions}
+        for _ in range(args.rounds):
+            for rev, root in projects.items():
+                for name in ("store", "out"):
+                    shutil.rmtree(root / name, ignore_errors=True)
+                times[rev]["first"].append(timed_build(root, code[rev]))
+        for _ in range(args.rounds):
+            for rev, root in projects.items():
+                shutil.rmtree(root / "out")
+                times[rev]["restore"].append(timed_build(root, code[rev]))
+        print(f"{args.stages} stages of {args.mib:g} MiB, {args.rounds} rounds; medians (every round)")
+        for rev in args.revisions:
+            cells = [f"{kind} {statistics.median(values):.3f} s ({' '.join(f'{v:.2f}' for v in values)})" for kind, values in times[rev].items()]
+            print(f"{rev}: " + "; ".join(cells))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        for root in projects.values():
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
