@@ -117,3 +117,25 @@ def test_unknown_target_is_a_clear_error(project: Path) -> None:
     proc = run(["report", "-f", str(project), "nope"], project.parent)
     assert proc.returncode == EXIT_BAD_INPUT
     assert "unknown target 'nope'" in proc.stderr and str(project) in proc.stderr
+
+
+def test_stage_log_prints_what_the_run_printed_and_nothing_for_a_quiet_stage(tmp_path: Path) -> None:
+    (tmp_path / "loud.py").write_text(
+        "def run(ctx):\n    print('hello from the recipe')\n    (ctx.out / 'x.txt').write_text('x')\n"
+        "def quiet(ctx):\n    (ctx.out / 'y.txt').write_text('y')\n"
+    )
+    buildfile = tmp_path / "Buildfile.toml"
+    buildfile.write_text(
+        '[project]\nrecipe_path = ["."]\n\n[targets.t.stages.loud]\nrecipe = "loud:run"\n\n'
+        '[targets.t.stages.quiet]\nrecipe = "loud:quiet"\n'
+    )
+    build(buildfile)
+    loud = run(["log", "-f", str(buildfile), "--stage", "t/loud"], tmp_path)
+    quiet = run(["log", "-f", str(buildfile), "--stage", "t/quiet"], tmp_path)
+    assert loud.returncode == 0 and loud.stdout == "hello from the recipe\n"
+    assert quiet.returncode == 0 and quiet.stdout == ""
+    store = LocalStore(tmp_path / "store")
+    quiet_key = store.read_ref("targets", "t")["stages"]["quiet"]["key"]
+    assert store.get_action(quiet_key).result.log is None, "a stage that printed nothing records no log"
+    unknown = run(["log", "-f", str(buildfile), "--stage", "t/none"], tmp_path)
+    assert unknown.returncode != 0 and "t/none" in unknown.stderr
