@@ -308,3 +308,26 @@ def test_action_locks_exclude_threads_and_processes_per_key_without_a_file_per_k
     assert time.monotonic() - started >= 0.45, "the other process held the key"
     assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
     assert sorted(p.name for p in store.locks.iterdir()) == ["actions"]
+
+
+def test_action_locks_without_ofd_locks_fall_back_to_a_flock_file_per_key(tmp_path, monkeypatch):
+    import buildsys.store.local as local
+
+    monkeypatch.setattr(local, "_OFD_LOCKS", False)
+    store = LocalStore(tmp_path / "store")
+    key = "ef" * 32
+    events: list[str] = []
+
+    def take(name: str) -> None:
+        with store.action_lock(key):
+            events.append(f"{name} in")
+            time.sleep(0.05)
+            events.append(f"{name} out")
+
+    threads = [threading.Thread(target=take, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
+    assert (store.locks / key[:2] / key).is_file()
