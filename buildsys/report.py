@@ -82,9 +82,7 @@ class TargetReport:
             "built": self.built,
             "compute_s": round(self.compute_s, 4),
             "spent_s": round(self.spent_s, 4),
-            "stages": [
-                {**vars(s), "outputs": [vars(o) for o in s.outputs]} for s in self.stages
-            ],
+            "stages": [{**vars(s), "outputs": [vars(o) for o in s.outputs]} for s in self.stages],
         }
 
 
