@@ -28,6 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 WORKTREE = "WORKTREE"
+sys.path.insert(0, str(REPO / "bench"))
+
+from pipeline_bench import write_buildfile, write_inputs  # noqa: E402  (the same project)
 
 
 def export(rev: str, into: Path) -> Path:
@@ -46,22 +49,6 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env.update(extra)
     return env
-
-
-def make_project(root: Path, stages: int, mib: float) -> None:
-    (root / "inputs").mkdir(parents=True)
-    for i in range(stages):
-        (root / "inputs" / f"f{i:03d}.bin").write_bytes(os.urandom(int(mib * (1 << 20))))
-    lines = ["[project]", f'recipe_path = ["{REPO}"]', "jobs = 2", ""]
-    for i in range(stages):
-        lines += [
-            f"[targets.t{i:03d}.stages.copy]",
-            'recipe = "recipes.files:copy"',
-            f'inputs = {{ src = "src:inputs/f{i:03d}.bin" }}',
-            "params = { flatten = true }",
-            "",
-        ]
-    (root / "Buildfile.toml").write_text("\n".join(lines))
 
 
 def timed_build(root: Path, code: Path) -> float:
@@ -88,7 +75,8 @@ def main() -> int:
     try:
         code = {rev: export(rev, scratch) for rev in args.revisions}
         for rev, root in projects.items():
-            make_project(root, args.stages, args.mib)
+            write_inputs(root, args.stages, args.mib)
+            write_buildfile(root, args.stages, jobs=2)
         times: dict[str, dict[str, list[float]]] = {rev: {"first": [], "restore": []} for rev in args.revisions}
         for _ in range(args.rounds):
             for rev, root in projects.items():

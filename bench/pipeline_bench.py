@@ -58,19 +58,24 @@ def write_inputs(folder: Path, n: int, mib: float) -> None:
         (folder / "inputs" / f"f{i:03d}.bin").write_bytes(os.urandom(size))
 
 
+def write_buildfile(root: Path, n: int, jobs: int) -> None:
+    """One target per input, each a ``recipes.files:copy`` stage."""
+    lines = ["[project]", f'recipe_path = ["{REPO}"]', f"jobs = {jobs}", ""]
+    for i in range(n):
+        lines += [
+            f"[targets.t{i:03d}.stages.copy]",
+            'recipe = "recipes.files:copy"',
+            f'inputs = {{ src = "src:inputs/f{i:03d}.bin" }}',
+            "params = { flatten = true }",
+            "",
+        ]
+    (root / "Buildfile.toml").write_text("\n".join(lines))
+
+
 class Buildsys:
     def __init__(self, cli: str, root: Path, n: int, jobs: int) -> None:
         self.cli, self.root, self.n = cli, root, n
-        lines = ["[project]", f'recipe_path = ["{REPO}"]', f"jobs = {jobs}", ""]
-        for i in range(n):
-            lines += [
-                f"[targets.t{i:03d}.stages.copy]",
-                'recipe = "recipes.files:copy"',
-                f'inputs = {{ src = "src:inputs/f{i:03d}.bin" }}',
-                "params = { flatten = true }",
-                "",
-            ]
-        (root / "Buildfile.toml").write_text("\n".join(lines))
+        write_buildfile(root, n, jobs)
 
     def build(self, expect_executed: int | None) -> float:
         elapsed, proc = run([self.cli, "build", "-f", "Buildfile.toml", "--json"], self.root)

@@ -283,14 +283,8 @@ with store.action_lock(sys.argv[2]):
 """
 
 
-def test_action_locks_exclude_threads_and_processes_per_key_without_a_file_per_key(tmp_path):
-    store = LocalStore(tmp_path / "store")
-    key, other = "ab" * 32, "cd" * 32
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(store.root), key, "0.5"], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    started = time.monotonic()
-    with store.action_lock(other):  # another key: not held up
-        assert time.monotonic() - started < 0.3
+def _two_threads_take(store: LocalStore, key: str) -> list[str]:
+    """Two threads take ``key``'s action lock at once, each holding it a moment: what they logged."""
     events: list[str] = []
 
     def take(name: str) -> None:
@@ -304,6 +298,18 @@ def test_action_locks_exclude_threads_and_processes_per_key_without_a_file_per_k
         thread.start()
     for thread in threads:
         thread.join()
+    return events
+
+
+def test_action_locks_exclude_threads_and_processes_per_key_without_a_file_per_key(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    key, other = "ab" * 32, "cd" * 32
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(store.root), key, "0.5"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    with store.action_lock(other):  # another key: not held up
+        assert time.monotonic() - started < 0.3
+    events = _two_threads_take(store, key)
     assert holder.wait() == 0
     assert time.monotonic() - started >= 0.45, "the other process held the key"
     assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
@@ -316,18 +322,6 @@ def test_action_locks_without_ofd_locks_fall_back_to_a_flock_file_per_key(tmp_pa
     monkeypatch.setattr(local, "_OFD_LOCKS", False)
     store = LocalStore(tmp_path / "store")
     key = "ef" * 32
-    events: list[str] = []
-
-    def take(name: str) -> None:
-        with store.action_lock(key):
-            events.append(f"{name} in")
-            time.sleep(0.05)
-            events.append(f"{name} out")
-
-    threads = [threading.Thread(target=take, args=(name,)) for name in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    events = _two_threads_take(store, key)
     assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
     assert (store.locks / key[:2] / key).is_file()
