@@ -40,11 +40,12 @@ class BlobBatch:
         return digest, size
 
     def put_bytes(self, data: bytes) -> Digest:
-        digest = digest_bytes(data)
-        if not self.has_blob(digest):
-            tmp, _ = self.store.stage_bytes(data)
-            if tmp is not None:
-                self._add(tmp, digest)
+        with self._lock:
+            if (digest := digest_bytes(data)) in self._staged:
+                return digest
+        tmp, _ = self.store.stage_bytes(data)  # no file when the store has the blob already
+        if tmp is not None:
+            self._add(tmp, digest)
         return digest
 
     def put_tree(self, manifest: Manifest) -> Digest:

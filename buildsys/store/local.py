@@ -335,9 +335,9 @@ class LocalStore:
         self, files: list[tuple[Path | str, Digest]], record: ActionRecord | None = None, found_missing: bool = False
     ) -> None:
         """Move in several files whose digests are known (checked downloads, hashed outputs,
-        staged bytes) and then, if given, the action record that references them, with one
-        flush of the store's filesystem (``syncfs``) instead of an fsync each: many small
-        blobs are bound by those. Every blob is durable before it becomes visible, as with
+        staged bytes) and then, if given, the action record that references them, made durable
+        together first (:func:`_flush_files`: one ``syncfs`` for many files, an fsync each for
+        a few). Every blob is durable before it becomes visible, as with
         :meth:`_install`, and the record becomes visible last. The files must be on the
         store's filesystem and read-only already (:func:`create_read_only`).
 
