@@ -18,22 +18,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from queue import SimpleQueue
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys.action import changed_components
 from buildsys.encoding import decode
 from buildsys.errors import EXIT_BUILD_FAILED, EXIT_OK, BuildsysError
-from buildsys.executor import Executor, LocalExecutor
 from buildsys.gate import gate_verdict
 from buildsys.hashing import Digest
 from buildsys.materialize import MaterializeReport, materialize_trees
 from buildsys.resolver import Resolved, closure
-from buildsys.runner import producer, run_action
+from buildsys.producer import producer
 from buildsys.sandbox import SandboxPool
 from buildsys.session import Session
 from buildsys.store.local import StoreError
 from buildsys.store.records import ActionResult
 from buildsys.store.topdir import make_top_folder
+
+if TYPE_CHECKING:
+    from buildsys.executor import Executor
 
 EXECUTED, CACHED, PULLED, FAILED, BLOCKED, SKIPPED, WOULD_RUN = (
     "executed", "cached", "pulled", "failed", "blocked", "skipped", "would-run",
@@ -143,7 +145,12 @@ class Builder:
         self._sandboxes = SandboxPool(self.store.tmp)
 
     def _executor_for_build(self) -> Executor:
+        """The executor, made when the first stage is about to run (in the scheduler's thread, so
+        only one is made): a build that runs nothing (no-op, restore) never imports it, the
+        runner or the worker machinery (~5 ms)."""
         if self._executor is None:
+            from buildsys.executor import LocalExecutor
+
             self._executor = LocalExecutor(self.session.jobs, on_progress=self._on_progress)
         return self._executor
 
@@ -202,7 +209,7 @@ class Builder:
                     if report is None and self.execute:
                         self.reporter.started(sid)
                         self._key_to_stage[resolved.key] = sid
-                        future = pool.submit(self._run, resolved)
+                        future = pool.submit(self._run, resolved, self._executor_for_build())
                         running[future] = sid
                         future.add_done_callback(completed.put)
                         continue
@@ -251,7 +258,9 @@ class Builder:
             return None
         return decode(self.store.read_bytes(entry["description"]))
 
-    def _run(self, resolved: Resolved) -> StageReport:
+    def _run(self, resolved: Resolved, executor: Executor) -> StageReport:
+        from buildsys.runner import run_action  # see _executor_for_build
+
         sid = resolved.spec.id
         if self.remote is not None:
             result = self.remote.pull_action(resolved.key)
@@ -262,7 +271,7 @@ class Builder:
             if result is not None:
                 return self._report(sid, CACHED, result)
             run = run_action(
-                resolved, self.store, self._executor_for_build(), self.session.fingerprint, self.session.project.recipe_path,
+                resolved, self.store, executor, self.session.fingerprint, self.session.project.recipe_path,
                 sandboxes=self._sandboxes,
             )
         if run.result is None:

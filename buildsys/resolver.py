@@ -20,7 +20,7 @@ from buildsys.errors import BuildsysError
 from buildsys.fingerprint import Fingerprint
 from buildsys.hashing import Digest
 from buildsys.recipe_identity import recipe_code_digest
-from buildsys.sources import SourceError, ingest_files, ingest_path, match_files
+from buildsys.sources import SourceError, ingest_cached, ingest_files, ingest_path, match_files
 from buildsys.store.batch import BlobBatch
 from buildsys.store.statcache import StatCache
 from buildsys.store.local import LocalStore
@@ -107,14 +107,10 @@ class Resolver:
             files = match_files(ref.kind, ref.value, self.project.root)
         except SourceError:
             return False  # reported with its field by source_tree
-        for _, path in files:
-            try:
-                digest = self.stat_cache.lookup(path)
-            except FileNotFoundError:
-                return False
-            if digest is None or not self.store.has_blob(digest):
-                return False
-        self._sources[ref] = ingest_files(files, self.store, self.stat_cache)[0]
+        tree = ingest_cached(files, self.store, self.stat_cache)
+        if tree is None:
+            return False
+        self._sources[ref] = tree
         return True
 
     def approved_tree(self, target: str, stage: str) -> Digest:

@@ -11,18 +11,16 @@ store whether the stage succeeded or not; a failed stage records nothing in the 
 
 from __future__ import annotations
 
-import functools
-import getpass
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildsys import __version__
 from buildsys.encoding import canonical_bytes
 from buildsys.executor import Executor, Job, JobOutcome
 from buildsys.fingerprint import Fingerprint
 from buildsys.hashing import Digest, digest_file
+from buildsys.producer import producer
 from buildsys.resolver import Resolved
 from buildsys.sandbox import INPUTS, LOG, SandboxPool, input_folders
 from buildsys.store.atomic import READ_ONLY
@@ -36,21 +34,6 @@ class RunOutcome:
     outcome: JobOutcome
     result: ActionResult | None
     log: Digest | None
-
-
-@functools.cache
-def _who() -> tuple[str, str]:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return user, os.uname().nodename  # what gethostname() returns, without importing socket
-
-
-def producer() -> dict[str, str]:
-    """Who made a result: recorded in result and build records, never inside an artifact."""
-    user, host = _who()
-    return {"user": user, "host": host, "buildsys": __version__}
 
 
 def _link_tree(store: LocalStore, manifest: Manifest, dest: Path) -> list[tuple[Path, Digest, int, int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import stat
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +48,26 @@ class _Digests:
         return digest_bytes(encode_manifest(manifest))
 
 
+class _NotCached(Exception):
+    """A file the stat cache cannot vouch for, or whose blob the store lacks."""
+
+
+class _CachedOnly:
+    """A sink over a store that refuses to read any file (see :func:`ingest_cached`)."""
+
+    def __init__(self, store: BlobSink) -> None:
+        self.store = store
+
+    def put_file(self, source: Path) -> tuple[Digest, int]:
+        raise _NotCached(source)
+
+    def has_blob(self, digest: Digest) -> bool:
+        return self.store.has_blob(digest)
+
+    def put_tree(self, manifest: Manifest) -> Digest:
+        return self.store.put_tree(manifest)
+
+
 def package_folder(package: str) -> Path:
     """The folder of an installed top-level package, found without importing it."""
     try:
@@ -69,12 +90,16 @@ def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, 
     files: list[tuple[str, Path]] = []
     for rel in matches:
         full = base / rel
-        if full.is_dir():
+        try:
+            mode = os.stat(full).st_mode
+        except OSError:  # a broken link, or gone since the glob
+            continue
+        if stat.S_ISDIR(mode):
             files.extend(
                 (Path(rel, sub).as_posix(), full / sub)
                 for sub in sorted(p.relative_to(full) for p in full.rglob("*") if p.is_file() and not p.is_symlink())
             )
-        elif full.is_file():
+        elif stat.S_ISREG(mode):
             files.append((Path(rel).as_posix(), full))
     if not files:
         raise SourceError(f"{kind}:{pattern} matches no file (looked in {base})")
@@ -95,6 +120,15 @@ def ingest_files(files: list[tuple[str, Path]], store: BlobSink, stat_cache: Sta
                 raise SourceChanged(f"{path}: changed while it was being read; build again")
         manifest[rel] = Entry(digest, size, os.access(path, os.X_OK))
     return store.put_tree(manifest), manifest
+
+
+def ingest_cached(files: list[tuple[str, Path]], store: BlobSink, stat_cache: StatCache) -> Digest | None:
+    """The tree digest of files that the stat cache knows and the store holds, without reading
+    any of them (the no-op case); None when one needs reading."""
+    try:
+        return ingest_files(files, _CachedOnly(store), stat_cache)[0]
+    except (_NotCached, FileNotFoundError):
+        return None
 
 
 def ingest_path(path: Path, store: BlobSink, stat_cache: StatCache) -> tuple[Digest, Manifest]:
