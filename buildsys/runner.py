@@ -36,13 +36,12 @@ class RunOutcome:
     log: Digest | None
 
 
-def _link_tree(store: LocalStore, manifest: Manifest, dest: Path) -> list[tuple[Path, Digest, int, int]]:
-    dest.mkdir(parents=True, exist_ok=True)
+def _link_tree(store: LocalStore, manifest: Manifest, dest: str) -> list[tuple[str, Digest, int, int]]:
     linked = []
     for rel, entry in manifest.items():
-        path = dest / rel
+        path = f"{dest}/{rel}"
         store.link_blob_to(entry.digest, path)
-        st = path.stat()
+        st = os.stat(path)
         linked.append((path, entry.digest, st.st_size, st.st_mtime_ns))
     return linked
 
@@ -65,19 +64,20 @@ def run_action(
     pool = sandboxes or SandboxPool(store.tmp)
     layout = {name: store.get_tree(tree) for name, tree in resolved.inputs.items()}
     sandbox = pool.acquire(input_folders(layout))
-    log_path = sandbox / LOG
-    linked: list[tuple[Path, Digest, int, int]] = []
+    root = os.fspath(sandbox)  # paths as strings: this runs once per stage
+    log_path = f"{root}/{LOG}"
+    linked: list[tuple[str, Digest, int, int]] = []
     outputs: list[Path] = []
     log: Digest | None = None
     try:
         inputs = {}
         for name, manifest in layout.items():
-            folder = sandbox / INPUTS / name
+            folder = f"{root}/{INPUTS}/{name}"
             linked += _link_tree(store, manifest, folder)
-            inputs[name] = str(folder)
+            inputs[name] = folder
         model_dir = None
         if resolved.model:
-            model_dir = sandbox / "model"
+            model_dir = f"{root}/model"
             linked += _link_tree(store, store.get_tree(resolved.model), model_dir)
         job = Job(
             action=resolved.key,
@@ -92,11 +92,11 @@ def run_action(
             threads=resolved.threads,
             budget={"seconds": spec.budget.seconds, "memory_mb": spec.budget.memory_mb, "iterations": spec.budget.iterations},
             inputs=inputs,
-            model=str(model_dir) if model_dir else None,
-            out=str(sandbox / "out"),
-            work=str(sandbox / "work"),
-            tmp=str(sandbox / "tmp"),
-            log=str(log_path),
+            model=model_dir,
+            out=f"{root}/out",
+            work=f"{root}/work",
+            tmp=f"{root}/tmp",
+            log=log_path,
             umask=umask,
             isolated=spec.isolate,
         )
@@ -105,9 +105,9 @@ def run_action(
         if touched:
             for _, digest in touched:
                 store.quarantine_blob(digest)
-            names = ", ".join(str(p.relative_to(sandbox)) for p, _ in touched[:3])
+            names = ", ".join(p[len(root) + 1 :] for p, _ in touched[:3])
             outcome = JobOutcome(False, "failed", f"recipe modified its read-only input {names}", outcome.wall_s, outcome.cpu_s, outcome.peak_rss_mb)
-        if log_path.exists() and log_path.stat().st_size:  # an empty log is no blob; it stays for the next stage
+        if os.path.exists(log_path) and os.stat(log_path).st_size:  # an empty log is no blob; it stays for the next stage
             log = digest_file(log_path)[0]
             os.chmod(log_path, READ_ONLY)  # blobs are moved in read-only
         if not outcome.ok:
@@ -161,9 +161,9 @@ def _hash_outputs(out: Path) -> tuple[Manifest, list[tuple[Path, Digest]]]:
     return manifest, files
 
 
-def _changed(path: Path, size: int, mtime_ns: int) -> bool:
+def _changed(path: str, size: int, mtime_ns: int) -> bool:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except FileNotFoundError:
         return False
     return st.st_size != size or st.st_mtime_ns != mtime_ns

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -148,7 +149,7 @@ def test_downloads_and_staged_files_land_beside_blobs_and_leftovers_are_garbage(
     os.close(create_read_only(leftover))
     assert not store.has_blob(digest_bytes(b"left behind"))
     (tmp_path / "source").write_bytes(b"staged, never installed")
-    staged = [store.stage_file(tmp_path / "source")[0], store.stage_bytes(b"also staged")[0]]  # a killed build's
+    staged = [Path(store.stage_file(tmp_path / "source")[0]), Path(store.stage_bytes(b"also staged")[0])]  # a killed build's
     assert all(p.parent.parent == store.cas for p in staged), "staged beside the blobs, spread over the shards"
     store.install_many([(landing[d], d) for d in digests])
     assert all(store.read_bytes(d) == payload for d, payload in zip(digests, data))

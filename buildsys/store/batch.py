@@ -25,7 +25,7 @@ class BlobBatch:
 
     def __init__(self, store: LocalStore) -> None:
         self.store = store
-        self._staged: dict[Digest, Path] = {}
+        self._staged: dict[Digest, str] = {}
         self._lock = threading.Lock()
 
     def has_blob(self, digest: Digest) -> bool:
@@ -51,7 +51,7 @@ class BlobBatch:
     def put_tree(self, manifest: Manifest) -> Digest:
         return self.put_bytes(encode_manifest(manifest))
 
-    def _add(self, tmp: Path, digest: Digest) -> None:
+    def _add(self, tmp: str, digest: Digest) -> None:
         with self._lock:
             duplicate = digest in self._staged
             if not duplicate:

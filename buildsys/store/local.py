@@ -164,7 +164,7 @@ def _syncfs(folder: Path) -> bool:
     return True
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync_file(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -287,7 +287,7 @@ class LocalStore:
         self._install(tmp, digest)
         return digest, size
 
-    def stage_file(self, source: Path) -> tuple[Path, Digest, int]:
+    def stage_file(self, source: Path) -> tuple[str, Digest, int]:
         """A copy of a file for :meth:`install_many`, hashed while copied: not yet durable, not
         visible."""
         fd, tmp = create_read_only_temp(self._staging_folder(), ".b-")
@@ -298,7 +298,7 @@ class LocalStore:
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        return Path(tmp), digest, size
+        return tmp, digest, size
 
     def _install(self, file: Path | str, digest: Digest) -> None:
         """Rename a complete, read-only file in as blob ``digest`` (fsync first: only the file
@@ -445,13 +445,18 @@ class LocalStore:
         if not sealed:
             self.stat_cache.seal(blob, st, digest)
 
-    def link_blob_to(self, digest: Digest, dest: Path) -> None:
-        """Hard-link a blob into a sandbox (read-only; falls back to a copy across filesystems)."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    def link_blob_to(self, digest: Digest, dest: Path | str) -> None:
+        """Hard-link a blob into a sandbox (read-only; falls back to a copy across
+        filesystems), making the folder on the way if it is missing."""
+        blob = str(self.blob_path(digest))
         try:
-            os.link(self.blob_path(digest), dest)
-        except OSError:
-            shutil.copyfile(self.blob_path(digest), dest)
+            try:
+                os.link(blob, dest)
+            except FileNotFoundError:  # its folder is not there yet
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.link(blob, dest)
+        except OSError:  # another filesystem
+            shutil.copyfile(blob, dest)
             os.chmod(dest, 0o444)
 
     def quarantine_blob(self, digest: Digest) -> None:
@@ -482,7 +487,7 @@ class LocalStore:
         self._trees[digest] = manifest
         return dict(manifest)
 
-    def stage_bytes(self, data: bytes) -> tuple[Path | None, Digest]:
+    def stage_bytes(self, data: bytes) -> tuple[str | None, Digest]:
         """Bytes written to a temp file for :meth:`install_many` (not yet durable, not
         visible), or no file (None) when the blob is there already: a file created only to be
         deleted costs two inode operations, and on a journal-less ext4 each freed inode slows
@@ -492,12 +497,16 @@ class LocalStore:
             return None, digest
         return self._stage(data, digest), digest
 
-    def _stage(self, data: bytes, digest: Digest | None = None) -> Path:
+    def _stage(self, data: bytes, digest: Digest | None = None) -> str:
         """``data`` in a new read-only temp file (what a blob needs; records and refs chmod it)."""
         fd, tmp = create_read_only_temp(self._staging_folder(digest), ".s-")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        return Path(tmp)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        return tmp
 
     def _staging_folder(self, digest: Digest | None = None) -> str:
         """Where a file bound for the store is made: a blob's own shard folder when its digest
@@ -534,7 +543,7 @@ class LocalStore:
     def put_action(self, record: ActionRecord) -> None:
         self._publish_action(record, None)
 
-    def _publish_action(self, record: ActionRecord, durable_file: Path | None) -> None:
+    def _publish_action(self, record: ActionRecord, durable_file: str | None) -> None:
         """Make a record visible, refusing one that references a missing blob. ``durable_file``
         holds its bytes already flushed to disk; without it they are written atomically."""
         missing = self.missing_blobs(record.result.blobs())
