@@ -17,8 +17,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomli
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -29,7 +30,7 @@ VARIANTS = (("cpu", "stochastic"), ("cuda", "stochastic"), ("cuda", "determinist
 
 
 def _buildfile(device: str, mode: str, iterations: int, threads: int) -> str:
-    default = tomllib.loads((REPO / "Buildfile.toml").read_text())
+    default = tomli.loads((REPO / "Buildfile.toml").read_text())
     sds = dict(default["pipelines"]["generated"]["stages"]["sds"]["params"], iterations=iterations)
     header = f'[project]\nrecipe_path = ["{REPO}"]\njobs = 1\nthreads = {threads}\n'
     return header + sds_project(device, mode, sds)

@@ -21,10 +21,11 @@ Every error names the file, the dotted field and, where it can be found, the lin
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli
 
 from buildsys.config import RemoteSettings
 from buildsys.context import Budget
@@ -223,10 +224,9 @@ def load(path: Path, check_recipes: bool = True) -> Project:
     except (OSError, UnicodeDecodeError) as exc:
         raise BuildfileError(str(path), "", f"cannot read: {exc}") from None
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        raise BuildfileError(str(path), "", f"TOML syntax error: {exc}", int(match.group(1)) if match else None) from None
+        raw = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        raise BuildfileError(str(path), "", f"TOML syntax error: {exc}", exc.lineno) from None
     return _Expander(path, text, raw, check_recipes).project()
 
 

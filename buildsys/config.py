@@ -33,10 +33,11 @@ import base64
 import dataclasses
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+import tomli
 
 from buildsys.errors import BuildsysError
 
@@ -181,14 +182,14 @@ def load_user_config(path: Path | None = None) -> UserConfig:
     explicit = path is not None or bool(os.environ.get("BUILDSYS_CONFIG"))
     path = path or config_path()
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomli.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{path}: config file does not exist") from None
         return UserConfig(path=None)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except tomli.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
     remote = RemoteSettings.from_table(raw.get("remote", {}), str(path))
     return UserConfig(path=path, remote=remote, signing_key=_signing_key(raw, path), trusted=_trusted(raw, path))

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli
 
 from buildsys.determinism import resolve_device
 from conftest import REPO, Project
@@ -151,7 +151,7 @@ def sds_project(device: str, mode: str, sds_params: dict) -> str:
     """Buildfile tables (no ``[project]``) for the default project's tiny prior and one SDS stage
     (target ``blob``) on ``device`` in ``mode``; the prior runs in the same mode, so both share
     a worker. `bench/gpu_sds.py` builds the same."""
-    default = tomllib.loads((REPO / "Buildfile.toml").read_text())
+    default = tomli.loads((REPO / "Buildfile.toml").read_text())
     prior_params = default["targets"]["tiny-prior"]["stages"]["prior"]["params"]
 
     def inline(table: dict) -> str:

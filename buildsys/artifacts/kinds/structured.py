@@ -31,10 +31,10 @@ def load(path: Path) -> Any:
     if size > MAX_BYTES:
         raise ValueError(f"document of {size} bytes is over the {MAX_BYTES}-byte limit for structured diffs")
     if path.suffix.lower() == ".toml":
-        import tomllib
+        import tomli
 
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            return tomli.load(f)
     with open(path, "rb") as f:
         return json.loads(f.read().decode("utf-8"))
 
