@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Protocol
@@ -79,6 +80,9 @@ def package_folder(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+_GLOB_CHARS = re.compile(r"[*?[]")
+
+
 def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, Path]]:
     """(relative path inside the tree, file) for every regular file a reference names."""
     if kind == "pkg":
@@ -86,7 +90,8 @@ def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, 
         base = package_folder(package)
     else:
         base, inner = project_root, pattern
-    matches = sorted(glob.glob(inner, root_dir=base, recursive=True))
+    # a plain path (the common case) needs no glob: its one stat below says whether it exists
+    matches = sorted(glob.glob(inner, root_dir=base, recursive=True)) if _GLOB_CHARS.search(inner) else [inner]
     files: list[tuple[str, Path]] = []
     for rel in matches:
         full = base / rel

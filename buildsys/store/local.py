@@ -262,9 +262,12 @@ class LocalStore:
     # blobs ---------------------------------------------------------------------------------
 
     def blob_path(self, digest: Digest) -> Path:
+        return Path(self._blob(digest))
+
+    def _blob(self, digest: Digest) -> str:
         if not is_digest(digest):
             raise StoreError(f"{digest!r} is not a digest")
-        return Path(_shard(self._cas, digest))
+        return _shard(self._cas, digest)
 
     def has_blob(self, digest: Digest) -> bool:
         return os.path.exists(_shard(self._cas, digest))
@@ -365,9 +368,9 @@ class LocalStore:
                 _unlink_quietly(staged_record)
 
     def read_bytes(self, digest: Digest) -> bytes:
-        path = self.blob_path(digest)
         try:
-            data = path.read_bytes()
+            with open(self._blob(digest), "rb") as handle:
+                data = handle.read()
         except FileNotFoundError:
             raise StoreError(f"blob {digest} is missing from {self.root}") from None
         if digest_bytes(data) != digest:
@@ -448,7 +451,7 @@ class LocalStore:
     def link_blob_to(self, digest: Digest, dest: Path | str) -> None:
         """Hard-link a blob into a sandbox (read-only; falls back to a copy across
         filesystems), making the folder on the way if it is missing."""
-        blob = str(self.blob_path(digest))
+        blob = self._blob(digest)
         try:
             try:
                 os.link(blob, dest)
