@@ -13,7 +13,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -83,6 +82,8 @@ def _cudnn() -> str:
 def _nvidia_smi() -> tuple[str, str]:
     if not shutil.which("nvidia-smi"):
         return NONE, NONE
+    import subprocess  # only here: a build that fingerprints no GPU does not pay for it
+
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
