@@ -23,6 +23,7 @@ from buildsys.errors import EXIT_STORE
 # back: freezing them first skips that work, ~8 ms of a 0.2 s restore of 300 targets.
 atexit.register(gc.freeze)
 
+
 class _LazyGroup(click.Group):
     """Commands kept in other modules are imported only when one of them runs or the command
     list is shown: a build does not pay for the imports of ``verify`` or ``remote``."""
