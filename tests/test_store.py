@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,6 +31,28 @@ def test_blob_round_trip_and_read_only(tmp_path):
     digest = store.put_bytes(b"abc")
     assert store.read_bytes(digest) == b"abc"
     assert not os.stat(store.blob_path(digest)).st_mode & 0o222
+
+
+def test_linking_a_blob_into_a_sandbox_makes_its_folder_and_copies_across_filesystems(tmp_path):
+    """A blob is hard-linked into a sandbox (its folder made if missing); on another filesystem,
+    where no link can be made, it is copied, read-only like the blob."""
+    store = LocalStore(tmp_path / "s")
+    digest = store.put_bytes(b"input bytes")
+    linked = tmp_path / "sandbox" / "inputs" / "src" / "a.txt"
+    store.link_blob_to(digest, str(linked))
+    assert linked.read_bytes() == b"input bytes"
+    assert os.stat(linked).st_ino == os.stat(store.blob_path(digest)).st_ino
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem to copy to")
+    copied = Path(tempfile.mkdtemp(dir=other)) / "inputs" / "a.txt"
+    try:
+        store.link_blob_to(digest, copied)
+        assert copied.read_bytes() == b"input bytes"
+        assert os.stat(copied).st_ino != os.stat(store.blob_path(digest)).st_ino
+        assert os.stat(copied).st_mode & 0o777 == 0o444
+    finally:
+        shutil.rmtree(copied.parent.parent)
 
 
 def test_corrupt_blob_is_detected_on_read_and_quarantined(tmp_path):
