@@ -460,7 +460,7 @@ class LocalStore:
                 os.link(blob, dest)
         except OSError:  # another filesystem
             shutil.copyfile(blob, dest)
-            os.chmod(dest, 0o444)
+            os.chmod(dest, READ_ONLY)
 
     def quarantine_blob(self, digest: Digest) -> None:
         self._trees.pop(digest, None)
@@ -806,7 +806,7 @@ class LocalStore:
             for folder in (self.tmp, self.locks):
                 remove_tree(folder)
             make_top_folder(self.tmp)
-            self.locks.mkdir()
+            self.locks.mkdir(exist_ok=True)  # removing is best effort
             for leftover in self.cas.glob("*/.*"):  # staged files and downloads a killed build never moved in
                 leftover.unlink(missing_ok=True)
         return report
