@@ -15,7 +15,7 @@ import pytest
 
 from buildsys.hashing import digest_bytes
 from buildsys.store.atomic import create_read_only
-from buildsys.store.local import LocalStore, StoreCorruption, StoreError
+from buildsys.store.local import LocalStore, StoreCorruption, StoreError, _preallocate
 from buildsys.store.records import ActionRecord, ActionResult
 from buildsys.tree import Entry, encode_manifest
 
@@ -53,6 +53,29 @@ def test_linking_a_blob_into_a_sandbox_makes_its_folder_and_copies_across_filesy
         assert os.stat(copied).st_mode & 0o777 == 0o444
     finally:
         shutil.rmtree(copied.parent.parent)
+
+
+def test_copies_allocate_their_blocks_first_but_grow_only_as_bytes_land(tmp_path):
+    """A file about to receive a copy gets its blocks up front, yet its size stays what has
+    been written, so an interrupted copy still looks short; the copy itself is exact."""
+    target = tmp_path / "partial"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        _preallocate(fd, 1 << 20)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_blocks == 0:
+        pytest.skip("this filesystem has no fallocate")
+    assert st.st_size == 0
+    assert st.st_blocks * 512 >= 1 << 20
+    store = LocalStore(tmp_path / "s")
+    data = bytes(range(256)) * 4096 + b"tail"
+    digest = store.put_bytes(data)
+    out = tmp_path / "out" / "copy.bin"
+    out.parent.mkdir()
+    store.copy_blob_to(digest, out)
+    assert out.read_bytes() == data
 
 
 def test_corrupt_blob_is_detected_on_read_and_quarantined(tmp_path):
