@@ -70,7 +70,7 @@ def _unchanged_files(manifest: Manifest, dest: Path, stat_cache: StatCache) -> i
     """How many files a tree has when every one is in place, unchanged; None otherwise. A
     no-op build of many targets checks them all here, without starting a thread."""
     for rel, entry in manifest.items():
-        path = dest / rel
+        path = f"{dest}/{rel}"
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -84,14 +84,16 @@ def materialize_tree(store: LocalStore, tree: Digest, dest: Path, stat_cache: St
     manifest = store.get_tree(tree)
     fresh = not dest.exists()
     written_before = report.written
-    folders: set[Path] = set()
+    folders: set[str] = set()
     for rel, entry in manifest.items():
-        path = dest / rel
         if fresh:  # nothing there to compare with or to replace atomically: written in place
-            if path.parent not in folders:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                folders.add(path.parent)
+            path = f"{dest}/{rel}"
+            folder = os.path.dirname(path)
+            if folder not in folders:
+                os.makedirs(folder, exist_ok=True)
+                folders.add(folder)
         else:
+            path = dest / rel
             try:
                 st = os.stat(path)
             except FileNotFoundError:

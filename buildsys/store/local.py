@@ -251,7 +251,7 @@ class LocalStore:
         self.locks = self.root / "locks"
         self.tmp = self.root / "tmp"
         self.quarantine = self.root / "quarantine"
-        self._cas, self._ac, self._locks = str(self.cas), str(self.ac), str(self.locks)
+        self._cas, self._ac, self._locks, self._refs = str(self.cas), str(self.ac), str(self.locks), str(self.refs)
         # trees already read and verified by this process (blobs are immutable): digest -> manifest
         self._trees: dict[Digest, Manifest] = {}
         # blobs whose bytes this process hashed as it wrote them in
@@ -410,7 +410,7 @@ class LocalStore:
             return False
 
     def copy_blob_to(
-        self, digest: Digest, dest: Path, executable: bool = False, mtime_ns: int | None = None, fresh: bool = False
+        self, digest: Digest, dest: Path | str, executable: bool = False, mtime_ns: int | None = None, fresh: bool = False
     ) -> os.stat_result:
         """Copy a blob out as an ordinary writable file: by the kernel when the blob is
         trusted, else through a buffer that verifies its digest on the way (and seals it).
@@ -434,6 +434,7 @@ class LocalStore:
                 except FileExistsError:  # not fresh after all: replace it atomically
                     fresh = False
             if not fresh:
+                dest = Path(dest)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dst, written = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
             try:
@@ -602,15 +603,17 @@ class LocalStore:
 
     # refs and build records ----------------------------------------------------------------
 
-    def ref_path(self, kind: str, name: str) -> Path:
+    def ref_path(self, kind: str, name: str) -> str:
+        """A string, as every build reads the ref of each of its targets."""
         if "/" in kind or "/" in name or name in ("", ".", "..") or kind in ("", ".", ".."):
             raise StoreError(f"bad ref name {kind}/{name}")
-        return self.refs / kind / name
+        return f"{self._refs}/{kind}/{name}"
 
     def read_ref(self, kind: str, name: str) -> dict | None:
         path = self.ref_path(kind, name)
         try:
-            return decode(path.read_bytes())
+            with open(path, "rb") as handle:
+                return decode(handle.read())
         except FileNotFoundError:
             return None
         except Exception as exc:  # msgpack raises several unrelated types for malformed input
@@ -622,7 +625,7 @@ class LocalStore:
     def write_refs(self, kind: str, values: dict[str, dict]) -> None:
         """Write several refs of one kind, each atomically, made durable by one flush; a ref
         whose bytes are unchanged is not rewritten."""
-        changed: list[tuple[Path, bytes]] = []
+        changed: list[tuple[str, bytes]] = []
         for name, value in values.items():
             path = self.ref_path(kind, name)
             data = canonical_bytes(value)
@@ -635,7 +638,7 @@ class LocalStore:
             changed.append((path, data))
         if len(changed) < 2:
             for path, data in changed:
-                write_atomic(path, data, self.tmp)
+                write_atomic(Path(path), data, self.tmp)
             return
         staged = [(self._stage(data), path) for path, data in changed]
         try:
