@@ -45,19 +45,19 @@ def materialize_trees(
     threads keep the disk busy while one verifies what it wrote."""
     stale = []
     for tree, dest in trees:
-        unchanged = _unchanged_files(store.get_tree(tree), dest, stat_cache)
+        manifest = store.get_tree(tree)
+        unchanged = _unchanged_files(manifest, dest, stat_cache)
         if unchanged is None:
-            stale.append((tree, dest))
+            stale.append((manifest, dest))
         else:
             report.unchanged += unchanged
-    trees = stale
-    if len(trees) <= 1:
-        for tree, dest in trees:
-            materialize_tree(store, tree, dest, stat_cache, report)
+    if len(stale) <= 1:
+        for manifest, dest in stale:
+            materialize_tree(store, manifest, dest, stat_cache, report)
         return
-    parts = [MaterializeReport() for _ in trees]
+    parts = [MaterializeReport() for _ in stale]
     with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="materialize") as pool:
-        for future in [pool.submit(materialize_tree, store, t, d, stat_cache, r) for (t, d), r in zip(trees, parts)]:
+        for future in [pool.submit(materialize_tree, store, m, d, stat_cache, r) for (m, d), r in zip(stale, parts)]:
             future.result()
     for part in parts:
         report.written += part.written
@@ -80,8 +80,7 @@ def _unchanged_files(manifest: Manifest, dest: Path, stat_cache: StatCache) -> i
     return len(manifest)
 
 
-def materialize_tree(store: LocalStore, tree: Digest, dest: Path, stat_cache: StatCache, report: MaterializeReport) -> None:
-    manifest = store.get_tree(tree)
+def materialize_tree(store: LocalStore, manifest: Manifest, dest: Path, stat_cache: StatCache, report: MaterializeReport) -> None:
     fresh = not dest.exists()
     written_before = report.written
     folders: set[str] = set()

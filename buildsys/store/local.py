@@ -589,7 +589,9 @@ class LocalStore:
         if record is None or record.result.key != key:
             return None
         result = record.result
-        if self.missing_blobs(result.blobs()) or self.tree_missing(result.tree):
+        if self.missing_blobs(result.blobs()):  # the tree among them, so it can be read below
+            return None
+        if self.missing_blobs({e.digest for e in self.get_tree(result.tree).values()}):
             return None
         return result
 
