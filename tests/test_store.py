@@ -321,6 +321,31 @@ def test_refs_written_together_and_unchanged_ones_left_alone(tmp_path):
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
+def test_records_and_refs_stay_read_only_until_they_leave_cas(tmp_path, monkeypatch):
+    """Records and refs are staged in ``cas/`` like blobs; a crash at any instant must never
+    leave a writable file there, so each is made writable only once it has moved out."""
+    store = LocalStore(tmp_path / "s")
+    moves: list[tuple[str, int]] = []
+    real_replace = os.replace
+
+    def watching_replace(src, dst):
+        if str(src).startswith(str(store.cas)):
+            moves.append((str(dst), os.stat(src).st_mode & 0o222))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", watching_replace)
+    blob_file, blob = store.stage_bytes(b"output")
+    tree_file, tree = store.stage_bytes(encode_manifest({"out.txt": Entry(blob, 6)}))
+    result = ActionResult(key=digest_bytes(b"key"), description=blob, tree=tree, log=None)
+    store.install_many([(blob_file, blob), (tree_file, tree)], ActionRecord(result))
+    store.write_refs("targets", {"a": {"v": 1}, "b": {"v": 2}})
+    left_cas = [dst for dst, _ in moves if not dst.startswith(str(store.cas))]
+    assert any(dst.startswith(str(store.ac)) for dst in left_cas) and len(left_cas) >= 3
+    assert all(writable == 0 for _, writable in moves), moves
+    for path in left_cas:
+        assert os.stat(path).st_mode & 0o777 == 0o644
+
+
 LOCK_HOLDER = """
 import sys, time
 from buildsys.store import LocalStore

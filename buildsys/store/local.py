@@ -523,7 +523,8 @@ class LocalStore:
         return self._stage(data, digest), digest
 
     def _stage(self, data: bytes, digest: Digest | None = None) -> str:
-        """``data`` in a new read-only temp file (what a blob needs; records and refs chmod it)."""
+        """``data`` in a new read-only temp file (what a blob needs; records and refs are made
+        writable once moved out of ``cas/``, so a crash never leaves a writable file there)."""
         fd, tmp = create_read_only_temp(self._staging_folder(digest), ".s-")
         try:
             view = memoryview(data)
@@ -580,8 +581,8 @@ class LocalStore:
         if durable_file is None:
             write_atomic(Path(path), record.encode(), self.tmp)
             return
-        os.chmod(durable_file, 0o644)
         _move_in(durable_file, path)
+        os.chmod(path, 0o644)  # only once out of cas/, where every file stays read-only
 
     def lookup(self, key: Digest) -> ActionResult | None:
         """The cached result of an action, only if every blob it references is present."""
@@ -647,8 +648,8 @@ class LocalStore:
             _flush_files(self.tmp, [tmp for tmp, _ in staged])
             (self.refs / kind).mkdir(parents=True, exist_ok=True)
             for tmp, path in staged:
-                os.chmod(tmp, 0o644)
                 os.replace(tmp, path)
+                os.chmod(path, 0o644)  # only once out of cas/ (see _publish_action)
         finally:
             for tmp, _ in staged:
                 _unlink_quietly(tmp)
