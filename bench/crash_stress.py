@@ -2,10 +2,11 @@
 
 Each trial changes every action key (a params "round"), starts a build of N copy stages, kills
 it after a random delay (the whole process tree, or only the CLI so its workers are orphaned),
-then checks that `buildsys store verify` is clean, that the next build succeeds with outputs
-identical to the inputs, and that the store is clean again. Some trials also kill the recovery
-build once before letting it finish (crash on top of a crash); some delete the output folder
-first, so the kill can land while outputs are written in place into fresh folders.
+then checks that `buildsys store verify` is clean and no file under `cas/` is writable, that
+the next build succeeds with outputs identical to the inputs, and that the store is clean
+again. Some trials also kill the recovery build once before letting it finish (crash on top of
+a crash); some delete the output folder first, so the kill can land while outputs are written
+in place into fresh folders.
 
     .venv/bin/python bench/crash_stress.py --trials 200 --seed 1
 
@@ -27,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from test_crash_safety import (  # noqa: E402  (the helpers the crash test uses)
-    assert_outputs, build, copy_buildfile, crash, make_inputs, start_build, verify, wait_gone,
+    assert_outputs, build, copy_buildfile, crash, make_inputs, start_build, store_files, verify, wait_gone,
 )
 
 
@@ -68,6 +69,7 @@ def main() -> int:
             code, text = verify(buildfile)
             if code != 0:
                 problems.append(f"store not clean after the kill: {text.strip()}")
+            problems += [f"writable file under cas/: {p}" for p in store_files(work) if p.stat().st_mode & 0o222]
         code, summary, stderr = build(buildfile)
         if code != 0:
             problems.append(f"recovery build exit {code}: {stderr.strip()[-2000:]}")
