@@ -106,7 +106,7 @@ def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[Digest, int]:
 def _libc(name: str) -> Callable[..., int] | None:
     """A function of the C library (Linux-only calls: ``syncfs``, ``sync_file_range``,
     ``fallocate``); None where it is missing."""
-    import ctypes  # 3 ms of imports, paid by the first flush rather than by every command
+    import ctypes  # 3 ms of imports, paid by the first flush or copy, not by every command
 
     try:
         call = ctypes.CDLL(None, use_errno=True)[name]
