@@ -43,7 +43,7 @@ class BlobBatch:
         with self._lock:
             if (digest := digest_bytes(data)) in self._staged:
                 return digest
-        tmp, _ = self.store.stage_bytes(data)  # no file when the store has the blob already
+        tmp, _ = self.store.stage_bytes(data, digest)  # no file when the store has the blob already
         if tmp is not None:
             self._add(tmp, digest)
         return digest

@@ -512,12 +512,13 @@ class LocalStore:
         self._trees[digest] = manifest
         return dict(manifest)
 
-    def stage_bytes(self, data: bytes) -> tuple[str | None, Digest]:
+    def stage_bytes(self, data: bytes, digest: Digest | None = None) -> tuple[str | None, Digest]:
         """Bytes written to a temp file for :meth:`install_many` (not yet durable, not
         visible), or no file (None) when the blob is there already: a file created only to be
         deleted costs two inode operations, and on a journal-less ext4 each freed inode slows
-        the creates after it (see the sandbox module)."""
-        digest = digest_bytes(data)
+        the creates after it (see the sandbox module). ``digest``: the bytes' digest, when the
+        caller has just computed it."""
+        digest = digest or digest_bytes(data)
         if os.path.exists(_shard(self._cas, digest)):
             return None, digest
         return self._stage(data, digest), digest
@@ -572,9 +573,7 @@ class LocalStore:
     def _publish_action(self, record: ActionRecord, durable_file: str | None) -> None:
         """Make a record visible, refusing one that references a missing blob. ``durable_file``
         holds its bytes already flushed to disk; without it they are written atomically."""
-        missing = self.missing_blobs(record.result.blobs())
-        if not missing:
-            missing = self.tree_missing(record.result.tree)
+        missing = self._missing_for(record.result)
         if missing:
             raise StoreError(f"action {record.result.key}: refusing to record, blobs missing: {missing[:3]}")
         path = _shard(self._ac, record.result.key)
@@ -589,12 +588,12 @@ class LocalStore:
         record = self.get_action(key)
         if record is None or record.result.key != key:
             return None
-        result = record.result
-        if self.missing_blobs(result.blobs()):  # the tree among them, so it can be read below
-            return None
-        if self.missing_blobs({e.digest for e in self.get_tree(result.tree).values()}):
-            return None
-        return result
+        return None if self._missing_for(record.result) else record.result
+
+    def _missing_for(self, result: ActionResult) -> list[Digest]:
+        """The blobs a result references, its tree's files included, that are absent."""
+        missing = self.missing_blobs(result.blobs())  # the tree among them, so it can be read below
+        return missing or self.missing_blobs({e.digest for e in self.get_tree(result.tree).values()})
 
     def drop_action(self, key: Digest) -> None:
         _unlink_quietly(_shard(self._ac, key))
