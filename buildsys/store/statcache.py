@@ -38,22 +38,11 @@ import msgpack
 
 from buildsys.errors import SourceChanged
 from buildsys.hashing import Digest, digest_file
+from buildsys.store.boot import BOOT_ID
 from buildsys.store.atomic import write_atomic
 
 RACY_NS = 50_000_000
 SEALED = -1
-
-
-def _boot_id() -> str:
-    """This boot's identity (Linux); "" where there is none, which trusts unflushed files
-    across reboots as before."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-BOOT_ID = _boot_id()
 
 
 def _signature(st: os.stat_result) -> list[int]:
