@@ -47,7 +47,10 @@ def handled(function: Callable[..., Any]) -> Callable[..., Any]:
 def open_session(buildfile: Path, jobs: int | None = None):
     from buildsys.session import Session
 
-    return Session(buildfile, jobs=jobs)
+    session = Session(buildfile, jobs=jobs)
+    if session.store.recovery is not None:
+        warn(f"store {session.store.root}: {session.store.recovery.describe()}")
+    return session
 
 
 def warn(message: str) -> None:

@@ -226,12 +226,12 @@ class RemoteCache:
         return True
 
     def pull_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
-        """Fetch the blobs missing locally (in parallel, moved in with one filesystem flush);
-        return those now present in the store."""
+        """Fetch the blobs missing locally (in parallel; see :meth:`LocalStore.install_downloads`
+        for how they are moved in); return those now present in the store."""
         wanted = sorted(set(digests))
         missing = self.store.missing_blobs(wanted)
         got = self._download(missing) if missing and self.enabled else []
-        self.store.install_many(got, found_missing=True)
+        self.store.install_downloads(got)
         return set(wanted).difference(missing).union(digest for _, digest in got)
 
     def pull_tree(self, tree: Digest) -> bool:

@@ -13,10 +13,15 @@ Layout (format version 1, checked on open)::
     lock                    flock: builds hold it shared, gc holds it exclusive
     statcache               the stat cache of source files, materialized outputs and sealed blobs
     tmp/                    temp files and sandboxes; anything here is garbage after a crash
+    unflushed/<boot>.*      journals of downloaded blobs moved in before they were durable
 
 Every write is temp file, fsync, rename, so a crash at any instant leaves no partial blob
 visible; an action record is written only after every blob it references, so no record ever
-points at a missing blob. Blobs read into memory are re-hashed; a blob copied out is re-hashed
+points at a missing blob. One exception, for speed: a large batch of downloads (already
+re-hashed, and still on the remote) is moved in unflushed, listed in a durable journal; should
+the kernel crash before the blobs reach the disk, the first open after the reboot re-hashes
+them, before anything reads them, and removes the torn ones with the records that used them
+(unflushed.py). Blobs read into memory are re-hashed; a blob copied out is re-hashed
 unless it is *trusted*: this process hashed its bytes as it wrote them, or its stat still
 matches the seal recorded the last time it was written or verified (see statcache.py). A blob
 whose bytes no longer match its name is moved to ``quarantine/`` and reported.
@@ -42,6 +47,7 @@ from buildsys.encoding import canonical_bytes, decode
 from buildsys.hashing import CHUNK, Digest, digest_bytes, digest_file, is_digest
 from buildsys.store.statcache import StatCache
 from buildsys.store.topdir import make_top_folder
+from buildsys.store.unflushed import Journals
 from buildsys.store.atomic import READ_ONLY, create_read_only_temp, remove_tree, unlink_quietly as _unlink_quietly, write_atomic
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
 from buildsys.tree import Manifest, TreeError, decode_manifest, encode_manifest
@@ -74,6 +80,21 @@ class VerifyReport:
 
 
 @dataclass
+class Recovery:
+    """What opening the store found of blobs moved in unflushed before a reboot (unflushed.py)."""
+
+    checked: int = 0
+    torn: list[Digest] = field(default_factory=list)
+    dropped_actions: int = 0
+
+    def describe(self) -> str:
+        text = f"re-checked {self.checked} blob(s) moved in unflushed before the last reboot"
+        if self.torn:
+            text += f": {len(self.torn)} torn, moved to quarantine; {self.dropped_actions} action record(s) that used them dropped"
+        return text
+
+
+@dataclass
 class GcReport:
     kept_blobs: int = 0
     removed_blobs: int = 0
@@ -84,7 +105,7 @@ class GcReport:
 # what a store folder may hold before its FORMAT file exists: the files a user keeps in an
 # empty store folder, and what a store being created by another process (or a crashed one) has
 _LAYOUT_NAMES = frozenset(
-    {"README.md", ".gitignore", "FORMAT", "cas", "ac", "refs", "builds", "locks", "tmp", "lock", "statcache", "quarantine"}
+    {"README.md", ".gitignore", "FORMAT", "cas", "ac", "refs", "builds", "locks", "tmp", "lock", "statcache", "quarantine", "unflushed"}
 )
 
 
@@ -122,17 +143,20 @@ def _libc(name: str) -> Callable[..., int] | None:
 SYNCFS_MIN_FILES = 16
 
 
-def _flush_files(folder: Path, files: list[Path | str]) -> None:
-    """Make ``files`` (on the filesystem holding ``folder``) durable. Many files: one
+def _flush_files(folder: Path, files: list[Path | str]) -> bool:
+    """Make ``files`` (on the filesystem holding ``folder``) durable; True when that was done by
+    flushing the whole filesystem. Many files: one
     ``syncfs``, as an fsync each is bound by round trips to the disk. A few (a stage's tree,
     description and log; a ref or two): an fsync each, because ``syncfs`` flushes every dirty
     page of the filesystem, and a stage's flush would wait for all of them: other stages'
     scratch files about to be deleted, and the user's unrelated writes (a render writing to the
     same disk). Measured, either way is the same within noise: the 300-stage copy pipeline,
     and the same with a 4 GB write running beside it (3.25 s against 3.31 s)."""
-    if len(files) < SYNCFS_MIN_FILES or not _syncfs(folder):
-        for path in files:
-            _fsync_file(path)
+    if len(files) >= SYNCFS_MIN_FILES and _syncfs(folder):
+        return True
+    for path in files:
+        _fsync_file(path)
+    return False
 
 
 SYNC_FILE_RANGE_WRITE = 2
@@ -258,6 +282,8 @@ class LocalStore:
         self._written: set[Digest] = set()
         self._open(create)
         self.stat_cache = StatCache(self.root / "statcache", self.tmp)
+        self._journals = Journals(str(self.root / "unflushed"))
+        self.recovery = self.recover_unflushed()
 
     def _open(self, create: bool) -> None:
         marker = self.root / "FORMAT"
@@ -354,9 +380,18 @@ class LocalStore:
             os.makedirs(f"{self._cas}/{prefix}", exist_ok=True)
         return {d: f"{self._cas}/{d[:2]}/.in-{batch}-{d}" for d in digests}
 
-    def install_many(
-        self, files: list[tuple[Path | str, Digest]], record: ActionRecord | None = None, found_missing: bool = False
-    ) -> None:
+    def install_downloads(self, files: list[tuple[str, Digest]]) -> None:
+        """Move in checked downloads of blobs just found missing (read-only, on the store's
+        filesystem, like :meth:`install_many`'s). Many: unflushed, once a journal listing them
+        is durable (unflushed.py: a reboot makes the next open re-check them); a few, or where
+        no journal can be kept: flushed first, as :meth:`install_many` does."""
+        if len(files) >= SYNCFS_MIN_FILES and self._journals.write(d for _, d in files):
+            self._written.update(d for _, d in files)
+            _parallel_moves([(f, _shard(self._cas, d)) for f, d in files])
+        else:
+            self._install_flushed(files, None)
+
+    def install_many(self, files: list[tuple[Path | str, Digest]], record: ActionRecord | None = None) -> None:
         """Move in several files whose digests are known (checked downloads, hashed outputs,
         staged bytes) and then, if given, the action record that references them, made durable
         together first (:func:`_flush_files`: one ``syncfs`` for many files, an fsync each for
@@ -366,19 +401,19 @@ class LocalStore:
 
         A file whose blob is already there is dropped: the blob keeps its inode, so its seal
         (statcache.py) holds and copies out of it stay kernel copies (a copy stage's output is
-        its input's blob: replacing it made every first build 5% slower). ``found_missing``:
-        the caller has just found every blob missing (a pull), so none is checked again."""
-        if not found_missing:
-            kept = []
-            for f, d in files:
-                if os.path.exists(_shard(self._cas, d)):
-                    _unlink_quietly(f)
-                else:
-                    kept.append((f, d))
-            files = kept
+        its input's blob: replacing it made every first build 5% slower)."""
+        kept = []
+        for f, d in files:
+            if os.path.exists(_shard(self._cas, d)):
+                _unlink_quietly(f)
+            else:
+                kept.append((f, d))
+        self._install_flushed(kept, record)
+
+    def _install_flushed(self, files: list[tuple[Path | str, Digest]], record: ActionRecord | None) -> None:
         staged_record = self._stage(record.encode()) if record is not None else None
         try:
-            _flush_files(self.tmp, [f for f, _ in files] + ([staged_record] if staged_record is not None else []))
+            self._flush([f for f, _ in files] + ([staged_record] if staged_record is not None else []))
             self._written.update(d for _, d in files)
             _parallel_moves([(f, _shard(self._cas, d)) for f, d in files])
             if record is not None:
@@ -386,6 +421,53 @@ class LocalStore:
         finally:
             if staged_record is not None:
                 _unlink_quietly(staged_record)
+
+    def _flush(self, files: list[Path | str]) -> None:
+        """:func:`_flush_files`; a flush of the whole filesystem also makes durable the blobs
+        of every journal this boot had written when it began, so those journals go."""
+        covered = self._journals.of_this_boot() if len(files) >= SYNCFS_MIN_FILES else []
+        if _flush_files(self.tmp, files):
+            self._journals.remove(covered)
+
+    def recover_unflushed(self) -> Recovery | None:
+        """Re-check the blobs that journals of earlier boots list (unflushed.py): a torn one
+        goes to quarantine, with every action record that used it; None when there were none."""
+        stale = self._journals.of_earlier_boots()
+        if not stale:
+            return None
+        try:
+            return self._recover(stale)
+        except OSError as exc:
+            raise StoreError(f"{self.root}: cannot re-check the blobs moved in before the last reboot: {exc}") from None
+
+    def _recover(self, stale: list[str]) -> Recovery:
+        report = Recovery()
+        claims = self._journals.claim(stale)
+        try:
+            names = []
+            for name, digests in claims:
+                names.append(name)
+                for digest in digests:
+                    try:
+                        actual, _ = digest_file(_shard(self._cas, digest))
+                    except FileNotFoundError:
+                        continue
+                    report.checked += 1
+                    if actual != digest:
+                        self.quarantine_blob(digest)
+                        report.torn.append(digest)
+            if report.torn:
+                torn = set(report.torn)
+                for key in list(self.action_keys()):
+                    if self._action_problem(key, torn):
+                        self.drop_action(key)
+                        report.dropped_actions += 1
+            if names:
+                _syncfs(self.root)  # the quarantines and drops are durable before the journals go
+                self._journals.remove(names)
+        finally:
+            claims.close()
+        return report
 
     def read_bytes(self, digest: Digest) -> bytes:
         try:
@@ -644,7 +726,7 @@ class LocalStore:
             return
         staged = [(self._stage(data), path) for path, data in changed]
         try:
-            _flush_files(self.tmp, [tmp for tmp, _ in staged])
+            self._flush([tmp for tmp, _ in staged])
             (self.refs / kind).mkdir(parents=True, exist_ok=True)
             for tmp, path in staged:
                 os.replace(tmp, path)
