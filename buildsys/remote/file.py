@@ -185,8 +185,14 @@ class FileRemote:
                 finally:
                     os.close(dst)
                 return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(dest).hexdigest()
-            with HashingWriter(dest) as dst:
+            if size <= _COPY_CHUNK:
                 # up to the size seen: bytes appended later are not part of what was hashed
+                data = os.read(src, size)
+                while len(data) < size and (more := os.read(src, size - len(data))):
+                    data += more
+                _write_file(dest, data)
+                return blake3.blake3(data).hexdigest()
+            with HashingWriter(dest) as dst:
                 while size > 0 and (chunk := os.read(src, min(size, _COPY_CHUNK))):
                     dst.write(chunk)
                     size -= len(chunk)
@@ -240,6 +246,17 @@ def _copy_in_kernel(src: int, dst: int) -> None:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(dst, view) :]
+
+
+def _write_file(dest: FilePath, data: bytes) -> None:
+    """A new read-only file at ``dest`` holding ``data`` (see :func:`create_read_only`)."""
+    fd = create_read_only(dest)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: str) -> None:
