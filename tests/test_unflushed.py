@@ -88,9 +88,19 @@ def test_a_large_pull_is_journalled_not_flushed_and_a_small_one_is_flushed(tmp_p
     monkeypatch.setattr(local, "_fsync_file", lambda path: fsyncs.append(str(path)) or real_fsync_file(path))
 
     store = LocalStore(tmp_path / "b")
+    listed_before_moving: list[list[str]] = []
+    real_moves = local._parallel_moves
+
+    def moves(pairs: list) -> None:
+        folder = store.root / "unflushed"
+        listed_before_moving.append(sorted(d for name in os.listdir(folder) for d in (folder / name).read_text().split()))
+        real_moves(pairs)
+
+    monkeypatch.setattr(local, "_parallel_moves", moves)
     puller = _cache(store, share, keys)
     assert puller.pull_blobs(digests[:30]) == set(digests[:30])
     assert syncs == [] and fsyncs == []
+    assert listed_before_moving == [sorted(digests[:30])]  # the journal is there before any blob
     [journal] = _journals(store)
     assert journal.startswith(BOOT_ID + ".")
     assert sorted((store.root / "unflushed" / journal).read_text().split()) == sorted(digests[:30])
@@ -98,6 +108,21 @@ def test_a_large_pull_is_journalled_not_flushed_and_a_small_one_is_flushed(tmp_p
     assert puller.pull_blobs(digests[30:33]) == set(digests[30:33])  # below SYNCFS_MIN_FILES
     assert len(fsyncs) == 3 and _journals(store) == [journal]
     assert store.verify().clean
+
+
+def test_one_large_download_is_journalled_not_flushed(tmp_path: Path, keys, monkeypatch) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    source = LocalStore(tmp_path / "source")
+    big = source.put_bytes(os.urandom(local.UNFLUSHED_MIN_BYTES))
+    assert _cache(source, share, keys).push_blobs([big])
+    fsyncs: list[str] = []
+    real_fsync_file = local._fsync_file
+    monkeypatch.setattr(local, "_fsync_file", lambda path: fsyncs.append(str(path)) or real_fsync_file(path))
+    store = LocalStore(tmp_path / "b")
+    assert _cache(store, share, keys).pull_blobs([big]) == {big}
+    [journal] = _journals(store)
+    assert (store.root / "unflushed" / journal).read_text().split() == [big] and fsyncs == []
 
 
 def test_after_a_reboot_torn_pulled_blobs_are_quarantined_with_the_records_that_used_them(tmp_path: Path, keys) -> None:

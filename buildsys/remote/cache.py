@@ -177,9 +177,9 @@ class RemoteCache:
 
     # pull ---------------------------------------------------------------------------------
 
-    def _download(self, digests: list[Digest]) -> list[tuple[str, Digest]]:
+    def _download(self, digests: list[Digest]) -> tuple[list[tuple[str, Digest]], int]:
         """Download blobs (one ``get_blobs`` batch) into temp files of the store and check
-        their bytes; return the good ``(file, digest)`` pairs. A blob that could not be had
+        their bytes; return the good ``(file, digest)`` pairs and their bytes. A blob that could not be had
         is counted and reported; an error that disables the remote ends the batch."""
         pending = self.store.incoming_paths(digests, uuid.uuid4().hex[:8])
         good: list[tuple[str, Digest]] = []
@@ -197,9 +197,10 @@ class RemoteCache:
             batch.close()
             for tmp in pending.values():  # not downloaded, or cut short
                 _unlink(tmp)
+        nbytes = sum(os.path.getsize(tmp) for tmp, _ in good)
         self._count("blobs_down", len(good))
-        self._count("bytes_down", sum(os.path.getsize(tmp) for tmp, _ in good))
-        return good
+        self._count("bytes_down", nbytes)
+        return good, nbytes
 
     def _checked(self, digest: Digest, tmp: str, outcome: Digest | None | RemoteError) -> bool:
         """Whether ``tmp`` holds blob ``digest`` (``outcome``: what ``get_blobs`` yielded for
@@ -230,8 +231,8 @@ class RemoteCache:
         for how they are moved in); return those now present in the store."""
         wanted = sorted(set(digests))
         missing = self.store.missing_blobs(wanted)
-        got = self._download(missing) if missing and self.enabled else []
-        self.store.install_downloads(got)
+        got, nbytes = self._download(missing) if missing and self.enabled else ([], 0)
+        self.store.install_downloads(got, nbytes)
         return set(wanted).difference(missing).union(digest for _, digest in got)
 
     def pull_tree(self, tree: Digest) -> bool:
