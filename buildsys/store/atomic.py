@@ -47,14 +47,18 @@ def unlink_quietly(path: str | Path) -> None:
 
 def create_read_only(path: str | Path) -> int:
     """A descriptor open for writing on a new file at ``path`` whose mode is already read-only
-    (the descriptor that creates a file may write it whatever its mode), replacing what is there.
-    A file bound for the store is made this way, so moving it in needs no chmod (10,000 small
-    blobs: 10,000 syscalls fewer)."""
+    (the descriptor that creates a file may write it whatever its mode), replacing what is there
+    and making its folder if there is none. A file bound for the store is made this way, so
+    moving it in needs no chmod (10,000 small blobs: 10,000 syscalls fewer); a download makes
+    its shard folder as it lands (so a batch's threads share that work; see
+    ``LocalStore.incoming_paths``)."""
     try:
         return os.open(path, _CREATE, READ_ONLY)
     except FileExistsError:
         os.unlink(path)  # an earlier attempt's file: opening it for writing would be refused
-        return os.open(path, _CREATE, READ_ONLY)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    return os.open(path, _CREATE, READ_ONLY)
 
 
 def create_read_only_temp(folder: str | Path, prefix: str) -> tuple[int, str]:
