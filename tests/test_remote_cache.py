@@ -198,5 +198,6 @@ def test_http_batch_pull_checks_each_blob(nginx: NginxServer, keys, tmp_path: Pa
     stats = down.stats
     assert (stats.blobs_down, stats.bytes_down, stats.rejected_blobs) == (28, 28 * 4096, 1)
     assert down.enabled and b.verify().clean and not list(b.tmp.iterdir())
+    assert not list(b.cas.glob(".in-*")) and not list(b.cas.glob("*/.in-*"))  # nor in the blob folders
     assert any("rejected" in w and corrupt[:8] in w and ("zstd stream" in w) == zstd for w in warnings)
     assert down.pull_blobs([corrupt]) == set() and down.stats.rejected_blobs == 2  # alone: not batched

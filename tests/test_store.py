@@ -180,30 +180,61 @@ def test_a_duplicate_is_dropped_and_the_blob_keeps_its_inode(tmp_path):
     assert not os.path.exists(duplicate[0]) and store.read_bytes(other[1]) == b"other bytes"
 
 
-def test_downloads_and_staged_files_land_beside_blobs_and_leftovers_are_garbage(tmp_path):
-    """A download lands in its blob's shard under a dot name: invisible to lookups, listings
-    and verify; moved in by a rename within the folder; removed by gc if a crash left it."""
+def _write(path: str, payload: bytes) -> None:
+    fd = create_read_only(path)
+    os.write(fd, payload)
+    os.close(fd)
+
+
+def _with_prefix(inside: set[str], want: bool) -> bytes:
+    """Bytes whose digest's shard is (``want``) or is not among the prefixes ``inside``."""
+    return next(b for i in range(100_000) if ((b := f"left behind {i}".encode()) and (digest_bytes(b)[:2] in inside) == want))
+
+
+def test_downloads_land_beside_blobs_or_as_whole_new_shard_folders_and_leftovers_are_garbage(tmp_path):
+    """A download whose shard folder exists lands beside its blob under a dot name (invisible to
+    lookups, listings and verify) and moves in by a rename within the folder; where the shard
+    folder does not exist yet, downloads land under their final names in a staging folder
+    that is renamed into place whole (or, if the shard folder appeared meanwhile, emptied into
+    it). gc removes what a crash left of either."""
     store = LocalStore(tmp_path / "s")
-    data = [f"blob {i}".encode() for i in range(1100)]  # above PARALLEL_MOVES: two threads
-    digests = [digest_bytes(d) for d in data]
-    landing = store.incoming_paths(digests + [digest_bytes(b"left behind")], "batch1")
-    for digest, payload in zip(digests, data):
-        assert os.path.dirname(landing[digest]) == os.path.dirname(store.blob_path(digest))
-        fd = create_read_only(landing[digest])
-        os.write(fd, payload)
-        os.close(fd)
-    leftover = landing[digest_bytes(b"left behind")]
-    os.close(create_read_only(leftover))
-    assert not store.has_blob(digest_bytes(b"left behind"))
+    first = [f"blob {i}".encode() for i in range(300)]
+    landing = store.incoming_paths([digest_bytes(d) for d in first], "batch1")
+    for payload in first:
+        digest = digest_bytes(payload)
+        assert landing[digest] == f"{store.cas}/.in-batch1-{digest[:2]}/{digest}"  # a new store: no shard yet
+        _write(landing[digest], payload)
+    store.install_downloads([(landing[digest_bytes(d)], digest_bytes(d)) for d in first], 0)
+    assert all(store.read_bytes(digest_bytes(d)) == d for d in first)
+    assert not list(store.cas.glob(".in-*"))
+    shards = {digest_bytes(d)[:2] for d in first}
+
+    second = [f"more {i}".encode() for i in range(1100)]  # above PARALLEL_MOVES: two threads
+    digests = [digest_bytes(d) for d in second]
+    beside, staged_leftover = _with_prefix(shards, True), _with_prefix(shards, False)
+    landing = store.incoming_paths(digests + [digest_bytes(beside), digest_bytes(staged_leftover)], "batch2")
+    for digest, payload in zip(digests, second):
+        where = os.path.dirname(landing[digest])
+        assert where == (os.path.dirname(store.blob_path(digest)) if digest[:2] in shards else f"{store.cas}/.in-batch2-{digest[:2]}")
+        _write(landing[digest], payload)
+    late = next(d for d in digests if d[:2] not in shards)  # its shard folder appears while it downloads
+    raced = store.put_bytes(_with_prefix({late[:2]}, True))
+    leftovers = [landing[digest_bytes(beside)], landing[digest_bytes(staged_leftover)]]
+    for path in leftovers:
+        _write(path, b"a killed pull's")
+    assert not store.has_blob(digest_bytes(beside)) and not store.has_blob(digest_bytes(staged_leftover))
     (tmp_path / "source").write_bytes(b"staged, never installed")
     staged = [Path(store.stage_file(tmp_path / "source")[0]), Path(store.stage_bytes(b"also staged")[0])]  # a killed build's
     assert all(p.parent.parent == store.cas for p in staged), "staged beside the blobs, spread over the shards"
-    store.install_many([(landing[d], d) for d in digests])
-    assert all(store.read_bytes(d) == payload for d, payload in zip(digests, data))
-    assert [p.name for p in store.blobs()] == sorted(digests)
-    assert store.verify().clean and os.path.exists(leftover) and all(p.exists() for p in staged)
+    installed = [(landing[d], d) for d in digests if os.path.dirname(landing[d]) != os.path.dirname(leftovers[1])]
+    store.install_downloads(installed, 0)
+    assert all(store.read_bytes(d) == payload for d, payload in zip(digests, second) if (landing[d], d) in installed)
+    assert store.read_bytes(raced) and not os.path.exists(os.path.dirname(landing[late]))
+    assert [p.name for p in store.blobs()] == sorted({digest_bytes(d) for d in first} | {d for _, d in installed} | {raced})
+    assert store.verify().clean and all(os.path.exists(p) for p in leftovers) and all(p.exists() for p in staged)
     store.gc(set(), set())
-    assert not os.path.exists(leftover) and not list(store.blobs()) and not any(p.exists() for p in staged)
+    assert not any(os.path.exists(p) for p in leftovers) and not list(store.blobs()) and not any(p.exists() for p in staged)
+    assert not list(store.cas.glob(".in-*"))
 
 
 def test_gc_keeps_roots_and_frees_the_rest(tmp_path):

@@ -179,9 +179,11 @@ class RemoteCache:
 
     def _download(self, digests: list[Digest]) -> tuple[list[tuple[str, Digest]], int]:
         """Download blobs (one ``get_blobs`` batch) into temp files of the store and check
-        their bytes; return the good ``(file, digest)`` pairs and their bytes. A blob that could not be had
-        is counted and reported; an error that disables the remote ends the batch."""
-        pending = self.store.incoming_paths(digests, uuid.uuid4().hex[:8])
+        their bytes; return the good ``(file, digest)`` pairs and their size in all. A blob
+        that could not be had is counted and reported; an error that disables the remote ends
+        the batch."""
+        incoming = self.store.incoming_paths(digests, uuid.uuid4().hex[:8])
+        pending = dict(incoming)
         good: list[tuple[str, Digest]] = []
         batch = self.remote.get_blobs(digests, pending.__getitem__)
         try:
@@ -195,8 +197,9 @@ class RemoteCache:
             self._failed(exc)
         finally:
             batch.close()
-            for tmp in pending.values():  # not downloaded, or cut short
-                _unlink(tmp)
+            if len(good) < len(digests):  # not downloaded, cut short or rejected
+                kept = {tmp for tmp, _ in good}
+                self.store.discard_downloads([tmp for tmp in incoming.values() if tmp not in kept])
         nbytes = sum(os.path.getsize(tmp) for tmp, _ in good)
         self._count("blobs_down", len(good))
         self._count("bytes_down", nbytes)
