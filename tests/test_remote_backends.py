@@ -60,8 +60,8 @@ def test_blob_round_trip(backend, tmp_path: Path) -> None:
     hashed = remote.get_blob(small_digest, tmp_path / "small.out")
     assert (tmp_path / "small.out").read_bytes() == small
     assert hashed in (None, small_digest)  # a backend hashing while writing returns the digest
-    hashed = remote.get_blob(big, tmp_path / "big.out")
-    assert digest_file(tmp_path / "big.out") == (big, big_size)
+    hashed = remote.get_blob(big, tmp_path / "new shard" / "big.out")  # its folder is made as it lands
+    assert digest_file(tmp_path / "new shard" / "big.out") == (big, big_size)
     assert hashed == (None if kind == "s3" else big)
     with pytest.raises(NotFound):
         remote.get_blob("e" * 64, tmp_path / "missing.out")

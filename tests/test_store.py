@@ -220,6 +220,8 @@ def test_downloads_land_beside_blobs_or_as_whole_new_shard_folders_and_leftovers
     late = next(d for d in digests if d[:2] not in shards)  # its shard folder appears while it downloads
     raced = store.put_bytes(_with_prefix({late[:2]}, True))
     leftovers = [landing[digest_bytes(beside)], landing[digest_bytes(staged_leftover)]]
+    stray = next(d for d in digests if d[:2] not in shards | {late[:2], digest_bytes(staged_leftover)[:2]})
+    _write(landing[stray] + ".tmp1234", b"a client library's temp file")  # must never become a blob
     for path in leftovers:
         _write(path, b"a killed pull's")
     assert not store.has_blob(digest_bytes(beside)) and not store.has_blob(digest_bytes(staged_leftover))
@@ -229,7 +231,8 @@ def test_downloads_land_beside_blobs_or_as_whole_new_shard_folders_and_leftovers
     installed = [(landing[d], d) for d in digests if os.path.dirname(landing[d]) != os.path.dirname(leftovers[1])]
     store.install_downloads(installed, 0)
     assert all(store.read_bytes(d) == payload for d, payload in zip(digests, second) if (landing[d], d) in installed)
-    assert store.read_bytes(raced) and not os.path.exists(os.path.dirname(landing[late]))
+    assert store.read_bytes(raced) and store.read_bytes(stray)
+    assert not os.path.exists(os.path.dirname(landing[late])) and not os.path.exists(os.path.dirname(landing[stray]))
     assert [p.name for p in store.blobs()] == sorted({digest_bytes(d) for d in first} | {d for _, d in installed} | {raced})
     assert store.verify().clean and all(os.path.exists(p) for p in leftovers) and all(p.exists() for p in staged)
     store.gc(set(), set())

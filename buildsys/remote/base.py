@@ -72,8 +72,9 @@ class Remote(Protocol):
         ...
 
     def get_blob(self, digest: Digest, dest: FilePath) -> Digest | None:
-        """Stream a blob into ``dest``, a new read-only file replacing any there
-        (:class:`HashingWriter`, :func:`create_read_only`). Raises NotFound if absent.
+        """Stream a blob into ``dest``, a new read-only file replacing any there, in a folder
+        that may not exist yet (:class:`HashingWriter` and :func:`create_read_only` make it).
+        Raises NotFound if absent.
         The bytes are not verified here: the caller checks them. A backend that hashed the
         bytes while writing them (:class:`HashingWriter`) returns that digest, so the caller
         need not read the file again; one that could not returns None and the caller

@@ -200,6 +200,7 @@ class S3Remote:
             body = response["Body"]
             if response.get("ContentLength", 0) > _PART:  # large: ranged parts in parallel
                 body.close()
+                os.makedirs(os.path.dirname(dest), exist_ok=True)  # as create_read_only would
                 self.client.download_file(self.bucket, key, str(dest), Config=self.transfer)
                 os.chmod(dest, READ_ONLY)  # bound for the store, which moves blobs in read-only
                 return None

@@ -427,8 +427,9 @@ class LocalStore:
 
     def _move_downloads(self, files: list[tuple[str, Digest]]) -> None:
         """Rename each staging folder into place as its shard folder, and every other download
-        into its shard. A shard folder that appeared meanwhile (another process) takes the
-        staged files one by one instead."""
+        into its shard. A staging folder holding anything else (a client library's temp file,
+        say) or whose shard folder appeared meanwhile (another process) has its downloads moved
+        one by one instead, and the rest removed with it."""
         loose: list[tuple[Path | str, str]] = []
         staged: dict[str, list[tuple[str, Digest]]] = {}
         for f, d in files:
@@ -440,6 +441,8 @@ class LocalStore:
         taken_over = []
         for folder, group in staged.items():
             try:
+                if len(os.listdir(folder)) != len(group):
+                    raise FileExistsError(errno.EEXIST, "holds more than the downloads", folder)
                 os.rename(folder, os.path.dirname(_shard(self._cas, group[0][1])))
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
@@ -448,7 +451,7 @@ class LocalStore:
                 taken_over.append(folder)
         _parallel_moves(loose)
         for folder in taken_over:
-            os.rmdir(folder)
+            remove_tree(folder)
 
     def install_many(self, files: list[tuple[Path | str, Digest]], record: ActionRecord | None = None) -> None:
         """Move in several files whose digests are known (hashed outputs, staged bytes) and
