@@ -236,3 +236,33 @@ def test_local_and_network_filesystems_told_apart(tmp_path: Path) -> None:
 
     assert is_local_filesystem(tmp_path)  # the test machine's disk or a tmpfs
     assert not is_local_filesystem(Path("/proc/self"))  # procfs: not a disk of this machine
+
+
+@pytest.mark.parametrize("kernel_copies", [True, False])
+def test_file_remote_hashes_a_large_blob_as_it_lands_in_chunks_off_page_boundaries(tmp_path: Path, monkeypatch, kernel_copies: bool) -> None:
+    """A large blob is copied out by the kernel a chunk at a time and each chunk hashed from
+    the new file's pages while the next is copied; here every chunk ends off a page boundary.
+    Where the kernel refuses to copy between the two files (across filesystems on some
+    kernels), it is read and written from the start instead, and hashed after."""
+    import errno
+
+    import buildsys.remote.file as file_remote
+
+    share = tmp_path / "share"
+    share.mkdir()
+    remote = open_remote(f"file://{share}")
+    big = _write(tmp_path / "big", os.urandom(9 << 20))
+    digest, size = digest_file(big)
+    remote.put_blob(digest, big)
+    monkeypatch.setattr(file_remote, "_HASHED_CHUNK", (1 << 20) + 4097)
+    if not kernel_copies:
+
+        def refuse(*args: object) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    assert remote.get_blob(digest, tmp_path / "out") == digest
+    assert digest_file(tmp_path / "out") == (digest, size)
+    (share / "cas" / digest).chmod(0o644)
+    (share / "cas" / digest).write_bytes(big.read_bytes()[:-1] + b"\0")  # a byte changed at the very end
+    assert remote.get_blob(digest, tmp_path / "out2") != digest

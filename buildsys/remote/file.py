@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import errno
 import itertools
+import mmap
 import os
+import queue
 import secrets
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -36,7 +39,10 @@ from buildsys.remote.base import MAX_RECORD_BYTES, BlobsGot, CorruptContent, Fil
 
 _COPY_CHUNK = 1 << 20
 _KERNEL_READ_MIN = 4 << 20
-"""Blobs from this size on are copied out by the kernel, then hashed (see ``_read``)."""
+"""Blobs from this size on are copied out by the kernel and hashed as they land (``_read``)."""
+_HASHED_CHUNK = 32 << 20
+_NO_KERNEL_COPY = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV)
+"""How ``copy_file_range`` refuses a pair of files (e.g. across filesystems on some kernels)."""
 
 
 class FileRemote:
@@ -168,8 +174,8 @@ class FileRemote:
         """Copy ``path`` to ``dest``; returns the digest of the bytes in ``dest``. Small files
         are read whole and hashed on the way through, with nothing but the syscalls ``cp``
         makes (a batch pull of many small blobs is bound by those); large ones are copied by
-        the kernel and hashed from ``dest``'s pages (on all cores), so their bytes never pass
-        through Python."""
+        the kernel and hashed from ``dest``'s pages as they land, so their bytes never pass
+        through Python (:func:`_copy_hashing_in_kernel`)."""
         try:
             src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -181,7 +187,9 @@ class FileRemote:
             if size >= _KERNEL_READ_MIN:
                 dst = create_read_only(dest)
                 try:
-                    _copy_in_kernel(src, dst)
+                    if (digest := _copy_hashing_in_kernel(src, dst, dest, size)) is not None:
+                        return digest
+                    _copy_in_kernel(src, dst)  # the kernel refused: reads and writes, from the start
                 finally:
                     os.close(dst)
                 return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(dest).hexdigest()
@@ -237,7 +245,7 @@ def _copy_in_kernel(src: int, dst: int) -> None:
         while os.copy_file_range(src, dst, 1 << 30):
             pass
     except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        if exc.errno not in _NO_KERNEL_COPY:
             raise
         os.lseek(src, 0, os.SEEK_SET)
         os.lseek(dst, 0, os.SEEK_SET)
@@ -246,6 +254,46 @@ def _copy_in_kernel(src: int, dst: int) -> None:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(dst, view) :]
+
+
+def _copy_hashing_in_kernel(src: int, dst: int, dest: FilePath, size: int) -> Digest | None:
+    """Copy ``size`` bytes from ``src`` to ``dst`` (the new file at ``dest``) with
+    ``copy_file_range``, ``_HASHED_CHUNK`` at a time, and hash each chunk from ``dest``'s pages
+    on a second thread while the next one is copied: the copy and the hash take a core each.
+    512 MiB here: 0.18-0.20 s, against 0.22 s copying first and then hashing on both cores,
+    and 0.17-0.19 s for ``cp``. None where the kernel refuses to copy between these files
+    (:data:`_NO_KERNEL_COPY`)."""
+    hasher = blake3.blake3()
+    landed: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    reader = os.open(dest, os.O_RDONLY | os.O_CLOEXEC)
+
+    def hash_landed() -> None:
+        done = 0
+        while (end := landed.get()) is not None:
+            start = done - done % mmap.ALLOCATIONGRANULARITY  # a short copy can end off a page
+            with mmap.mmap(reader, end - start, offset=start, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as pages:
+                with memoryview(pages) as whole, whole[done - start :] as chunk:
+                    hasher.update(chunk)
+            done = end
+
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash-landed") as pool:
+            hashing = pool.submit(hash_landed)
+            try:
+                copied = 0
+                while copied < size and (sent := os.copy_file_range(src, dst, min(_HASHED_CHUNK, size - copied))):
+                    copied += sent
+                    landed.put(copied)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                return None
+            finally:
+                landed.put(None)
+                hashing.result()
+    finally:
+        os.close(reader)
+    return hasher.hexdigest()
 
 
 def _write_file(dest: FilePath, data: bytes) -> None:
