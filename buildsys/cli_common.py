@@ -44,10 +44,11 @@ def handled(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def open_session(buildfile: Path, jobs: int | None = None):
+def open_session(buildfile: Path, jobs: int | None = None, check_recipes: bool = True):
+    """The command's session; says what opening the store re-checked after a reboot."""
     from buildsys.session import Session
 
-    session = Session(buildfile, jobs=jobs)
+    session = Session(buildfile, jobs=jobs, check_recipes=check_recipes)
     if session.store.recovery is not None:
         warn(f"store {session.store.root}: {session.store.recovery.describe()}")
     return session

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from buildsys.cli_common import BUILDFILE_OPTION, handled
+from buildsys.cli_common import BUILDFILE_OPTION, handled, open_session
 from buildsys.errors import EXIT_NOT_REPRODUCIBLE, EXIT_OK
 
 
@@ -69,9 +69,7 @@ def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, jobs: i
                 roots += load(buildfile, check_recipes=False).recipe_path
             report = verify_bundle(Path(bundles[0]), [p.resolve() for p in roots], variation, jobs, assets_dir)
         else:
-            from buildsys.session import Session
-
-            with Session(buildfile) as session:
+            with open_session(buildfile) as session:
                 report = verify_targets(session, session.targets(subjects), variation, jobs, assets_dir)
         _emit_html(html_path, report.labeled(), assets_dir, f"buildsys verify {report.subject}")
     finally:
@@ -107,9 +105,7 @@ def diff(buildfile: Path, a: str, b: str, json_output: bool, html_path: Path | N
                 sides.append(bundle_side(Path(spec)))
             else:
                 if session is None:
-                    from buildsys.session import Session
-
-                    session = Session(buildfile, check_recipes=False)
+                    session = open_session(buildfile, check_recipes=False)
                 sides.append(store_side(session.store, spec))
         assets_dir = Path(tempfile.mkdtemp(prefix="buildsys-diff-assets-"))
         try:
@@ -138,9 +134,8 @@ def handoff(buildfile: Path, target: str, out: Path, force: bool, json_output: b
     """Write a self-contained bundle of TARGET's last build: artifacts, replay inputs, lock,
     build records and validation reports."""
     from buildsys.handoff import handoff as write_bundle
-    from buildsys.session import Session
 
-    with Session(buildfile) as session:
+    with open_session(buildfile) as session:
         report = write_bundle(session, session.targets([target])[0], out, force=force)
     if json_output:
         click.echo(json.dumps(report.to_dict(), sort_keys=True))
