@@ -302,6 +302,17 @@ def slow_server() -> Iterator[SlowServer]:
 # records ----------------------------------------------------------------------------------
 
 
+def trusted_signer(keys_dir: Path, name: str = "ci"):
+    """A new signing key ``name`` in ``keys_dir``: (its Signer, TrustedKeys trusting it alone)."""
+    from buildsys.signing import Signer, TrustedKeys, generate_key
+
+    generate_key(name, keys_dir)
+    signer = Signer.load(name, keys_dir)
+    trusted = TrustedKeys()
+    trusted.add(name, signer.private.public_key())
+    return signer, trusted
+
+
 def make_action(store, files: dict[str, bytes], tag: str, signer=None):
     """Record in ``store`` an action whose output tree holds ``files``; returns its
     ActionResult (the key is derived from ``tag``)."""

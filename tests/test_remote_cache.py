@@ -13,16 +13,12 @@ from buildsys.remote import open_remote
 from buildsys.remote.cache import RemoteCache
 from buildsys.signing import Signer, TrustedKeys, generate_key
 from buildsys.store import LocalStore
-from tests.remote_servers import NginxServer, make_action, moto_s3, moto_session, nginx  # noqa: F401
+from tests.remote_servers import NginxServer, make_action, moto_s3, moto_session, nginx, trusted_signer  # noqa: F401
 
 
 @pytest.fixture
 def keys(tmp_path: Path) -> tuple[Signer, TrustedKeys]:
-    generate_key("ci-1", tmp_path / "keys")
-    signer = Signer.load("ci-1", tmp_path / "keys")
-    trusted = TrustedKeys()
-    trusted.add("ci-1", signer.private.public_key())
-    return signer, trusted
+    return trusted_signer(tmp_path / "keys", "ci-1")
 
 
 @pytest.fixture(params=["file", "http", "s3"])

@@ -9,7 +9,6 @@ from pathlib import Path
 from buildsys.config import RemoteSettings
 from buildsys.remote import RemoteRefused, open_remote
 from buildsys.remote.cache import RemoteCache
-from buildsys.signing import Signer, TrustedKeys, generate_key
 from buildsys.store import LocalStore
 from tests.remote_servers import (  # noqa: F401
     NGINX_PASSWORD,
@@ -22,17 +21,10 @@ from tests.remote_servers import (  # noqa: F401
     moto_session,
     nginx,
     slow_server,
+    trusted_signer,
 )
 
 FAST = RemoteSettings(timeout_s=0.5, retries=2)
-
-
-def _signer(tmp_path: Path) -> tuple[Signer, TrustedKeys]:
-    generate_key("ci", tmp_path / "keys")
-    signer = Signer.load("ci", tmp_path / "keys")
-    trusted = TrustedKeys()
-    trusted.add("ci", signer.private.public_key())
-    return signer, trusted
 
 
 def _cache(store, url, settings, trusted, signer=None, warnings=None) -> RemoteCache:
@@ -41,7 +33,7 @@ def _cache(store, url, settings, trusted, signer=None, warnings=None) -> RemoteC
 
 
 def test_nginx_stopped_mid_run(nginx: NginxServer, tmp_path: Path) -> None:
-    signer, trusted = _signer(tmp_path)
+    signer, trusted = trusted_signer(tmp_path / "keys")
     a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
     results = [make_action(a, {"f": f"file {i}".encode()}, f"t{i}") for i in range(3)]
     push = _cache(a, f"{nginx.url}/cache", FAST, trusted, signer)
@@ -65,7 +57,7 @@ def test_nginx_stopped_mid_run(nginx: NginxServer, tmp_path: Path) -> None:
 
 
 def test_server_answering_500(nginx: NginxServer, tmp_path: Path) -> None:
-    signer, trusted = _signer(tmp_path)
+    signer, trusted = trusted_signer(tmp_path / "keys")
     a = LocalStore(tmp_path / "a")
     result = make_action(a, {"f": b"x"}, "five-hundred")
     cache = _cache(a, f"{nginx.url}/broken", FAST, trusted, signer)
@@ -78,7 +70,7 @@ def test_server_answering_500(nginx: NginxServer, tmp_path: Path) -> None:
 
 
 def test_push_to_500_gives_up_without_record(nginx: NginxServer, tmp_path: Path) -> None:
-    signer, trusted = _signer(tmp_path)
+    signer, trusted = trusted_signer(tmp_path / "keys")
     a = LocalStore(tmp_path / "a")
     result = make_action(a, {"f": b"y"}, "five-hundred-push")
     cache = _cache(a, f"{nginx.url}/broken", FAST, trusted, signer)
@@ -87,7 +79,7 @@ def test_push_to_500_gives_up_without_record(nginx: NginxServer, tmp_path: Path)
 
 
 def test_slow_server_times_out(slow_server: SlowServer, tmp_path: Path) -> None:
-    signer, trusted = _signer(tmp_path)
+    signer, trusted = trusted_signer(tmp_path / "keys")
     a = LocalStore(tmp_path / "a")
     result = make_action(a, {"f": b"z"}, "slow")
     cache = _cache(a, slow_server.url, RemoteSettings(timeout_s=0.3, retries=1), trusted, signer)
@@ -121,7 +113,7 @@ def test_retry_budget_bounds_a_hung_remote(slow_server: SlowServer, tmp_path: Pa
 
 
 def test_basic_auth(nginx: NginxServer, tmp_path: Path, monkeypatch) -> None:
-    signer, trusted = _signer(tmp_path)
+    signer, trusted = trusted_signer(tmp_path / "keys")
     a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
     result = make_action(a, {"f": b"secret mesh"}, "auth")
     monkeypatch.setenv("CACHE_PW", "wrong")
@@ -148,7 +140,7 @@ def test_s3_server_stopped(tmp_path: Path, monkeypatch) -> None:
     server = MotoServer().start(tmp_path / "moto.log")
     try:
         server.client().create_bucket(Bucket="cache")
-        signer, trusted = _signer(tmp_path)
+        signer, trusted = trusted_signer(tmp_path / "keys")
         a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
         results = [make_action(a, {"f": f"s3 {i}".encode()}, f"s3-{i}") for i in range(2)]
         settings = RemoteSettings(s3_endpoint_url=server.url, timeout_s=0.5, retries=1)
@@ -165,7 +157,7 @@ def test_s3_server_stopped(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_missing_file_share(tmp_path: Path) -> None:
-    signer, trusted = _signer(tmp_path)
+    signer, trusted = trusted_signer(tmp_path / "keys")
     a = LocalStore(tmp_path / "a")
     result = make_action(a, {"f": b"nfs"}, "nfs")
     cache = _cache(a, f"file://{tmp_path / 'unmounted'}", RemoteSettings(), trusted, signer)
@@ -175,7 +167,7 @@ def test_missing_file_share(tmp_path: Path) -> None:
 
 def test_refused_writes_disable_push_only(nginx: NginxServer, tmp_path: Path) -> None:
     """A cache everyone may read but only CI may write: our push is refused (403), pulls go on."""
-    signer, trusted = _signer(tmp_path)
+    signer, trusted = trusted_signer(tmp_path / "keys")
     ci, me = LocalStore(tmp_path / "ci"), LocalStore(tmp_path / "me")
     published = make_action(ci, {"f": b"from ci"}, "published")
     assert _cache(ci, f"{nginx.url}/cache", FAST, trusted, signer).push_action(published.key)

@@ -22,14 +22,14 @@ from buildsys.config import RemoteSettings
 from buildsys.hashing import digest_bytes
 from buildsys.remote import open_remote
 from buildsys.remote.cache import RemoteCache
-from buildsys.signing import Signer, TrustedKeys, generate_key
+from buildsys.signing import Signer, TrustedKeys
 from buildsys.store import LocalStore
 from buildsys.store.boot import BOOT_ID
 from buildsys.store.local import SYNCFS_MIN_FILES
 from buildsys.store.batch import BlobBatch
 from conftest import run_cli
 from test_crash_safety import assert_outputs, copy_buildfile, make_inputs
-from tests.remote_servers import make_action
+from tests.remote_servers import make_action, trusted_signer
 
 EARLIER_BOOT = "00000000-0000-4000-8000-000000000000"
 
@@ -38,11 +38,7 @@ pytestmark = pytest.mark.skipif(not BOOT_ID, reason="journals need a boot identi
 
 @pytest.fixture
 def keys(tmp_path: Path) -> tuple[Signer, TrustedKeys]:
-    generate_key("ci-1", tmp_path / "keys")
-    signer = Signer.load("ci-1", tmp_path / "keys")
-    trusted = TrustedKeys()
-    trusted.add("ci-1", signer.private.public_key())
-    return signer, trusted
+    return trusted_signer(tmp_path / "keys", "ci-1")
 
 
 def _cache(store: LocalStore, share: Path, keys, sign: bool = False) -> RemoteCache:
