@@ -22,7 +22,7 @@ from typing import Callable, Generator, Iterable, Protocol, Sequence, TypeVar, r
 import blake3
 
 from buildsys.hashing import Digest, is_digest
-from buildsys.store.atomic import create_read_only
+from buildsys.store.atomic import create_read_only, write_all
 
 FilePath = str | os.PathLike[str]  # where a download lands; plain strings for big batches
 
@@ -205,9 +205,7 @@ class HashingWriter:
 
     def write(self, data) -> int:
         self._hasher.update(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        write_all(self._fd, data)
         self.size += len(data)
         return len(data)
 

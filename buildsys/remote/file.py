@@ -34,7 +34,7 @@ import blake3
 
 from buildsys.hashing import Digest
 from buildsys.remote.mounts import is_local_filesystem
-from buildsys.store.atomic import create_read_only
+from buildsys.store.atomic import create_read_only, write_all
 from buildsys.remote.base import MAX_RECORD_BYTES, BlobsGot, CorruptContent, FilePath, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_get, parallel_put
 
 _COPY_CHUNK = 1 << 20
@@ -251,9 +251,7 @@ def _copy_in_kernel(src: int, dst: int) -> None:
         os.lseek(dst, 0, os.SEEK_SET)
         os.ftruncate(dst, 0)
         while chunk := os.read(src, _COPY_CHUNK):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(dst, view) :]
+            write_all(dst, chunk)
 
 
 def _copy_hashing_in_kernel(src: int, dst: int, dest: FilePath, size: int) -> Digest | None:
@@ -300,9 +298,7 @@ def _write_file(dest: FilePath, data: bytes) -> None:
     """A new read-only file at ``dest`` holding ``data`` (see :func:`create_read_only`)."""
     fd = create_read_only(dest)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
     finally:
         os.close(fd)
 

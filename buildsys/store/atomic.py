@@ -38,6 +38,13 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path, mode: int = 0o644) -> N
         raise
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` to the descriptor (``os.write`` may take fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def unlink_quietly(path: str | Path) -> None:
     try:
         os.unlink(path)

@@ -50,7 +50,7 @@ from buildsys.hashing import CHUNK, Digest, digest_bytes, digest_file, is_digest
 from buildsys.store.statcache import StatCache
 from buildsys.store.topdir import make_top_folder
 from buildsys.store.unflushed import Journals
-from buildsys.store.atomic import READ_ONLY, create_read_only_temp, remove_tree, unlink_quietly as _unlink_quietly, write_atomic
+from buildsys.store.atomic import READ_ONLY, create_read_only_temp, remove_tree, unlink_quietly as _unlink_quietly, write_all, write_atomic
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
 from buildsys.tree import Manifest, TreeError, decode_manifest, encode_manifest
 
@@ -669,9 +669,7 @@ class LocalStore:
         writable once moved out of ``cas/``, so a crash never leaves a writable file there)."""
         fd, tmp = create_read_only_temp(self._staging_folder(digest), ".s-")
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
         finally:
             os.close(fd)
         return tmp

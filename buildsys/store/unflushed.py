@@ -29,7 +29,7 @@ import os
 from typing import Iterable, Iterator
 
 from buildsys.hashing import Digest, is_digest
-from buildsys.store.atomic import fsync_directory
+from buildsys.store.atomic import fsync_directory, write_all
 from buildsys.store.boot import BOOT_ID
 
 JOURNALS_PER_BOOT = 16
@@ -68,10 +68,7 @@ class Journals:
         path = f"{self.folder}/{BOOT_ID}.{os.getpid()}.{os.urandom(4).hex()}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            data = "".join(f"{d}\n" for d in digests).encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, "".join(f"{d}\n" for d in digests).encode())
             os.fsync(fd)
         finally:
             os.close(fd)
