@@ -41,6 +41,7 @@ _COPY_CHUNK = 1 << 20
 _KERNEL_READ_MIN = 4 << 20
 """Blobs from this size on are copied out by the kernel and hashed as they land (``_read``)."""
 _HASHED_CHUNK = 32 << 20
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: map a chunk's pages in one go, not a fault each
 _NO_KERNEL_COPY = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV)
 """How ``copy_file_range`` refuses a pair of files (e.g. across filesystems on some kernels)."""
 
@@ -269,7 +270,7 @@ def _copy_hashing_in_kernel(src: int, dst: int, dest: FilePath, size: int) -> Di
         done = 0
         while (end := landed.get()) is not None:
             start = done - done % mmap.ALLOCATIONGRANULARITY  # a short copy can end off a page
-            with mmap.mmap(reader, end - start, offset=start, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as pages:
+            with mmap.mmap(reader, end - start, offset=start, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | _POPULATE) as pages:
                 with memoryview(pages) as whole, whole[done - start :] as chunk:
                     hasher.update(chunk)
             done = end
