@@ -69,7 +69,8 @@ def _pushed_blobs(tmp_path: Path, keys, count: int) -> tuple[Path, list[str]]:
     share = tmp_path / "share"
     share.mkdir(exist_ok=True)
     source = LocalStore(tmp_path / "source")
-    digests = [source.put_bytes(os.urandom(3000)) for _ in range(count)]
+    with BlobBatch(source) as batch:
+        digests = [batch.put_bytes(os.urandom(3000)) for _ in range(count)]
     assert _cache(source, share, keys).push_blobs(digests)
     return share, digests
 
@@ -247,3 +248,63 @@ def test_the_cli_says_what_it_found_and_the_build_mends_the_store(tmp_path: Path
     assert_outputs(tmp_path, files)
     check = run_cli("store", "verify", "-f", str(buildfile), cwd=tmp_path)
     assert check.code == 0, check.stdout + check.stderr
+
+
+_PULL = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from buildsys.config import RemoteSettings
+from buildsys.remote import open_remote
+from buildsys.remote.cache import RemoteCache
+from buildsys.signing import TrustedKeys
+from buildsys.store import LocalStore
+store = LocalStore(Path({store!r}))
+cache = RemoteCache(store, open_remote({url!r}, RemoteSettings()), TrustedKeys(), None, False, 4, print)
+wanted = Path({wanted!r}).read_text().split()
+print("pulling", flush=True)
+print("pulled", len(cache.pull_blobs(wanted)), flush=True)
+"""
+
+
+def test_pulls_killed_at_random_instants_leave_a_store_that_verifies(tmp_path: Path, keys) -> None:
+    """A pull killed anywhere (downloading, writing its journal, renaming staging folders or
+    single blobs into place) leaves no partial or writable blob in the store, and the next pull
+    completes; gc then clears what the kills left. Each trial wants more blobs than the last,
+    so later ones land both in new shard folders (staged whole) and beside existing blobs."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    share, digests = _pushed_blobs(tmp_path, keys, 8 * 1500)
+    rng = random.Random(20261128)
+    store_path = tmp_path / "b"
+    wanted = tmp_path / "wanted"
+    killed_mid_pull = 0
+    for trial in range(8):
+        wanted.write_text("\n".join(digests[: 1500 * (trial + 1)]))  # 1,500 new each time
+        script = _PULL.format(repo=str(REPO), store=str(store_path), url=f"file://{share}", wanted=str(wanted))
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline() == "pulling\n"
+        time.sleep(rng.uniform(0.0, 0.1))  # a pull of 1,500 small blobs takes ~0.05-0.1 s here
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if not (store_path / "FORMAT").exists():
+            continue
+        store = LocalStore(store_path)
+        killed_mid_pull += bool(list(store.cas.glob(".in-*")) or list(store.cas.glob("*/.in-*")))
+        report = store.verify()
+        assert report.clean, f"trial {trial}: {report}"
+        writable = [p for p in store.cas.rglob("*") if p.is_file() and p.stat().st_mode & 0o222]
+        assert writable == [], f"trial {trial}: writable files under cas/: {writable[:3]}"
+    assert killed_mid_pull >= 3, killed_mid_pull  # the kills really landed inside pulls
+
+    store = LocalStore(store_path)
+    assert _cache(store, share, keys).pull_blobs(digests) == set(digests)
+    assert store.verify().clean and store.missing_blobs(digests) == []
+    store.gc(set(), set())
+    assert not list(store.cas.glob(".in-*")) and not list(store.cas.glob("*/.in-*"))
