@@ -269,6 +269,26 @@ def _moves(moves: list[tuple[Path | str, str]]) -> None:
         _move_in(file, path)
 
 
+_INCOMING = ".in-"
+"""Names of downloads beside their blob, and of staging folders of new shards (incoming_paths)."""
+
+
+def _is_staging(folder: str) -> bool:
+    return os.path.basename(folder).startswith(_INCOMING)
+
+
+def _rename_into_place(folder: str, shard: str) -> bool:
+    """Rename a staging folder into place as ``shard``; False if a shard folder with blobs in
+    it is there already."""
+    try:
+        os.rename(folder, shard)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        return False
+
+
 MANY_BLOBS = 256
 """From this many digests on, :meth:`LocalStore.missing_blobs` lists the shard folders first:
 one ``listdir`` where a new store would answer 10,000 ``stat`` calls (0.017 s) for nothing."""
@@ -294,7 +314,7 @@ class LocalStore:
         self._open(create)
         self.stat_cache = StatCache(self.root / "statcache", self.tmp)
         self._journals = Journals(str(self.root / "unflushed"))
-        self.recovery = self.recover_unflushed()
+        self.recovery = self._recover_unflushed()
 
     def _open(self, create: bool) -> None:
         marker = self.root / "FORMAT"
@@ -397,7 +417,8 @@ class LocalStore:
         0.03 s."""
         shards = set(os.listdir(self._cas))
         return {
-            d: f"{self._cas}/{d[:2]}/.in-{batch}-{d}" if d[:2] in shards else f"{self._cas}/.in-{batch}-{d[:2]}/{d}" for d in digests
+            d: f"{self._cas}/{d[:2]}/{_INCOMING}{batch}-{d}" if d[:2] in shards else f"{self._cas}/{_INCOMING}{batch}-{d[:2]}/{d}"
+            for d in digests
         }
 
     def discard_downloads(self, paths: list[str]) -> None:
@@ -406,7 +427,7 @@ class LocalStore:
         for path in paths:
             _unlink_quietly(path)
         for folder in {os.path.dirname(p) for p in paths}:
-            if os.path.basename(folder).startswith(".in-"):
+            if _is_staging(folder):
                 try:
                     os.rmdir(folder)
                 except OSError:  # other downloads of the batch are in it, or it was never made
@@ -434,21 +455,16 @@ class LocalStore:
         staged: dict[str, list[tuple[str, Digest]]] = {}
         for f, d in files:
             folder = os.path.dirname(f)
-            if os.path.basename(folder).startswith(".in-"):
+            if _is_staging(folder):
                 staged.setdefault(folder, []).append((f, d))
             else:
                 loose.append((f, _shard(self._cas, d)))
         taken_over = []
         for folder, group in staged.items():
-            try:
-                if len(os.listdir(folder)) != len(group):
-                    raise FileExistsError(errno.EEXIST, "holds more than the downloads", folder)
-                os.rename(folder, os.path.dirname(_shard(self._cas, group[0][1])))
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                loose += [(f, _shard(self._cas, d)) for f, d in group]
-                taken_over.append(folder)
+            if len(os.listdir(folder)) == len(group) and _rename_into_place(folder, os.path.dirname(_shard(self._cas, group[0][1]))):
+                continue
+            loose += [(f, _shard(self._cas, d)) for f, d in group]
+            taken_over.append(folder)
         _parallel_moves(loose)
         for folder in taken_over:
             remove_tree(folder)
@@ -488,7 +504,7 @@ class LocalStore:
         if _flush_files(self.tmp, files):
             self._journals.remove(covered)
 
-    def recover_unflushed(self) -> Recovery | None:
+    def _recover_unflushed(self) -> Recovery | None:
         """Re-check the blobs that journals of earlier boots list (unflushed.py): a torn one
         goes to quarantine, with every action record that used it; None when there were none."""
         stale = self._journals.of_earlier_boots()
@@ -974,7 +990,7 @@ class LocalStore:
             self.locks.mkdir(exist_ok=True)  # removing is best effort
             for leftover in self.cas.glob("*/.*"):  # staged files and downloads a killed build never moved in
                 leftover.unlink(missing_ok=True)
-            for leftover in self.cas.glob(".in-*"):  # staging folders of downloads (incoming_paths)
+            for leftover in self.cas.glob(f"{_INCOMING}*"):  # staging folders of downloads (incoming_paths)
                 remove_tree(leftover)
         return report
 

@@ -12,7 +12,7 @@ Every open of the store lists this folder (one ``listdir``, usually of nothing).
 earlier boot means its blobs may be torn (zeros or a short file, as a filesystem without a data
 journal leaves them): the store re-hashes each blob it lists, quarantines those that no longer
 match, drops the action records that referenced them, flushes, and only then deletes the
-journal (:meth:`LocalStore.recover_unflushed`). No buildsys process reads a torn blob, and no
+journal (``LocalStore._recover_unflushed``). No buildsys process reads a torn blob, and no
 record is left pointing at a missing one. Processes opening the store at once take turns by a
 lock on each journal. Within a boot, the next ``syncfs`` of the store (a build's flush) makes the
 blobs durable, and the journals that existed when it began are deleted after it.
@@ -29,12 +29,16 @@ import os
 from typing import Iterable, Iterator
 
 from buildsys.hashing import Digest, is_digest
-from buildsys.store.atomic import fsync_directory, write_all
+from buildsys.store.atomic import fsync_directory, unlink_quietly, write_all
 from buildsys.store.boot import BOOT_ID
 
 JOURNALS_PER_BOOT = 16
 """Journals of one boot before a batch is flushed instead (which deletes them all): they are
 cheap to list, but each is a file that every open of the store would see."""
+
+
+def _of_this_boot(name: str) -> bool:
+    return bool(BOOT_ID) and name.startswith(BOOT_ID + ".")
 
 
 class Journals:
@@ -51,10 +55,10 @@ class Journals:
 
     def of_this_boot(self) -> list[str]:
         """Journals whose blobs a flush that starts now makes durable."""
-        return [n for n in self.names() if BOOT_ID and n.startswith(BOOT_ID + ".")]
+        return [n for n in self.names() if _of_this_boot(n)]
 
     def of_earlier_boots(self) -> list[str]:
-        return [n for n in self.names() if not (BOOT_ID and n.startswith(BOOT_ID + "."))]
+        return [n for n in self.names() if not _of_this_boot(n)]
 
     def write(self, digests: Iterable[Digest]) -> bool:
         """Make a journal listing ``digests`` durable, before they are moved in unflushed. False
@@ -77,10 +81,7 @@ class Journals:
 
     def remove(self, names: Iterable[str]) -> None:
         for name in names:
-            try:
-                os.unlink(f"{self.folder}/{name}")
-            except FileNotFoundError:
-                pass
+            unlink_quietly(f"{self.folder}/{name}")
 
     def claim(self, names: list[str]) -> Iterator[tuple[str, list[Digest]]]:
         """Lock each journal in ``names`` and yield it with the digests it lists; one that
