@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recipes.geometry import sample_grid
 from recipes.raster import rasterize
 
 
@@ -42,22 +43,8 @@ def interpolate(values: np.ndarray, faces: np.ndarray, tmap: TexelMap) -> np.nda
     return (np.asarray(values, np.float64)[faces[f]] * b[:, :, None]).sum(axis=1)
 
 
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals (np.add.at: a fixed summation order)."""
-    v = np.asarray(vertices, np.float64)
-    tri = v[faces]
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    acc = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(acc, faces[:, k], n)
-    length = np.sqrt((acc * acc).sum(axis=1))
-    return acc / np.where(length > 0, length, 1.0)[:, None]
-
-
 def sample_field_color(color: np.ndarray, bounds: tuple[float, float], points: np.ndarray) -> np.ndarray:
     """Trilinear sample of an (X,Y,Z,3) colour grid covering [lo,hi]^3 at world points."""
-    from recipes.stabilize import sample_grid
-
     lo, hi = bounds
     shape = np.asarray(color.shape[:3], np.float64)
     index = (np.asarray(points, np.float64) - lo) / (hi - lo) * (shape - 1.0)

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from buildsys.context import RecipeError, StageContext
-from recipes.bake import dilate, interpolate, sample_field_color, texel_map, vertex_normals
+from recipes.bake import dilate, interpolate, sample_field_color, texel_map
+from recipes.geometry import vertex_normals
 from recipes.meshio import load_npz, read_ply, write_png
 
 BAKE_SOURCES = ("auto", "vertex", "normal", "field")

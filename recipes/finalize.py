@@ -19,13 +19,8 @@ import time
 import numpy as np
 
 from buildsys.context import BudgetExceeded, RecipeError, StageContext
+from recipes.geometry import drop_small_components, signed_volume
 from recipes.meshio import Mesh, canonical_mesh, read_ply, save_npz, write_ply
-
-
-def signed_volume(mesh: Mesh) -> float:
-    tri = mesh.vertices.astype(np.float64)[mesh.faces]
-    cross = np.cross(tri[:, 1], tri[:, 2])
-    return float((tri[:, 0] * cross).sum() / 6.0)
 
 
 def transfer_colors(source: Mesh, target: Mesh) -> np.ndarray | None:
@@ -57,13 +52,13 @@ def read_mesh_input(ctx: StageContext, name: str, filename: str = "mesh.ply") ->
 def cleanup(ctx: StageContext) -> None:
     """Params: ``target_faces`` (5000), ``remesh`` ("decimate" | "isotropic" | "none"),
     ``remesh_edge_fraction`` (isotropic target edge / bbox diagonal, 0.02),
-    ``remesh_iterations`` (3), ``min_component_faces`` (keep components with at least this many
-    faces; 0 keeps only the largest; default 0), ``max_hole_edges`` (close holes up to this
+    ``remesh_iterations`` (3), ``min_component_area_share`` (remove components with less than
+    this share of the surface, smallest first, 0.001) and ``max_removed_area_share`` (never more
+    than this share in all, 0.01), ``max_hole_edges`` (close holes up to this
     many boundary edges, 200), ``nonmanifold_split`` (vertex displacement ratio when splitting
     non-manifold vertices, 1e-3, so welding by position does not merge them back),
     ``fix_self_intersections`` (delete intersecting faces and refill the holes, true)."""
     from recipes.meshlab import MeshSet
-    from recipes.stabilize import keep_components
 
     source = read_mesh_input(ctx, "mesh")
     target_faces = ctx.param("target_faces", 5000, int)
@@ -103,7 +98,8 @@ def cleanup(ctx: StageContext) -> None:
     ctx.progress(2, 4, steps[-1])
     mesh = ms.to_mesh(with_colors=False)
     mesh = canonical_mesh(Mesh(mesh.vertices, mesh.faces, transfer_colors(source, mesh)))
-    mesh, before, after = keep_components(mesh, ctx.param("min_component_faces", 0, int))
+    mesh, components = drop_small_components(mesh, float(ctx.param("min_component_area_share", 0.001, float)),
+                                             float(ctx.param("max_removed_area_share", 0.01, float)))
     inverted = False
     if signed_volume(mesh) < 0:
         mesh = canonical_mesh(Mesh(mesh.vertices, mesh.faces[:, ::-1], mesh.colors))
@@ -112,7 +108,7 @@ def cleanup(ctx: StageContext) -> None:
         raise RecipeError(f"stage {ctx.stage!r}: cleanup left no faces")
     write_ply(ctx.out / "mesh.ply", mesh)
     info = {"source_faces": int(len(source.faces)), "faces": int(len(mesh.faces)), "vertices": int(len(mesh.vertices)),
-            "components_found": before, "components_kept": after, "inverted": inverted, "steps": steps}
+            "inverted": inverted, "steps": steps, **components}
     (ctx.out / "cleanup.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     ctx.progress(4, 4, f"{len(mesh.faces)} faces")
 

@@ -3,56 +3,9 @@ vertices and self-intersections). All are functions of the arrays alone."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from recipes.meshio import Mesh
-
-
-@dataclass
-class EdgeStats:
-    boundary_edges: int
-    non_manifold_edges: int
-    incoherent_edges: int  # interior edges whose two faces traverse them in the same direction
-
-
-def edge_stats(faces: np.ndarray) -> EdgeStats:
-    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    lo = directed.min(axis=1)
-    hi = directed.max(axis=1)
-    forward = (directed[:, 0] == lo).astype(np.int64)
-    keys = lo * (int(faces.max()) + 1 if len(faces) else 1) + hi
-    uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    forward_count = np.bincount(inverse.reshape(-1), weights=forward, minlength=len(uniq)).astype(np.int64)
-    two = counts == 2
-    return EdgeStats(
-        boundary_edges=int((counts == 1).sum()),
-        non_manifold_edges=int((counts > 2).sum()),
-        incoherent_edges=int((two & (forward_count != 1)).sum()),
-    )
-
-
-def edge_lengths(mesh: Mesh) -> np.ndarray:
-    v = mesh.vertices.astype(np.float64)
-    tri = v[mesh.faces]
-    d = np.stack([tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 1], tri[:, 0] - tri[:, 2]], axis=1)
-    return np.sqrt((d * d).sum(axis=2))  # (F, 3)
-
-
-def triangle_quality(mesh: Mesh) -> np.ndarray:
-    """4*sqrt(3)*area / sum of squared edge lengths: 1 for equilateral, 0 for degenerate."""
-    v = mesh.vertices.astype(np.float64)
-    tri = v[mesh.faces]
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    area = 0.5 * np.sqrt((cross * cross).sum(axis=1))
-    sq = (edge_lengths(mesh) ** 2).sum(axis=1)
-    return np.where(sq > 0, 4.0 * np.sqrt(3.0) * area / np.where(sq > 0, sq, 1.0), 0.0)
-
-
-def bbox_diagonal(mesh: Mesh) -> float:
-    v = mesh.vertices.astype(np.float64)
-    return float(np.sqrt(((v.max(axis=0) - v.min(axis=0)) ** 2).sum())) if len(v) else 0.0
 
 
 def uv_signed_areas(uv: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -66,7 +19,7 @@ def uv_flipped(uv: np.ndarray, faces: np.ndarray) -> tuple[int, int]:
     A chart is a connected set of UV triangles sharing UV vertices. xatlas may mirror a whole
     chart (harmless for colour textures), so a triangle counts as flipped when its UV winding
     disagrees with the area-weighted majority of its own chart, i.e. the chart folds over."""
-    from recipes.stabilize import face_components
+    from recipes.geometry import face_components
 
     areas = uv_signed_areas(uv, faces)
     labels = face_components(np.asarray(faces, np.int64), len(uv))

@@ -7,26 +7,14 @@ asset fills the same fixed cameras; the renders are the inputs of render regress
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from recipes.asset import Surface
 from recipes.cameras import Camera
+from recipes.geometry import face_normals
 from recipes.raster import rasterize
 
 LIGHT = np.array([0.4, 0.7, 0.6]) / np.sqrt(0.4**2 + 0.7**2 + 0.6**2)
-
-
-@dataclass
-class Surface:
-    """What the renderer draws: positions (V,3), faces (F,3), and optionally per-vertex colours
-    (V,3 uint8) or per-vertex UVs (V,2) with a texture (H,W,3 uint8)."""
-
-    vertices: np.ndarray
-    faces: np.ndarray
-    colors: np.ndarray | None = None
-    uv: np.ndarray | None = None
-    texture: np.ndarray | None = None
 
 
 def frame(vertices: np.ndarray) -> np.ndarray:
@@ -50,13 +38,6 @@ def project(vertices: np.ndarray, camera: Camera, size: int) -> tuple[np.ndarray
     px = half + camera.focal * x / z_safe * half
     py = half - camera.focal * y / z_safe * half
     return np.stack([px, py], axis=1), z
-
-
-def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    tri = vertices[faces]
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    length = np.sqrt((n * n).sum(axis=1))
-    return n / np.where(length > 0, length, 1.0)[:, None]
 
 
 def render_surface(surface: Surface, camera: Camera, size: int = 128,
@@ -99,7 +80,7 @@ def previews(ctx) -> None:
     standard cameras. Params: ``views`` (4), ``size`` (128). Output ``renders/view_NN.png``."""
     from recipes.cameras import standard_cameras
     from recipes.meshio import write_png
-    from recipes.validate import load_asset
+    from recipes.asset import load_asset
 
     _, surface = load_asset(ctx)
     (ctx.out / "renders").mkdir()

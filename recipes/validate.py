@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from buildsys.context import RecipeError, StageContext
-from recipes.meshio import Mesh, canonical_mesh, read_ply, write_png
+from recipes.asset import load_asset
+from recipes.meshio import write_png
 
 GATES = (
     "manifold", "watertight", "components", "edge_length", "triangle_quality", "orientation_outward",
@@ -72,58 +73,6 @@ class Report:
         return passed
 
 
-def load_asset(ctx: StageContext) -> tuple[Mesh, Any]:
-    """The welded mesh for topology gates and the shipped surface (UVs + texture) if any."""
-    from recipes.io import MESH_SUFFIXES, load_external
-    from recipes.render import Surface
-
-    root = ctx.input_dir("mesh")
-    shipped = [p for p in ctx.input_files("mesh", (".glb",))] or [p for p in ctx.input_files("mesh", (".obj",))]
-    surface = None
-    if shipped:
-        surface = _load_textured(shipped[0])
-    welded_path = root / "welded.ply"
-    if welded_path.is_file():
-        welded = canonical_mesh(read_ply(welded_path))
-    elif shipped:
-        welded = canonical_mesh(load_external(shipped[0]))
-    else:
-        files = ctx.input_files("mesh", MESH_SUFFIXES)
-        if len(files) != 1:
-            raise RecipeError(f"stage {ctx.stage!r}: input 'mesh' must hold welded.ply or one mesh file, found {[p.name for p in files]}")
-        welded = canonical_mesh(read_ply(files[0]) if files[0].suffix == ".ply" and _is_binary_le(files[0]) else load_external(files[0]))
-    if len(welded.faces) == 0:
-        raise RecipeError(f"stage {ctx.stage!r}: input 'mesh' has no faces")
-    if surface is None:
-        surface = Surface(welded.vertices, welded.faces, welded.colors)
-    return welded, surface
-
-
-def _is_binary_le(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return b"binary_little_endian" in fh.read(256)
-
-
-def _load_textured(path: Path):
-    import trimesh
-
-    from recipes.render import Surface
-
-    try:
-        mesh = trimesh.load(str(path), force="mesh", process=False)
-    except Exception as exc:  # trimesh raises many unrelated types on corrupt files
-        raise RecipeError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
-    uv = getattr(mesh.visual, "uv", None) if mesh.visual.kind == "texture" else None
-    texture = None
-    if uv is not None:
-        material = mesh.visual.material
-        image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
-        if image is not None:
-            texture = np.asarray(image.convert("RGB"))
-    return Surface(np.asarray(mesh.vertices), np.asarray(mesh.faces), None,
-                   None if uv is None else np.asarray(uv, np.float64), texture)
-
-
 def _reference_images(ctx: StageContext) -> dict[str, Path]:
     if "reference" not in ctx.inputs:
         return {}
@@ -136,11 +85,9 @@ def _reference_images(ctx: StageContext) -> dict[str, Path]:
 
 def gates(ctx: StageContext) -> None:
     from recipes.cameras import standard_cameras
-    from recipes.measures import (bbox_diagonal, edge_lengths, edge_stats, meshlab_measures,
-                                  triangle_quality, uv_flipped, uv_overlap_fraction)
+    from recipes.geometry import bbox_diagonal, edge_lengths, edge_stats, face_components, signed_volume, triangle_quality
+    from recipes.measures import meshlab_measures, uv_flipped, uv_overlap_fraction
     from recipes.render import render_surface
-    from recipes.finalize import signed_volume
-    from recipes.stabilize import face_components
 
     p = ctx.param
     skip = set(p("skip", [], list))

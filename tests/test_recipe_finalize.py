@@ -73,9 +73,10 @@ def test_cleanup_repairs_a_broken_mesh(tmp_path):
     faces = np.vstack([f[3:], f[:10], ff + len(v)])[:, ::-1]
     broken = write_mesh_dir(tmp_path / "broken", np.vstack([v, fv]), faces)
     (broken / "welded.ply").rename(broken / "mesh.ply")
-    cleanup(make_ctx(tmp_path / "c", "cleanup", {"mesh": broken}, {"remesh": "isotropic", "target_faces": 800}))
+    cleanup(make_ctx(tmp_path / "c", "cleanup", {"mesh": broken}, {"remesh": "isotropic", "target_faces": 800,
+                                                                         "min_component_area_share": 0.01}))
     info = json.loads((tmp_path / "c" / "cleanup.json").read_text())
-    assert info["inverted"] is True and info["components_kept"] == 1 and info["faces"] <= 800
+    assert info["inverted"] is True and info["components_removed"] == 1 and info["faces"] <= 800
     (tmp_path / "ref").mkdir()
     gates(make_ctx(tmp_path / "v", "validate", {"mesh": tmp_path / "c", "reference": tmp_path / "ref"}))
     report = json.loads((tmp_path / "v" / "report.json").read_text())

@@ -49,9 +49,9 @@ def test_keep_components_by_size(tmp_path):
     from recipes.stabilize import marching_cubes
 
     field = write_field(tmp_path / "f", blob_with_floater())
-    marching_cubes(make_ctx(tmp_path / "m", "stabilize", {"field": field}, {"min_component_faces": 10}))
+    marching_cubes(make_ctx(tmp_path / "m", "stabilize", {"field": field}, {"min_component_area_share": 0.01}))
     info = json.loads((tmp_path / "m" / "stabilize.json").read_text())
-    assert info["components_found"] == 2 and info["components_kept"] == 2
+    assert info["components_found"] == 2 and info["components_removed"] == 0
 
 
 def test_bytes_are_a_function_of_geometry(tmp_path):
