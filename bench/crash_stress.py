@@ -28,7 +28,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from test_crash_safety import (  # noqa: E402  (the helpers the crash test uses)
-    assert_outputs, build, copy_buildfile, crash, make_inputs, start_build, store_files, verify, wait_gone,
+    assert_outputs,
+    build,
+    copy_buildfile,
+    crash,
+    make_inputs,
+    start_build,
+    store_files,
+    verify,
+    wait_gone,
 )
 
 

@@ -42,10 +42,10 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from buildsys.config import RemoteSettings  # noqa: E402
+from buildsys.project.config import RemoteSettings  # noqa: E402
 from buildsys.remote import open_remote  # noqa: E402
 from buildsys.remote.cache import RemoteCache  # noqa: E402
-from buildsys.signing import TrustedKeys  # noqa: E402
+from buildsys.remote.signing import TrustedKeys  # noqa: E402
 from buildsys.store import LocalStore  # noqa: E402
 from tests.remote_servers import MotoServer, NginxServer  # noqa: E402
 
@@ -215,9 +215,9 @@ class Bench:
         client.create_bucket(Bucket=bucket)
         settings = RemoteSettings(parallel=self.args.parallel, s3_endpoint_url=moto.url, s3_region="us-east-1")
         ours = self.ours("s3", f"s3://{bucket}/ours", settings, None)
+        import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
-        import boto3
 
         client = boto3.client(
             "s3", endpoint_url=moto.url, region_name="us-east-1", config=Config(max_pool_connections=2 * self.args.parallel)

@@ -1,3 +1,3 @@
-from buildsys.cli import main
+from buildsys.cli.main import main
 
 main()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from buildsys.seeds import derive_seed
+from buildsys.keys.seeds import derive_seed
 
 if TYPE_CHECKING:
     import numpy

@@ -18,9 +18,7 @@ import os
 import random
 import sys
 
-from buildsys.seeds import derive_seed
-
-MODES = ("deterministic", "strict", "stochastic")
+from buildsys.keys.seeds import derive_seed
 
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -126,6 +124,6 @@ def resolve_device(requested: str) -> str:
         return requested
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return "cpu"
-    from buildsys.fingerprint import FIELDS, NONE, gpu_present
+    from buildsys.keys.fingerprint import FIELDS, NONE, gpu_present
 
     return "cuda" if gpu_present() and FIELDS["cuda"]() != NONE else "cpu"

@@ -304,7 +304,7 @@ def slow_server() -> Iterator[SlowServer]:
 
 def trusted_signer(keys_dir: Path, name: str = "ci"):
     """A new signing key ``name`` in ``keys_dir``: (its Signer, TrustedKeys trusting it alone)."""
-    from buildsys.signing import Signer, TrustedKeys, generate_key
+    from buildsys.remote.signing import Signer, TrustedKeys, generate_key
 
     generate_key(name, keys_dir)
     signer = Signer.load(name, keys_dir)
@@ -316,9 +316,9 @@ def trusted_signer(keys_dir: Path, name: str = "ci"):
 def make_action(store, files: dict[str, bytes], tag: str, signer=None):
     """Record in ``store`` an action whose output tree holds ``files``; returns its
     ActionResult (the key is derived from ``tag``)."""
-    from buildsys.hashing import digest_value
+    from buildsys.keys.hashing import digest_value
+    from buildsys.keys.tree import Entry
     from buildsys.store.records import ActionRecord, ActionResult
-    from buildsys.tree import Entry
 
     manifest = {path: Entry(store.put_bytes(data), len(data), False) for path, data in files.items()}
     tree = store.put_tree(manifest)

@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from buildsys.artifacts import LabeledTreeDiff, diff_directories, render_html, render_text, to_json_dict, write_html
+from buildsys.artifacts import (
+    LabeledTreeDiff,
+    diff_directories,
+    render_html,
+    render_text,
+    to_json_dict,
+    write_html,
+)
 
 
 def _tree(root: Path, pixel: int, params: dict, extra: str) -> Path:

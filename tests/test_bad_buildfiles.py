@@ -4,7 +4,6 @@ Nothing already built is lost: the store still verifies and the good build stays
 from __future__ import annotations
 
 import pytest
-
 from conftest import Project
 
 GOOD = """

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import REPO, TESTS, Project, run_cli
 
 CRASH_SEED = 20240602
@@ -142,7 +141,7 @@ def workers_in(root: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if "buildsys.worker" in " ".join(proc.info["cmdline"] or []) and proc.cwd().startswith(str(root)):
+            if "buildsys.execution.worker" in " ".join(proc.info["cmdline"] or []) and proc.cwd().startswith(str(root)):
                 if proc.status() != psutil.STATUS_ZOMBIE:
                     found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):

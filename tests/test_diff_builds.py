@@ -8,14 +8,19 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
-from buildsys.compare import (
-    ENVIRONMENT, INPUT, NONDETERMINISM, SAME, CompareError, compare_sides, store_side,
-)
-from buildsys.errors import EXIT_BAD_INPUT, EXIT_NOT_REPRODUCIBLE
-from buildsys.session import Session
-
 from repro_helpers import build, run, stage, write_buildfile
+
+from buildsys.build.session import Session
+from buildsys.errors import EXIT_BAD_INPUT, EXIT_NOT_REPRODUCIBLE
+from buildsys.repro.compare import (
+    ENVIRONMENT,
+    INPUT,
+    NONDETERMINISM,
+    SAME,
+    CompareError,
+    compare_sides,
+    store_side,
+)
 
 
 def _body(size: int) -> str:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from buildsys.action import action_key, changed_components, describe
-from buildsys.encoding import EncodingError, canonical_bytes, decode
+from buildsys.keys.action import action_key, changed_components, describe
+from buildsys.keys.encoding import EncodingError, canonical_bytes, decode
 
 GOLDEN_DESCRIPTION = describe(
     stage="finalize",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import msgpack
-
 from conftest import Project
 
 BUILDFILE = """

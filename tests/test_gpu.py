@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli
-
-from buildsys.determinism import resolve_device
 from conftest import REPO, Project
 from recipe_helpers import make_ctx
+
+from buildsys.determinism import resolve_device
 
 pytestmark = pytest.mark.skipif(resolve_device("auto") != "cuda", reason="no CUDA device with a CUDA build of torch")
 
@@ -72,7 +72,7 @@ def _digests(folder: Path) -> dict[str, str]:
 def test_auto_picks_cuda_and_the_fingerprint_names_the_gpu():
     import torch
 
-    from buildsys.fingerprint import FIELDS, NONE
+    from buildsys.keys.fingerprint import FIELDS, NONE
 
     assert torch.cuda.is_available()
     for field in ("cuda", "gpu", "driver"):

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
-from buildsys.bundle import BundleError, read_bundle
-from buildsys.errors import EXIT_BAD_INPUT, EXIT_NOT_REPRODUCIBLE
-
 from repro_helpers import TESTS, build, files_under, run, stage, write_buildfile
+
+from buildsys.errors import EXIT_BAD_INPUT, EXIT_NOT_REPRODUCIBLE
+from buildsys.repro.bundle import BundleError, read_bundle
 
 MODELS = """[models.ckpt]
 path = "ckpt"

@@ -11,7 +11,7 @@ HEAVY = ("torch", "diffusers", "pymeshlab", "transformers", "trimesh", "xatlas",
 
 PROBE = """
 import sys
-from buildsys.cli import main
+from buildsys.cli.main import main
 try:
     main({args!r}, standalone_mode=False)
 except SystemExit as exit:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
 from recipe_helpers import run_chain_subprocess
+
 from recipes.meshio import save_npz
 from recipes.volume import soft_sphere
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from recipe_helpers import digests, make_ctx, sample_meshes
+
 from buildsys.context import RecipeError
 from recipes.export import export
 from recipes.finalize import cleanup, unwrap

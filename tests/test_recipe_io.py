@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from recipe_helpers import digests, make_ctx, sample_meshes
+
 from buildsys.context import RecipeError
 from recipes.io import import_mesh
 from recipes.meshio import read_ply

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from recipe_helpers import digests, make_ctx, run_chain_subprocess
+
 from buildsys.context import RecipeError
 
 
@@ -26,7 +26,12 @@ def write_tiny_sd(folder: Path, prediction_type: str) -> Path:
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from recipes.prior import seeded_build, tiny_text_encoder_config, tiny_unet_config, write_model_index
+    from recipes.prior import (
+        seeded_build,
+        tiny_text_encoder_config,
+        tiny_unet_config,
+        write_model_index,
+    )
     from recipes.tokenizer_files import write_clip_tokenizer
 
     vocab = write_clip_tokenizer(folder / "tokenizer", max_length=12)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from recipe_helpers import digests, make_ctx
+
 from buildsys.context import RecipeError
 
 SMALL = {"grid": 20, "resolution": 16, "samples": 16, "iterations": 12, "previews": 2}

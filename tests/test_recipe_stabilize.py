@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from recipe_helpers import make_ctx
+
 from buildsys.context import RecipeError
 from recipes.meshio import read_ply, save_npz
 from recipes.volume import soft_sphere

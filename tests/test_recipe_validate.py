@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from recipe_helpers import digests, icosphere, make_ctx, write_mesh_dir
+
 from recipes.validate import gates
 
 

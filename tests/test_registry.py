@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from buildsys.store.local import LocalStore
 from conftest import Project
+
+from buildsys.store.local import LocalStore
 
 BUILDFILE = '''
 [models.disk]

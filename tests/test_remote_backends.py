@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.config import RemoteSettings
-from buildsys.hashing import digest_bytes, digest_file
+from buildsys.keys.hashing import digest_bytes, digest_file
+from buildsys.project.config import RemoteSettings
 from buildsys.remote import NotFound, RemoteError, open_remote
 from tests.remote_servers import MotoServer, NginxServer, moto_s3, moto_session, nginx  # noqa: F401
 

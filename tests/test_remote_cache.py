@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.config import RemoteSettings
+from buildsys.project.config import RemoteSettings
 from buildsys.remote import open_remote
 from buildsys.remote.cache import RemoteCache
-from buildsys.signing import Signer, TrustedKeys, generate_key
+from buildsys.remote.signing import Signer, TrustedKeys, generate_key
 from buildsys.store import LocalStore
-from tests.remote_servers import NginxServer, make_action, moto_s3, moto_session, nginx, trusted_signer  # noqa: F401
+from tests.remote_servers import (  # noqa: F401
+    NginxServer,
+    make_action,
+    moto_s3,
+    moto_session,
+    nginx,
+    trusted_signer,
+)
 
 
 @pytest.fixture

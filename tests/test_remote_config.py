@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.config import ConfigError, RemoteSettings, load_settings, load_user_config
+from buildsys.project.config import (
+    ConfigError,
+    RemoteSettings,
+    load_settings,
+    load_user_config,
+)
 from buildsys.remote import open_remote
 
 
@@ -126,6 +131,6 @@ def test_cli_module_is_cheap_to_import() -> None:
     import subprocess
     import sys
 
-    code = "import sys, buildsys.cli_remote, buildsys.remote; print(sorted(m for m in ('boto3', 'botocore', 'requests', 'cryptography') if m in sys.modules))"
+    code = "import sys, buildsys.cli.remote, buildsys.remote; print(sorted(m for m in ('boto3', 'botocore', 'requests', 'cryptography') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "[]"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from buildsys.config import RemoteSettings
+from buildsys.project.config import RemoteSettings
 from buildsys.remote import RemoteRefused, open_remote
 from buildsys.remote.cache import RemoteCache
 from buildsys.store import LocalStore

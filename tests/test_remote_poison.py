@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.config import RemoteSettings
-from buildsys.encoding import canonical_bytes
+from buildsys.keys.encoding import canonical_bytes
+from buildsys.keys.tree import Entry, encode_manifest
+from buildsys.project.config import RemoteSettings
 from buildsys.remote import open_remote
 from buildsys.remote.cache import RemoteCache
-from buildsys.signing import Signer, TrustedKeys, generate_key
+from buildsys.remote.signing import Signer, TrustedKeys, generate_key
 from buildsys.store import LocalStore
 from buildsys.store.records import ActionRecord
-from buildsys.tree import Entry, encode_manifest
 from tests.remote_servers import NginxServer, make_action, nginx  # noqa: F401
 
 

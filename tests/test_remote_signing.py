@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from buildsys.cli_remote import keys, remote
-from buildsys.signing import Signer, SigningError, TrustedKeys, Verdict, generate_key
+from buildsys.cli.remote import keys, remote
+from buildsys.remote.signing import (
+    Signer,
+    SigningError,
+    TrustedKeys,
+    Verdict,
+    generate_key,
+)
 from buildsys.store.records import ActionRecord, ActionResult
 from tests.remote_servers import NginxServer, nginx  # noqa: F401
 

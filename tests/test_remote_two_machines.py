@@ -12,10 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-from buildsys.signing import generate_key
 from conftest import REPO, CliResult, run_cli
-from tests.remote_servers import MotoServer, NginxServer, SlowServer, free_port, moto_session, nginx_binary  # noqa: F401
+
+from buildsys.remote.signing import generate_key
+from tests.remote_servers import (  # noqa: F401
+    MotoServer,
+    NginxServer,
+    SlowServer,
+    free_port,
+    moto_session,
+    nginx_binary,
+)
 
 
 def _machine(root: Path) -> Path:

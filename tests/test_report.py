@@ -8,11 +8,10 @@ from pathlib import Path
 
 import blake3
 import pytest
+from repro_helpers import R, build, run, stage, write_buildfile
 
 from buildsys.errors import EXIT_BAD_INPUT
 from buildsys.store import LocalStore
-
-from repro_helpers import R, build, run, stage, write_buildfile
 
 BODY = """[models.ckpt]
 path = "ckpt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from buildsys.sandbox import LOG, SKELETON, SandboxPool, input_folders
+from buildsys.execution.sandbox import LOG, SKELETON, SandboxPool, input_folders
 
 
 def _stage_files(sandbox: Path) -> list[Path]:

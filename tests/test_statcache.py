@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 
-from buildsys.hashing import digest_bytes
-from buildsys.store.statcache import RACY_NS, StatCache
 from conftest import Project
+
+from buildsys.keys.hashing import digest_bytes
+from buildsys.store.statcache import RACY_NS, StatCache
 
 
 def test_racily_clean_entry_is_not_trusted(tmp_path):
@@ -40,7 +41,7 @@ def test_settled_entry_is_trusted_and_persisted(tmp_path):
 
 READ_PROBE = """
 import sys
-from buildsys.cli import main
+from buildsys.cli.main import main
 try:
     main(sys.argv[1:], standalone_mode=False)
 except SystemExit as exit:
@@ -78,7 +79,7 @@ def test_noop_build_does_not_reread_a_large_checkpoint(project: Project):
 
 MEMORY_PROBE = """
 import sys
-from buildsys.hashing import digest_file
+from buildsys.keys.hashing import digest_file
 digest_file(sys.argv[1])
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 print(int(status["VmHWM"].split()[0]))

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.hashing import digest_bytes
+from buildsys.keys.hashing import digest_bytes
+from buildsys.keys.tree import Entry, encode_manifest
 from buildsys.store.atomic import create_read_only
 from buildsys.store.local import LocalStore, StoreCorruption, StoreError, _preallocate
 from buildsys.store.records import ActionRecord, ActionResult
-from buildsys.tree import Entry, encode_manifest
 
 
 def _result(store: LocalStore, key_seed: bytes) -> ActionResult:

@@ -8,11 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import Project
 
 from buildsys.store import LocalStore
 from buildsys.store.topdir import make_top_folder, mark_top_folder
-
-from conftest import Project
 
 
 def _topdir(path: Path) -> bool:

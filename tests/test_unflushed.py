@@ -15,20 +15,20 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
+from test_crash_safety import assert_outputs, copy_buildfile, make_inputs
 
 import buildsys.store.local as local
 import buildsys.store.unflushed as unflushed
-from buildsys.config import RemoteSettings
-from buildsys.hashing import digest_bytes
+from buildsys.keys.hashing import digest_bytes
+from buildsys.project.config import RemoteSettings
 from buildsys.remote import open_remote
 from buildsys.remote.cache import RemoteCache
-from buildsys.signing import Signer, TrustedKeys
+from buildsys.remote.signing import Signer, TrustedKeys
 from buildsys.store import LocalStore
+from buildsys.store.batch import BlobBatch
 from buildsys.store.boot import BOOT_ID
 from buildsys.store.local import SYNCFS_MIN_FILES
-from buildsys.store.batch import BlobBatch
-from conftest import run_cli
-from test_crash_safety import assert_outputs, copy_buildfile, make_inputs
 from tests.remote_servers import make_action, trusted_signer
 
 EARLIER_BOOT = "00000000-0000-4000-8000-000000000000"
@@ -254,10 +254,10 @@ _PULL = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from buildsys.config import RemoteSettings
+from buildsys.project.config import RemoteSettings
 from buildsys.remote import open_remote
 from buildsys.remote.cache import RemoteCache
-from buildsys.signing import TrustedKeys
+from buildsys.remote.signing import TrustedKeys
 from buildsys.store import LocalStore
 store = LocalStore(Path({store!r}))
 cache = RemoteCache(store, open_remote({url!r}, RemoteSettings()), TrustedKeys(), None, False, 4, print)

@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-
-from buildsys.errors import EXIT_BAD_INPUT, EXIT_NOT_REPRODUCIBLE
-from buildsys.session import Session
-from buildsys.verify import VARIATIONS, Variation, VerifyError, verify_targets
-
 from repro_helpers import build, run, stage, write_buildfile
+
+from buildsys.build.session import Session
+from buildsys.errors import EXIT_BAD_INPUT, EXIT_NOT_REPRODUCIBLE
+from buildsys.repro.verify import VARIATIONS, Variation, VerifyError, verify_targets
 
 LEAKS = (
     stage("leaks", "base", "make_base")

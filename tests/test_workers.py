@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from conftest import Project
 
 from buildsys.determinism import resolve_device
-from conftest import Project
 
 TORCH_RECIPE = '''
 import torch
@@ -181,7 +181,7 @@ def test_a_cuda_stage_on_a_machine_without_cuda_fails_saying_so(project: Project
 
 
 def test_gpu_presence_is_read_from_the_driver_folder_before_running_nvidia_smi(tmp_path, monkeypatch):
-    from buildsys import fingerprint
+    from buildsys.keys import fingerprint
 
     smi_runs = []
     monkeypatch.setattr(fingerprint, "NVIDIA_PROC_GPUS", tmp_path / "gpus")

@@ -8,8 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from buildsys.config import ConfigError, RemoteSettings
-from buildsys.remote.base import CorruptContent, NotFound, Remote, RemoteError, RemoteRefused, RemoteUnavailable
+from buildsys.project.config import ConfigError, RemoteSettings
+from buildsys.remote.base import (
+    CorruptContent,
+    NotFound,
+    Remote,
+    RemoteError,
+    RemoteRefused,
+    RemoteUnavailable,
+)
 
 __all__ = [
     "CorruptContent",

@@ -17,11 +17,19 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, Generator, Iterable, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import (
+    Callable,
+    Generator,
+    Iterable,
+    Protocol,
+    Sequence,
+    TypeVar,
+    runtime_checkable,
+)
 
 import blake3
 
-from buildsys.hashing import Digest, is_digest
+from buildsys.keys.hashing import Digest, is_digest
 from buildsys.store.atomic import create_read_only, write_all
 
 FilePath = str | os.PathLike[str]  # where a download lands; plain strings for big batches

@@ -29,14 +29,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
-from buildsys.hashing import Digest, digest_file, short
-from buildsys.remote.base import CorruptContent, NotFound, Remote, RemoteError, RemoteRefused
-from buildsys.signing import Signer, TrustedKeys, Verdict
+from buildsys.keys.hashing import Digest, digest_file, short
+from buildsys.remote.base import (
+    CorruptContent,
+    NotFound,
+    Remote,
+    RemoteError,
+    RemoteRefused,
+)
+from buildsys.remote.signing import Signer, TrustedKeys, Verdict
 from buildsys.store.local import LocalStore, StoreCorruption, StoreError
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
 
 if TYPE_CHECKING:
-    from buildsys.config import RemoteSettings, UserConfig
+    from buildsys.project.config import RemoteSettings, UserConfig
 
 T = TypeVar("T")
 _MAX_NOTES = 50
@@ -437,7 +443,7 @@ def _unlink(path: Path) -> None:
 def load_trust(user: "UserConfig", keys_dir: Path | None = None) -> tuple[TrustedKeys, Signer | None]:
     """The trusted keys of the user config, and the signer it names. The signer's own public
     key is trusted too: records signed with it were made by whoever holds this private key."""
-    from buildsys import config
+    from buildsys.project import config
 
     trusted = TrustedKeys.from_mapping(user.trusted, where=f"{user.path}: [trust] keys")
     signer = Signer.load(user.signing_key, keys_dir or config.keys_dir()) if user.signing_key else None

@@ -32,10 +32,23 @@ from typing import Callable, Iterable, Sequence
 
 import blake3
 
-from buildsys.hashing import Digest
+from buildsys.keys.hashing import Digest
+from buildsys.remote.base import (
+    MAX_RECORD_BYTES,
+    BlobsGot,
+    CorruptContent,
+    FilePath,
+    HashingWriter,
+    NotFound,
+    RemoteError,
+    RemoteRefused,
+    RemoteUnavailable,
+    check_name,
+    parallel_get,
+    parallel_put,
+)
 from buildsys.remote.mounts import is_local_filesystem
 from buildsys.store.atomic import create_read_only, write_all
-from buildsys.remote.base import MAX_RECORD_BYTES, BlobsGot, CorruptContent, FilePath, HashingWriter, NotFound, RemoteError, RemoteRefused, RemoteUnavailable, check_name, parallel_get, parallel_put
 
 _COPY_CHUNK = 1 << 20
 _KERNEL_READ_MIN = 4 << 20

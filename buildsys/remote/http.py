@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from buildsys.hashing import Digest
+from buildsys.keys.hashing import Digest
 from buildsys.remote.base import (
     MAX_RECORD_BYTES,
     BlobsGot,
@@ -55,7 +55,8 @@ from buildsys.remote.base import (
     parallel_put,
 )
 from buildsys.remote.curlmulti import get_many, put_many
-from buildsys.remote.httpconn import NETWORK_ERRORS as _POOL_ERRORS, ConnectionPool, truncated
+from buildsys.remote.httpconn import NETWORK_ERRORS as _POOL_ERRORS
+from buildsys.remote.httpconn import ConnectionPool, truncated
 from buildsys.remote.retry import RetryPolicy, Transient, call_with_retry
 
 _CHUNK = 1 << 20

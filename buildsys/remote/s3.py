@@ -26,19 +26,25 @@ The bucket must exist; it is never created here.
 from __future__ import annotations
 
 import os
-
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from boto3.exceptions import Boto3Error
-from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError, ReadTimeoutError, ResponseStreamingError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 
-from buildsys.hashing import Digest
+from buildsys.keys.hashing import Digest
 from buildsys.remote.base import (
     MAX_RECORD_BYTES,
     BlobsGot,

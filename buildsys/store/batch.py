@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from buildsys.hashing import Digest, digest_bytes
+from buildsys.keys.hashing import Digest, digest_bytes
+from buildsys.keys.tree import Manifest, encode_manifest
 from buildsys.store.atomic import unlink_quietly
 from buildsys.store.local import LocalStore
-from buildsys.tree import Manifest, encode_manifest
 
 
 class BlobBatch:

@@ -45,17 +45,28 @@ from typing import BinaryIO, Callable, Iterator
 
 import blake3
 
-from buildsys.encoding import canonical_bytes, decode
-from buildsys.hashing import CHUNK, Digest, digest_bytes, digest_file, is_digest
+from buildsys.keys.encoding import canonical_bytes, decode
+from buildsys.keys.hashing import CHUNK, Digest, digest_bytes, digest_file, is_digest
+from buildsys.keys.tree import Manifest, TreeError, decode_manifest, encode_manifest
+from buildsys.store.atomic import (
+    READ_ONLY,
+    create_read_only_temp,
+    remove_tree,
+    write_all,
+    write_atomic,
+)
+from buildsys.store.atomic import unlink_quietly as _unlink_quietly
+from buildsys.store.records import ActionRecord, ActionResult, RecordError
 from buildsys.store.statcache import StatCache
 from buildsys.store.topdir import make_top_folder
 from buildsys.store.unflushed import Journals
-from buildsys.store.atomic import READ_ONLY, create_read_only_temp, remove_tree, unlink_quietly as _unlink_quietly, write_all, write_atomic
-from buildsys.store.records import ActionRecord, ActionResult, RecordError
-from buildsys.tree import Manifest, TreeError, decode_manifest, encode_manifest
 
 FORMAT = "buildsys-store 1"
 _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")  # Linux: see LocalStore._lock
+
+
+REF_KINDS = ("targets", "pins", "approved")
+"""The kinds of refs (named roots) a store keeps: ``refs/<kind>/<name>``."""
 
 
 class StoreError(Exception):

@@ -3,7 +3,7 @@
 On disk an action-cache entry is the canonical msgpack of ``{"result": {...}, "signature":
 {...} | None}``. The result names its output tree, the blob of the action's full description
 and its log, plus metrics, the complete fingerprint of the producing machine and the producer;
-the signature (Ed25519, see :mod:`buildsys.signing`) covers the canonical bytes of the result.
+the signature (Ed25519, see :mod:`buildsys.remote.signing`) covers the canonical bytes of the result.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from buildsys.encoding import canonical_bytes, decode
-from buildsys.hashing import Digest, is_digest
+from buildsys.keys.encoding import canonical_bytes, decode
+from buildsys.keys.hashing import Digest, is_digest
 
 RESULT_VERSION = 1
 

@@ -37,9 +37,9 @@ from typing import Callable
 import msgpack
 
 from buildsys.errors import SourceChanged
-from buildsys.hashing import Digest, digest_file
-from buildsys.store.boot import BOOT_ID
+from buildsys.keys.hashing import Digest, digest_file
 from buildsys.store.atomic import write_atomic
+from buildsys.store.boot import BOOT_ID
 
 RACY_NS = 50_000_000
 SEALED = -1

@@ -28,7 +28,7 @@ import fcntl
 import os
 from typing import Iterable, Iterator
 
-from buildsys.hashing import Digest, is_digest
+from buildsys.keys.hashing import Digest, is_digest
 from buildsys.store.atomic import fsync_directory, unlink_quietly, write_all
 from buildsys.store.boot import BOOT_ID
 

@@ -1,0 +1,216 @@
+"""From Buildfile stages to action descriptions and keys.
+
+The resolver knows how to turn every kind of input reference into a tree digest (upstream
+outputs, source files, package files, approved renders, models) and a stage into its action
+description. It holds per-process memos so a recipe's code closure or a source glob is worked
+out once per build, and it never imports a heavy library.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from buildsys.build.sources import (
+    SourceError,
+    ingest_cached,
+    ingest_files,
+    ingest_path,
+    match_files,
+)
+from buildsys.determinism import resolve_device
+from buildsys.errors import BuildsysError
+from buildsys.keys.action import action_key, describe
+from buildsys.keys.fingerprint import Fingerprint
+from buildsys.keys.hashing import Digest
+from buildsys.keys.identity import recipe_code_digest
+from buildsys.keys.tree import Manifest
+from buildsys.project.buildfile import InputRef, ModelSpec, Project, StageSpec
+from buildsys.store.batch import BlobBatch
+from buildsys.store.local import LocalStore
+from buildsys.store.statcache import StatCache
+
+EMPTY_TREE_MANIFEST: Manifest = {}
+
+
+class InputError(BuildsysError):
+    """An input that cannot be resolved; names the stage and the input."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A stage made concrete: its description, key and the trees it reads."""
+
+    spec: StageSpec
+    description: dict[str, Any]
+    key: Digest
+    inputs: dict[str, Digest]
+    model: Digest | None
+    threads: int
+    device: str
+
+
+def default_threads(project: Project, jobs: int) -> int:
+    if project.threads:
+        return project.threads
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+class Resolver:
+    def __init__(self, project: Project, store: LocalStore, stat_cache: StatCache, fingerprint: Fingerprint, threads: int) -> None:
+        self.project = project
+        self.store = store
+        self.stat_cache = stat_cache
+        self.fingerprint = fingerprint
+        self.threads = threads
+        self._code: dict[str, Digest] = {}
+        self._sources: dict[InputRef, Digest] = {}
+        self._models: dict[str, Digest] = {}
+
+    def code_digest(self, recipe: str) -> Digest:
+        if recipe not in self._code:
+            self._code[recipe] = recipe_code_digest(recipe, self.project.recipe_path, lambda p: self.stat_cache.digest(p)[0])
+        return self._code[recipe]
+
+    def source_tree(self, ref: InputRef, where: str, batch: BlobBatch | None = None) -> Digest:
+        if ref not in self._sources:
+            try:
+                files = match_files(ref.kind, ref.value, self.project.root)
+            except SourceError as exc:
+                raise InputError(f"{self.project.file}: {where}: {exc}") from None
+            self._sources[ref] = ingest_files(files, batch or self.store, self.stat_cache)[0]
+        return self._sources[ref]
+
+    def prefetch_sources(self, stage_ids: list[str], threads: int = 4) -> None:
+        """Hash and store every source the stages read, several files at once (a cold build
+        of many small stages otherwise waits on one file at a time in the scheduler thread),
+        made durable together by one flush."""
+        pending = {}
+        for sid in stage_ids:
+            spec = self.project.stages[sid]
+            for name, refs in spec.inputs.items():
+                for ref in refs:
+                    if ref.kind in ("src", "pkg") and ref not in self._sources:
+                        pending.setdefault(ref, f"{spec.where}.inputs.{name}")
+        pending = {ref: where for ref, where in pending.items() if not self._source_from_stat_cache(ref)}
+        if not pending:
+            return
+        try:
+            with BlobBatch(self.store) as batch, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sources") as pool:
+                for future in [pool.submit(self.source_tree, ref, where, batch) for ref, where in pending.items()]:
+                    future.result()
+        except BaseException:
+            for ref in pending:  # their blobs were discarded with the batch
+                self._sources.pop(ref, None)
+            raise
+
+    def _source_from_stat_cache(self, ref: InputRef) -> bool:
+        """Resolve a source whose files are all known to the stat cache and in the store (the
+        no-op case: nothing to read, so no thread to start); False if any file needs work."""
+        try:
+            files = match_files(ref.kind, ref.value, self.project.root)
+        except SourceError:
+            return False  # reported with its field by source_tree
+        tree = ingest_cached(files, self.store, self.stat_cache)
+        if tree is None:
+            return False
+        self._sources[ref] = tree
+        return True
+
+    def approved_tree(self, target: str, stage: str) -> Digest:
+        ref = self.store.read_ref("approved", target) or {}
+        tree = ref.get("stages", {}).get(stage)
+        return tree if tree else self.store.put_tree(EMPTY_TREE_MANIFEST)
+
+    def model_tree(self, model: ModelSpec, trees: dict[str, Digest]) -> Digest:
+        if model.name in self._models:
+            return self._models[model.name]
+        if model.path is not None:
+            try:
+                digest = ingest_path(model.path, self.store, self.stat_cache)[0]
+            except SourceError as exc:
+                raise InputError(f"{self.project.file}: {model.where}.path: {exc}") from None
+        else:
+            digest = trees[model.producer]
+        if model.digest and digest != model.digest:
+            raise InputError(
+                f"{self.project.file}: {model.where}.digest: checkpoint hashes to {digest}, "
+                f"the registry expects {model.digest}"
+            )
+        self._models[model.name] = digest
+        return digest
+
+    def input_trees(self, spec: StageSpec, trees: dict[str, Digest]) -> dict[str, Digest]:
+        resolved: dict[str, Digest] = {}
+        for name, refs in spec.inputs.items():
+            digests = [self._ref_tree(spec, name, ref, trees) for ref in refs]
+            resolved[name] = digests[0] if len(digests) == 1 else self._merge(spec, name, digests)
+        return resolved
+
+    def _ref_tree(self, spec: StageSpec, name: str, ref: InputRef, trees: dict[str, Digest]) -> Digest:
+        if ref.kind == "stage":
+            return trees[f"{ref.target}/{ref.value}"]
+        if ref.kind == "approved":
+            return self.approved_tree(spec.target, ref.value)
+        return self.source_tree(ref, f"{spec.where}.inputs.{name}")
+
+    def _merge(self, spec: StageSpec, name: str, digests: list[Digest]) -> Digest:
+        merged: Manifest = {}
+        for digest in digests:
+            for path, entry in self.store.get_tree(digest).items():
+                if path in merged and merged[path] != entry:
+                    raise InputError(f"{self.project.file}: {spec.where}.inputs.{name}: two references provide different files at {path!r}")
+                merged[path] = entry
+        return self.store.put_tree(merged)
+
+    def upstream(self, spec: StageSpec) -> list[str]:
+        deps = spec.upstream()
+        if spec.model is not None:
+            producer = self.project.models[spec.model].producer
+            if producer:
+                deps.append(producer)
+        return deps
+
+    def resolve(self, spec: StageSpec, trees: dict[str, Digest]) -> Resolved:
+        """Describe a stage whose upstream trees are all known."""
+        inputs = self.input_trees(spec, trees)
+        model = self.model_tree(self.project.models[spec.model], trees) if spec.model else None
+        device = resolve_device(spec.device)
+        description = describe(
+            stage=spec.name,
+            recipe=spec.recipe,
+            code=self.code_digest(spec.recipe),
+            inputs=inputs,
+            params=spec.params,
+            seed=spec.seed,
+            model=model,
+            fingerprint=self.fingerprint.select(spec.fingerprint, self.threads),
+            mode=spec.mode,
+            device=device,
+            iterations=spec.budget.iterations,
+            isolate=spec.isolate,
+        )
+        return Resolved(spec, description, action_key(description), inputs, model, self.threads, device)
+
+
+def closure(project: Project, targets: list[str], resolver: Resolver) -> list[str]:
+    """Every stage the targets need, upstream first (a stable topological order)."""
+    needed: dict[str, None] = {}
+    visiting: set[str] = set()
+
+    def visit(stage_id: str) -> None:
+        if stage_id in needed:
+            return
+        visiting.add(stage_id)
+        for dep in sorted(resolver.upstream(project.stages[stage_id])):
+            if dep not in visiting:
+                visit(dep)
+        visiting.discard(stage_id)
+        needed[stage_id] = None
+
+    for target in targets:
+        for stage in project.targets[target].stages.values():
+            visit(stage.id)
+    return list(needed)

@@ -1,0 +1,397 @@
+"""The scheduler: walks the stage graph, uses the caches, runs what is missing.
+
+Stages become ready when every upstream stage has a result. A ready stage is described and
+looked up in the local action cache in the scheduler's own thread (the no-op path: no thread,
+no process, no import); on a miss it goes to a pool of ``jobs`` threads, each of which tries the
+remote, then takes the action's lock (another buildsys process may be running the same action:
+it waits and reuses the result), then runs it through the executor. A failed stage blocks
+its dependents; without ``keep_going`` nothing new starts after the first failure, and what is
+running finishes cleanly.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from queue import SimpleQueue
+from typing import TYPE_CHECKING, Any
+
+from buildsys.build.gate import gate_verdict
+from buildsys.build.materialize import MaterializeReport, materialize_trees
+from buildsys.build.resolver import Resolved, closure
+from buildsys.build.session import Session
+from buildsys.errors import EXIT_BUILD_FAILED, EXIT_OK, BuildsysError
+from buildsys.execution.producer import producer
+from buildsys.execution.sandbox import SandboxPool
+from buildsys.keys.action import changed_components
+from buildsys.keys.encoding import decode
+from buildsys.keys.hashing import Digest
+from buildsys.store.local import StoreError
+from buildsys.store.records import ActionResult
+from buildsys.store.topdir import make_top_folder
+
+if TYPE_CHECKING:
+    from buildsys.execution.executor import Executor
+
+EXECUTED, CACHED, PULLED, FAILED, BLOCKED, SKIPPED, WOULD_RUN = (
+    "executed", "cached", "pulled", "failed", "blocked", "skipped", "would-run",
+)
+
+
+@dataclass
+class StageReport:
+    id: str
+    status: str
+    key: Digest | None = None
+    description: Digest | None = None
+    tree: Digest | None = None
+    log: Digest | None = None
+    error: str | None = None
+    outcome: str | None = None  # why a failed stage failed: failed, timeout, memory, crash
+    wall_s: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] | None = None
+    reason: list[tuple[str, Any, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (EXECUTED, CACHED, PULLED)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("reason",) and v not in (None, {}, [])}
+        return out
+
+
+@dataclass
+class BuildReport:
+    targets: dict[str, str]
+    stages: dict[str, StageReport]
+    materialized: MaterializeReport
+    record: Digest | None = None
+    remote: dict[str, Any] | None = None
+    wall_s: float = 0.0
+    workers_started: int = 0
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.stages.values() if s.status == status)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if all(v in ("ok", "review") for v in self.targets.values()) else EXIT_BUILD_FAILED
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "targets": self.targets,
+            "executed": self.count(EXECUTED),
+            "cached": self.count(CACHED),
+            "pulled": self.count(PULLED),
+            "failed": self.count(FAILED),
+            "blocked": self.count(BLOCKED) + self.count(SKIPPED),
+            "review": sorted(t for t, v in self.targets.items() if v == "review"),
+            "failures": {
+                sid: {"status": s.outcome or FAILED, "error": s.error} for sid, s in self.stages.items() if s.status == FAILED
+            },
+            "gate_failures": {
+                sid: s.gate.get("failures", []) for sid, s in self.stages.items() if s.gate and not s.gate.get("passed", False)
+            },
+            "remote": self.remote,
+            "record": self.record,
+            "wall_s": round(self.wall_s, 3),
+            "workers_started": self.workers_started,
+            "exit_code": self.exit_code,
+        }
+
+
+class Reporter:
+    """What the scheduler tells about a build as it goes; this base says nothing (``--json``),
+    the terminal reporters in :mod:`buildsys.build.progress` override what they show."""
+
+    def begin(self, total: int) -> None: ...
+
+    def started(self, stage_id: str) -> None: ...
+
+    def progress(self, stage_id: str, done: int, total: int | None, message: str) -> None: ...
+
+    def finished(self, report: StageReport) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class Builder:
+    def __init__(
+        self,
+        session: Session,
+        reporter: Reporter | None = None,
+        executor: Executor | None = None,
+        remote: Any = None,
+        keep_going: bool = False,
+        execute: bool = True,
+        materialize: bool = True,
+    ) -> None:
+        self.session = session
+        self.store = session.store
+        self.resolver = session.resolver
+        self.reporter = reporter or Reporter()
+        self._executor = executor
+        self.remote = remote
+        self.keep_going = keep_going
+        self.execute = execute
+        self.materialize = materialize
+        self._key_to_stage: dict[Digest, str] = {}
+        self._sandboxes = SandboxPool(self.store.tmp)
+
+    def _executor_for_build(self) -> Executor:
+        """The executor, made when the first stage is about to run (in the scheduler's thread, so
+        only one is made): a build that runs nothing (no-op, restore) never imports it, the
+        runner or the worker machinery (~5 ms)."""
+        if self._executor is None:
+            from buildsys.execution.executor import LocalExecutor
+
+            self._executor = LocalExecutor(self.session.jobs, on_progress=self._on_progress)
+        return self._executor
+
+    def _on_progress(self, key: str, done: int, total: int | None, message: str) -> None:
+        stage_id = self._key_to_stage.get(key)
+        if stage_id:
+            self.reporter.progress(stage_id, done, total, message)
+
+    def build(self, target_names: list[str]) -> BuildReport:
+        started = time.time()
+        with self.store.using():
+            try:
+                reports = self._walk(target_names)
+            finally:
+                if self._executor is not None:
+                    self._executor.close()
+                self._sandboxes.close()
+            targets = self._target_verdicts(target_names, reports)
+            materialized = MaterializeReport()
+            if self.execute:
+                # refs first: their flush then does not also write out the materialized copies
+                self._write_refs(target_names, reports)
+                if self.materialize:
+                    self._materialize(target_names, reports, materialized)
+            report = BuildReport(
+                targets, reports, materialized, remote=self._remote_stats(), wall_s=time.time() - started,
+                workers_started=getattr(self._executor, "spawned", 0),
+            )
+            if self.execute:
+                report.record = self._record(target_names, report, started)
+        return report
+
+    def _walk(self, target_names: list[str]) -> dict[str, StageReport]:
+        project = self.session.project
+        order = closure(project, target_names, self.resolver)
+        self.resolver.prefetch_sources(order)
+        deps = {sid: set(self.resolver.upstream(project.stages[sid])) for sid in order}
+        dependents: dict[str, list[str]] = {sid: [] for sid in order}
+        for sid in order:
+            for dep in deps[sid]:
+                dependents[dep].append(sid)
+        waiting = {sid: len(deps[sid]) for sid in order}
+        ready = deque(sid for sid in order if not deps[sid])
+        trees: dict[str, Digest] = {}
+        reports: dict[str, StageReport] = {}
+        running: dict[Future, str] = {}
+        completed: SimpleQueue[Future] = SimpleQueue()
+        stop = False
+        self.reporter.begin(len(order))
+        pool = ThreadPoolExecutor(max_workers=self.session.jobs, thread_name_prefix="stage")
+        try:
+            while ready or running:
+                while ready and not stop:
+                    sid = ready.popleft()
+                    report, resolved = self._try_cache(sid, trees)
+                    if report is None and self.execute:
+                        self.reporter.started(sid)
+                        self._key_to_stage[resolved.key] = sid
+                        future = pool.submit(self._run, resolved, self._executor_for_build())
+                        running[future] = sid
+                        future.add_done_callback(completed.put)
+                        continue
+                    if report is None:
+                        report = self._would_run(sid, resolved)
+                    stop |= self._finish(report, trees, reports, dependents, waiting, ready)
+                if not running:
+                    break
+                # one completion at a time from a queue: wait() on every running future
+                # would cost O(running) per completion, quadratic in a wide graph
+                future = completed.get()
+                sid = running.pop(future)
+                try:
+                    report = future.result()
+                except BuildsysError as exc:
+                    report = StageReport(sid, FAILED, error=str(exc))
+                stop |= self._finish(report, trees, reports, dependents, waiting, ready)
+        finally:
+            pool.shutdown(wait=True)
+            self.reporter.end()
+        for sid in order:
+            if sid not in reports:
+                reports[sid] = StageReport(sid, SKIPPED, error="not started: an earlier stage failed")
+        return reports
+
+    def _try_cache(self, sid: str, trees: dict[str, Digest]) -> tuple[StageReport | None, Resolved]:
+        resolved = self.resolver.resolve(self.session.project.stages[sid], trees)
+        result = self.store.lookup(resolved.key)
+        if result is not None:
+            return self._report(sid, CACHED, result), resolved
+        return None, resolved
+
+    def _would_run(self, sid: str, resolved: Resolved) -> StageReport:
+        if self.remote is not None:
+            result = self.remote.pull_action(resolved.key)
+            if result is not None:
+                return self._report(sid, PULLED, result)
+        spec = self.session.project.stages[sid]
+        previous = self._previous_description(spec.target, spec.name)
+        return StageReport(sid, WOULD_RUN, key=resolved.key, reason=changed_components(previous, resolved.description))
+
+    def _previous_description(self, target: str, stage: str) -> dict[str, Any] | None:
+        ref = self.session.last_build(target) or {}
+        entry = ref.get("stages", {}).get(stage)
+        if not entry or not self.store.has_blob(entry["description"]):
+            return None
+        return decode(self.store.read_bytes(entry["description"]))
+
+    def _run(self, resolved: Resolved, executor: Executor) -> StageReport:
+        from buildsys.build.runner import run_action  # see _executor_for_build
+
+        sid = resolved.spec.id
+        if self.remote is not None:
+            result = self.remote.pull_action(resolved.key)
+            if result is not None:
+                return self._report(sid, PULLED, result)
+        with self.store.action_lock(resolved.key):
+            result = self.store.lookup(resolved.key)
+            if result is not None:
+                return self._report(sid, CACHED, result)
+            run = run_action(
+                resolved, self.store, executor, self.session.fingerprint, self.session.project.recipe_path,
+                sandboxes=self._sandboxes,
+            )
+        if run.result is None:
+            return StageReport(
+                sid, FAILED, key=resolved.key, log=run.log, error=f"{run.outcome.status}: {run.outcome.error}",
+                outcome=run.outcome.status, wall_s=run.outcome.wall_s,
+            )
+        if self.remote is not None:
+            self.remote.push_action(resolved.key)
+        return self._report(sid, EXECUTED, run.result)
+
+    def _report(self, sid: str, status: str, result: ActionResult) -> StageReport:
+        report = StageReport(
+            sid, status, key=result.key, description=result.description, tree=result.tree, log=result.log,
+            wall_s=float(result.metrics.get("wall_s", 0.0)), metrics=result.metrics,
+        )
+        if self.session.project.stages[sid].gate:
+            report.gate = gate_verdict(self.store, result.tree, sid)
+        return report
+
+    def _finish(self, report, trees, reports, dependents, waiting, ready) -> bool:
+        reports[report.id] = report
+        self.reporter.finished(report)
+        if report.ok:
+            trees[report.id] = report.tree
+        if report.ok or report.status == WOULD_RUN:
+            for child in dependents[report.id]:
+                waiting[child] -= 1
+                if waiting[child] == 0:
+                    if report.status == WOULD_RUN or any(reports.get(d) and reports[d].status == WOULD_RUN for d in self.resolver.upstream(self.session.project.stages[child])):
+                        self._finish(StageReport(child, WOULD_RUN, error=f"upstream stage {report.id} will run"), trees, reports, dependents, waiting, ready)
+                    else:
+                        ready.append(child)
+            return False
+        if report.status == FAILED:
+            self._block(report.id, reports, dependents)
+            return not self.keep_going
+        return False
+
+    def _block(self, sid: str, reports: dict[str, StageReport], dependents: dict[str, list[str]]) -> None:
+        for child in dependents[sid]:
+            if child not in reports:
+                reports[child] = StageReport(child, BLOCKED, error=f"upstream stage {sid} failed")
+                self.reporter.finished(reports[child])
+                self._block(child, reports, dependents)
+
+    def _target_verdicts(self, target_names: list[str], reports: dict[str, StageReport]) -> dict[str, str]:
+        verdicts = {}
+        for name in target_names:
+            target = self.session.project.targets[name]
+            stage_reports = [reports[s.id] for s in target.stages.values()]
+            if not self.execute:
+                verdicts[name] = "up-to-date" if all(r.ok for r in stage_reports) else "would-run"
+            elif not all(r.ok for r in stage_reports):
+                verdicts[name] = "failed"
+            elif any(r.gate and not r.gate["passed"] for r in stage_reports):
+                verdicts[name] = "review" if target.on_fail == "review" else "failed"
+            else:
+                verdicts[name] = "ok"
+        return verdicts
+
+    def _materialize(self, target_names: list[str], reports: dict[str, StageReport], out: MaterializeReport) -> None:
+        project = self.session.project
+        # another build of this project may be materializing the same folders: one at a time,
+        # or its pruning would delete the other's half-written temp files
+        trees = [
+            (reports[f"{name}/{stage}"].tree, project.outputs / name / stage)
+            for name in target_names
+            for stage in project.targets[name].outputs
+            if reports[f"{name}/{stage}"].ok
+        ]
+        make_top_folder(project.outputs)  # its target folders spread over the disk (see topdir.py)
+        with self.store.folder_lock(project.outputs):
+            materialize_trees(self.store, trees, self.session.stat_cache, out)
+
+    def _write_refs(self, target_names: list[str], reports: dict[str, StageReport]) -> None:
+        project = self.session.project
+        refs = {}
+        for name in target_names:
+            stages = project.targets[name].stages
+            if not all(reports[s.id].ok for s in stages.values()):
+                continue
+            last = self.session.last_build(name)
+            old = (last or {}).get("stages", {})
+            entries = {}
+            for stage_name, spec in stages.items():
+                report = reports[spec.id]
+                previous = old.get(stage_name, {})
+                entry = {"key": report.key, "description": report.description, "tree": report.tree, "status": report.status}
+                if previous.get("key") == report.key:
+                    if previous.get("previous"):
+                        entry["previous"] = previous["previous"]
+                elif previous.get("description"):
+                    entry["previous"] = previous["description"]
+                entries[stage_name] = entry
+            ref = {"stages": entries, "outputs": list(project.targets[name].outputs)}
+            if ref != last:  # already read above: an unchanged ref is not read again to compare
+                refs[name] = ref
+        self.store.write_refs("targets", refs)
+
+    def _remote_stats(self) -> dict[str, Any] | None:
+        if self.remote is None:
+            return None
+        return self.remote.stats.to_dict()
+
+    def _record(self, target_names: list[str], report: BuildReport, started: float) -> Digest | None:
+        record = {
+            "v": 1,
+            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="milliseconds"),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "buildfile": str(self.session.project.file),
+            "argv": sys.argv[1:],
+            "producer": producer(),
+            "jobs": self.session.jobs,
+            "threads": self.session.threads,
+            "targets": report.targets,
+            "stages": {sid: s.to_dict() for sid, s in report.stages.items()},
+            "summary": {k: v for k, v in report.summary().items() if k not in ("record",)},
+        }
+        try:
+            return self.store.add_build_record(record, int(started * 1e9))
+        except StoreError:
+            return None

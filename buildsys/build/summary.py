@@ -1,0 +1,73 @@
+"""What a build or a plan prints at the end: text for people, one JSON line for machines."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from buildsys.build.scheduler import WOULD_RUN, BuildReport
+from buildsys.build.session import Session
+
+
+def print_summary(report: BuildReport, session: Session, json_output: bool) -> None:
+    summary = report.summary()
+    if json_output:
+        click.echo(json.dumps(summary, sort_keys=True))
+        return
+    for sid, stage in report.stages.items():
+        if stage.status == "failed" and stage.log:
+            click.echo(f"--- log of {sid} (buildsys log --stage {sid}) ---", err=True)
+            tail = session.store.read_bytes(stage.log).decode("utf-8", "replace").splitlines()[-15:]
+            click.echo("\n".join(tail), err=True)
+    for sid, failures in summary["gate_failures"].items():
+        for failure in failures:
+            value = failure.get("value")
+            threshold = failure.get("threshold")
+            click.echo(f"gate failed: {sid}: {failure.get('gate')} = {value} (threshold {threshold}) {failure.get('message', '')}".rstrip(), err=True)
+    remote = summary["remote"]
+    remote_text = ""
+    if remote:
+        remote_text = f", remote: {remote.get('pulled_actions', 0)} pulled, {remote.get('pushed_actions', 0)} pushed"
+        ignored = sum(remote.get(k, 0) for k in ("ignored_unsigned", "ignored_untrusted", "bad_signature", "rejected_blobs"))
+        if ignored:
+            remote_text += f", {ignored} remote entries refused"
+        if remote.get("disabled_reason"):
+            remote_text += f" (remote skipped: {remote['disabled_reason']})"
+    verdicts = ", ".join(f"{t}: {v}" for t, v in report.targets.items())
+    click.echo(
+        f"{len(report.stages)} stages: {summary['executed']} executed, {summary['cached']} cached, "
+        f"{summary['pulled']} pulled, {summary['failed']} failed, {summary['blocked']} blocked{remote_text} "
+        f"in {report.wall_s:.2f} s",
+        err=True,
+    )
+    if summary["review"]:
+        click.echo(f"routed to review: {', '.join(summary['review'])}", err=True)
+    click.echo(verdicts, err=True)
+
+
+def _show(value) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def print_plan(report: BuildReport, json_output: bool) -> None:
+    if json_output:
+        click.echo(json.dumps({
+            "targets": report.targets,
+            "stages": {sid: {"status": s.status, "key": s.key, "reason": [list(r) for r in s.reason], "note": s.error} for sid, s in report.stages.items()},
+        }, sort_keys=True, default=str))
+        return
+    for sid, stage in report.stages.items():
+        if stage.status == WOULD_RUN:
+            click.echo(f"would run  {sid}")
+            if stage.error:
+                click.echo(f"    {stage.error}")
+            for path, old, new in stage.reason:
+                click.echo(f"    {path}: {_show(old)} -> {_show(new)}")
+        elif stage.status == "failed":
+            click.echo(f"error      {sid}: {stage.error}")
+        else:
+            click.echo(f"{stage.status:<10} {sid}")
+    pending = sum(1 for s in report.stages.values() if s.status == WOULD_RUN)
+    click.echo(f"{pending} of {len(report.stages)} stages would run")

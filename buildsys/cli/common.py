@@ -1,0 +1,73 @@
+"""What every command module shares at the CLI edge: the -f option, the error handler that
+turns typed errors into one-line messages and exit codes, and opening a session."""
+
+from __future__ import annotations
+
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from buildsys.errors import EXIT_BAD_INPUT, EXIT_STORE, BuildsysError
+
+BUILDFILE_OPTION = click.option(
+    "-f", "--buildfile", type=click.Path(path_type=Path), default=Path("Buildfile.toml"), show_default=True,
+    help="The Buildfile to read.",
+)
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"buildsys: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's typed errors into a message and an exit code."""
+
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from buildsys.keys.encoding import EncodingError
+        from buildsys.store.local import StoreError
+
+        try:
+            return function(*args, **kwargs)
+        except BuildsysError as exc:
+            fail(str(exc), exc.exit_code)
+        except StoreError as exc:
+            fail(str(exc), EXIT_STORE)
+        except EncodingError as exc:
+            fail(f"cannot encode: {exc}", EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+def open_session(buildfile: Path, jobs: int | None = None, check_recipes: bool = True):
+    """The command's session; says what opening the store re-checked after a reboot."""
+    from buildsys.build.session import Session
+
+    session = Session(buildfile, jobs=jobs, check_recipes=check_recipes)
+    if session.store.recovery is not None:
+        warn(f"store {session.store.root}: {session.store.recovery.describe()}")
+    return session
+
+
+def warn(message: str) -> None:
+    click.echo(f"buildsys: warning: {message}", err=True)
+
+
+def open_remote_cache(session, url: str | None):
+    """The remote cache that the Buildfile's [remote], the user config or --remote names, or
+    None when none is configured."""
+    from buildsys.project.config import load_settings, load_user_config
+
+    user = load_user_config()
+    settings = load_settings(session.project.remote, url, buildfile_where=str(session.project.file), user=user)
+    if not settings.enabled:
+        return None
+    from buildsys.remote.cache import (
+        open_cache,  # signing and HTTP/S3 clients: only with a remote
+    )
+
+    return open_cache(session.store, settings, user, warn)

@@ -1,0 +1,193 @@
+"""The worker process: runs recipes, one job at a time, for as long as the build needs it.
+
+Started by :mod:`buildsys.execution.executor` as ``python -m buildsys.execution.worker`` with the scrubbed
+environment of :func:`buildsys.determinism.worker_environment`. Reused across jobs, so a heavy
+import (torch, diffusers) is paid once per worker, not once per stage.
+
+Protocol: frames of a 4-byte big-endian length and a msgpack map. The parent writes job frames
+on the worker's stdin; the worker answers on the file descriptor that was its stdout, with
+``{"progress": [done, total, message]}`` frames and one final ``{"done": ...}`` frame per job.
+While a job runs, fds 1 and 2 point at the job's log file, so whatever a recipe or a library
+prints lands in the log and can never corrupt the protocol.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import os
+import struct
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+
+from buildsys.context import Budget, StageContext
+from buildsys.determinism import (
+    apply_torch_settings,
+    failure_hint,
+    seed_globals,
+    seed_torch_global,
+)
+
+PROGRESS_INTERVAL_S = 0.2
+
+
+def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:
+    data = msgpack.packb(message, use_bin_type=True)
+    stream.write(struct.pack(">I", len(data)) + data)
+    stream.flush()
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
+    """``size`` bytes, looping over short reads (the parent reads an unbuffered pipe: a
+    buffered reader could swallow a second frame that ``select`` would then never report)."""
+    chunks = []
+    while size:
+        chunk = stream.read(size)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
+    header = _read_exact(stream, 4)
+    if header is None:
+        return None
+    (length,) = struct.unpack(">I", header)
+    data = _read_exact(stream, length)
+    if data is None:
+        return None
+    return msgpack.unpackb(data, raw=False)
+
+
+class _Progress:
+    def __init__(self, channel: BinaryIO) -> None:
+        self.channel = channel
+        self.last = 0.0
+        self.iterations = 0
+
+    def __call__(self, done: int, total: int | None, message: str) -> None:
+        self.iterations = max(self.iterations, done)
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_INTERVAL_S or (total is not None and done >= total):
+            self.last = now
+            write_frame(self.channel, {"progress": [done, total, message]})
+
+
+def _redirect_output(path: str | None) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+class _TorchImportHook(importlib.abc.MetaPathFinder):
+    """Applies the running job's torch settings, and seeds torch's global generator from it, the
+    moment a recipe first imports torch. Recipes import torch inside their functions (the CLI must
+    not pay for it), so without this hook the first torch stage a worker runs would run with
+    torch's defaults (nondeterministic kernels allowed, a global seed not derived from the action)
+    and the next ones with the contract: the same action's bytes would depend on which stages
+    shared its worker."""
+
+    def __init__(self) -> None:
+        self.job: dict[str, Any] | None = None
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "torch" or self.job is None:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        job, load = self.job, spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            load(module)
+            apply_torch_settings(job["mode"], job["threads"])
+            seed_torch_global(job["seed"], job["stage"])
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+_TORCH_IMPORT_HOOK = _TorchImportHook()
+
+
+def run_job(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
+    _TORCH_IMPORT_HOOK.job = job
+    try:
+        return _run_recipe(job, channel)
+    finally:
+        _TORCH_IMPORT_HOOK.job = None
+
+
+def _run_recipe(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
+    for root in reversed(job["recipe_path"]):
+        if root not in sys.path:
+            sys.path.insert(0, root)
+    os.umask(job.get("umask", 0o022))
+    os.chdir(job["work"])
+    os.environ["TMPDIR"] = job["tmp"]
+    os.environ["HOME"] = job["work"]
+    module_name, function_name = job["recipe"].split(":")
+    module = importlib.import_module(module_name)
+    function = getattr(module, function_name)
+    seed_globals(job["seed"], job["stage"])
+    if "torch" in sys.modules:
+        apply_torch_settings(job["mode"], job["threads"])
+    progress = _Progress(channel)
+    context = StageContext(
+        stage=job["stage"],
+        target=job["target"],
+        inputs={name: Path(path) for name, path in job["inputs"].items()},
+        params=job["params"],
+        seed=job["seed"],
+        out=Path(job["out"]),
+        model=Path(job["model"]) if job["model"] else None,
+        budget=Budget(**job["budget"]),
+        mode=job["mode"],
+        device=job["device"],
+        threads=job["threads"],
+        report=progress,
+    )
+    function(context)
+    return {"iterations": progress.iterations}
+
+
+def main() -> None:
+    if "torch" not in sys.modules:
+        sys.meta_path.insert(0, _TORCH_IMPORT_HOOK)
+    channel = os.fdopen(os.dup(1), "wb")
+    requests = sys.stdin.buffer
+    _redirect_output(None)
+    while True:
+        job = read_frame(requests)
+        if job is None:
+            return
+        _redirect_output(job["log"])
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        try:
+            extra = run_job(job, channel)
+            reply: dict[str, Any] = {"done": True, "ok": True, **extra}
+        except BaseException as exc:  # everything a recipe raises is reported, never fatal
+            traceback.print_exc()
+            error = f"{type(exc).__name__}: {exc}{failure_hint(exc, job['mode'])}"
+            reply = {"done": True, "ok": False, "error": error, "error_type": type(exc).__name__}
+        reply["wall_s"] = time.perf_counter() - started
+        reply["cpu_s"] = time.process_time() - cpu_started
+        _redirect_output(None)
+        write_frame(channel, reply)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Action descriptions and keys: what one stage's output is a function of.
+
+The description of an action (format ``ACTION_VERSION``) is the map::
+
+    v            ACTION_VERSION: bumped when the engine changes what a recipe sees
+    stage        the stage name (seeds are derived from it)
+    recipe       {"ref": "module:function", "code": digest of the recipe's code closure}
+    inputs       {input name: tree digest}
+    params       the stage's params, as written in the Buildfile after overrides
+    seed         the action's seed
+    model        {"digest": checkpoint tree digest} or None
+    fingerprint  {field: value} for the fields the stage declares
+    mode         deterministic | strict | stochastic
+    device       the resolved device (cpu, cuda)
+    iterations   the iteration budget handed to the recipe, or None
+    isolate      true when the stage runs in a fresh worker process of its own
+
+``isolate`` is in the key because it can change bytes: some native libraries keep process-wide
+state (allocator layout, static caches) that leaks from one job into the next in a reused
+worker; pymeshlab's isotropic remeshing is one (see the cleanup stages of Buildfile.toml).
+
+The target's name is deliberately absent: two targets that run the same action share its
+output. The action key is the BLAKE3 digest of the canonical encoding of this map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildsys.keys.hashing import Digest, digest_value
+
+ACTION_VERSION = 1
+MODES = ("deterministic", "strict", "stochastic")
+"""The determinism modes an action runs in (the contract is in :mod:`buildsys.determinism`)."""
+DETERMINISTIC_MODES = ("deterministic", "strict")
+"""The modes whose outputs must reproduce bitwise."""
+
+
+def describe(
+    *,
+    stage: str,
+    recipe: str,
+    code: Digest,
+    inputs: dict[str, Digest],
+    params: dict[str, Any],
+    seed: int,
+    model: Digest | None,
+    fingerprint: dict[str, str],
+    mode: str,
+    device: str,
+    iterations: int | None,
+    isolate: bool = False,
+) -> dict[str, Any]:
+    return {
+        "v": ACTION_VERSION,
+        "stage": stage,
+        "recipe": {"ref": recipe, "code": code},
+        "inputs": dict(sorted(inputs.items())),
+        "params": params,
+        "seed": seed,
+        "model": {"digest": model} if model else None,
+        "fingerprint": fingerprint,
+        "mode": mode,
+        "device": device,
+        "iterations": iterations,
+        "isolate": isolate,
+    }
+
+
+def action_key(description: dict[str, Any]) -> Digest:
+    return digest_value(description)
+
+
+def changed_components(old: dict[str, Any] | None, new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The leaf paths where two descriptions differ, as (path, old, new): what ``explain``
+    and ``diff`` print, in the spirit of nix-diff."""
+    if old is None:
+        return [(prefix or "(all)", None, "(never built)")]
+    changes: list[tuple[str, Any, Any]] = []
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            path = f"{prefix}.{key}" if prefix else key
+            if key not in old:
+                changes.append((path, None, new[key]))
+            elif key not in new:
+                changes.append((path, old[key], None))
+            elif old[key] != new[key]:
+                changes.extend(changed_components(old[key], new[key], path))
+        return changes
+    if old != new:
+        changes.append((prefix, old, new))
+    return changes

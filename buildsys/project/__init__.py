@@ -1,0 +1,1 @@
+"""The build model: what a project declares (Buildfile.toml) and what a user configures."""

@@ -1,0 +1,520 @@
+"""Buildfile.toml: parse, check and expand the project into concrete stages.
+
+Tables (every unknown key is an error, never ignored)::
+
+    [project]            store, outputs, jobs, recipe_path, threads
+    [remote]             url, read_only, ... (see buildsys.project.config.RemoteSettings)
+    [models.NAME]        path | (target, stage), digest, license, production, description
+    [pipelines.NAME]     stages.STAGE.*, outputs, on_fail, description
+    [targets.NAME]       pipeline, seed, stages.STAGE.* (overrides), outputs, on_fail, description
+
+A stage: recipe ("module:function"), inputs ({name: ref | [ref, ...]}), params, seed, model,
+fingerprint, mode, budget ({seconds, memory_mb, iterations}), device, production, gate,
+isolate (run in a fresh worker process instead of a reused one).
+Input refs: ``STAGE`` (same target), ``@TARGET/STAGE``, ``src:GLOB`` (project files),
+``pkg:PACKAGE/PATH`` (a file shipped in an installed package), ``approved:STAGE`` (renders
+pinned by ``buildsys approve``; empty when none).
+
+Every error names the file, the dotted field and, where it can be found, the line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli
+
+from buildsys.context import Budget
+from buildsys.errors import BuildfileError
+from buildsys.keys.action import MODES
+from buildsys.keys.fingerprint import FIELDS as FINGERPRINT_FIELDS
+from buildsys.keys.hashing import is_digest
+from buildsys.keys.identity import RecipeNotFound, check_recipe
+from buildsys.project.config import RemoteSettings
+
+PROJECT_KEYS = {"store", "outputs", "jobs", "recipe_path", "threads", "name", "description"}
+STAGE_KEYS = {
+    "recipe", "inputs", "params", "seed", "model", "fingerprint", "mode", "budget", "device",
+    "production", "gate", "isolate", "description",
+}
+BUDGET_KEYS = {"seconds", "memory_mb", "iterations"}
+MODEL_KEYS = {"path", "target", "stage", "digest", "license", "production", "description"}
+PIPELINE_KEYS = {"stages", "outputs", "on_fail", "description"}
+TARGET_KEYS = {"pipeline", "seed", "stages", "outputs", "on_fail", "description"}
+TOP_KEYS = {"project", "remote", "models", "pipelines", "targets"}
+ON_FAIL = ("fail", "review")
+DEVICES = ("cpu", "cuda", "auto")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """One reference inside a stage's ``inputs``: kind is stage, src, pkg or approved."""
+
+    kind: str
+    value: str
+    target: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "stage":
+            return f"@{self.target}/{self.value}"
+        return f"{self.kind}:{self.value}"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    target: str
+    name: str
+    recipe: str
+    inputs: dict[str, tuple[InputRef, ...]]
+    params: dict[str, Any]
+    seed: int
+    model: str | None
+    fingerprint: tuple[str, ...]
+    mode: str
+    budget: Budget
+    device: str
+    production: bool
+    gate: bool
+    where: str
+    isolate: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.target}/{self.name}"
+
+    def upstream(self) -> list[str]:
+        return [f"{r.target}/{r.value}" for refs in self.inputs.values() for r in refs if r.kind == "stage"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path | None
+    target: str | None
+    stage: str | None
+    digest: str | None
+    license: str | None
+    production: bool
+    where: str
+
+    @property
+    def producer(self) -> str | None:
+        return f"{self.target}/{self.stage}" if self.target else None
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    stages: dict[str, StageSpec]
+    outputs: tuple[str, ...]
+    on_fail: str
+
+
+@dataclass
+class Project:
+    file: Path
+    root: Path
+    store: Path
+    outputs: Path
+    jobs: int
+    threads: int | None
+    recipe_path: list[Path]
+    models: dict[str, ModelSpec]
+    targets: dict[str, TargetSpec]
+    remote: dict[str, Any] | None = None
+    stages: dict[str, StageSpec] = field(default_factory=dict)
+
+    def stage(self, stage_id: str) -> StageSpec:
+        return self.stages[stage_id]
+
+
+class _Reader:
+    """Type-checked access to a TOML table, with errors that name file, field and line."""
+
+    def __init__(self, file: Path, text: str) -> None:
+        self.file = file
+        self.lines = text.splitlines()
+
+    def error(self, dotted: str, message: str) -> BuildfileError:
+        return BuildfileError(str(self.file), dotted, message, self.line_of(dotted))
+
+    def line_of(self, dotted: str) -> int | None:
+        """Best-effort line of a dotted field: its table header, then the key below it."""
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):
+            header = ".".join(parts[:cut])
+            pattern = re.compile(r"^\s*\[+\s*" + re.escape(header) + r"\s*\]+\s*$")
+            for number, line in enumerate(self.lines, 1):
+                if pattern.match(line):
+                    if cut == len(parts):
+                        return number
+                    key = parts[cut]
+                    key_re = re.compile(r"^\s*" + re.escape(key) + r"\s*[=.]")
+                    for offset, below in enumerate(self.lines[number:], number + 1):
+                        if below.lstrip().startswith("["):
+                            break
+                        if key_re.match(below):
+                            return offset
+                    return number
+        key_re = re.compile(r"^\s*" + re.escape(parts[-1]) + r"\s*=")
+        for number, line in enumerate(self.lines, 1):
+            if key_re.match(line):
+                return number
+        return None
+
+    def table(self, value: Any, dotted: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(dotted, f"must be a table, got {_kind(value)}")
+        return value
+
+    def known(self, table: dict[str, Any], allowed: set[str], dotted: str) -> None:
+        for key in table:
+            if key not in allowed:
+                hint = _closest(key, allowed)
+                suggestion = f" (did you mean {hint!r}?)" if hint else ""
+                raise self.error(f"{dotted}.{key}" if dotted else key, f"unknown field{suggestion}; allowed: {', '.join(sorted(allowed))}")
+
+    def typed(self, table: dict[str, Any], key: str, kind: type | tuple[type, ...], dotted: str, default: Any = None) -> Any:
+        if key not in table:
+            return default
+        value = table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(f"{dotted}.{key}", f"must be {_names(kinds)}, got boolean {value!r}")
+        if not isinstance(value, kinds):
+            if float in kinds and isinstance(value, int):
+                return float(value)
+            raise self.error(f"{dotted}.{key}", f"must be {_names(kinds)}, got {_kind(value)} {value!r}")
+        return value
+
+    def name(self, name: str, dotted: str) -> str:
+        if not NAME_RE.match(name):
+            raise self.error(dotted, f"name {name!r} may hold only letters, digits, '_', '-', '.'")
+        return name
+
+
+def _kind(value: Any) -> str:
+    return {dict: "table", list: "array", str: "string", int: "integer", float: "float", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return " or ".join(_kind(k()) if k is not type(None) else "none" for k in kinds)
+
+
+def _closest(word: str, options: set[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.7)
+    return found[0] if found else None
+
+
+def load(path: Path, check_recipes: bool = True) -> Project:
+    """Read, check and expand a Buildfile. Raises BuildfileError naming file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BuildfileError(str(path), "", "no such Buildfile (use -f PATH)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildfileError(str(path), "", f"cannot read: {exc}") from None
+    try:
+        raw = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        raise BuildfileError(str(path), "", f"TOML syntax error: {exc}", exc.lineno) from None
+    return _Expander(path, text, raw, check_recipes).project()
+
+
+class _Expander:
+    def __init__(self, path: Path, text: str, raw: dict[str, Any], check_recipes: bool) -> None:
+        self.path = path
+        self.root = path.parent.absolute()
+        self.r = _Reader(path, text)
+        self.raw = raw
+        self.check_recipes = check_recipes
+        self._checked_recipes: set[str] = set()
+
+    def project(self) -> Project:
+        r = self.r
+        r.known(self.raw, TOP_KEYS, "")
+        settings = r.table(self.raw.get("project", {}), "project")
+        r.known(settings, PROJECT_KEYS, "project")
+        store = self.root / r.typed(settings, "store", str, "project", "store")
+        outputs = self.root / r.typed(settings, "outputs", str, "project", "out")
+        jobs = r.typed(settings, "jobs", int, "project", 1)
+        if jobs < 1:
+            raise r.error("project.jobs", f"must be at least 1, got {jobs}")
+        threads = r.typed(settings, "threads", int, "project", None)
+        if threads is not None and threads < 1:
+            raise r.error("project.threads", f"must be at least 1, got {threads}")
+        recipe_path = r.typed(settings, "recipe_path", list, "project", ["."])
+        roots = []
+        for i, entry in enumerate(recipe_path):
+            if not isinstance(entry, str):
+                raise r.error(f"project.recipe_path[{i}]", f"must be a string, got {_kind(entry)}")
+            folder = (self.root / entry).resolve()
+            if not folder.is_dir():
+                raise r.error(f"project.recipe_path[{i}]", f"no such directory: {entry}")
+            roots.append(folder)
+        self.recipe_path = roots
+        remote = self.raw.get("remote")
+        if remote is not None:
+            RemoteSettings.from_table(r.table(remote, "remote"), f"{self.path}: [remote]")
+        pipelines = r.table(self.raw.get("pipelines", {}), "pipelines")
+        for name, table in pipelines.items():
+            r.name(name, f"pipelines.{name}")
+            r.table(table, f"pipelines.{name}")
+            r.known(table, PIPELINE_KEYS, f"pipelines.{name}")
+        targets_raw = r.table(self.raw.get("targets", {}), "targets")
+        if not targets_raw:
+            raise r.error("targets", "the Buildfile declares no targets")
+        self.target_names = set(targets_raw)
+        targets = {name: self.target(name, table, pipelines) for name, table in targets_raw.items()}
+        stages = {s.id: s for t in targets.values() for s in t.stages.values()}
+        models = {
+            name: self.model(name, table)
+            for name, table in r.table(self.raw.get("models", {}), "models").items()
+        }
+        project = Project(
+            file=self.path.absolute(), root=self.root, store=store, outputs=outputs, jobs=jobs,
+            threads=threads, recipe_path=roots, models=models, targets=targets, remote=remote, stages=stages,
+        )
+        self.cross_check(project)
+        return project
+
+    def target(self, name: str, table: Any, pipelines: dict[str, Any]) -> TargetSpec:
+        r = self.r
+        where = f"targets.{name}"
+        r.name(name, where)
+        table = r.table(table, where)
+        r.known(table, TARGET_KEYS, where)
+        seed = r.typed(table, "seed", int, where, 0)
+        overrides = r.table(table.get("stages", {}), f"{where}.stages")
+        base: dict[str, Any] = {}
+        defaults: dict[str, Any] = {}
+        pipeline_name = r.typed(table, "pipeline", str, where)
+        if pipeline_name is not None:
+            if pipeline_name not in pipelines:
+                raise r.error(f"{where}.pipeline", f"unknown pipeline {pipeline_name!r}; declared: {sorted(pipelines)}")
+            defaults = pipelines[pipeline_name]
+            base = r.table(defaults.get("stages", {}), f"pipelines.{pipeline_name}.stages")
+        merged: dict[str, tuple[dict[str, Any], str]] = {}
+        for stage_name, stage_table in base.items():
+            merged[stage_name] = (dict(r.table(stage_table, f"pipelines.{pipeline_name}.stages.{stage_name}")), f"pipelines.{pipeline_name}.stages.{stage_name}")
+        for stage_name, override in overrides.items():
+            override = r.table(override, f"{where}.stages.{stage_name}")
+            if stage_name in merged:
+                merged[stage_name] = (_merge_stage(merged[stage_name][0], override), f"{where}.stages.{stage_name}")
+            else:
+                merged[stage_name] = (dict(override), f"{where}.stages.{stage_name}")
+        if not merged:
+            raise r.error(where, "declares no stages (give it a pipeline or stages.NAME tables)")
+        stages = {s: self.stage(name, s, t, w, seed) for s, (t, w) in merged.items()}
+        outputs_raw = table.get("outputs", defaults.get("outputs"))
+        if outputs_raw is None:
+            consumed = {r_.value for st in stages.values() for refs in st.inputs.values() for r_ in refs if r_.kind == "stage" and r_.target == name}
+            outputs = tuple(s for s in stages if s not in consumed)
+        else:
+            if not isinstance(outputs_raw, list) or not all(isinstance(o, str) for o in outputs_raw):
+                raise r.error(f"{where}.outputs", "must be an array of stage names")
+            for o in outputs_raw:
+                if o not in stages:
+                    raise r.error(f"{where}.outputs", f"names unknown stage {o!r}; stages: {sorted(stages)}")
+            outputs = tuple(outputs_raw)
+        on_fail = table.get("on_fail", defaults.get("on_fail", "fail"))
+        if on_fail not in ON_FAIL:
+            raise r.error(f"{where}.on_fail", f"must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
+        return TargetSpec(name=name, stages=stages, outputs=outputs, on_fail=on_fail)
+
+    def stage(self, target: str, name: str, table: dict[str, Any], where: str, target_seed: int) -> StageSpec:
+        r = self.r
+        r.name(name, where)
+        r.known(table, STAGE_KEYS, where)
+        recipe = r.typed(table, "recipe", str, where)
+        if recipe is None:
+            raise r.error(f"{where}.recipe", "missing (every stage names its recipe as 'module:function')")
+        if recipe.count(":") != 1 or not all(recipe.split(":")):
+            raise r.error(f"{where}.recipe", f"must be 'module:function', got {recipe!r}")
+        if self.check_recipes and recipe not in self._checked_recipes:
+            try:
+                check_recipe(recipe, self.recipe_path)
+            except RecipeNotFound as exc:
+                raise r.error(f"{where}.recipe", str(exc)) from None
+            self._checked_recipes.add(recipe)  # hundreds of stages share a few recipes
+        inputs: dict[str, tuple[InputRef, ...]] = {}
+        for input_name, value in r.table(table.get("inputs", {}), f"{where}.inputs").items():
+            refs = value if isinstance(value, list) else [value]
+            parsed = []
+            for i, ref in enumerate(refs):
+                if not isinstance(ref, str):
+                    raise r.error(f"{where}.inputs.{input_name}", f"must be a string or an array of strings, got {_kind(ref)}")
+                parsed.append(self.input_ref(ref, target, f"{where}.inputs.{input_name}"))
+            if not parsed:
+                raise r.error(f"{where}.inputs.{input_name}", "is an empty array")
+            inputs[input_name] = tuple(parsed)
+        params = r.table(table.get("params", {}), f"{where}.params")
+        _check_param_values(r, params, f"{where}.params")
+        seed = r.typed(table, "seed", int, where, target_seed)
+        model = r.typed(table, "model", str, where)
+        fingerprint = r.typed(table, "fingerprint", list, where, [])
+        for i, item in enumerate(fingerprint):
+            if item not in FINGERPRINT_FIELDS:
+                raise r.error(f"{where}.fingerprint[{i}]", f"unknown fingerprint field {item!r}; known: {', '.join(FINGERPRINT_FIELDS)}")
+        mode = r.typed(table, "mode", str, where, "deterministic")
+        if mode not in MODES:
+            raise r.error(f"{where}.mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+        budget_table = r.table(table.get("budget", {}), f"{where}.budget")
+        r.known(budget_table, BUDGET_KEYS, f"{where}.budget")
+        seconds = r.typed(budget_table, "seconds", (int, float), f"{where}.budget")
+        memory = r.typed(budget_table, "memory_mb", int, f"{where}.budget")
+        iterations = r.typed(budget_table, "iterations", int, f"{where}.budget")
+        for key, value in (("seconds", seconds), ("memory_mb", memory), ("iterations", iterations)):
+            if value is not None and value <= 0:
+                raise r.error(f"{where}.budget.{key}", f"must be positive, got {value}")
+        device = r.typed(table, "device", str, where, "cpu")
+        if device not in DEVICES:
+            raise r.error(f"{where}.device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
+        return StageSpec(
+            target=target, name=name, recipe=recipe, inputs=inputs, params=params, seed=seed, model=model,
+            fingerprint=tuple(fingerprint), mode=mode,
+            budget=Budget(seconds=float(seconds) if seconds is not None else None, memory_mb=memory, iterations=iterations),
+            device=device, production=r.typed(table, "production", bool, where, False),
+            gate=r.typed(table, "gate", bool, where, False), where=where,
+            isolate=r.typed(table, "isolate", bool, where, False),
+        )
+
+    def input_ref(self, ref: str, target: str, where: str) -> InputRef:
+        r = self.r
+        if ref.startswith("@"):
+            body = ref[1:]
+            if body.count("/") != 1 or not all(body.split("/")):
+                raise r.error(where, f"reference {ref!r} must be '@TARGET/STAGE'")
+            other, stage = body.split("/")
+            if other not in self.target_names:
+                raise r.error(where, f"reference {ref!r} names unknown target {other!r}")
+            return InputRef("stage", stage, other)
+        kind, sep, value = ref.partition(":")
+        if sep and kind in ("src", "pkg", "approved"):
+            if not value:
+                raise r.error(where, f"reference {ref!r} is empty after '{kind}:'")
+            if kind == "src" and (value.startswith("/") or ".." in Path(value).parts):
+                raise r.error(where, f"source pattern {value!r} must be relative to the project, without '..'")
+            if kind == "pkg" and ("/" not in value or ".." in value.split("/")):
+                raise r.error(where, f"package file {value!r} must be 'PACKAGE/PATH'")
+            return InputRef(kind, value)
+        if sep:
+            raise r.error(where, f"reference {ref!r}: unknown kind {kind!r} (use src:, pkg:, approved:, @TARGET/STAGE or a stage name)")
+        return InputRef("stage", ref, target)
+
+    def model(self, name: str, table: Any) -> ModelSpec:
+        r = self.r
+        where = f"models.{name}"
+        r.name(name, where)
+        table = r.table(table, where)
+        r.known(table, MODEL_KEYS, where)
+        path = r.typed(table, "path", str, where)
+        target = r.typed(table, "target", str, where)
+        stage = r.typed(table, "stage", str, where)
+        if (path is None) == (target is None):
+            raise r.error(where, "give exactly one of 'path' (a checkpoint on disk) or 'target' + 'stage' (a built one)")
+        if target is not None and stage is None:
+            raise r.error(f"{where}.stage", "missing: a built model names the stage that produces it")
+        digest = r.typed(table, "digest", str, where)
+        if digest is not None and not is_digest(digest):
+            raise r.error(f"{where}.digest", f"must be a 64-hex-digit BLAKE3 digest, got {digest!r}")
+        resolved = None
+        if path is not None:
+            resolved = (self.root / path).absolute()
+            if not resolved.exists():
+                raise r.error(f"{where}.path", f"no such file or directory: {path}")
+        return ModelSpec(
+            name=name, path=resolved, target=target, stage=stage, digest=digest,
+            license=r.typed(table, "license", str, where), production=r.typed(table, "production", bool, where, False),
+            where=where,
+        )
+
+    def cross_check(self, project: Project) -> None:
+        r = self.r
+        for model in project.models.values():
+            if model.producer is not None and model.producer not in project.stages:
+                raise r.error(f"{model.where}.target", f"{model.producer!r} is not a stage of this Buildfile")
+        for spec in project.stages.values():
+            for name, refs in spec.inputs.items():
+                for ref in refs:
+                    if ref.kind == "stage" and f"{ref.target}/{ref.value}" not in project.stages:
+                        raise r.error(f"{spec.where}.inputs.{name}", f"unknown stage {ref.value!r} in target {ref.target!r}")
+                    if ref.kind == "approved" and ref.value not in project.targets[spec.target].stages:
+                        raise r.error(f"{spec.where}.inputs.{name}", f"approved:{ref.value} names no stage of target {spec.target!r}")
+            if spec.model is not None:
+                model = project.models.get(spec.model)
+                if model is None:
+                    raise r.error(f"{spec.where}.model", f"unknown model {spec.model!r}; declared: {sorted(project.models)}")
+                if spec.production:
+                    problems = []
+                    if not model.production:
+                        problems.append("is not marked production-ready")
+                    if not model.license:
+                        problems.append("has no licence")
+                    if problems:
+                        raise r.error(f"{spec.where}.model", f"production stage refuses model {model.name!r}: it {' and '.join(problems)}")
+        _check_cycles(r, project)
+
+
+def _merge_stage(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if key in ("params", "inputs", "budget") and isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = {**base[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check_param_values(r: _Reader, value: Any, dotted: str) -> None:
+    """Params enter the action key: only TOML scalars, arrays and tables, no dates (TOML local
+    dates and times would make a key depend on how a date was spelled)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_param_values(r, item, f"{dotted}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_param_values(r, item, f"{dotted}[{i}]")
+    elif isinstance(value, float) and value != value:
+        raise r.error(dotted, "NaN is not allowed in params")
+    elif not isinstance(value, (str, int, float, bool)):
+        raise r.error(dotted, f"{_kind(value)} values are not allowed in params")
+
+
+def _check_cycles(r: _Reader, project: Project) -> None:
+    graph = {sid: set(spec.upstream()) for sid, spec in project.stages.items()}
+    for sid, spec in project.stages.items():
+        if spec.model is not None and project.models[spec.model].producer:
+            graph[sid].add(project.models[spec.model].producer)
+    state: dict[str, int] = {}
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        stack: list[tuple[str, list[str]]] = [(start, sorted(graph[start]))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            node, pending = stack[-1]
+            if not pending:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+                continue
+            nxt = pending.pop()
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                spec = project.stages[node]
+                raise r.error(f"{spec.where}.inputs", f"dependency cycle: {' -> '.join(cycle)}")
+            if not state.get(nxt):
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append((nxt, sorted(graph[nxt])))

@@ -1,0 +1,164 @@
+"""Ed25519 signatures on action results, so a shared cache can be written by anyone but only
+records from keys the user trusts are used.
+
+Key files (in the keys dir, see :func:`buildsys.project.config.keys_dir`)::
+
+    <name>.key   "<name>:<base64 32-byte private seed>\n", mode 0600
+    <name>.pub   "<name>:<base64 32-byte public key>\n"
+
+A signature is ``{"key": name, "sig": base64}`` over ``DOMAIN + ActionResult.encode()``: the
+result's canonical bytes (which include the action key, so a record cannot be replayed under
+another key) behind a domain-separation prefix (so no other buildsys message can pass for a
+record). Keys carry names so they can rotate: trust the new name, then drop the old one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from buildsys.errors import BuildsysError
+from buildsys.project.config import KEY_NAME
+from buildsys.store.records import ActionRecord, ActionResult
+
+DOMAIN = b"buildsys action result v1\x00"
+
+
+class SigningError(BuildsysError):
+    """A key file or key name is unusable; the message names the file."""
+
+
+class Verdict(Enum):
+    """What signature checking says about a record."""
+
+    OK = "ok"
+    UNSIGNED = "unsigned"
+    UNTRUSTED = "untrusted key"
+    BAD_SIGNATURE = "bad signature"
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not KEY_NAME.match(name):
+        raise SigningError(f"{name!r} is not a key name (letters, digits, . _ -, at most 64)")
+    return name
+
+
+def _raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_key_line(name: str, key: Ed25519PublicKey) -> str:
+    return f"{name}:{base64.b64encode(_raw_public(key)).decode()}"
+
+
+def generate_key(name: str, keys_dir: Path) -> str:
+    """Create ``<keys_dir>/<name>.key`` (0600, never overwritten) and ``<name>.pub``; return
+    the public key as ``name:base64`` for other machines' ``[trust] keys``."""
+    _check_name(name)
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private = Ed25519PrivateKey.generate()
+    seed = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    path = keys_dir / f"{name}.key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise SigningError(f"{path}: key {name!r} already exists (pick a new name to rotate)") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{name}:{base64.b64encode(seed).decode()}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    line = public_key_line(name, private.public_key())
+    (keys_dir / f"{name}.pub").write_text(line + "\n")
+    return line
+
+
+def parse_public_key(value: str, where: str) -> Ed25519PublicKey:
+    try:
+        raw = base64.b64decode(value, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, binascii.Error):
+        raise SigningError(f"{where}: not a base64 Ed25519 public key (32 bytes)") from None
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs results with one named private key."""
+
+    name: str
+    private: Ed25519PrivateKey
+
+    @classmethod
+    def load(cls, name: str, keys_dir: Path) -> "Signer":
+        _check_name(name)
+        path = keys_dir / f"{name}.key"
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise SigningError(f"{path}: signing key {name!r} not found (buildsys keys generate {name})") from None
+        except OSError as exc:
+            raise SigningError(f"{path}: cannot read signing key ({exc})") from None
+        found, _, b64 = text.partition(":")
+        if found != name:
+            raise SigningError(f"{path}: file holds key {found!r}, expected {name!r}")
+        try:
+            private = Ed25519PrivateKey.from_private_bytes(base64.b64decode(b64, validate=True))
+        except (ValueError, binascii.Error):
+            raise SigningError(f"{path}: not an Ed25519 private key") from None
+        if os.stat(path).st_mode & 0o077:
+            raise SigningError(f"{path}: private key is readable by others (chmod 600 it)")
+        return cls(name, private)
+
+    def public_line(self) -> str:
+        return public_key_line(self.name, self.private.public_key())
+
+    def sign(self, result: ActionResult) -> dict[str, str]:
+        sig = self.private.sign(DOMAIN + result.encode())
+        return {"key": self.name, "sig": base64.b64encode(sig).decode()}
+
+
+class TrustedKeys:
+    """The public keys whose signatures make a remote record usable, by key name."""
+
+    def __init__(self, keys: Mapping[str, Ed25519PublicKey] | None = None) -> None:
+        self.keys: dict[str, Ed25519PublicKey] = dict(keys or {})
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, str], where: str = "[trust] keys") -> "TrustedKeys":
+        return cls({name: parse_public_key(value, f"{where}.{name}") for name, value in mapping.items()})
+
+    def add(self, name: str, key: Ed25519PublicKey) -> None:
+        self.keys[_check_name(name)] = key
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def verify(self, record: ActionRecord) -> Verdict:
+        sig = record.signature
+        if sig is None:
+            return Verdict.UNSIGNED
+        name = sig.get("key")
+        if not isinstance(name, str):
+            return Verdict.BAD_SIGNATURE
+        key = self.keys.get(name)
+        if key is None:
+            return Verdict.UNTRUSTED
+        raw = sig.get("sig")
+        if not isinstance(raw, str):
+            return Verdict.BAD_SIGNATURE
+        try:
+            key.verify(base64.b64decode(raw, validate=True), DOMAIN + record.result.encode())
+        except (InvalidSignature, ValueError, binascii.Error):
+            return Verdict.BAD_SIGNATURE
+        return Verdict.OK

@@ -1,0 +1,1 @@
+"""Reproducibility: verify (replay and compare bitwise), diff two builds, hand-off bundles."""

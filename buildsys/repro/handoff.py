@@ -1,0 +1,261 @@
+"""``handoff``: a self-contained bundle of one target's last build.
+
+The bundle (layout in :mod:`buildsys.repro.bundle`) holds the final artifacts as ordinary files,
+the replay material of every deterministic stage (its input trees, model and output, as blobs
+named by digest), the lock, the build records that produced or used those actions (audit:
+who, when, cost) and the gate stages' validation reports. ``buildsys verify DIR`` on another
+machine re-checks every file and replays the deterministic stages from the bundle alone.
+
+The lock (``lock.json``, JSON with sorted keys) is::
+
+    format       "buildsys-lock 1"
+    target       the target's name
+    order        the stage ids, upstream first (JSON objects are written with sorted keys)
+    outputs      {stage: output tree} of the target's final stages
+    stages       {TARGET/STAGE: {key, description (the full action description), description_digest,
+                  output, status, mode, seed, recipe {ref, code}, inputs, model {name, digest,
+                  license, production} | null, threads, budget {seconds, memory_mb}, replay,
+                  not_replayed (why, when replay is false), fingerprint (full, from the action
+                  record), producer, metrics}}
+    trees        {tree digest: {path: [digest, size, executable]}} of every tree the bundle holds
+    files        {bundle path: {digest, size}} of every file but the marker and the lock
+    models       {name: {digest, license, production, stages, violations}}
+    policy       {violations: [...], forced: bool}
+    builds       [{digest, file, started, finished, producer, targets, summary}] (audit data)
+    validation   {TARGET/STAGE: bundle path of its report.json}
+
+No absolute path and no timestamp enters the bundle's artifacts; build records keep their
+timestamps as audit data, with the Buildfile reduced to its file name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildsys.build.session import Session
+from buildsys.errors import BuildsysError
+from buildsys.keys.action import DETERMINISTIC_MODES
+from buildsys.keys.encoding import decode
+from buildsys.keys.hashing import Digest, digest_file
+from buildsys.repro.bundle import LOCK, LOCK_FORMAT, MARKER, MARKER_TEXT
+from buildsys.repro.verify import plan_targets
+from buildsys.store.local import LocalStore, StoreError
+
+
+class HandoffError(BuildsysError):
+    """The bundle cannot be written: nothing built, destination not empty, policy refusal."""
+
+
+@dataclass
+class HandoffReport:
+    bundle: Path
+    target: str
+    files: int
+    bytes: int
+    replayable: list[str]
+    not_replayed: dict[str, str]
+    violations: list[str] = field(default_factory=list)
+    forced: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle": str(self.bundle), "target": self.target, "files": self.files, "bytes": self.bytes,
+            "replayable": self.replayable, "not_replayed": self.not_replayed,
+            "violations": self.violations, "forced": self.forced,
+        }
+
+
+def policy_violations(session: Session, stage_ids: list[str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Checkpoints used by the stages that the model registry does not clear for hand-off."""
+    violations: list[str] = []
+    models: dict[str, dict[str, Any]] = {}
+    for sid in stage_ids:
+        spec = session.project.stages[sid]
+        if spec.model is None:
+            continue
+        model = session.project.models[spec.model]
+        info = models.setdefault(model.name, {"license": model.license, "production": model.production, "stages": [], "violations": []})
+        info["stages"].append(sid)
+        problems = []
+        if not model.production:
+            problems.append("is not marked production-ready")
+        if not model.license:
+            problems.append("has no licence")
+        for problem in problems:
+            text = f"{sid} uses model {model.name!r}, which {problem}"
+            violations.append(text)
+            if problem not in info["violations"]:
+                info["violations"].append(problem)
+    return violations, models
+
+
+def handoff(session: Session, target: str, out: Path, force: bool = False) -> HandoffReport:
+    """Write the bundle of ``target``'s last build into ``out`` (new or empty); a model-registry
+    violation refuses the hand-off unless ``force``, and the lock records it either way."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or out.is_symlink() or any(out.iterdir())):
+        raise HandoffError(f"{out}: exists and is not an empty directory")
+    if session.last_build(target) is None:
+        raise HandoffError(f"{target}: never built (run 'buildsys build {target}' first)")
+    plans = plan_targets(session, [target])
+    broken = [p for p in plans if p.problem]
+    if broken:
+        raise HandoffError(f"{broken[0].stage}: {broken[0].problem}")
+    violations, models = policy_violations(session, [p.stage for p in plans])
+    if violations and not force:
+        raise HandoffError("model registry refuses the hand-off: " + "; ".join(violations) + " (use --force to hand off anyway; the lock records it)")
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write(session, target, out, plans, violations, models, force)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for child in out.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        raise
+
+
+def _write(session: Session, target: str, out: Path, plans: list, violations: list[str], models: dict, force: bool) -> HandoffReport:
+    store = session.store
+    project = session.project
+    files: dict[str, dict[str, Any]] = {}
+    trees: dict[Digest, dict[str, list[Any]]] = {}
+    stages: dict[str, dict[str, Any]] = {}
+    not_replayed: dict[str, str] = {}
+
+    def add_tree(tree: Digest) -> None:
+        if tree in trees:
+            return
+        manifest = store.get_tree(tree)
+        for entry in manifest.values():
+            rel = f"blobs/{entry.digest}"
+            if rel not in files:
+                dest = out / "blobs" / entry.digest
+                store.copy_blob_to(entry.digest, dest)
+                os.chmod(dest, 0o444)
+                files[rel] = {"digest": entry.digest, "size": entry.size}
+        trees[tree] = {rel: [e.digest, e.size, e.executable] for rel, e in manifest.items()}
+
+    for plan in plans:
+        spec = project.stages[plan.stage]
+        description = plan.description
+        record = store.get_action(plan.key)
+        needed = list(description["inputs"].values()) + ([description["model"]["digest"]] if description.get("model") else [])
+        why = None
+        if plan.mode not in DETERMINISTIC_MODES:
+            why = f"mode {plan.mode}: replay would be allowed to differ"
+        elif any(store.tree_missing(t) for t in needed + [plan.recorded_tree]):
+            why = "an input tree is missing from the store"
+        if why is None:
+            for tree in needed + [plan.recorded_tree]:
+                add_tree(tree)
+        else:
+            not_replayed[plan.stage] = why
+        ref_entry = ((session.last_build(spec.target) or {}).get("stages", {}).get(spec.name)) or {}
+        model = None
+        if description.get("model"):
+            m = project.models.get(spec.model) if spec.model else None
+            model = {"name": spec.model, "digest": description["model"]["digest"],
+                     "license": m.license if m else None, "production": m.production if m else False}
+            if spec.model in models:
+                models[spec.model]["digest"] = description["model"]["digest"]
+        stages[plan.stage] = {
+            "key": plan.key,
+            "description": description,
+            "description_digest": ref_entry.get("description"),
+            "output": plan.recorded_tree,
+            "status": ref_entry.get("status", ""),
+            "mode": plan.mode,
+            "seed": description["seed"],
+            "recipe": description["recipe"],
+            "inputs": description["inputs"],
+            "model": model,
+            "threads": plan.threads,
+            "budget": {"seconds": spec.budget.seconds, "memory_mb": spec.budget.memory_mb},
+            "replay": why is None,
+            "not_replayed": why,
+            "fingerprint": record.result.fingerprint if record else None,
+            "producer": record.result.producer if record else None,
+            "metrics": record.result.metrics if record else None,
+        }
+
+    outputs: dict[str, Digest] = {}
+    for stage_name in project.targets[target].outputs:
+        tree = stages[f"{target}/{stage_name}"]["output"]
+        outputs[stage_name] = tree
+        for rel, entry in store.get_tree(tree).items():
+            path = f"artifacts/{stage_name}/{rel}"
+            store.copy_blob_to(entry.digest, out.joinpath(*path.split("/")), entry.executable)
+            files[path] = {"digest": entry.digest, "size": entry.size}
+
+    validation: dict[str, str] = {}
+    for plan in plans:
+        spec = project.stages[plan.stage]
+        if not spec.gate:
+            continue
+        report = store.get_tree(plan.recorded_tree).get("report.json")
+        if report is None:
+            continue
+        path = f"validation/{spec.target}__{spec.name}.json"
+        store.copy_blob_to(report.digest, out / path)
+        files[path] = {"digest": report.digest, "size": report.size}
+        validation[plan.stage] = path
+
+    builds = _audit(store, {p.key for p in plans}, out, files)
+    lock = {
+        "format": LOCK_FORMAT,
+        "target": target,
+        "order": [p.stage for p in plans],
+        "outputs": outputs,
+        "stages": stages,
+        "trees": trees,
+        "files": files,
+        "models": models,
+        "policy": {"violations": violations, "forced": bool(force and violations)},
+        "builds": builds,
+        "validation": validation,
+    }
+    (out / LOCK).write_text(json.dumps(lock, sort_keys=True, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    (out / MARKER).write_text(MARKER_TEXT + "\n", encoding="utf-8")
+    return HandoffReport(
+        out, target, len(files) + 2, sum(f["size"] for f in files.values()),
+        [sid for sid, s in stages.items() if s["replay"]], not_replayed, violations, bool(force and violations),
+    )
+
+
+def _audit(store: LocalStore, keys: set[Digest], out: Path, files: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The build records that executed or used any of the bundled actions, oldest first."""
+    builds = []
+    for _, digest in store.build_records():
+        try:
+            record = decode(store.read_bytes(digest))
+        except (StoreError, ValueError):
+            continue
+        if not isinstance(record, dict) or not any(
+            isinstance(s, dict) and s.get("key") in keys for s in record.get("stages", {}).values()
+        ):
+            continue
+        record = dict(record)
+        if isinstance(record.get("buildfile"), str):
+            record["buildfile"] = Path(record["buildfile"]).name
+        if isinstance(record.get("argv"), list):
+            record["argv"] = [Path(a).name if isinstance(a, str) and os.path.isabs(a) else a for a in record["argv"]]
+        path = f"records/{digest}.json"
+        dest = out / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(record, sort_keys=True, indent=1, default=str) + "\n", encoding="utf-8")
+        file_digest, size = digest_file(dest)
+        files[path] = {"digest": file_digest, "size": size}
+        builds.append({
+            "digest": digest, "file": path, "started": record.get("started"), "finished": record.get("finished"),
+            "producer": record.get("producer"), "targets": record.get("targets"), "summary": record.get("summary"),
+        })
+    return builds

@@ -1,0 +1,537 @@
+"""``verify``: rebuild recorded actions from their recorded inputs and compare bitwise.
+
+Every stage is replayed from what its *recorded* description names (input trees, params, seed,
+model, iterations, mode, device, the thread count its action record holds) in a fresh sandbox,
+bypassing the action cache and recording nothing (``run_action(record=False)``). Because each
+stage runs on its recorded inputs, a stage that diverges there is nondeterministic on its own
+(``independent``). A stage that reproduces on its recorded inputs while an upstream stage
+diverged is replayed once more on the upstream *rebuilt* output: if that changes its bytes, the
+stage is reported ``follows`` (``follows from <stage>``): in a from-scratch rebuild it differs
+only because of the upstream divergence.
+
+``--vary`` changes what the determinism contract says must not matter (reprotest's idea): the
+thread count, the environment, the timezone, the umask, the sandbox path and the hash seed.
+
+The same replay serves bundles (:func:`verify_bundle`): the bundle's blobs are loaded into an
+empty scratch store and its replayable stages run with the recipe code installed here.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildsys.artifacts import LabeledTreeDiff, TreeDiff, diff_directories
+from buildsys.build.resolver import Resolved, closure
+from buildsys.build.runner import run_action
+from buildsys.context import Budget
+from buildsys.errors import EXIT_NOT_REPRODUCIBLE, EXIT_OK, BuildsysError
+from buildsys.execution.executor import LocalExecutor
+from buildsys.execution.sandbox import SandboxPool
+from buildsys.keys.action import action_key
+from buildsys.keys.encoding import decode
+from buildsys.keys.fingerprint import Fingerprint
+from buildsys.keys.hashing import Digest, digest_file
+from buildsys.project.buildfile import StageSpec
+from buildsys.store.atomic import remove_tree
+from buildsys.store.local import LocalStore, StoreError
+
+VARIATIONS = ("threads", "env", "cwd", "tz", "umask", "hashseed")
+
+REPRODUCED, DIVERGED, FOLLOWS, WARNING, ERROR = "reproduced", "diverged", "follows", "warning", "error"
+
+# Values used by --vary: fixed, so two verify runs on one machine vary the same way.
+VARY_TZ = "NPT-05:45"  # a POSIX TZ string (Nepal, +05:45): needs no tzdata, odd offset on purpose
+VARY_LANG = "de_DE.UTF-8"
+VARY_HASHSEED = "20250917"
+VARY_UMASK = 0o077
+VARY_JUNK = {"BUILDSYS_VERIFY_JUNK": "x" * 37, "QT_QPA_PLATFORM": "offscreen", "EDITOR": "ed", "SOME_PATH_LIKE": "/nonexistent/a:/nonexistent/b"}
+
+
+class VerifyError(BuildsysError):
+    """verify cannot start: an unknown variation, a target never built, an unreadable record."""
+
+
+@dataclass(frozen=True)
+class Variation:
+    """The set of things ``--vary`` changes; empty replays exactly as recorded."""
+
+    names: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Variation":
+        if not text:
+            return cls()
+        names = {n.strip() for n in text.split(",") if n.strip()}
+        if "all" in names:
+            names = set(VARIATIONS)
+        unknown = sorted(names - set(VARIATIONS))
+        if unknown:
+            raise VerifyError(f"--vary: unknown variation {unknown[0]!r}; known: {', '.join(VARIATIONS)}, all")
+        return cls(frozenset(names))
+
+    def env_overrides(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if "env" in self.names:
+            env.update(VARY_JUNK)
+            env["LANG"] = VARY_LANG
+        if "tz" in self.names:
+            env["TZ"] = VARY_TZ
+        if "hashseed" in self.names:
+            env["PYTHONHASHSEED"] = VARY_HASHSEED
+        return env
+
+    def threads(self, recorded: int) -> int:
+        if "threads" not in self.names:
+            return recorded
+        return recorded * 2 if recorded <= 4 else max(1, recorded // 2)
+
+    @property
+    def umask(self) -> int:
+        return VARY_UMASK if "umask" in self.names else 0o022
+
+    def sandbox_parent(self, store: LocalStore) -> Path | None:
+        if "cwd" not in self.names:
+            return None
+        return store.tmp / "verify vary-cwd" / "a much" / "deeper sandbox"
+
+    def to_list(self) -> list[str]:
+        return [n for n in VARIATIONS if n in self.names]
+
+
+@dataclass
+class StagePlan:
+    """One recorded action to replay."""
+
+    stage: str
+    key: Digest
+    description: dict[str, Any]
+    recorded_tree: Digest
+    threads: int
+    seconds: float | None = None
+    memory_mb: int | None = None
+    notes: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+    @property
+    def mode(self) -> str:
+        return str(self.description.get("mode", "deterministic"))
+
+
+@dataclass
+class StageVerdict:
+    stage: str
+    mode: str
+    status: str
+    key: Digest
+    recorded_tree: Digest | None
+    rebuilt_tree: Digest | None = None
+    follows_from: str | None = None
+    independent: bool = False
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    diff: TreeDiff | None = None
+
+    @property
+    def failing(self) -> bool:
+        """Counts against the exit code: a deterministic or strict stage that did not reproduce
+        on its recorded inputs, or could not be replayed. ``follows`` and stochastic warnings
+        do not: their cause is reported elsewhere or allowed."""
+        return self.status in (DIVERGED, ERROR)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "mode": self.mode,
+            "status": self.status,
+            "key": self.key,
+            "recorded_tree": self.recorded_tree,
+            "rebuilt_tree": self.rebuilt_tree,
+            "follows_from": self.follows_from,
+            "independent": self.independent,
+            "notes": list(self.notes),
+            "error": self.error,
+            "diff": self.diff.to_json_dict() if self.diff is not None else None,
+        }
+
+
+@dataclass
+class VerifyReport:
+    subject: str
+    vary: list[str]
+    stages: list[StageVerdict]
+    assets_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def first_divergent(self) -> str | None:
+        for verdict in self.stages:
+            if verdict.status in (DIVERGED, WARNING):
+                return verdict.stage
+        return None
+
+    @property
+    def first_failing(self) -> str | None:
+        return next((v.stage for v in self.stages if v.failing), None)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_NOT_REPRODUCIBLE if any(v.failing for v in self.stages) else EXIT_OK
+
+    def labeled(self) -> list[LabeledTreeDiff]:
+        """One section per stage, for the artifact report renderers (text, HTML)."""
+        out = []
+        for v in self.stages:
+            tree = v.diff if v.diff is not None else TreeDiff()
+            out.append(LabeledTreeDiff(v.stage, tree, _verdict_text(v)))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "vary": self.vary,
+            "ok": self.exit_code == EXIT_OK,
+            "exit_code": self.exit_code,
+            "first_divergent": self.first_divergent,
+            "first_failing": self.first_failing,
+            "counts": {s: sum(1 for v in self.stages if v.status == s) for s in (REPRODUCED, DIVERGED, FOLLOWS, WARNING, ERROR)},
+            "notes": list(self.notes),
+            "stages": [v.to_dict() for v in self.stages],
+        }
+
+
+def _verdict_text(v: StageVerdict) -> str:
+    if v.status == REPRODUCED:
+        return "reproduced"
+    if v.status == FOLLOWS:
+        return f"follows from {v.follows_from}"
+    if v.status == WARNING:
+        size = "; ".join(f"{fd.name}: {fd.summary}" for fd in (v.diff.differing[:3] if v.diff else []))
+        return "stochastic stage diverged with the same seed (warning)" + (f": {size}" if size else "")
+    if v.status == ERROR:
+        return f"error: {v.error}"
+    text = "DIVERGED on its recorded inputs"
+    if v.follows_from:
+        text += f" (independent of the divergence of {v.follows_from})"
+    return text
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def stage_spec(description: dict[str, Any], target: str, seconds: float | None = None, memory_mb: int | None = None) -> StageSpec:
+    """A StageSpec made from a recorded description alone: what ``run_action`` needs, so a
+    replay depends on the record, not on today's Buildfile."""
+    return StageSpec(
+        target=target,
+        name=description["stage"],
+        recipe=description["recipe"]["ref"],
+        inputs={},
+        params=description["params"],
+        seed=description["seed"],
+        model=None,
+        fingerprint=tuple(description.get("fingerprint") or {}),
+        mode=description["mode"],
+        budget=Budget(seconds=seconds, memory_mb=memory_mb, iterations=description.get("iterations")),
+        device=description["device"],
+        production=False,
+        gate=False,
+        where=f"recorded action {target}/{description['stage']}",
+        isolate=bool(description.get("isolate", False)),
+    )
+
+
+def plan_targets(session: Any, targets: list[str]) -> list[StagePlan]:
+    """The recorded actions of every stage the targets need, upstream first, read from the
+    targets' last-build refs (a stage of another target from that target's ref)."""
+    project = session.project
+    store: LocalStore = session.store
+    refs: dict[str, dict[str, Any] | None] = {}
+    plans = []
+    for sid in closure(project, targets, session.resolver):
+        spec = project.stages[sid]
+        if spec.target not in refs:
+            refs[spec.target] = session.last_build(spec.target)
+        ref = refs[spec.target]
+        entry = (ref or {}).get("stages", {}).get(spec.name)
+        if not entry or not entry.get("key") or not entry.get("tree"):
+            raise VerifyError(f"{sid}: no recorded build (run 'buildsys build {spec.target}' first)")
+        try:
+            description = decode(store.read_bytes(entry["description"]))
+        except (StoreError, ValueError) as exc:
+            raise VerifyError(f"{sid}: recorded description unreadable: {exc}") from None
+        plan = StagePlan(sid, entry["key"], description, entry["tree"], session.threads, spec.budget.seconds, spec.budget.memory_mb)
+        if action_key(description) != entry["key"]:
+            plan.problem = f"recorded description does not hash to the recorded key {entry['key'][:12]}"
+        record = store.get_action(entry["key"])
+        if record is not None and str(record.result.fingerprint.get("threads", "")).isdigit():
+            plan.threads = int(record.result.fingerprint["threads"])
+        else:
+            plan.notes.append(f"no action record: replaying with this session's thread count ({session.threads})")
+        try:
+            code = session.resolver.code_digest(description["recipe"]["ref"])
+        except Exception as exc:  # noqa: BLE001 - a recipe that cannot be found is reported by the replay
+            code = None
+            plan.notes.append(f"recipe code not found here: {exc}")
+        if code is not None and code != description["recipe"].get("code"):
+            plan.notes.append(
+                f"recipe code differs from the recorded one (recorded {str(description['recipe'].get('code'))[:12]}, "
+                f"installed {code[:12]}): a divergence may come from that edit"
+            )
+        missing = [d for d in _needed_trees(description) if store.tree_missing(d)]
+        if missing:
+            plan.problem = f"recorded input trees are missing from the store (garbage-collected?): {missing[0][:12]}"
+        plans.append(plan)
+    return plans
+
+
+def _needed_trees(description: dict[str, Any]) -> list[Digest]:
+    trees = list(description.get("inputs", {}).values())
+    if description.get("model"):
+        trees.append(description["model"]["digest"])
+    return trees
+
+
+# --------------------------------------------------------------------------- replay
+
+
+@dataclass
+class Replayer:
+    """Runs recorded actions again (fresh sandbox, nothing recorded) and diffs their outputs."""
+
+    store: LocalStore
+    fingerprint: Fingerprint
+    recipe_path: list[Path]
+    variation: Variation = field(default_factory=Variation)
+    jobs: int = 1
+    assets_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.executor = LocalExecutor(self.jobs, env_overrides=self.variation.env_overrides())
+
+    def close(self) -> None:
+        self.executor.close()
+
+    def run(self, plan: StagePlan, inputs: dict[str, Digest] | None = None, model: Digest | None = None) -> tuple[Digest | None, str | None]:
+        """(rebuilt tree, error) of one action, on its recorded inputs unless others are given."""
+        description = plan.description
+        target = plan.stage.split("/")[0]
+        spec = stage_spec(description, target, plan.seconds, plan.memory_mb)
+        recorded_model = description["model"]["digest"] if description.get("model") else None
+        resolved = Resolved(
+            spec=spec,
+            description=description,
+            key=plan.key,
+            inputs=dict(inputs if inputs is not None else description["inputs"]),
+            model=model if model is not None else recorded_model,
+            threads=self.variation.threads(plan.threads),
+            device=description["device"],
+        )
+        sandboxes = SandboxPool(self.variation.sandbox_parent(self.store) or self.store.tmp)
+        try:
+            run = run_action(
+                resolved, self.store, self.executor, self.fingerprint, self.recipe_path,
+                record=False, umask=self.variation.umask, sandboxes=sandboxes,
+            )
+        finally:
+            sandboxes.close()
+        if run.result is None:
+            return None, f"{run.outcome.status}: {run.outcome.error}"
+        return run.result.tree, None
+
+    def diff(self, stage: str, recorded: Digest, rebuilt: Digest, trees: "TreeSource | None" = None) -> TreeDiff:
+        """The artifact diff of two output trees (A: recorded, B: rebuilt)."""
+        scratch = self.store.make_tmp_dir("verify-diff-")
+        try:
+            a, b = scratch / "recorded", scratch / "rebuilt"
+            (trees or StoreTrees(self.store)).materialize(recorded, a)
+            StoreTrees(self.store).materialize(rebuilt, b)
+            prefix = stage.replace("/", "__")
+            return diff_directories(a, b, self.assets_dir, asset_prefix=prefix)
+        finally:
+            remove_tree(scratch)
+
+
+class TreeSource:
+    """Where trees can be read from: a store, or a bundle's blobs."""
+
+    def has(self, tree: Digest) -> bool:
+        raise NotImplementedError
+
+    def materialize(self, tree: Digest, dest: Path) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class StoreTrees(TreeSource):
+    store: LocalStore
+
+    def has(self, tree: Digest) -> bool:
+        try:
+            return not self.store.tree_missing(tree)
+        except StoreError:
+            return False
+
+    def materialize(self, tree: Digest, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        for rel, entry in self.store.get_tree(tree).items():
+            self.store.copy_blob_to(entry.digest, dest / rel, entry.executable)
+
+
+def replay_all(plans: list[StagePlan], replayer: Replayer) -> list[StageVerdict]:
+    """Replay every plan (upstream first) and classify it; see the module docstring."""
+    producer_of: dict[Digest, str] = {}
+    for plan in plans:
+        producer_of.setdefault(plan.recorded_tree, plan.stage)
+    by_stage = {p.stage: p for p in plans}
+    verdicts: dict[str, StageVerdict] = {}
+    chained: dict[str, Digest] = {}  # the output a from-scratch rebuild would give
+    root_cause: dict[str, str] = {}  # stage -> first divergent stage upstream of (or at) it
+    # Every stage runs on its own recorded inputs, so those replays are independent of one
+    # another and run at once (up to ``jobs``); only the chained re-runs below are sequential.
+    runnable = [p for p in plans if not p.problem]
+    with ThreadPoolExecutor(max_workers=max(1, replayer.jobs), thread_name_prefix="verify") as pool:
+        first_runs = dict(zip([p.stage for p in runnable], pool.map(replayer.run, runnable)))
+    for plan in plans:
+        verdict = StageVerdict(plan.stage, plan.mode, REPRODUCED, plan.key, plan.recorded_tree, notes=list(plan.notes))
+        verdicts[plan.stage] = verdict
+        upstream = _upstream(plan, producer_of)
+        causes = [root_cause[u] for u in upstream if u in root_cause]
+        cause = min(causes, key=lambda s: list(by_stage).index(s)) if causes else None
+        if plan.problem:
+            verdict.status, verdict.error = ERROR, plan.problem
+            continue
+        rebuilt, error = first_runs[plan.stage]
+        verdict.rebuilt_tree = rebuilt
+        if error is not None:
+            verdict.status, verdict.error = ERROR, error
+            continue
+        chained[plan.stage] = rebuilt
+        if rebuilt != plan.recorded_tree:
+            verdict.status = WARNING if plan.mode == "stochastic" else DIVERGED
+            verdict.independent = True
+            verdict.follows_from = cause
+            if plan.mode == "deterministic" and "threads" in replayer.variation.names:
+                verdict.notes.append("mode 'deterministic' promises the same bytes at the same thread count only; 'strict' would promise it at any")
+            verdict.diff = replayer.diff(plan.stage, plan.recorded_tree, rebuilt)
+            root_cause[plan.stage] = cause or plan.stage
+            continue
+        if cause is None:
+            continue
+        # Reproduced on its recorded inputs while something upstream diverged: replay on the
+        # rebuilt upstream outputs to see whether the divergence propagates.
+        inputs, model = _chained_inputs(plan, producer_of, chained)
+        again, error = replayer.run(plan, inputs, model)
+        if error is not None:
+            verdict.notes.append(f"on the rebuilt upstream outputs it failed: {error}")
+            verdict.status, verdict.follows_from = FOLLOWS, cause
+            root_cause[plan.stage] = cause
+            continue
+        chained[plan.stage] = again
+        if again != plan.recorded_tree:
+            verdict.status, verdict.follows_from = FOLLOWS, cause
+            verdict.rebuilt_tree = again
+            verdict.notes.append(f"reproduces on its recorded inputs; differs on the rebuilt output of {cause}")
+            verdict.diff = replayer.diff(plan.stage, plan.recorded_tree, again)
+            root_cause[plan.stage] = cause
+        else:
+            verdict.notes.append(f"the divergence of {cause} does not reach this stage's output")
+    return [verdicts[p.stage] for p in plans]
+
+
+def _upstream(plan: StagePlan, producer_of: dict[Digest, str]) -> list[str]:
+    return [producer_of[t] for t in _needed_trees(plan.description) if t in producer_of and producer_of[t] != plan.stage]
+
+
+def _chained_inputs(plan: StagePlan, producer_of: dict[Digest, str], chained: dict[str, Digest]) -> tuple[dict[str, Digest], Digest | None]:
+    def swap(tree: Digest) -> Digest:
+        stage = producer_of.get(tree)
+        return chained.get(stage, tree) if stage else tree
+
+    inputs = {name: swap(tree) for name, tree in plan.description["inputs"].items()}
+    model = swap(plan.description["model"]["digest"]) if plan.description.get("model") else None
+    return inputs, model
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def verify_targets(session: Any, targets: list[str], variation: Variation, jobs: int = 1, assets_dir: Path | None = None) -> VerifyReport:
+    plans = plan_targets(session, targets)
+    replayer = Replayer(session.store, session.fingerprint, session.project.recipe_path, variation, jobs, assets_dir)
+    try:
+        with session.store.using():
+            verdicts = replay_all(plans, replayer)
+    finally:
+        replayer.close()
+        parent = variation.sandbox_parent(session.store)
+        if parent is not None:
+            remove_tree(session.store.tmp / "verify vary-cwd")
+    return VerifyReport(", ".join(targets), variation.to_list(), verdicts, assets_dir)
+
+
+def verify_bundle(bundle_dir: Path, recipe_path: list[Path], variation: Variation, jobs: int = 1, assets_dir: Path | None = None) -> VerifyReport:
+    """Check a bundle's integrity, then replay its replayable stages in an empty scratch store
+    with the recipe code installed here. Nothing is written outside the scratch directory."""
+    from buildsys.keys.fingerprint import from_environment
+    from buildsys.keys.identity import recipe_code_digest
+    from buildsys.repro.bundle import read_bundle
+
+    bundle = read_bundle(bundle_dir)  # integrity first: raises BundleError naming file and field
+    scratch = Path(tempfile.mkdtemp(prefix="buildsys-verify-bundle-"))
+    try:
+        store = LocalStore(scratch / "store")
+        plans = []
+        for stage in bundle.lock.stages.values():
+            if not stage.replay:
+                continue
+            for tree in _needed_trees(stage.description) + [stage.output]:
+                bundle.load_tree(tree, store)
+            plan = StagePlan(stage.id, stage.key, stage.description, stage.output, stage.threads, stage.seconds, stage.memory_mb)
+            try:
+                installed = recipe_code_digest(stage.description["recipe"]["ref"], recipe_path, lambda p: digest_file(p)[0])
+            except Exception as exc:  # noqa: BLE001 - reported, the replay will fail and say why
+                installed = None
+                plan.notes.append(f"recipe {stage.description['recipe']['ref']} not found here: {exc}")
+            if installed is not None and installed != stage.description["recipe"]["code"]:
+                plan.notes.append(
+                    f"recipe code installed here ({installed[:12]}) differs from the bundled build's "
+                    f"({stage.description['recipe']['code'][:12]})"
+                )
+            plans.append(plan)
+        report_notes = [f"{len(bundle.files)} bundled files intact (digest and size match the lock)"]
+        skipped = [s.id for s in bundle.lock.stages.values() if not s.replay]
+        if skipped:
+            report_notes.append(f"not replayed (inputs not bundled or stochastic): {', '.join(skipped)}")
+        replayer = Replayer(store, from_environment(), recipe_path, variation, jobs, assets_dir)
+        try:
+            verdicts = replay_all(plans, replayer)
+        finally:
+            replayer.close()
+        return VerifyReport(str(bundle_dir.name), variation.to_list(), verdicts, assets_dir, report_notes)
+    finally:
+        remove_tree(scratch)
+
+
+def render_report(report: VerifyReport) -> str:
+    """Text for people: one line per stage, then the artifact diff of each divergent one."""
+    from buildsys.artifacts import render_text
+
+    lines = [f"verify {report.subject}" + (f" (vary: {', '.join(report.vary)})" if report.vary else "")]
+    lines.extend(f"  note: {n}" for n in report.notes)
+    for v in report.stages:
+        lines.append(f"  {v.status.upper():<10} {v.stage} [{v.mode}]" + (f"  {_verdict_text(v)}" if v.status != REPRODUCED else ""))
+        lines.extend(f"             note: {n}" for n in v.notes)
+    first = report.first_divergent
+    if first:
+        lines.append(f"first divergent stage: {first}")
+    divergent = [s for s in report.labeled() if s.tree is not None and not s.tree.identical]
+    if divergent:
+        lines.append("")
+        lines.append(render_text(divergent))
+    failing = sum(1 for v in report.stages if v.failing)
+    lines.append("verified: all deterministic stages reproduced bitwise" if not failing else f"NOT REPRODUCIBLE: {failing} stage(s)")
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""What the store holds, for people: ``store ls|cat`` and ``log`` (read-only)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from buildsys.errors import BuildsysError
+from buildsys.keys.encoding import decode
+from buildsys.keys.hashing import is_digest
+from buildsys.store.local import REF_KINDS, LocalStore, StoreError
+
+
+def list_store(store: LocalStore, what: str) -> Iterator[str]:
+    if what == "refs":
+        for kind in REF_KINDS:
+            for name in store.list_refs(kind):
+                yield f"{kind}/{name}"
+    elif what == "actions":
+        yield from store.action_keys()
+    elif what == "blobs":
+        for path in store.blobs():
+            yield f"{path.name} {path.stat().st_size}"
+    else:
+        for name, digest in store.build_records():
+            yield f"{name} {digest}"
+
+
+def cat_object(store: LocalStore, name: str) -> Any:
+    """A blob, an action record (by key) or a ref (KIND/NAME); msgpack decoded where it is."""
+    if "/" in name:
+        kind, _, ref = name.partition("/")
+        value = store.read_ref(kind, ref)
+        if value is None:
+            raise StoreError(f"no ref {name}")
+        return value
+    if not is_digest(name):
+        raise StoreError(f"{name!r} is neither a digest nor a ref (KIND/NAME)")
+    record = store.get_action(name)
+    if record is not None:
+        return {"result": record.result.to_dict(), "signature": record.signature}
+    data = store.read_bytes(name)
+    try:
+        decoded = decode(data)
+    except Exception:  # not msgpack: an ordinary file blob
+        return data
+    return decoded if isinstance(decoded, (dict, list)) else data
+
+
+def build_history(store: LocalStore, limit: int) -> list[dict[str, Any]]:
+    records = []
+    for _, digest in reversed(store.build_records()):
+        if len(records) >= limit:
+            break
+        records.append(decode(store.read_bytes(digest)))
+    return records
+
+
+def stage_log(store: LocalStore, stage_id: str) -> bytes:
+    """What the run behind the stage's result in the last build that had one printed (empty
+    when it printed nothing: a result records no log then)."""
+    for _, digest in reversed(store.build_records()):
+        stage = decode(store.read_bytes(digest)).get("stages", {}).get(stage_id)
+        if stage and (stage.get("log") or stage.get("key")):
+            return store.read_bytes(stage["log"]) if stage.get("log") else b""
+    raise BuildsysError(f"no build record holds a log of {stage_id!r}")
