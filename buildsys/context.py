@@ -10,6 +10,7 @@ draw the same numbers and two streams of one stage never share a sequence.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -68,6 +69,7 @@ class StageContext:
     threads: int = 1
     report: ProgressFn = _no_progress
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("buildsys.recipe"))
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def deterministic(self) -> bool:
@@ -153,6 +155,13 @@ class StageContext:
 
     def progress(self, done: int, total: int | None = None, message: str = "") -> None:
         self.report(done, total, message)
+
+    def warn(self, message: str) -> None:
+        """Something the user must hear although the stage succeeded (a missing texture, a face
+        budget not met). Written to the stage log and kept in the action record, so the summary
+        of every build that uses this result, fresh or cached, says it again."""
+        self.warnings.append(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
     @property
     def max_iterations(self) -> int | None:

@@ -16,6 +16,10 @@ EXIT_BAD_INPUT = 2
 EXIT_STORE = 3
 EXIT_NOT_REPRODUCIBLE = 4
 
+BAD_INPUT = "bad-input"
+"""The outcome of a stage whose recipe rejected its inputs or params (a RecipeError other than a
+budget): the build exits with EXIT_BAD_INPUT, and the message is one line naming the file."""
+
 
 class BuildsysError(Exception):
     """Base of every error the CLI reports as a one-line message."""

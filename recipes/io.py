@@ -4,9 +4,9 @@ when the source has them or has a readable texture) plus ``import.json``.
 
 Params: ``normalize`` ("none" keeps coordinates; "unit" centres the bounding box at the origin
 and scales its longest half-extent to 1), ``colors`` (keep colours, default true),
-``file`` (which file of the input to read when it holds several meshes).
-Bad input raises RecipeError naming the file and the problem: empty, unreadable, no faces,
-NaN/infinite coordinates, face indices out of range.
+``file`` (which file of the input to read when it holds several meshes), ``max_faces`` (refuse
+bigger sources before reading them, 2,000,000).
+Bad input raises RecipeError naming the file and the problem (see :mod:`recipes.meshfiles`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import numpy as np
 
 from buildsys.context import RecipeError, StageContext
-from recipes.meshfiles import MESH_SUFFIXES, load_external
+from recipes.meshfiles import DEFAULT_MAX_FACES, MESH_SUFFIXES, load_external
 from recipes.meshio import Mesh, canonical_mesh, write_ply
 
 
@@ -42,7 +42,7 @@ def import_mesh(ctx: StageContext) -> None:
     normalize = ctx.param("normalize", "none", str)
     if normalize not in ("none", "unit"):
         raise RecipeError(f"stage {ctx.stage!r}: params.normalize must be 'none' or 'unit', got {normalize!r}")
-    mesh = load_external(path, keep_colors=ctx.param("colors", True, bool))
+    mesh = load_external(path, ctx.param("colors", True, bool), ctx.param("max_faces", DEFAULT_MAX_FACES, int))
     source_vertices, source_faces = len(mesh.vertices), len(mesh.faces)
     if normalize == "unit":
         mesh = normalize_unit(mesh)

@@ -50,3 +50,10 @@ def copy_through(ctx: StageContext) -> None:
             dest = ctx.out / path.relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest)
+
+
+def warn_about_inputs(ctx: StageContext) -> None:
+    """Warn once per input file (naming it), then copy it into ``out/``."""
+    for path in ctx.input_files("src"):
+        ctx.warn(f"{path}: looked at")
+        shutil.copyfile(path, ctx.out / path.name)

@@ -24,6 +24,7 @@ from buildsys.keys.encoding import canonical_bytes
 from buildsys.keys.fingerprint import Fingerprint
 from buildsys.keys.hashing import Digest, digest_file
 from buildsys.keys.tree import Entry, Manifest, TreeError, encode_manifest, walk_files
+from buildsys.project.buildfile import StageSpec
 from buildsys.store.atomic import READ_ONLY
 from buildsys.store.local import LocalStore
 from buildsys.store.records import ActionRecord, ActionResult
@@ -101,6 +102,8 @@ def run_action(
             isolated=spec.isolate,
         )
         outcome = executor.run(job)
+        outcome.error = outcome.error and project_paths(outcome.error, root, spec)
+        outcome.warnings = [project_paths(w, root, spec) for w in outcome.warnings]
         touched = [(p, d) for p, d, size, mtime in linked if _changed(p, size, mtime)]
         if touched:
             for _, digest in touched:
@@ -135,6 +138,7 @@ def run_action(
                 "cpu_s": round(outcome.cpu_s, 4),
                 "peak_rss_mb": round(outcome.peak_rss_mb, 1),
                 "iterations": outcome.iterations,
+                **({"warnings": outcome.warnings} if outcome.warnings else {}),
             },
             fingerprint=fingerprint.full(resolved.threads),
             producer=producer(),
@@ -145,6 +149,25 @@ def run_action(
         pool.release(sandbox, [path for path, *_ in linked] + outputs + ([log_path] if log else []))
         if sandboxes is None:
             pool.close()
+
+
+def project_paths(text: str, root: str, spec: StageSpec) -> str:
+    """A recipe's message with sandbox paths put back as the user declared them: a source file
+    as its path in the project (``meshes/chair.obj``), a package file as ``pkg:PACKAGE/PATH``,
+    an upstream output as ``TARGET/STAGE:FILE``; the sandbox itself is gone when they read it."""
+    for name, refs in spec.inputs.items():
+        kinds = {ref.kind for ref in refs}
+        packages = {ref.value.partition("/")[0] for ref in refs}
+        if kinds == {"src"}:
+            prefix = ""
+        elif kinds == {"pkg"} and len(packages) == 1:
+            prefix = f"pkg:{packages.pop()}/"
+        elif len(refs) == 1 and refs[0].kind == "stage":
+            prefix = f"{refs[0].target}/{refs[0].value}:"
+        else:
+            prefix = f"{name}:"
+        text = text.replace(f"{root}/{INPUTS}/{name}/", prefix).replace(f"{root}/{INPUTS}/{name}", f"input {name!r}")
+    return text.replace(f"{root}/model/", "model:").replace(f"{root}/", "")
 
 
 def _hash_outputs(out: Path) -> tuple[Manifest, list[tuple[Path, Digest]]]:

@@ -24,7 +24,7 @@ from buildsys.build.gate import gate_verdict
 from buildsys.build.materialize import MaterializeReport, materialize_trees
 from buildsys.build.resolver import Resolved, closure
 from buildsys.build.session import Session
-from buildsys.errors import EXIT_BUILD_FAILED, EXIT_OK, BuildsysError
+from buildsys.errors import BAD_INPUT, EXIT_BAD_INPUT, EXIT_BUILD_FAILED, EXIT_OK, BuildsysError
 from buildsys.execution.producer import producer
 from buildsys.execution.sandbox import SandboxPool
 from buildsys.keys.action import changed_components
@@ -81,6 +81,8 @@ class BuildReport:
 
     @property
     def exit_code(self) -> int:
+        if any(s.outcome == BAD_INPUT for s in self.stages.values()):
+            return EXIT_BAD_INPUT
         return EXIT_OK if all(v in ("ok", "review") for v in self.targets.values()) else EXIT_BUILD_FAILED
 
     def summary(self) -> dict[str, Any]:
@@ -98,6 +100,7 @@ class BuildReport:
             "gate_failures": {
                 sid: s.gate.get("failures", []) for sid, s in self.stages.items() if s.gate and not s.gate.get("passed", False)
             },
+            "warnings": {sid: s.metrics["warnings"] for sid, s in self.stages.items() if s.metrics.get("warnings")},
             "remote": self.remote,
             "record": self.record,
             "wall_s": round(self.wall_s, 3),
@@ -275,8 +278,9 @@ class Builder:
                 sandboxes=self._sandboxes,
             )
         if run.result is None:
+            error = run.outcome.error if run.outcome.status == BAD_INPUT else f"{run.outcome.status}: {run.outcome.error}"
             return StageReport(
-                sid, FAILED, key=resolved.key, log=run.log, error=f"{run.outcome.status}: {run.outcome.error}",
+                sid, FAILED, key=resolved.key, log=run.log, error=error,
                 outcome=run.outcome.status, wall_s=run.outcome.wall_s,
             )
         if self.remote is not None:

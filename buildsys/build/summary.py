@@ -10,16 +10,24 @@ from buildsys.build.scheduler import WOULD_RUN, BuildReport
 from buildsys.build.session import Session
 
 
-def print_summary(report: BuildReport, session: Session, json_output: bool) -> None:
+def print_summary(report: BuildReport, session: Session, json_output: bool, verbose: bool = False) -> None:
+    """One line per failed stage and per warning; the tail of a failed stage's log (its
+    traceback) only when ``verbose``."""
     summary = report.summary()
     if json_output:
         click.echo(json.dumps(summary, sort_keys=True))
         return
     for sid, stage in report.stages.items():
-        if stage.status == "failed" and stage.log:
+        if stage.status != "failed":
+            continue
+        if verbose and stage.log:
             click.echo(f"--- log of {sid} (buildsys log --stage {sid}) ---", err=True)
             tail = session.store.read_bytes(stage.log).decode("utf-8", "replace").splitlines()[-15:]
             click.echo("\n".join(tail), err=True)
+        click.echo(f"buildsys: error: {sid}: {stage.error}", err=True)
+    for sid, warnings in summary["warnings"].items():
+        for warning in warnings:
+            click.echo(f"buildsys: warning: {sid}: {warning}", err=True)
     for sid, failures in summary["gate_failures"].items():
         for failure in failures:
             value = failure.get("value")

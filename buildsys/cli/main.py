@@ -66,8 +66,10 @@ def main() -> None:
 @click.option("--remote", "remote_url", help="Remote cache URL (file://, http(s)://, s3://); overrides config.")
 @click.option("--no-remote", is_flag=True, help="Use no remote cache, whatever the config says.")
 @click.option("--json", "json_output", is_flag=True, help="No progress; end with one JSON summary line.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the end of a failed stage's log (its traceback).")
 @handled
-def build(buildfile: Path, targets: tuple[str, ...], jobs: int | None, keep_going: bool, remote_url: str | None, no_remote: bool, json_output: bool) -> None:
+def build(buildfile: Path, targets: tuple[str, ...], jobs: int | None, keep_going: bool, remote_url: str | None, no_remote: bool,
+          json_output: bool, verbose: bool) -> None:
     """Build TARGETS (all targets when none is named), using and filling the caches."""
     from buildsys.build.progress import reporter_for
     from buildsys.build.scheduler import Builder
@@ -82,7 +84,7 @@ def build(buildfile: Path, targets: tuple[str, ...], jobs: int | None, keep_goin
         finally:
             if remote is not None:
                 remote.close()
-        print_summary(report, session, json_output)
+        print_summary(report, session, json_output, verbose)
     sys.exit(report.exit_code)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from buildsys.determinism import worker_environment
+from buildsys.errors import BAD_INPUT
 from buildsys.execution.worker import read_frame, write_frame
 
 SAMPLE_INTERVAL_S = 0.05
@@ -64,6 +65,7 @@ class JobOutcome:
     peak_rss_mb: float = 0.0
     iterations: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 class Executor(Protocol):
@@ -258,8 +260,10 @@ class LocalExecutor:
                 continue
             peak = max(peak, worker.rss_mb())
             if frame["ok"]:
-                return JobOutcome(True, "ok", None, frame["wall_s"], frame["cpu_s"], peak, frame.get("iterations", 0))
-            return JobOutcome(False, "failed", frame["error"], frame["wall_s"], frame["cpu_s"], peak)
+                return JobOutcome(True, "ok", None, frame["wall_s"], frame["cpu_s"], peak, frame.get("iterations", 0),
+                                  warnings=frame.get("warnings") or [])
+            status = BAD_INPUT if frame.get("bad_input") else "failed"
+            return JobOutcome(False, status, frame["error"], frame["wall_s"], frame["cpu_s"], peak)
 
     def close(self) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from buildsys.context import Budget, StageContext
+from buildsys.context import Budget, BudgetExceeded, RecipeError, StageContext
 from buildsys.determinism import (
     apply_torch_settings,
     failure_hint,
@@ -160,7 +160,7 @@ def _run_recipe(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
         report=progress,
     )
     function(context)
-    return {"iterations": progress.iterations}
+    return {"iterations": progress.iterations, "warnings": context.warnings}
 
 
 def main() -> None:
@@ -181,8 +181,9 @@ def main() -> None:
             reply: dict[str, Any] = {"done": True, "ok": True, **extra}
         except BaseException as exc:  # everything a recipe raises is reported, never fatal
             traceback.print_exc()
-            error = f"{type(exc).__name__}: {exc}{failure_hint(exc, job['mode'])}"
-            reply = {"done": True, "ok": False, "error": error, "error_type": type(exc).__name__}
+            bad_input = isinstance(exc, RecipeError) and not isinstance(exc, BudgetExceeded)
+            error = str(exc) if bad_input else f"{type(exc).__name__}: {exc}{failure_hint(exc, job['mode'])}"
+            reply = {"done": True, "ok": False, "error": error, "error_type": type(exc).__name__, "bad_input": bad_input}
         reply["wall_s"] = time.perf_counter() - started
         reply["cpu_s"] = time.process_time() - cpu_started
         _redirect_output(None)
