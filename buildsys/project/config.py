@@ -35,11 +35,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import tomli
 
 from buildsys.errors import BuildsysError
+from buildsys.project.schema import Fields
 
 
 class ConfigError(BuildsysError):
@@ -100,11 +101,10 @@ class RemoteSettings:
         the file for messages, e.g. ``"Buildfile.toml"``."""
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where}: [remote] must be a table")
-        values: dict[str, Any] = {}
-        for name, value in table.items():
-            if name not in FIELDS:
-                raise ConfigError(f"{where}: [remote] unknown field {name!r} (known: {', '.join(FIELDS)})")
-            values[name] = _check_field(name, value, f"{where}: [remote] field {name!r}")
+        fields = _fields(where, "remote")
+        table = dict(table)
+        fields.known(table, set(FIELDS), "")
+        values = {name: _CHECKS[name](fields, table, name) for name in table}
         return cls(**values, origins={name: f"{where} [remote]" for name in values})
 
 
@@ -122,30 +122,31 @@ DEFAULTS: dict[str, Any] = {
 }
 FIELDS = tuple(DEFAULTS)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_URL = re.compile(r"^(file|https?|s3)://")
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NOT_A_KEY_NAME = "is not a key name (letters, digits, . _ -; at most 64)"
 
 
-def _check_field(name: str, value: Any, where: str) -> Any:
-    if name in ("read_only", "zstd"):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if name == "timeout_s":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
-            raise ConfigError(f"{where}: expected a number of seconds in (0, 3600], got {value!r}")
-        return float(value)
-    if name in ("retries", "parallel"):
-        low, high = (0, 10) if name == "retries" else (1, 256)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(f"{where}: expected an integer in [{low}, {high}], got {value!r}")
-        return value
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if name == "password_env" and not _ENV_NAME.match(value):
-        raise ConfigError(f"{where}: {value!r} is not an environment variable name")
-    if name == "url" and value and not re.match(r"^(file|https?|s3)://", value):
-        raise ConfigError(f"{where}: {value!r} is not a file://, http(s):// or s3:// URL")
-    return value
+def _fields(where: str | Path, table: str) -> Fields:
+    return Fields(lambda dotted, message: ConfigError(f"{where}: [{table}] field {dotted!r}: {message}"))
+
+
+def _string(fields: Fields, table: dict[str, Any], name: str) -> str:
+    return fields.get(table, name, str, "")
+
+
+_CHECKS: dict[str, Callable[[Fields, dict[str, Any], str], Any]] = {
+    "url": lambda f, t, n: _string(f, t, n) and f.matching(t[n], _URL, n, "is not a file://, http(s):// or s3:// URL"),
+    "read_only": lambda f, t, n: f.get(t, n, bool, ""),
+    "username": _string,
+    "password_env": lambda f, t, n: f.matching(_string(f, t, n), _ENV_NAME, n, "is not an environment variable name"),
+    "timeout_s": lambda f, t, n: f.number(t, n, "", above=0, high=3600),
+    "retries": lambda f, t, n: f.number(t, n, "", integer=True, low=0, high=10),
+    "parallel": lambda f, t, n: f.number(t, n, "", integer=True, low=1, high=256),
+    "zstd": lambda f, t, n: f.get(t, n, bool, ""),
+    "s3_endpoint_url": _string,
+    "s3_region": _string,
+}
 
 
 @dataclass(frozen=True)
@@ -196,41 +197,33 @@ def load_user_config(path: Path | None = None) -> UserConfig:
 
 
 def _signing_key(raw: dict[str, Any], path: Path) -> str | None:
+    fields = _fields(path, "signing")
     table = raw.get("signing", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [signing] must be a table")
-    for name in table:
-        if name != "key":
-            raise ConfigError(f"{path}: [signing] unknown field {name!r} (known: key)")
-    name = table.get("key")
-    if name is not None and (not isinstance(name, str) or not KEY_NAME.match(name)):
-        raise ConfigError(f"{path}: [signing] field 'key': {name!r} is not a key name (letters, digits, . _ -)")
-    return name
+    fields.known(table, {"key"}, "")
+    name = fields.get(table, "key", str, "")
+    return None if name is None else fields.matching(name, KEY_NAME, "key", _NOT_A_KEY_NAME)
 
 
 def _trusted(raw: dict[str, Any], path: Path) -> dict[str, str]:
+    fields = _fields(path, "trust")
     table = raw.get("trust", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [trust] must be a table")
-    for name in table:
-        if name != "keys":
-            raise ConfigError(f"{path}: [trust] unknown field {name!r} (known: keys)")
-    keys = table.get("keys", {})
-    if not isinstance(keys, dict):
-        raise ConfigError(f"{path}: [trust] field 'keys' must be a table of name = \"base64 public key\"")
+    fields.known(table, {"keys"}, "")
+    keys = fields.table(table.get("keys", {}), "keys")
     out: dict[str, str] = {}
     for name, value in keys.items():
-        where = f"{path}: [trust] field 'keys.{name}'"
-        if not KEY_NAME.match(name):
-            raise ConfigError(f"{where}: {name!r} is not a key name (letters, digits, . _ -)")
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a base64 public key string")
+        where = f"keys.{name}"
+        fields.matching(name, KEY_NAME, where, _NOT_A_KEY_NAME)
+        fields.value(value, str, where)
         try:
             decoded = base64.b64decode(value, validate=True)
         except ValueError:
             decoded = b""
         if len(decoded) != 32:
-            raise ConfigError(f"{where}: not a base64 Ed25519 public key (32 bytes)")
+            raise fields.error(where, "not a base64 Ed25519 public key (32 bytes)")
         out[name] = value
     return out
 

@@ -40,6 +40,7 @@ from buildsys.keys.tree import (
     check_relative_path,
     tree_digest,
 )
+from buildsys.project.schema import Fields
 
 MARKER = "BUILDSYS-BUNDLE"
 MARKER_TEXT = "buildsys-bundle 1"
@@ -145,34 +146,22 @@ def _read_small(path: Path, cap: int, what: str) -> bytes:
         return handle.read(cap + 1)
 
 
-class _Fields:
-    """Type-checked access to the lock, with errors naming the file and the dotted field."""
+class _LockFields(Fields):
+    """:class:`Fields` for the lock: errors name the file and the dotted field; fields are
+    required unless read with :meth:`optional` (absent or null)."""
 
     def __init__(self, file: Path) -> None:
-        self.file = file
+        super().__init__(lambda dotted, message: BundleError(f"{file}: {dotted}: {message}"))
 
-    def error(self, where: str, message: str) -> BundleError:
-        return BundleError(f"{self.file}: {where}: {message}")
+    def required(self, table: Any, name: str, kind: type | tuple[type, ...], where: str) -> Any:
+        return self.get(table, name, kind, where, required=True)
 
-    def get(self, table: Any, name: str, kind: type | tuple[type, ...], where: str, optional: bool = False) -> Any:
-        if not isinstance(table, dict):
-            raise self.error(where, "must be an object")
-        dotted = f"{where}.{name}" if where else name
-        if name not in table:
-            if optional:
-                return None
-            raise self.error(dotted, "missing")
-        value = table[name]
-        if optional and value is None:
-            return None
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            raise self.error(dotted, f"must be {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
-        return value
+    def optional(self, table: Any, name: str, kind: type | tuple[type, ...], where: str) -> Any:
+        return self.get(table, name, (*(kind if isinstance(kind, tuple) else (kind,)), type(None)), where)
 
-    def digest(self, table: Any, name: str, where: str, optional: bool = False) -> Digest | None:
-        value = self.get(table, name, str, where, optional)
-        if value is not None and not is_digest(value):
+    def digest(self, table: Any, name: str, where: str) -> Digest:
+        value = self.required(table, name, str, where)
+        if not is_digest(value):
             raise self.error(f"{where}.{name}", f"{value[:80]!r} is not a digest")
         return value
 
@@ -187,7 +176,7 @@ class _Fields:
 
 
 def parse_lock(path: Path, data: bytes) -> Lock:
-    f = _Fields(path)
+    f = _LockFields(path)
     try:
         raw = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -196,23 +185,23 @@ def parse_lock(path: Path, data: bytes) -> Lock:
         raise BundleError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if not isinstance(raw, dict):
         raise BundleError(f"{path}: the lock must be a JSON object, got {type(raw).__name__}")
-    fmt = f.get(raw, "format", str, "")
+    fmt = f.required(raw, "format", str, "")
     if fmt != LOCK_FORMAT:
         raise f.error("format", f"{fmt[:40]!r}, this buildsys reads {LOCK_FORMAT!r}")
-    target = f.get(raw, "target", str, "")
+    target = f.required(raw, "target", str, "")
     files: dict[str, tuple[Digest, int]] = {}
-    for name, entry in f.get(raw, "files", dict, "").items():
+    for name, entry in f.required(raw, "files", dict, "").items():
         where = f"files.{name[:120]}"
         f.path(name, where)
         digest = f.digest(entry, "digest", where)
-        size = f.get(entry, "size", int, where)
+        size = f.required(entry, "size", int, where)
         if size < 0 or size > MAX_FILE_BYTES:
             raise f.error(f"{where}.size", f"{size} is out of range (cap {MAX_FILE_BYTES} bytes)")
         if name.startswith("blobs/") and name != f"blobs/{digest}":
             raise f.error(where, "a blob must be named by its digest")
         files[name] = (digest, size)
     trees: dict[Digest, Manifest] = {}
-    for tree, manifest in f.get(raw, "trees", dict, "").items():
+    for tree, manifest in f.required(raw, "trees", dict, "").items():
         where = f"trees.{tree[:80]}"
         if not is_digest(tree):
             raise f.error(where, "tree name is not a digest")
@@ -233,8 +222,8 @@ def parse_lock(path: Path, data: bytes) -> Lock:
         if tree_digest(parsed) != tree:
             raise f.error(where, "manifest does not hash to its name")
         trees[tree] = parsed
-    table = f.get(raw, "stages", dict, "")
-    order = f.get(raw, "order", list, "")
+    table = f.required(raw, "stages", dict, "")
+    order = f.required(raw, "order", list, "")
     if not all(isinstance(sid, str) for sid in order) or sorted(order) != sorted(table) or len(set(order)) != len(order):
         raise f.error("order", "must list every stage of 'stages' exactly once, upstream first")
     stages: dict[str, LockedStage] = {}
@@ -243,50 +232,50 @@ def parse_lock(path: Path, data: bytes) -> Lock:
     return Lock(raw, target, stages, trees, files)
 
 
-def _stage(f: _Fields, sid: str, entry: Any, trees: dict[Digest, Manifest]) -> LockedStage:
+def _stage(f: _LockFields, sid: str, entry: Any, trees: dict[Digest, Manifest]) -> LockedStage:
     where = f"stages.{sid[:80]}"
     key = f.digest(entry, "key", where)
     output = f.digest(entry, "output", where)
-    description = f.get(entry, "description", dict, where)
+    description = f.required(entry, "description", dict, where)
     d = f"{where}.description"
-    f.get(description, "stage", str, d)
-    recipe = f.get(description, "recipe", dict, d)
-    ref = f.get(recipe, "ref", str, f"{d}.recipe")
+    f.required(description, "stage", str, d)
+    recipe = f.required(description, "recipe", dict, d)
+    ref = f.required(recipe, "ref", str, f"{d}.recipe")
     if ref.count(":") != 1:
         raise f.error(f"{d}.recipe.ref", f"{ref[:80]!r} is not 'module:function'")
     f.digest(recipe, "code", f"{d}.recipe")
-    inputs = f.get(description, "inputs", dict, d)
+    inputs = f.required(description, "inputs", dict, d)
     for name in inputs:
         f.digest(inputs, name, f"{d}.inputs")
-    f.get(description, "params", dict, d)
-    f.get(description, "seed", int, d)
-    model = f.get(description, "model", dict, d, optional=True)
+    f.required(description, "params", dict, d)
+    f.required(description, "seed", int, d)
+    model = f.optional(description, "model", dict, d)
     if model is not None:
         f.digest(model, "digest", f"{d}.model")
-    mode = f.get(description, "mode", str, d)
+    mode = f.required(description, "mode", str, d)
     if mode not in MODES:
         raise f.error(f"{d}.mode", f"unknown mode {mode[:40]!r}")
-    f.get(description, "device", str, d)
-    f.get(description, "iterations", int, d, optional=True)
+    f.required(description, "device", str, d)
+    f.optional(description, "iterations", int, d)
     try:
         if action_key(description) != key:
             raise f.error(f"{where}.key", "the description does not hash to this key (edited lock?)")
     except EncodingError as exc:
         raise f.error(d, f"cannot be encoded: {exc}") from None
-    threads = f.get(entry, "threads", int, where)
+    threads = f.required(entry, "threads", int, where)
     if threads < 1 or threads > 4096:
         raise f.error(f"{where}.threads", f"{threads} is out of range")
-    replay = f.get(entry, "replay", bool, where)
-    budget = f.get(entry, "budget", dict, where, optional=True) or {}
-    seconds = f.get(budget, "seconds", (int, float), f"{where}.budget", optional=True)
-    memory = f.get(budget, "memory_mb", int, f"{where}.budget", optional=True)
+    replay = f.required(entry, "replay", bool, where)
+    budget = f.optional(entry, "budget", dict, where) or {}
+    seconds = f.optional(budget, "seconds", (int, float), f"{where}.budget")
+    memory = f.optional(budget, "memory_mb", int, f"{where}.budget")
     if replay:
         needed = list(inputs.values()) + ([model["digest"]] if model else []) + [output]
         for tree in needed:
             if tree not in trees:
                 raise f.error(f"{where}.replay", f"needs tree {tree[:12]} which the lock does not list")
     return LockedStage(sid, key, description, output, mode, threads, replay, float(seconds) if seconds is not None else None, memory,
-                       f.get(entry, "status", str, where, optional=True) or "")
+                       f.optional(entry, "status", str, where) or "")
 
 
 def _check_files(root: Path, lock: Lock) -> None:
