@@ -156,6 +156,7 @@ def store_files(root: Path) -> list[Path]:
 # tests --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_instants_leaves_a_clean_store(tmp_path: Path) -> None:
     """A build killed at a random instant (startup, hashing sources, running stages, storing
     outputs, materializing, saving the stat cache) leaves a store that verifies clean, and the

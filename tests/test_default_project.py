@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_cli
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def default_project(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from recipe_helpers import run_chain_subprocess
 
 from recipes.meshio import save_npz
 from recipes.volume import soft_sphere
+
+pytestmark = pytest.mark.slow
 
 
 def test_mesh_stages_identical_across_thread_counts(tmp_path):
