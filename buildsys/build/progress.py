@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from buildsys.build.scheduler import CACHED, Reporter, StageReport
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 
 class PlainReporter(Reporter):
@@ -73,11 +76,19 @@ class RichReporter(Reporter):
             if self.total_task is not None:
                 self.bar.advance(self.total_task)
             if report.status != CACHED:
-                style = {"executed": "green", "pulled": "cyan", "failed": "red", "blocked": "yellow"}.get(report.status, "")
-                detail = f" ({report.wall_s:.1f} s)" if report.wall_s else ""
-                if report.error:
-                    detail += f": {report.error}"
-                self.console.print(f"[{style}]{report.status:>9}[/{style}]  {report.id}{detail}" if style else f"{report.status:>9}  {report.id}{detail}", highlight=False)
+                self.console.print(self._line(report), highlight=False)
+
+    @staticmethod
+    def _line(report: StageReport) -> "Text":
+        """A styled Text, never markup: stage ids and error messages are shown as written
+        (an error naming ``[/some/path]`` is not a closing tag)."""
+        from rich.text import Text
+
+        style = {"executed": "green", "pulled": "cyan", "failed": "red", "blocked": "yellow"}.get(report.status, "")
+        detail = f" ({report.wall_s:.1f} s)" if report.wall_s else ""
+        if report.error:
+            detail += f": {report.error}"
+        return Text.assemble((f"{report.status:>9}", style), f"  {report.id}{detail}")
 
     def end(self) -> None:
         self.bar.stop()
