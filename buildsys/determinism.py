@@ -3,7 +3,8 @@
 Two layers. The process environment is fixed when a worker starts (it cannot change later:
 ``PYTHONHASHSEED`` and ``MKL_CBWR`` are read once at start-up), so workers are keyed by
 :func:`worker_environment`. Per action, :func:`seed_globals` seeds every global PRNG from the
-action's seed and stage, and :func:`apply_torch_settings` switches torch to deterministic
+action's seed and stage (numpy and torch also the moment a recipe imports them, by the worker's
+import hook), and :func:`apply_torch_settings` switches torch to deterministic
 algorithms, TF32 off and fixed thread counts, only when the recipe actually uses torch.
 
 Modes: ``deterministic`` (same machine, same thread count: same bytes), ``strict`` (also
@@ -67,11 +68,14 @@ def seed_globals(seed: int, stage: str) -> None:
     """Seed the global PRNGs a careless recipe might still reach (random, numpy's legacy
     global state). Recipes should use the context's explicit generators instead."""
     random.seed(derive_seed(seed, stage, "python"))
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed(derive_seed(seed, stage, "numpy-global") & 0xFFFFFFFF)
+    if "numpy" in sys.modules:
+        seed_numpy_global(seed, stage)
     if "torch" in sys.modules:
         seed_torch_global(seed, stage)
+
+
+def seed_numpy_global(seed: int, stage: str) -> None:
+    sys.modules["numpy"].random.seed(derive_seed(seed, stage, "numpy-global") & 0xFFFFFFFF)
 
 
 def seed_torch_global(seed: int, stage: str) -> None:

@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import msgpack
 
@@ -31,6 +31,7 @@ from buildsys.determinism import (
     apply_torch_settings,
     failure_hint,
     seed_globals,
+    seed_numpy_global,
     seed_torch_global,
 )
 
@@ -90,44 +91,61 @@ def _redirect_output(path: str | None) -> None:
     os.close(fd)
 
 
-class _TorchImportHook(importlib.abc.MetaPathFinder):
-    """Applies the running job's torch settings, and seeds torch's global generator from it, the
-    moment a recipe first imports torch. Recipes import torch inside their functions (the CLI must
-    not pay for it), so without this hook the first torch stage a worker runs would run with
-    torch's defaults (nondeterministic kernels allowed, a global seed not derived from the action)
-    and the next ones with the contract: the same action's bytes would depend on which stages
-    shared its worker."""
+class _ContractOnImport(importlib.abc.MetaPathFinder):
+    """Puts a library under the running job's contract the moment a recipe first imports it:
+    numpy's global generator seeded, torch's settings applied and its global generator seeded.
+    Recipes import heavy libraries inside their functions (the CLI must not pay for them), so
+    without this hook the first stage of a worker to import one would run with the library's
+    defaults (an unseeded ``np.random``, nondeterministic torch kernels) and later stages with the
+    contract: the same action's bytes would depend on which stages shared its worker."""
 
     def __init__(self) -> None:
         self.job: dict[str, Any] | None = None
+        self.pending: dict[str, Callable[[dict[str, Any]], None]] = {
+            "numpy": lambda job: seed_numpy_global(job["seed"], job["stage"]),
+            "torch": _torch_contract,
+        }
+
+    def install(self) -> None:
+        for name in [n for n in self.pending if n in sys.modules]:
+            del self.pending[name]
+        if self.pending:
+            sys.meta_path.insert(0, self)
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "torch" or self.job is None:
+        apply = self.pending.get(name) if self.job is not None else None
+        if apply is None:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        del self.pending[name]
+        if not self.pending:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)  # asks the other finders: ``name`` is no longer pending
         if spec is None or spec.loader is None:
             return spec
         job, load = self.job, spec.loader.exec_module
 
         def exec_module(module: Any) -> None:
             load(module)
-            apply_torch_settings(job["mode"], job["threads"])
-            seed_torch_global(job["seed"], job["stage"])
+            apply(job)
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 
-_TORCH_IMPORT_HOOK = _TorchImportHook()
+def _torch_contract(job: dict[str, Any]) -> None:
+    apply_torch_settings(job["mode"], job["threads"])
+    seed_torch_global(job["seed"], job["stage"])
+
+
+_CONTRACT_ON_IMPORT = _ContractOnImport()
 
 
 def run_job(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
-    _TORCH_IMPORT_HOOK.job = job
+    _CONTRACT_ON_IMPORT.job = job
     try:
         return _run_recipe(job, channel)
     finally:
-        _TORCH_IMPORT_HOOK.job = None
+        _CONTRACT_ON_IMPORT.job = None
 
 
 def _run_recipe(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
@@ -164,8 +182,7 @@ def _run_recipe(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
 
 
 def main() -> None:
-    if "torch" not in sys.modules:
-        sys.meta_path.insert(0, _TORCH_IMPORT_HOOK)
+    _CONTRACT_ON_IMPORT.install()
     channel = os.fdopen(os.dup(1), "wb")
     requests = sys.stdin.buffer
     _redirect_output(None)
