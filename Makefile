@@ -24,6 +24,9 @@ servers:
 	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } || \
 	  echo "nginx is not installed: the HTTP remote-cache tests will be skipped"
+	@{ command -v localedef >/dev/null && [ -d /usr/share/i18n/locales ]; } || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq locales >/dev/null; } || \
+	  echo "glibc's locale sources are not installed: verify --vary env will change the locale variables only"
 
 build: install
 	$(VENV)/bin/buildsys build

@@ -194,3 +194,40 @@ def sensitive_cwd_depth(ctx: StageContext) -> None:
     from pathlib import Path
 
     _json(ctx, "depth.json", {"depth": len(Path.cwd().parts)})
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def observe_variations(ctx: StageContext) -> None:
+    """Writes, per ``verify --vary`` variation, what a recipe can see of it: each variation must
+    change its own entry and no other."""
+    import locale
+    from pathlib import Path
+
+    mask = os.umask(0)
+    os.umask(mask)
+    before = locale.setlocale(locale.LC_ALL)
+    locale.setlocale(locale.LC_ALL, "")  # what a library that honours the user's locale does
+    try:
+        seen_locale = [locale.setlocale(locale.LC_ALL), locale.localeconv()["decimal_point"], time.strftime("%A", time.gmtime(0))]
+    finally:
+        locale.setlocale(locale.LC_ALL, before)
+    _json(ctx, "observed.json", {
+        "threads": {"ctx": ctx.threads, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        "env": {"names": sorted(os.environ), "locale": seen_locale},
+        "cwd": {"depth": len(Path.cwd().parts)},
+        "tz": {"epoch": time.strftime("%Y-%m-%d %H:%M %z", time.localtime(0))},
+        "umask": {"umask": oct(mask)},
+        "hashseed": {"hash": hash("buildsys")},
+    })
+
+
+_CALLS = [0]
+
+
+def leak_worker_history(ctx: StageContext) -> None:
+    """Depends on how many jobs its worker process ran before (state kept between jobs, as some
+    native libraries do): the first run in a worker matches, the second does not."""
+    _CALLS[0] += 1
+    _json(ctx, "history.json", {"second_run_in_this_worker": _CALLS[0] == 2})

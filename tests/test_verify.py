@@ -169,3 +169,74 @@ def test_verify_refuses_a_target_never_built(tmp_path: Path) -> None:
     proc = run(["verify", "-f", str(buildfile), "fresh"], tmp_path)
     assert proc.returncode == EXIT_BAD_INPUT
     assert "fresh/base: no recorded build" in proc.stderr
+
+
+PROBE = stage("probe", "observed", "observe_variations")
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    buildfile = write_buildfile(tmp_path_factory.mktemp("probe"), PROBE)
+    build(buildfile, "probe")
+    return buildfile
+
+
+def _observed(session: Session, tree: str) -> dict:
+    return json.loads(session.store.read_bytes(session.store.get_tree(tree)["observed.json"].digest))
+
+
+@pytest.mark.parametrize("variation", VARIATIONS)
+def test_each_variation_changes_what_it_names_and_nothing_else(probe: Path, variation: str) -> None:
+    """Observed from inside a recipe: --vary env changes the locale too (the worker's LC_ALL used
+    to win over the varied LANG), and every variation changes its own entry only."""
+    with Session(probe) as session:
+        report = verify_targets(session, ["probe"], Variation.parse(variation))
+        [verdict] = report.stages
+        assert verdict.status == "diverged", (variation, verdict.status, verdict.error)
+        recorded, varied = _observed(session, verdict.recorded_tree), _observed(session, verdict.rebuilt_tree)
+    changed = {name for name in recorded if recorded[name] != varied[name]}
+    assert changed == {variation}
+    assert verdict.under == [variation]
+    if variation == "env" and report.notes:
+        assert "could not be compiled" in report.notes[0]
+        pytest.skip(f"the varied locale is not available here: {report.notes[0]}")
+    if variation == "env":
+        assert recorded["env"]["locale"][1:] == [".", "Thursday"]
+        assert varied["env"]["locale"][1:] == [",", "Donnerstag"], varied["env"]["locale"]
+        assert "de_DE" in varied["env"]["locale"][0]
+
+
+def test_a_divergence_is_attributed_to_the_variation_it_appeared_under(contract: Path, leaks: Path) -> None:
+    proc = run(["verify", "-f", str(contract), "contract", "--vary", "tz,umask,hashseed", "--json"], contract.parent)
+    assert proc.returncode == EXIT_NOT_REPRODUCIBLE, proc.stderr
+    stages = _by_stage(json.loads(proc.stdout))
+    assert stages["contract/local"]["under"] == ["tz"]
+    assert stages["contract/mask"]["under"] == ["umask"]
+    assert stages["contract/order"]["under"] == ["hashseed"]
+    assert {s["status"] for sid, s in stages.items() if sid not in ("contract/local", "contract/mask", "contract/order")} == {"reproduced"}
+    text = run(["verify", "-f", str(contract), "contract", "--vary", "tz,umask"], contract.parent).stdout
+    assert "DIVERGED on its recorded inputs under --vary tz" in text and "under --vary umask" in text
+    # A stage that diverges with no variation at all is said to, whatever was varied.
+    with Session(leaks) as session:
+        report = verify_targets(session, ["leaks"], Variation.parse("tz"))
+    assert next(v for v in report.stages if v.stage == "leaks/clock").under == []
+
+
+def test_repeat_catches_a_stage_that_matches_once_by_chance(tmp_path: Path) -> None:
+    buildfile = write_buildfile(tmp_path, stage("history", "h", "leak_worker_history"))
+    build(buildfile, "history")
+    once = run(["verify", "-f", str(buildfile), "history", "--json"], tmp_path)
+    assert once.returncode == 0, once.stdout + once.stderr  # a fresh worker's first job matches
+    repeated = run(["verify", "-f", str(buildfile), "history", "--repeat", "3", "--json"], tmp_path)
+    assert repeated.returncode == EXIT_NOT_REPRODUCIBLE, repeated.stdout + repeated.stderr
+    report = json.loads(repeated.stdout)
+    [entry] = report["stages"]
+    assert entry["status"] == "diverged" and entry["replays"] == 2 and report["repeat"] == 3
+    assert "diverged on replay 2 of up to 3" in entry["notes"]
+
+
+def test_verify_without_targets_verifies_every_target_as_build_does(contract: Path) -> None:
+    proc = run(["verify", "-f", str(contract), "--json"], contract.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["subject"] == "contract" and len(report["stages"]) == 1 + len(SENSITIVE)

@@ -38,8 +38,10 @@ def _emit_html(path: Path | None, sections, assets_dir: Path, title: str) -> Non
 
 @click.command()
 @BUILDFILE_OPTION
-@click.argument("subjects", nargs=-1, required=True)
+@click.argument("subjects", nargs=-1)
 @click.option("--vary", help="Change what must not matter: threads,env,cwd,tz,umask,hashseed (or all).")
+@click.option("--repeat", type=click.IntRange(1), default=1, show_default=True,
+              help="Replay each stage up to N times (a nondeterministic stage can match once by chance).")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True, help="Stages replayed at once.")
 @click.option("--recipe-path", "recipe_paths", multiple=True, type=click.Path(path_type=Path, file_okay=False),
               help="Bundle mode: a folder of recipe code (repeatable); the Buildfile's recipe_path is added when it exists.")
@@ -47,18 +49,15 @@ def _emit_html(path: Path | None, sections, assets_dir: Path, title: str) -> Non
 @click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False), help="Write a review page (heat maps embedded).")
 @click.option("--assets", "assets_path", type=click.Path(path_type=Path, file_okay=False), help="Keep diff assets (heat maps) in this folder.")
 @handled
-def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, jobs: int, recipe_paths: tuple[Path, ...],
+def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat: int, jobs: int, recipe_paths: tuple[Path, ...],
            json_output: bool, html_path: Path | None, assets_path: Path | None) -> None:
-    """Rebuild TARGETS (or a hand-off BUNDLE directory) from recorded inputs and compare bitwise.
+    """Rebuild TARGETS (default: every target, as build does) or a hand-off BUNDLE directory from
+    recorded inputs and compare bitwise.
 
     Exit 0 when every deterministic and strict stage reproduced, 4 otherwise."""
-    from buildsys.repro.verify import (
-        Variation,
-        VerifyError,
-        render_report,
-        verify_bundle,
-        verify_targets,
-    )
+    from buildsys.repro.variation import Variation, VerifyError
+    from buildsys.repro.verdicts import render_report
+    from buildsys.repro.verify import verify_bundle, verify_targets
 
     variation = Variation.parse(vary)
     bundles = [s for s in subjects if _is_bundle_arg(s)]
@@ -73,10 +72,10 @@ def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, jobs: i
                 from buildsys.project.buildfile import load
 
                 roots += load(buildfile, check_recipes=False).recipe_path
-            report = verify_bundle(Path(bundles[0]), [p.resolve() for p in roots], variation, jobs, assets_dir)
+            report = verify_bundle(Path(bundles[0]), [p.resolve() for p in roots], variation, jobs, assets_dir, repeat)
         else:
             with open_session(buildfile) as session:
-                report = verify_targets(session, session.targets(subjects), variation, jobs, assets_dir)
+                report = verify_targets(session, session.targets(subjects), variation, jobs, assets_dir, repeat)
         _emit_html(html_path, report.labeled(), assets_dir, f"buildsys verify {report.subject}")
     finally:
         if assets_path is None:

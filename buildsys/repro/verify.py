@@ -10,7 +10,10 @@ stage is reported ``follows`` (``follows from <stage>``): in a from-scratch rebu
 only because of the upstream divergence.
 
 ``--vary`` changes what the determinism contract says must not matter (reprotest's idea): the
-thread count, the environment, the timezone, the umask, the sandbox path and the hash seed.
+thread count, the environment and locale, the timezone, the umask, the sandbox path and the hash
+seed (:mod:`buildsys.repro.variation`). A stage that diverges under variations is replayed again
+without any and under each alone, so the report says which one it appeared under. ``repeat``
+replays each stage up to N times: a nondeterministic stage often matches once by chance.
 
 The same replay serves bundles (:func:`verify_bundle`): the bundle's blobs are loaded into an
 empty scratch store and its replayable stages run with the recipe code installed here.
@@ -24,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buildsys.artifacts import LabeledTreeDiff, TreeDiff, diff_directories
+from buildsys.artifacts import TreeDiff, diff_directories
 from buildsys.build.resolver import Resolved, closure
 from buildsys.build.runner import run_action
 from buildsys.context import Budget
-from buildsys.errors import EXIT_NOT_REPRODUCIBLE, EXIT_OK, BuildsysError
 from buildsys.execution.executor import LocalExecutor
 from buildsys.execution.sandbox import SandboxPool
 from buildsys.keys.action import action_key
@@ -36,70 +38,20 @@ from buildsys.keys.encoding import decode
 from buildsys.keys.fingerprint import Fingerprint
 from buildsys.keys.hashing import Digest, digest_file
 from buildsys.project.buildfile import StageSpec
+from buildsys.repro.variation import VARIATIONS, Variation, VerifyError, provide_locale
+from buildsys.repro.verdicts import (
+    DIVERGED,
+    ERROR,
+    FOLLOWS,
+    REPRODUCED,
+    WARNING,
+    StageVerdict,
+    VerifyReport,
+)
 from buildsys.store.atomic import remove_tree
 from buildsys.store.local import LocalStore, StoreError
 
-VARIATIONS = ("threads", "env", "cwd", "tz", "umask", "hashseed")
-
-REPRODUCED, DIVERGED, FOLLOWS, WARNING, ERROR = "reproduced", "diverged", "follows", "warning", "error"
-
-# Values used by --vary: fixed, so two verify runs on one machine vary the same way.
-VARY_TZ = "NPT-05:45"  # a POSIX TZ string (Nepal, +05:45): needs no tzdata, odd offset on purpose
-VARY_LANG = "de_DE.UTF-8"
-VARY_HASHSEED = "20250917"
-VARY_UMASK = 0o077
-VARY_JUNK = {"BUILDSYS_VERIFY_JUNK": "x" * 37, "QT_QPA_PLATFORM": "offscreen", "EDITOR": "ed", "SOME_PATH_LIKE": "/nonexistent/a:/nonexistent/b"}
-
-
-class VerifyError(BuildsysError):
-    """verify cannot start: an unknown variation, a target never built, an unreadable record."""
-
-
-@dataclass(frozen=True)
-class Variation:
-    """The set of things ``--vary`` changes; empty replays exactly as recorded."""
-
-    names: frozenset[str] = frozenset()
-
-    @classmethod
-    def parse(cls, text: str | None) -> "Variation":
-        if not text:
-            return cls()
-        names = {n.strip() for n in text.split(",") if n.strip()}
-        if "all" in names:
-            names = set(VARIATIONS)
-        unknown = sorted(names - set(VARIATIONS))
-        if unknown:
-            raise VerifyError(f"--vary: unknown variation {unknown[0]!r}; known: {', '.join(VARIATIONS)}, all")
-        return cls(frozenset(names))
-
-    def env_overrides(self) -> dict[str, str]:
-        env: dict[str, str] = {}
-        if "env" in self.names:
-            env.update(VARY_JUNK)
-            env["LANG"] = VARY_LANG
-        if "tz" in self.names:
-            env["TZ"] = VARY_TZ
-        if "hashseed" in self.names:
-            env["PYTHONHASHSEED"] = VARY_HASHSEED
-        return env
-
-    def threads(self, recorded: int) -> int:
-        if "threads" not in self.names:
-            return recorded
-        return recorded * 2 if recorded <= 4 else max(1, recorded // 2)
-
-    @property
-    def umask(self) -> int:
-        return VARY_UMASK if "umask" in self.names else 0o022
-
-    def sandbox_parent(self, store: LocalStore) -> Path | None:
-        if "cwd" not in self.names:
-            return None
-        return store.tmp / "verify vary-cwd" / "a much" / "deeper sandbox"
-
-    def to_list(self) -> list[str]:
-        return [n for n in VARIATIONS if n in self.names]
+__all__ = ["VARIATIONS", "StageVerdict", "Variation", "VerifyError", "VerifyReport", "plan_targets", "verify_bundle", "verify_targets"]
 
 
 @dataclass
@@ -119,104 +71,6 @@ class StagePlan:
     @property
     def mode(self) -> str:
         return str(self.description.get("mode", "deterministic"))
-
-
-@dataclass
-class StageVerdict:
-    stage: str
-    mode: str
-    status: str
-    key: Digest
-    recorded_tree: Digest | None
-    rebuilt_tree: Digest | None = None
-    follows_from: str | None = None
-    independent: bool = False
-    notes: list[str] = field(default_factory=list)
-    error: str | None = None
-    diff: TreeDiff | None = None
-
-    @property
-    def failing(self) -> bool:
-        """Counts against the exit code: a deterministic or strict stage that did not reproduce
-        on its recorded inputs, or could not be replayed. ``follows`` and stochastic warnings
-        do not: their cause is reported elsewhere or allowed."""
-        return self.status in (DIVERGED, ERROR)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "mode": self.mode,
-            "status": self.status,
-            "key": self.key,
-            "recorded_tree": self.recorded_tree,
-            "rebuilt_tree": self.rebuilt_tree,
-            "follows_from": self.follows_from,
-            "independent": self.independent,
-            "notes": list(self.notes),
-            "error": self.error,
-            "diff": self.diff.to_json_dict() if self.diff is not None else None,
-        }
-
-
-@dataclass
-class VerifyReport:
-    subject: str
-    vary: list[str]
-    stages: list[StageVerdict]
-    assets_dir: Path | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def first_divergent(self) -> str | None:
-        for verdict in self.stages:
-            if verdict.status in (DIVERGED, WARNING):
-                return verdict.stage
-        return None
-
-    @property
-    def first_failing(self) -> str | None:
-        return next((v.stage for v in self.stages if v.failing), None)
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_NOT_REPRODUCIBLE if any(v.failing for v in self.stages) else EXIT_OK
-
-    def labeled(self) -> list[LabeledTreeDiff]:
-        """One section per stage, for the artifact report renderers (text, HTML)."""
-        out = []
-        for v in self.stages:
-            tree = v.diff if v.diff is not None else TreeDiff()
-            out.append(LabeledTreeDiff(v.stage, tree, _verdict_text(v)))
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "subject": self.subject,
-            "vary": self.vary,
-            "ok": self.exit_code == EXIT_OK,
-            "exit_code": self.exit_code,
-            "first_divergent": self.first_divergent,
-            "first_failing": self.first_failing,
-            "counts": {s: sum(1 for v in self.stages if v.status == s) for s in (REPRODUCED, DIVERGED, FOLLOWS, WARNING, ERROR)},
-            "notes": list(self.notes),
-            "stages": [v.to_dict() for v in self.stages],
-        }
-
-
-def _verdict_text(v: StageVerdict) -> str:
-    if v.status == REPRODUCED:
-        return "reproduced"
-    if v.status == FOLLOWS:
-        return f"follows from {v.follows_from}"
-    if v.status == WARNING:
-        size = "; ".join(f"{fd.name}: {fd.summary}" for fd in (v.diff.differing[:3] if v.diff else []))
-        return "stochastic stage diverged with the same seed (warning)" + (f": {size}" if size else "")
-    if v.status == ERROR:
-        return f"error: {v.error}"
-    text = "DIVERGED on its recorded inputs"
-    if v.follows_from:
-        text += f" (independent of the divergence of {v.follows_from})"
-    return text
 
 
 # --------------------------------------------------------------------------- planning
@@ -300,7 +154,8 @@ def _needed_trees(description: dict[str, Any]) -> list[Digest]:
 
 @dataclass
 class Replayer:
-    """Runs recorded actions again (fresh sandbox, nothing recorded) and diffs their outputs."""
+    """Runs recorded actions again (fresh sandbox, nothing recorded) and diffs their outputs.
+    ``locale_path``: where the varied locale was compiled (:func:`provide_locale`)."""
 
     store: LocalStore
     fingerprint: Fingerprint
@@ -308,12 +163,24 @@ class Replayer:
     variation: Variation = field(default_factory=Variation)
     jobs: int = 1
     assets_dir: Path | None = None
+    locale_path: Path | None = None
 
     def __post_init__(self) -> None:
-        self.executor = LocalExecutor(self.jobs, env_overrides=self.variation.env_overrides())
+        self.executor = LocalExecutor(self.jobs, env_overrides=self.variation.env_overrides(self.locale_path))
+        self._siblings: dict[Variation, Replayer] = {}
 
     def close(self) -> None:
         self.executor.close()
+        for sibling in self._siblings.values():
+            sibling.close()
+
+    def sibling(self, variation: Variation) -> Replayer:
+        """A replayer like this one under another variation (made once, closed with this one)."""
+        if variation == self.variation:
+            return self
+        if variation not in self._siblings:
+            self._siblings[variation] = Replayer(self.store, self.fingerprint, self.recipe_path, variation, 1, self.assets_dir, self.locale_path)
+        return self._siblings[variation]
 
     def run(self, plan: StagePlan, inputs: dict[str, Digest] | None = None, model: Digest | None = None) -> tuple[Digest | None, str | None]:
         """(rebuilt tree, error) of one action, on its recorded inputs unless others are given."""
@@ -330,7 +197,7 @@ class Replayer:
             threads=self.variation.threads(plan.threads),
             device=description["device"],
         )
-        sandboxes = SandboxPool(self.variation.sandbox_parent(self.store) or self.store.tmp)
+        sandboxes = SandboxPool(self.variation.sandbox_parent(self.store.tmp) or self.store.tmp)
         try:
             run = run_action(
                 resolved, self.store, self.executor, self.fingerprint, self.recipe_path,
@@ -342,7 +209,30 @@ class Replayer:
             return None, f"{run.outcome.status}: {run.outcome.error}"
         return run.result.tree, None
 
-    def diff(self, stage: str, recorded: Digest, rebuilt: Digest, trees: "TreeSource | None" = None) -> TreeDiff:
+    def replay(self, plan: StagePlan, times: int = 1) -> tuple[Digest | None, str | None, int]:
+        """Up to ``times`` replays on the recorded inputs, stopping at the first that fails or
+        gives other bytes than the recorded output: (last tree, error, replays run). A
+        nondeterministic stage can match by chance once; ``verify --repeat`` asks for more."""
+        for attempt in range(1, times + 1):
+            tree, error = self.run(plan)
+            if error is not None or tree != plan.recorded_tree:
+                return tree, error, attempt
+        return tree, None, times
+
+    def attribute(self, plan: StagePlan, times: int = 1) -> list[str]:
+        """The variations a divergence of ``plan`` appeared under: [] when it diverges with
+        none, the single variations that cause it alone, else all of them (only together)."""
+        plain, error, _ = self.sibling(Variation()).replay(plan, times)
+        if error is None and plain != plan.recorded_tree:
+            return []
+        alone = []
+        for single in self.variation.singles():
+            tree, error, _ = self.sibling(single).replay(plan, times)
+            if error is None and tree != plan.recorded_tree:
+                alone += single.to_list()
+        return alone or self.variation.to_list()
+
+    def diff(self, stage: str, recorded: Digest, rebuilt: Digest, trees: TreeSource | None = None) -> TreeDiff:
         """The artifact diff of two output trees (A: recorded, B: rebuilt)."""
         scratch = self.store.make_tmp_dir("verify-diff-")
         try:
@@ -381,8 +271,9 @@ class StoreTrees(TreeSource):
             self.store.copy_blob_to(entry.digest, dest / rel, entry.executable)
 
 
-def replay_all(plans: list[StagePlan], replayer: Replayer) -> list[StageVerdict]:
-    """Replay every plan (upstream first) and classify it; see the module docstring."""
+def replay_all(plans: list[StagePlan], replayer: Replayer, repeat: int = 1) -> list[StageVerdict]:
+    """Replay every plan (upstream first), each up to ``repeat`` times, and classify it; see the
+    module docstring. A divergence under a variation is attributed (:meth:`Replayer.attribute`)."""
     producer_of: dict[Digest, str] = {}
     for plan in plans:
         producer_of.setdefault(plan.recorded_tree, plan.stage)
@@ -394,7 +285,7 @@ def replay_all(plans: list[StagePlan], replayer: Replayer) -> list[StageVerdict]
     # another and run at once (up to ``jobs``); only the chained re-runs below are sequential.
     runnable = [p for p in plans if not p.problem]
     with ThreadPoolExecutor(max_workers=max(1, replayer.jobs), thread_name_prefix="verify") as pool:
-        first_runs = dict(zip([p.stage for p in runnable], pool.map(replayer.run, runnable)))
+        first_runs = dict(zip([p.stage for p in runnable], pool.map(lambda p: replayer.replay(p, repeat), runnable)))
     for plan in plans:
         verdict = StageVerdict(plan.stage, plan.mode, REPRODUCED, plan.key, plan.recorded_tree, notes=list(plan.notes))
         verdicts[plan.stage] = verdict
@@ -404,7 +295,7 @@ def replay_all(plans: list[StagePlan], replayer: Replayer) -> list[StageVerdict]
         if plan.problem:
             verdict.status, verdict.error = ERROR, plan.problem
             continue
-        rebuilt, error = first_runs[plan.stage]
+        rebuilt, error, verdict.replays = first_runs[plan.stage]
         verdict.rebuilt_tree = rebuilt
         if error is not None:
             verdict.status, verdict.error = ERROR, error
@@ -416,6 +307,10 @@ def replay_all(plans: list[StagePlan], replayer: Replayer) -> list[StageVerdict]
             verdict.follows_from = cause
             if plan.mode == "deterministic" and "threads" in replayer.variation.names:
                 verdict.notes.append("mode 'deterministic' promises the same bytes at the same thread count only; 'strict' would promise it at any")
+            if repeat > 1:
+                verdict.notes.append(f"diverged on replay {verdict.replays} of up to {repeat}")
+            if replayer.variation.names:
+                verdict.under = replayer.attribute(plan, repeat)
             verdict.diff = replayer.diff(plan.stage, plan.recorded_tree, rebuilt)
             root_cause[plan.stage] = cause or plan.stage
             continue
@@ -459,21 +354,27 @@ def _chained_inputs(plan: StagePlan, producer_of: dict[Digest, str], chained: di
 # --------------------------------------------------------------------------- entry points
 
 
-def verify_targets(session: Any, targets: list[str], variation: Variation, jobs: int = 1, assets_dir: Path | None = None) -> VerifyReport:
+def verify_targets(session: Any, targets: list[str], variation: Variation, jobs: int = 1, assets_dir: Path | None = None,
+                   repeat: int = 1) -> VerifyReport:
     plans = plan_targets(session, targets)
-    replayer = Replayer(session.store, session.fingerprint, session.project.recipe_path, variation, jobs, assets_dir)
+    scratch = session.store.make_tmp_dir("verify-")
     try:
-        with session.store.using():
-            verdicts = replay_all(plans, replayer)
+        locale_path, note = provide_locale(scratch) if "env" in variation.names else (None, None)
+        replayer = Replayer(session.store, session.fingerprint, session.project.recipe_path, variation, jobs, assets_dir, locale_path)
+        try:
+            with session.store.using():
+                verdicts = replay_all(plans, replayer, repeat)
+        finally:
+            replayer.close()
     finally:
-        replayer.close()
-        parent = variation.sandbox_parent(session.store)
-        if parent is not None:
+        remove_tree(scratch)
+        if variation.sandbox_parent(session.store.tmp) is not None:
             remove_tree(session.store.tmp / "verify vary-cwd")
-    return VerifyReport(", ".join(targets), variation.to_list(), verdicts, assets_dir)
+    return VerifyReport(", ".join(targets), variation.to_list(), verdicts, assets_dir, [note] if note else [], repeat)
 
 
-def verify_bundle(bundle_dir: Path, recipe_path: list[Path], variation: Variation, jobs: int = 1, assets_dir: Path | None = None) -> VerifyReport:
+def verify_bundle(bundle_dir: Path, recipe_path: list[Path], variation: Variation, jobs: int = 1, assets_dir: Path | None = None,
+                  repeat: int = 1) -> VerifyReport:
     """Check a bundle's integrity, then replay its replayable stages in an empty scratch store
     with the recipe code installed here. Nothing is written outside the scratch directory."""
     from buildsys.keys.fingerprint import from_environment
@@ -506,32 +407,13 @@ def verify_bundle(bundle_dir: Path, recipe_path: list[Path], variation: Variatio
         skipped = [s.id for s in bundle.lock.stages.values() if not s.replay]
         if skipped:
             report_notes.append(f"not replayed (inputs not bundled or stochastic): {', '.join(skipped)}")
-        replayer = Replayer(store, from_environment(), recipe_path, variation, jobs, assets_dir)
+        locale_path, note = provide_locale(scratch) if "env" in variation.names else (None, None)
+        report_notes += [note] if note else []
+        replayer = Replayer(store, from_environment(), recipe_path, variation, jobs, assets_dir, locale_path)
         try:
-            verdicts = replay_all(plans, replayer)
+            verdicts = replay_all(plans, replayer, repeat)
         finally:
             replayer.close()
-        return VerifyReport(str(bundle_dir.name), variation.to_list(), verdicts, assets_dir, report_notes)
+        return VerifyReport(str(bundle_dir.name), variation.to_list(), verdicts, assets_dir, report_notes, repeat)
     finally:
         remove_tree(scratch)
-
-
-def render_report(report: VerifyReport) -> str:
-    """Text for people: one line per stage, then the artifact diff of each divergent one."""
-    from buildsys.artifacts import render_text
-
-    lines = [f"verify {report.subject}" + (f" (vary: {', '.join(report.vary)})" if report.vary else "")]
-    lines.extend(f"  note: {n}" for n in report.notes)
-    for v in report.stages:
-        lines.append(f"  {v.status.upper():<10} {v.stage} [{v.mode}]" + (f"  {_verdict_text(v)}" if v.status != REPRODUCED else ""))
-        lines.extend(f"             note: {n}" for n in v.notes)
-    first = report.first_divergent
-    if first:
-        lines.append(f"first divergent stage: {first}")
-    divergent = [s for s in report.labeled() if s.tree is not None and not s.tree.identical]
-    if divergent:
-        lines.append("")
-        lines.append(render_text(divergent))
-    failing = sum(1 for v in report.stages if v.failing)
-    lines.append("verified: all deterministic stages reproduced bitwise" if not failing else f"NOT REPRODUCIBLE: {failing} stage(s)")
-    return "\n".join(lines)
