@@ -204,6 +204,7 @@ TAMPERING: dict[str, tuple[Callable[[Path], None], list[str]]] = {
     "edited description": (_edit_lock(_change_param), ["lock.json", "stages.asset/final.key", "does not hash"]),
     "stage order": (_edit_lock(lambda lock: lock["order"].pop()), ["lock.json", "order", "exactly once"]),
     "lock not an object": (lambda b: (b / "lock.json").write_text("[1, 2]"), ["lock.json", "must be a JSON object"]),
+    "lock nested 100,000 deep": (lambda b: (b / "lock.json").write_text("[" * 100_000 + "]" * 100_000), ["lock.json", "nested too deeply"]),
     "missing marker": (lambda b: (b / "BUILDSYS-BUNDLE").unlink(), ["BUILDSYS-BUNDLE", "missing"]),
 }
 

@@ -2,27 +2,10 @@
 
 The bundle (layout in :mod:`buildsys.repro.bundle`) holds the final artifacts as ordinary files,
 the replay material of every deterministic stage (its input trees, model and output, as blobs
-named by digest), the lock, the build records that produced or used those actions (audit:
-who, when, cost) and the gate stages' validation reports. ``buildsys verify DIR`` on another
-machine re-checks every file and replays the deterministic stages from the bundle alone.
-
-The lock (``lock.json``, JSON with sorted keys) is::
-
-    format       "buildsys-lock 1"
-    target       the target's name
-    order        the stage ids, upstream first (JSON objects are written with sorted keys)
-    outputs      {stage: output tree} of the target's final stages
-    stages       {TARGET/STAGE: {key, description (the full action description), description_digest,
-                  output, status, mode, seed, recipe {ref, code}, inputs, model {name, digest,
-                  license, production} | null, threads, budget {seconds, memory_mb}, replay,
-                  not_replayed (why, when replay is false), fingerprint (full, from the action
-                  record), producer, metrics}}
-    trees        {tree digest: {path: [digest, size, executable]}} of every tree the bundle holds
-    files        {bundle path: {digest, size}} of every file but the marker and the lock
-    models       {name: {digest, license, production, stages, violations}}
-    policy       {violations: [...], forced: bool}
-    builds       [{digest, file, started, finished, producer, targets, summary}] (audit data)
-    validation   {TARGET/STAGE: bundle path of its report.json}
+named by digest), the lock (:mod:`buildsys.repro.lock`, which owns its format), the build
+records that produced or used those actions (audit: who, when, cost) and the gate stages'
+validation reports. ``buildsys verify DIR`` on another machine re-checks every file and replays
+the deterministic stages from the bundle alone.
 
 No absolute path and no timestamp enters the bundle's artifacts; build records keep their
 timestamps as audit data, with the Buildfile reduced to its file name.
@@ -42,7 +25,9 @@ from buildsys.errors import BuildsysError
 from buildsys.keys.action import DETERMINISTIC_MODES
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest, digest_file
-from buildsys.repro.bundle import LOCK, LOCK_FORMAT, MARKER, MARKER_TEXT
+from buildsys.keys.tree import Manifest
+from buildsys.repro.bundle import MARKER, MARKER_TEXT
+from buildsys.repro.lock import LOCK, Lock, LockedModel, LockedStage
 from buildsys.repro.verify import plan_targets
 from buildsys.store.local import LocalStore, StoreError
 
@@ -126,10 +111,9 @@ def handoff(session: Session, target: str, out: Path, force: bool = False) -> Ha
 def _write(session: Session, target: str, out: Path, plans: list, violations: list[str], models: dict, force: bool) -> HandoffReport:
     store = session.store
     project = session.project
-    files: dict[str, dict[str, Any]] = {}
-    trees: dict[Digest, dict[str, list[Any]]] = {}
-    stages: dict[str, dict[str, Any]] = {}
-    not_replayed: dict[str, str] = {}
+    files: dict[str, tuple[Digest, int]] = {}
+    trees: dict[Digest, Manifest] = {}
+    stages: dict[str, LockedStage] = {}
 
     def add_tree(tree: Digest) -> None:
         if tree in trees:
@@ -141,8 +125,8 @@ def _write(session: Session, target: str, out: Path, plans: list, violations: li
                 dest = out / "blobs" / entry.digest
                 store.copy_blob_to(entry.digest, dest)
                 os.chmod(dest, 0o444)
-                files[rel] = {"digest": entry.digest, "size": entry.size}
-        trees[tree] = {rel: [e.digest, e.size, e.executable] for rel, e in manifest.items()}
+                files[rel] = (entry.digest, entry.size)
+        trees[tree] = manifest
 
     for plan in plans:
         spec = project.stages[plan.stage]
@@ -157,44 +141,39 @@ def _write(session: Session, target: str, out: Path, plans: list, violations: li
         if why is None:
             for tree in needed + [plan.recorded_tree]:
                 add_tree(tree)
-        else:
-            not_replayed[plan.stage] = why
         ref_entry = ((session.last_build(spec.target) or {}).get("stages", {}).get(spec.name)) or {}
         model = None
         if description.get("model"):
             m = project.models.get(spec.model) if spec.model else None
-            model = {"name": spec.model, "digest": description["model"]["digest"],
-                     "license": m.license if m else None, "production": m.production if m else False}
+            model = LockedModel(spec.model, description["model"]["digest"], m.license if m else None, m.production if m else False)
             if spec.model in models:
                 models[spec.model]["digest"] = description["model"]["digest"]
-        stages[plan.stage] = {
-            "key": plan.key,
-            "description": description,
-            "description_digest": ref_entry.get("description"),
-            "output": plan.recorded_tree,
-            "status": ref_entry.get("status", ""),
-            "mode": plan.mode,
-            "seed": description["seed"],
-            "recipe": description["recipe"],
-            "inputs": description["inputs"],
-            "model": model,
-            "threads": plan.threads,
-            "budget": {"seconds": spec.budget.seconds, "memory_mb": spec.budget.memory_mb},
-            "replay": why is None,
-            "not_replayed": why,
-            "fingerprint": record.result.fingerprint if record else None,
-            "producer": record.result.producer if record else None,
-            "metrics": record.result.metrics if record else None,
-        }
+        stages[plan.stage] = LockedStage(
+            id=plan.stage,
+            key=plan.key,
+            description=description,
+            output=plan.recorded_tree,
+            threads=plan.threads,
+            replay=why is None,
+            not_replayed=why,
+            seconds=spec.budget.seconds,
+            memory_mb=spec.budget.memory_mb,
+            status=ref_entry.get("status", ""),
+            description_digest=ref_entry.get("description"),
+            model=model,
+            fingerprint=record.result.fingerprint if record else None,
+            producer=record.result.producer if record else None,
+            metrics=record.result.metrics if record else None,
+        )
 
     outputs: dict[str, Digest] = {}
     for stage_name in project.targets[target].outputs:
-        tree = stages[f"{target}/{stage_name}"]["output"]
+        tree = stages[f"{target}/{stage_name}"].output
         outputs[stage_name] = tree
         for rel, entry in store.get_tree(tree).items():
             path = f"artifacts/{stage_name}/{rel}"
             store.copy_blob_to(entry.digest, out.joinpath(*path.split("/")), entry.executable)
-            files[path] = {"digest": entry.digest, "size": entry.size}
+            files[path] = (entry.digest, entry.size)
 
     validation: dict[str, str] = {}
     for plan in plans:
@@ -206,32 +185,24 @@ def _write(session: Session, target: str, out: Path, plans: list, violations: li
             continue
         path = f"validation/{spec.target}__{spec.name}.json"
         store.copy_blob_to(report.digest, out / path)
-        files[path] = {"digest": report.digest, "size": report.size}
+        files[path] = (report.digest, report.size)
         validation[plan.stage] = path
 
     builds = _audit(store, {p.key for p in plans}, out, files)
-    lock = {
-        "format": LOCK_FORMAT,
-        "target": target,
-        "order": [p.stage for p in plans],
-        "outputs": outputs,
-        "stages": stages,
-        "trees": trees,
-        "files": files,
-        "models": models,
-        "policy": {"violations": violations, "forced": bool(force and violations)},
-        "builds": builds,
-        "validation": validation,
-    }
-    (out / LOCK).write_text(json.dumps(lock, sort_keys=True, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    lock = Lock(
+        target=target, stages=stages, trees=trees, files=files, outputs=outputs, models=models,
+        policy={"violations": violations, "forced": bool(force and violations)}, builds=builds, validation=validation,
+    )
+    (out / LOCK).write_bytes(lock.encode())
     (out / MARKER).write_text(MARKER_TEXT + "\n", encoding="utf-8")
     return HandoffReport(
-        out, target, len(files) + 2, sum(f["size"] for f in files.values()),
-        [sid for sid, s in stages.items() if s["replay"]], not_replayed, violations, bool(force and violations),
+        out, target, len(files) + 2, sum(size for _, size in files.values()),
+        [sid for sid, s in stages.items() if s.replay], {sid: s.not_replayed for sid, s in stages.items() if s.not_replayed},
+        violations, bool(force and violations),
     )
 
 
-def _audit(store: LocalStore, keys: set[Digest], out: Path, files: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _audit(store: LocalStore, keys: set[Digest], out: Path, files: dict[str, tuple[Digest, int]]) -> list[dict[str, Any]]:
     """The build records that executed or used any of the bundled actions, oldest first."""
     builds = []
     for _, digest in store.build_records():
@@ -253,7 +224,7 @@ def _audit(store: LocalStore, keys: set[Digest], out: Path, files: dict[str, dic
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(json.dumps(record, sort_keys=True, indent=1, default=str) + "\n", encoding="utf-8")
         file_digest, size = digest_file(dest)
-        files[path] = {"digest": file_digest, "size": size}
+        files[path] = (file_digest, size)
         builds.append({
             "digest": digest, "file": path, "started": record.get("started"), "finished": record.get("finished"),
             "producer": record.get("producer"), "targets": record.get("targets"), "summary": record.get("summary"),
