@@ -22,7 +22,7 @@ def default_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     first = run_cli("build", "--json", cwd=root)
     assert first.code == 0, first.stderr
     summary = first.summary
-    assert summary["executed"] == 18 and summary["failed"] == 0
+    assert summary["executed"] == 21 and summary["failed"] == 0
     assert summary["targets"] == {"tiny-prior": "ok", "red-blob": "ok", "blue-rock": "ok", "bunny": "ok"}
     return root
 
@@ -30,7 +30,7 @@ def default_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_second_build_is_a_noop(default_project: Path):
     again = run_cli("build", "--json", cwd=default_project)
     assert again.code == 0
-    assert again.summary["executed"] == 0 and again.summary["cached"] == 18
+    assert again.summary["executed"] == 0 and again.summary["cached"] == 21
     assert again.summary["workers_started"] == 0
 
 
@@ -40,7 +40,25 @@ def test_artifacts_are_materialized(default_project: Path):
         assert {"model.glb", "model.obj", "model.mtl", "model.png"} <= {p.name for p in export.iterdir()}
         report = json.loads((default_project / "out" / target / "validate" / "report.json").read_text())
         assert report["passed"] is True
+        delivery = json.loads((default_project / "out" / target / "usd" / "usd.json").read_text())
+        assert delivery["package_members"][0] == "model.usdc"
+        assert all(check["passed"] for check in delivery["compliance"].values())
         assert report["gates"]["render_ssim"]["status"] == "skipped"
+
+
+def test_the_usd_of_every_asset_draws_like_its_glb(default_project: Path):
+    """The looked-at check, kept: the project's renderer draws each target's usdz (points, st,
+    the texture its material reads) and its GLB alike, from four sides."""
+    from usd_helpers import glb_surface, usd_surface
+
+    from recipes.cameras import standard_cameras
+    from recipes.render import render_surface
+
+    for target in ("red-blob", "blue-rock", "bunny"):
+        ours = usd_surface(default_project / "out" / target / "usd" / "model.usdz")
+        theirs = glb_surface(default_project / "out" / target / "export" / "model.glb")
+        for camera in standard_cameras(4):
+            assert (render_surface(ours, camera, 96) == render_surface(theirs, camera, 96)).all(), target
 
 
 def test_default_targets_verify_bitwise(default_project: Path):

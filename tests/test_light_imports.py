@@ -7,7 +7,7 @@ import sys
 
 from conftest import Project
 
-HEAVY = ("torch", "diffusers", "pymeshlab", "transformers", "trimesh", "xatlas", "skimage")
+HEAVY = ("torch", "diffusers", "pymeshlab", "transformers", "trimesh", "xatlas", "skimage", "pxr")
 
 PROBE = """
 import sys

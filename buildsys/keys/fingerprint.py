@@ -152,6 +152,7 @@ FIELDS: dict[str, Callable[[], str]] = {
     "scikit-image": lambda: _version("scikit-image"),
     "scipy": lambda: _version("scipy"),
     "pillow": lambda: _version("pillow"),
+    "usd-core": lambda: _version("usd-core"),
     "threads": lambda: "",
 }
 """Every known field. ``threads`` is the worker thread count of the stage, filled per stage."""
