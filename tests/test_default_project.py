@@ -61,6 +61,24 @@ def test_the_usd_of_every_asset_draws_like_its_glb(default_project: Path):
             assert (render_surface(ours, camera, 96) == render_surface(theirs, camera, 96)).all(), target
 
 
+def test_the_default_project_exports_a_training_dataset(default_project: Path, tmp_path: Path):
+    import webdataset as wds
+
+    result = run_cli("export", "dataset", "-o", str(tmp_path / "dataset"), "--json", cwd=default_project)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["samples"] == 3 and list(report["skipped"]) == ["tiny-prior"]
+    manifest = json.loads((tmp_path / "dataset" / "manifest.json").read_text())
+    samples = {s["__key__"]: s for s in wds.WebDataset([str(tmp_path / "dataset" / s["file"]) for s in manifest["shards"]], shardshuffle=False)}
+    assert set(samples) == {"red-blob", "blue-rock", "bunny"}
+    views = [f"view_{i:02d}.png" for i in range(4)]
+    for key in ("red-blob", "blue-rock"):
+        assert samples[key]["txt"].decode() == {"red-blob": "a red blob", "blue-rock": "a rough blue rock"}[key]
+        assert {f"creative.{v}" for v in views} | {f"render.{v}" for v in views} | {"mesh.glb", "gates.json"} <= set(samples[key])
+    assert "txt" not in samples["bunny"] and json.loads(samples["bunny"]["json"])["creative"] is None
+    assert samples["bunny"]["mesh.glb"] == (default_project / "out" / "bunny" / "export" / "model.glb").read_bytes()
+
+
 def test_default_targets_verify_bitwise(default_project: Path):
     result = run_cli("verify", "--json", "bunny", "red-blob", "blue-rock", "tiny-prior", cwd=default_project)
     assert result.code == 0, result.stdout + result.stderr

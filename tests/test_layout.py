@@ -2,7 +2,8 @@
 
 Reading order, bottom up (README, "How it works"): errors; keys (encoding, digests, action
 descriptions); the recipe's contract (context, determinism) and the store; the build model (project) and artifact
-kinds; remote caches; execution; the build; reproducibility and views; the command line.
+kinds; remote caches; execution; the build; reproducibility, views and dataset export; the
+command line.
 A module may import its own part and the parts strictly below it, never one beside or above.
 """
 
@@ -29,6 +30,7 @@ RANKS = {
     "build": 7,
     "repro": 8,
     "views": 8,
+    "dataset": 8,
     "cli": 9,
     "__main__": 10,
 }

@@ -32,6 +32,7 @@ class _LazyGroup(click.Group):
         "verify": "buildsys.cli.repro:verify",
         "diff": "buildsys.cli.repro:diff",
         "handoff": "buildsys.cli.repro:handoff",
+        "export": "buildsys.cli.dataset:export",
         "keys": "buildsys.cli.remote:keys",
         "remote": "buildsys.cli.remote:remote",
     }
