@@ -25,7 +25,6 @@ what order of arguments the export ran: exporting the same builds again writes t
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from buildsys.build.session import Session
 from buildsys.dataset.samples import Collector, DatasetError, Sample, sample_keys
 from buildsys.dataset.shards import ShardWriter
 from buildsys.keys.hashing import Digest, digest_bytes, digest_file
+from buildsys.store.atomic import filling_folder, is_new_or_empty_folder
 
 FORMAT = "buildsys-dataset 1"
 MANIFEST = "manifest.json"
@@ -65,7 +65,7 @@ def export_dataset(session: Session, targets: list[str], out: Path, named: bool,
     by the user, so each must make a sample; otherwise targets that were never built or have no
     finalized mesh are skipped and listed in the manifest."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or out.is_symlink() or any(out.iterdir())):
+    if not is_new_or_empty_folder(out):
         raise DatasetError(f"{out}: exists and is not an empty directory")
     if max_samples < 1 or max_bytes < 1:
         raise DatasetError(f"shard limits must be positive (got {max_samples} samples, {max_bytes} bytes)")
@@ -75,17 +75,8 @@ def export_dataset(session: Session, targets: list[str], out: Path, named: bool,
         raise DatasetError("no target makes a sample: " + "; ".join(f"{t}: {why}" for t, why in skipped.items()))
     keys = sample_keys(chosen)
     samples = sorted((collector.sample(t, keys[t]) for t in chosen), key=lambda s: s.key)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with filling_folder(out):
         return _write(session, samples, out, skipped, max_samples, max_bytes)
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for child in out.iterdir():
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
-        raise
 
 
 def _choose(session: Session, collector: Collector, targets: list[str], named: bool) -> tuple[list[str], dict[str, str]]:

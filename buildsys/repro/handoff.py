@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from buildsys.keys.tree import Manifest
 from buildsys.repro.bundle import MARKER, MARKER_TEXT
 from buildsys.repro.lock import LOCK, Lock, LockedModel, LockedStage
 from buildsys.repro.verify import plan_targets
+from buildsys.store.atomic import filling_folder, is_new_or_empty_folder
 from buildsys.store.local import LocalStore, StoreError
 
 
@@ -83,7 +83,7 @@ def handoff(session: Session, target: str, out: Path, force: bool = False) -> Ha
     """Write the bundle of ``target``'s last build into ``out`` (new or empty); a model-registry
     violation refuses the hand-off unless ``force``, and the lock records it either way."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or out.is_symlink() or any(out.iterdir())):
+    if not is_new_or_empty_folder(out):
         raise HandoffError(f"{out}: exists and is not an empty directory")
     if session.last_build(target) is None:
         raise HandoffError(f"{target}: never built (run 'buildsys build {target}' first)")
@@ -95,17 +95,8 @@ def handoff(session: Session, target: str, out: Path, force: bool = False) -> Ha
     if violations and not force:
         raise HandoffError("model registry refuses the hand-off: " + "; ".join(violations) + " (use --force to hand off anyway; the lock records it)")
 
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with filling_folder(out):
         return _write(session, target, out, plans, violations, models, force)
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for child in out.iterdir():
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
-        raise
 
 
 def _write(session: Session, target: str, out: Path, plans: list, violations: list[str], models: dict, force: bool) -> HandoffReport:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 READ_ONLY = 0o444
@@ -90,6 +92,29 @@ def remove_tree(path: Path | str) -> None:
     except OSError:
         _make_owner_writable(str(path))
         shutil.rmtree(path, ignore_errors=True)
+
+
+def is_new_or_empty_folder(path: Path) -> bool:
+    """Whether ``path`` is absent or an empty directory (not a link to one): a destination a
+    command may fill without overwriting anything."""
+    return not path.exists() or (path.is_dir() and not path.is_symlink() and not any(path.iterdir()))
+
+
+@contextmanager
+def filling_folder(path: Path) -> Iterator[Path]:
+    """A new or empty destination folder that is left as it was found if the body fails:
+    removed when it did not exist, emptied when it did."""
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            for child in path.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        raise
 
 
 def _make_owner_writable(folder: str) -> None:
