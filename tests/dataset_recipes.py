@@ -29,6 +29,8 @@ def dream(ctx: StageContext) -> None:
         noise = rng.integers(0, 32, (16, 16, 3), dtype=np.uint8)
         _png(ctx.out / "renders" / f"view_{view:02d}.png", (noise + tint // 2 + int(weights * 40) + 8 * view).astype(np.uint8))
     _png(ctx.out / "renders" / "progress_0001.png", np.zeros((16, 16, 3), np.uint8))
+    cameras = [{"azimuth_deg": 90.0 * view + 30.0, "elevation_deg": 20.0} for view in range(4)]
+    (ctx.out / "renders" / "cameras.json").write_text(json.dumps(cameras) + "\n")
     (ctx.out / "field.npy").write_bytes(rng.random(8).astype(np.float32).tobytes())
     (ctx.out / "sds.json").write_text(json.dumps({"prompt": prompt, "iterations": 3}, sort_keys=True) + "\n")
 

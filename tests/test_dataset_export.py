@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import Project
 
-from buildsys.errors import EXIT_BAD_INPUT
+from buildsys.errors import EXIT_BAD_INPUT, EXIT_STORE
 
 BUILDFILE = """
 [models.tiny]
@@ -159,9 +159,10 @@ def test_training_code_reads_every_sample_with_webdataset(project, exported):
         assert sample["txt"].decode() == prompt == meta["prompt"] == entry["prompt"]
         assert meta["seed"] == entry["seed"] == {"chair": 7, "chair.v2": 8, "chair_v2": 9, "rock": 11}[target]
         creative = sorted(name for name in fields if name.startswith("creative."))
-        assert creative == ["creative.sds.json", "creative.view_00.png", "creative.view_01.png", "creative.view_02.png",
-                            "creative.view_03.png"], "the camera views and the summary, not the progress frames"
-        for name in creative[1:]:
+        assert creative == ["creative.cameras.json", "creative.sds.json", "creative.view_00.png", "creative.view_01.png",
+                            "creative.view_02.png", "creative.view_03.png"], "the camera views, cameras and summary, no progress frames"
+        assert json.loads(sample["creative.cameras.json"])[1]["azimuth_deg"] == 120.0
+        for name in creative[2:]:
             assert np.asarray(Image.open(io.BytesIO(sample[name]))).shape == (16, 16, 3)
         assert json.loads(sample["creative.sds.json"])["prompt"] == prompt
         assert meta["creative"]["model"]["name"] == "tiny" and meta["creative"]["params"]["prompt"] == prompt
@@ -266,6 +267,25 @@ def test_an_unknown_target_or_a_full_folder_is_refused(project, tmp_path):
     refused = project.cli("export", "dataset", "-o", str(full))
     assert refused.code == EXIT_BAD_INPUT and "not an empty directory" in refused.stderr
     assert [p.name for p in full.iterdir()] == ["keep.txt"] and (full / "keep.txt").read_text() == "mine\n"
+
+
+def test_a_damaged_store_is_reported_and_leaves_no_dataset(tmp_path):
+    """A blob of a target's last build that went bad on disk: exit 3 naming the target, stage and
+    file; the store quarantines the blob; no half-written dataset is left."""
+    project = Project(tmp_path / "studio")
+    project.root.mkdir()
+    project.buildfile_text(BUILDFILE)
+    assert project.build("prior", "chair").code == 0
+    glb = project.root / "out" / "chair" / "finish" / "model.glb"
+    digest = blake3.blake3(glb.read_bytes()).hexdigest()
+    blob = next(p for p in (project.root / "store").rglob(digest) if p.is_file())
+    blob.chmod(0o644)
+    blob.write_bytes(b"bit rot" + blob.read_bytes()[7:])
+    out = tmp_path / "ds"
+    result = project.cli("export", "dataset", "chair", "-o", str(out))
+    assert result.code == EXIT_STORE, result.stderr
+    assert "chair/finish: model.glb of the last build" in result.stderr and "corrupt" in result.stderr
+    assert not out.exists()
 
 
 def test_export_imports_nothing_heavy(project, exported, tmp_path):

@@ -221,6 +221,24 @@ def test_two_runs_in_two_folders_write_the_same_bytes(scan, tmp_path):
     assert digests(first) == digests(run_usd(elsewhere, glb))
 
 
+def test_usd_cores_thread_count_does_not_change_the_bytes(scan, tmp_path):
+    """usd-core runs its own worker threads (not the engine's thread variables): one thread and
+    every core write the same files."""
+    import os
+    import subprocess
+    import sys
+
+    glb, first = scan
+    asset = tmp_path / "in"
+    asset.mkdir()
+    (asset / glb.name).write_bytes(glb.read_bytes())
+    script = ("import sys; from pathlib import Path; from recipe_helpers import make_ctx; from recipes.usd import usd; "
+              "usd(make_ctx(Path(sys.argv[1]), 'usd', {'asset': Path(sys.argv[2])}, {}))")
+    env = {**os.environ, "PXR_WORK_THREAD_LIMIT": "1", "PYTHONPATH": str(Path(__file__).parent), "TZ": "America/St_Johns"}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "one-thread"), str(asset)], env=env, check=True, capture_output=True)
+    assert digests(tmp_path / "one-thread") == digests(first)
+
+
 # --- the checker must fail what breaks the rules -----------------------------------------------
 
 def _package_with(tmp_path: Path, name: str, members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED) -> Path:

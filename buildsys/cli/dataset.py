@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from buildsys.cli.common import BUILDFILE_OPTION, handled, open_session
+from buildsys.dataset.export import DEFAULT_SHARD_BYTES, DEFAULT_SHARD_SAMPLES, export_dataset
 
 
 @click.group()
@@ -21,8 +22,8 @@ def export() -> None:
 @BUILDFILE_OPTION
 @click.argument("targets", nargs=-1)
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Dataset folder (new or empty).")
-@click.option("--shard-samples", type=click.IntRange(1), default=1000, show_default=True, help="Samples per shard at most.")
-@click.option("--shard-bytes", type=click.IntRange(1), default=1 << 30, show_default=True, help="Member bytes per shard at most.")
+@click.option("--shard-samples", type=click.IntRange(1), default=DEFAULT_SHARD_SAMPLES, show_default=True, help="Samples per shard at most.")
+@click.option("--shard-bytes", type=click.IntRange(1), default=DEFAULT_SHARD_BYTES, show_default=True, help="Member bytes per shard at most.")
 @click.option("--json", "json_output", is_flag=True)
 @handled
 def dataset(buildfile: Path, targets: tuple[str, ...], out: Path, shard_samples: int, shard_bytes: int, json_output: bool) -> None:
@@ -30,8 +31,6 @@ def dataset(buildfile: Path, targets: tuple[str, ...], out: Path, shard_samples:
     when none is named), read from the store: prompt, seed, the creative stage's renders, the
     finalized mesh and its renders, the gates. WebDataset tar shards and manifest.json, whose
     digest identifies the dataset; the same builds export to the same bytes."""
-    from buildsys.dataset.export import export_dataset
-
     with open_session(buildfile, check_recipes=False) as session:
         report = export_dataset(session, session.targets(targets), out, named=bool(targets),
                                 max_samples=shard_samples, max_bytes=shard_bytes)

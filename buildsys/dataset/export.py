@@ -34,6 +34,7 @@ from buildsys.dataset.samples import Collector, DatasetError, Sample, sample_key
 from buildsys.dataset.shards import ShardWriter
 from buildsys.keys.hashing import Digest, digest_bytes, digest_file
 from buildsys.store.atomic import filling_folder, is_new_or_empty_folder
+from buildsys.store.local import StoreError
 
 FORMAT = "buildsys-dataset 1"
 MANIFEST = "manifest.json"
@@ -104,7 +105,11 @@ def _write(session: Session, samples: list[Sample], out: Path, skipped: dict[str
         members = [("json", (json.dumps(metadata, sort_keys=True, indent=1, allow_nan=False) + "\n").encode("utf-8"))]
         if sample.prompt is not None:
             members.append(("txt", sample.prompt.encode("utf-8")))
-        members += [(f.field, store.read_bytes(f.digest)) for f in sample.files]
+        for f in sample.files:
+            try:
+                members.append((f.field, store.read_bytes(f.digest)))
+            except StoreError as exc:
+                raise StoreError(f"{sample.target}/{f.stage}: {f.path} of the last build: {exc}; rebuild the target") from None
         shard = writer.add(sample.key, members)
         sources = {f.field: {"stage": f.stage, "path": f.path} for f in sample.files}
         entries.append({

@@ -4,12 +4,14 @@ A sample pairs what went into an asset with what came out, by the roles its stag
 
 - the *creative* stage: the first stage of the target that runs a registered model (score
   distillation, say); it gives the prompt (``params.prompt``, ``params.negative_prompt``), its
-  params, the model's digest, and its camera renders (``renders/view_*.png``, plus the stage's
-  top-level ``*.json`` summaries);
+  params, the model's digest, and its camera renders (``renders/view_*.png`` and
+  ``renders/*.json``, e.g. the cameras, where the stage writes them; plus its top-level ``*.json``
+  summaries);
 - the *mesh* stage: the first of the target's output stages, not a gate, whose output holds one
   top-level ``.glb`` (the finalized, delivered mesh);
 - the *gate* stage: the first gate stage, whose ``report.json`` is the gates (verdict, value and
-  threshold of each) and whose ``renders/view_*.png`` are the finalized mesh's renders.
+  threshold of each) and whose ``renders/view_*.png`` (and ``renders/*.json``) are the finalized
+  mesh's renders.
 
 A target without a creative stage (an imported scan) still makes a sample, with no prompt; one
 without a mesh stage cannot. Every field names the stage and file it came from and its BLAKE3
@@ -177,8 +179,10 @@ class Collector:
         return SampleFile(name, stage, rel, entry.digest, entry.size)
 
     def _renders(self, stage: str, tree: Manifest, prefix: str) -> list[SampleFile]:
-        names = sorted(rel for rel in tree if re.fullmatch(r"renders/view_[A-Za-z0-9_-]+\.png", rel))
-        return [self._file(f"{prefix}.{rel[len('renders/'):-4]}.png", stage, rel, tree) for rel in names]
+        """The camera views (``renders/view_*.png``) and what the stage says about them
+        (``renders/*.json``, e.g. the cameras); not the other images (progress frames)."""
+        names = sorted(rel for rel in tree if re.fullmatch(r"renders/(view_[A-Za-z0-9_-]+\.png|[A-Za-z0-9_-]+\.json)", rel))
+        return [self._file(f"{prefix}.{rel[len('renders/'):]}", stage, rel, tree) for rel in names]
 
     def _link(self, entry: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
         recipe = description.get("recipe") or {}
