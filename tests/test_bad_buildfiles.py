@@ -99,7 +99,7 @@ def test_bad_buildfile_gives_one_line_naming_file_and_field(built: Project, name
     assert str(built.buildfile) in lines[0]
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    built.buildfile.write_text(GOOD)
+    built.buildfile_text(GOOD)
     assert built.cli("store", "verify").code == 0
     assert (built.root / "out/t/second/prev/src/data/a.txt").read_text() == "alpha"
 
