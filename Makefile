@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make build   install everything into .venv, then build the default targets of Buildfile.toml
 #   make test    install everything into .venv, then run the test suite
+#   make site    the review site of the default project's store: out/site/index.html
 # On a CPU machine torch==2.13.0 resolves to the CPU wheel that lies on this workplace's disk;
 # a GPU workstation installs its CUDA build of torch into .venv first and keeps it.
 
@@ -8,9 +9,21 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install build test servers clean
+VIEWER := buildsys/views/site/static/vendor/model-viewer-umd.min.js
 
-install: $(STAMP)
+.PHONY: install build test site servers browser clean
+
+install: $(STAMP) $(VIEWER)
+
+# The review site's 3D viewer (@google/model-viewer, pinned by package-lock.json) is package
+# data fetched from npm here, never at view time; without npm the site offers GLBs for download.
+$(VIEWER): package.json package-lock.json
+	@if command -v npm >/dev/null; then \
+	  npm ci --no-audit --no-fund --legacy-peer-deps --loglevel=error && \
+	  mkdir -p $(dir $(VIEWER)) && \
+	  cp node_modules/@google/model-viewer/dist/model-viewer-umd.min.js $(VIEWER) && \
+	  cp node_modules/@google/model-viewer/LICENSE $(dir $(VIEWER))model-viewer.LICENSE; \
+	else echo "npm is not installed: the review site will have no 3D viewer (and its browser test is skipped)"; fi
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,10 +42,19 @@ servers:
 	  echo "glibc's locale sources are not installed: verify --vary env will change the locale variables only"
 
 build: install
-	$(VENV)/bin/buildsys build
+	$(VENV)/bin/buildsys build; status=$$?; $(VENV)/bin/buildsys report --html out/site; exit $$status
 
-test: install servers
+site: install
+	$(VENV)/bin/buildsys report --html out/site
+
+# Debian's Chromium for the review-site browser tests (as root; skipped with the reason otherwise)
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium is not installed: the review-site browser tests will be skipped"
+
+test: install servers browser
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) out store/*/ store/FORMAT store/statcache store/lock
+	rm -rf $(VENV) out store/*/ store/FORMAT store/statcache store/lock node_modules $(dir $(VIEWER))

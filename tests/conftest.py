@@ -63,3 +63,11 @@ class Project:
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return Project(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def site_project(tmp_path_factory: pytest.TempPathFactory):
+    """The review-site tests' shared project, built once (see site_helpers.py)."""
+    from site_helpers import make_site_project
+
+    return make_site_project(tmp_path_factory.mktemp("site-project"))

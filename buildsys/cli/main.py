@@ -224,14 +224,23 @@ def log(buildfile: Path, limit: int, stage_id: str | None, json_output: bool) ->
 @BUILDFILE_OPTION
 @click.argument("targets", nargs=-1)
 @click.option("--json", "json_output", is_flag=True, help="One JSON object per target.")
+@click.option("--html", "site_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write the review site of every target into this folder (new, empty, or an earlier site).")
 @handled
-def report(buildfile: Path, targets: tuple[str, ...], json_output: bool) -> None:
+def report(buildfile: Path, targets: tuple[str, ...], json_output: bool, site_dir: Path | None) -> None:
     """Provenance and cost of TARGETS' last builds (all targets when none is named): per stage,
     the recipe, code, seed, mode, device, model and inputs that made its result, who made it
     on what machine, the run's wall and CPU seconds, peak memory and iterations, its outputs
-    and gate verdict. Reads the store; builds nothing."""
+    and gate verdict. Reads the store; builds nothing.
+
+    With --html DIR: a static review site (open DIR/index.html; no server): every target with
+    its renders, 3D view, gates, provenance, cost and history, the review queue, and the
+    verify and diff reports kept in the store."""
     from buildsys.views.report import render_reports, report_targets
 
+    if site_dir is not None:
+        _write_site(buildfile, targets, site_dir)
+        return
     with open_session(buildfile) as session:
         reports = report_targets(session, session.targets(targets))
     if json_output:
@@ -239,6 +248,21 @@ def report(buildfile: Path, targets: tuple[str, ...], json_output: bool) -> None
             click.echo(json.dumps(item.to_dict(), sort_keys=True))
     else:
         click.echo(render_reports(reports))
+
+
+def _write_site(buildfile: Path, targets: tuple[str, ...], site_dir: Path) -> None:
+    from buildsys.errors import BuildsysError
+    from buildsys.views.site.generate import build_site
+
+    if targets:
+        raise BuildsysError("report --html writes the site of every target: name no targets")
+    with open_session(buildfile) as session:
+        site = build_site(session, site_dir)
+    click.echo(f"review site: {site_dir / 'index.html'} ({len(site.pages)} pages)")
+    if site.review:
+        click.echo(f"  to review: {', '.join(site.review)}")
+    if not site.viewer:
+        click.echo("  this install bundles no 3D viewer (make fetches it from npm): GLBs are offered for download", err=True)
 
 
 @main.command()

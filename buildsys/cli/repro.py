@@ -28,12 +28,35 @@ def _is_bundle_arg(arg: str) -> bool:
     return path.is_dir() and ((path / MARKER).exists() or (path / LOCK).exists() or "/" in arg or arg in (".", ".."))
 
 
-def _emit_html(path: Path | None, sections, assets_dir: Path, title: str) -> None:
+def _emit_html(path: Path | None, kind: str, report: dict, assets_dir: Path, title: str) -> None:
     if path is None:
         return
-    from buildsys.artifacts import write_html
+    from buildsys.views.site.generate import write_check_page
 
-    write_html(path, sections, assets_dir=assets_dir, embed=True, title=title)
+    write_check_page(path, kind, report, assets_dir, title)
+
+
+def _keep(store, kind: str, subject: str, report: dict, exit_code: int, assets_dir: Path) -> None:
+    """Keep the report in the project's store for the review site; a store that cannot take it
+    is a warning, not a failed check."""
+    from buildsys.build.checks import keep_check
+    from buildsys.cli.common import warn
+    from buildsys.store.local import StoreError
+
+    try:
+        keep_check(store, kind, subject, report, exit_code, assets_dir)
+    except (StoreError, OSError) as exc:
+        warn(f"the {kind} report was not kept in the store: {exc}")
+
+
+def _project_store(buildfile: Path):
+    """The store of the project in this folder, when there is one (bundle mode needs none)."""
+    if not buildfile.is_file():
+        return None
+    from buildsys.project.buildfile import load
+    from buildsys.store.local import LocalStore
+
+    return LocalStore(load(buildfile, check_recipes=False).store)
 
 
 @click.command()
@@ -46,7 +69,8 @@ def _emit_html(path: Path | None, sections, assets_dir: Path, title: str) -> Non
 @click.option("--recipe-path", "recipe_paths", multiple=True, type=click.Path(path_type=Path, file_okay=False),
               help="Bundle mode: a folder of recipe code (repeatable); the Buildfile's recipe_path is added when it exists.")
 @click.option("--json", "json_output", is_flag=True, help="One JSON report for CI.")
-@click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False), help="Write a review page (heat maps embedded).")
+@click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write a review page (pictures embedded). The report is also kept in the store for 'report --html'.")
 @click.option("--assets", "assets_path", type=click.Path(path_type=Path, file_okay=False), help="Keep diff assets (heat maps) in this folder.")
 @handled
 def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat: int, jobs: int, recipe_paths: tuple[Path, ...],
@@ -73,10 +97,14 @@ def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat:
 
                 roots += load(buildfile, check_recipes=False).recipe_path
             report = verify_bundle(Path(bundles[0]), [p.resolve() for p in roots], variation, jobs, assets_dir, repeat)
+            store = _project_store(buildfile)
+            if store is not None:
+                _keep(store, "verify", report.subject, report.to_dict(), report.exit_code, assets_dir)
         else:
             with open_session(buildfile) as session:
                 report = verify_targets(session, session.targets(subjects), variation, jobs, assets_dir, repeat)
-        _emit_html(html_path, report.labeled(), assets_dir, f"buildsys verify {report.subject}")
+                _keep(session.store, "verify", report.subject, report.to_dict(), report.exit_code, assets_dir)
+        _emit_html(html_path, "verify", report.to_dict(), assets_dir, f"buildsys verify {report.subject}")
     finally:
         if assets_path is None:
             shutil.rmtree(assets_dir, ignore_errors=True)
@@ -92,7 +120,8 @@ def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat:
 @click.argument("a")
 @click.argument("b")
 @click.option("--json", "json_output", is_flag=True)
-@click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False), help="Write a review page.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write a review page. The report is also kept in the store for 'report --html'.")
 @click.option("--no-artifacts", is_flag=True, help="Compare keys and digests only; no artifact diff.")
 @handled
 def diff(buildfile: Path, a: str, b: str, json_output: bool, html_path: Path | None, no_artifacts: bool) -> None:
@@ -121,7 +150,16 @@ def diff(buildfile: Path, a: str, b: str, json_output: bool, html_path: Path | N
         assets_dir = Path(tempfile.mkdtemp(prefix="buildsys-diff-assets-"))
         try:
             result = compare_sides(sides[0], sides[1], assets_dir, with_diff=not no_artifacts)
-            _emit_html(html_path, result.labeled(), assets_dir, f"buildsys diff {a} {b}")
+            code = EXIT_NOT_REPRODUCIBLE if any(s.verdict == NONDETERMINISM for s in result.stages) else EXIT_OK
+            kept = result.to_dict()
+            names = []
+            for side, spec in (("a", a), ("b", b)):  # a bundle by its folder's name: no path of this machine
+                names.append(Path(spec).name if _is_bundle_arg(spec) else spec)
+                kept[side]["label"] = names[-1]
+            store = session.store if session is not None else _project_store(buildfile)
+            if store is not None:
+                _keep(store, "diff", f"{names[0]} vs {names[1]}", kept, code, assets_dir)
+            _emit_html(html_path, "diff", kept, assets_dir, f"buildsys diff {names[0]} {names[1]}")
         finally:
             shutil.rmtree(assets_dir, ignore_errors=True)
     finally:
@@ -131,7 +169,7 @@ def diff(buildfile: Path, a: str, b: str, json_output: bool, html_path: Path | N
         click.echo(json.dumps(result.to_dict(), sort_keys=True, allow_nan=False, default=str))
     else:
         click.echo(render_comparison(result))
-    sys.exit(EXIT_NOT_REPRODUCIBLE if any(s.verdict == NONDETERMINISM for s in result.stages) else EXIT_OK)
+    sys.exit(code)
 
 
 @click.command()

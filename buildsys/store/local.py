@@ -8,7 +8,8 @@ Layout (format version 1, checked on open)::
     cas/.in-<batch>-ab/<digest>  downloads staged as a whole new shard folder (likewise)
     cas/ab/.s-*, cas/ab/.b-*     files staged for the store, not yet moved in (likewise)
     ac/ab/<key>             action-cache entries (see records.py)
-    refs/<kind>/<name>      named roots: targets/<target> (last build), pins/<name>, approved/<target>
+    refs/<kind>/<name>      named roots: targets/<target> (last build), pins/<name>, approved/<target>,
+                            checks/<kind>-<subject> (the last verify/diff report)
     builds/<ns>-<pid>       the digest of one build record (a blob), one file per build
     locks/actions           byte-range locks: one action executes at most once at a time
     lock                    flock: builds hold it shared, gc holds it exclusive
@@ -65,8 +66,9 @@ FORMAT = "buildsys-store 1"
 _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")  # Linux: see LocalStore._lock
 
 
-REF_KINDS = ("targets", "pins", "approved")
-"""The kinds of refs (named roots) a store keeps: ``refs/<kind>/<name>``."""
+REF_KINDS = ("targets", "pins", "approved", "checks")
+"""The kinds of refs (named roots) a store keeps: ``refs/<kind>/<name>`` (checks: the last
+verify or diff report of a subject, see ``buildsys/build/checks.py``)."""
 
 
 class StoreError(Exception):
@@ -929,7 +931,7 @@ class LocalStore:
                 report.bad_actions.append(f"{key}: {problem}")
                 if repair:
                     self.drop_action(key)
-        for kind in ("targets", "pins", "approved"):
+        for kind in REF_KINDS:
             for name in self.list_refs(kind):
                 try:
                     self.read_ref(kind, name)

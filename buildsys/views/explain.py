@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from buildsys.build.scheduler import EXECUTED, WOULD_RUN, Builder
+from buildsys.build.scheduler import EXECUTED, WOULD_RUN, Builder, BuildReport
 from buildsys.build.session import Session
 from buildsys.keys.action import changed_components
 from buildsys.keys.encoding import decode
@@ -29,7 +29,16 @@ class StageExplanation:
 
 
 def explain_target(session: Session, target: str) -> list[StageExplanation]:
-    report = Builder(session, execute=False).build([target])
+    return explain_targets(session, [target])[target]
+
+
+def explain_targets(session: Session, targets: list[str]) -> dict[str, list[StageExplanation]]:
+    """Each target's explanation, from one planning pass over all of them."""
+    report = Builder(session, execute=False).build(targets)
+    return {target: _explain(session, report, target) for target in targets}
+
+
+def _explain(session: Session, report: BuildReport, target: str) -> list[StageExplanation]:
     ref = session.last_build(target) or {}
     explanations = []
     for stage_name, spec in session.project.targets[target].stages.items():

@@ -2,7 +2,7 @@
 
 For every stage of a target's last successful build (its ref), the report answers what made the
 result, from what, on which machine and at what cost (DESIGN.md, invariant 7): the recipe and
-the digest of its code, seed, mode, device, model and input trees (from the action's
+the digest of its code, params, seed, mode, device, model and input trees (from the action's
 description); who produced it, on what hardware and software (the result's producer and
 fingerprint); wall and CPU seconds, peak memory and iterations of the run that made it; the
 output files with their sizes and digests; and a gate stage's verdict. The result may have been
@@ -47,6 +47,7 @@ class StageProvenance:
     device: str | None = None
     model: Digest | None = None
     model_name: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Digest] = field(default_factory=dict)
     """Input name -> the digest of the tree the stage read."""
     sources: dict[str, list[str]] = field(default_factory=dict)
@@ -135,6 +136,7 @@ def _describe(stage: StageProvenance, description: dict[str, Any]) -> None:
     stage.recipe, stage.code = recipe.get("ref"), recipe.get("code")
     stage.seed, stage.mode, stage.device = description.get("seed"), description.get("mode"), description.get("device")
     stage.model = (description.get("model") or {}).get("digest")
+    stage.params = dict(description.get("params") or {})
     stage.inputs = dict(description.get("inputs") or {})
 
 

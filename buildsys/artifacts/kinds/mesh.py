@@ -17,6 +17,9 @@ plus ``HAUSDORFF_SAMPLES`` area-weighted surface samples drawn from a fresh
 with A's face areas, so the samples are paired (same faces, same barycentric coordinates) and
 the estimate never exceeds the maximum vertex displacement. Otherwise it over-estimates the
 continuous surface distance by up to the sampling spacing (point-to-point, not point-to-face).
+
+With an asset sink, a mesh that moved gets a ``displacement`` asset: B from three sides, coloured
+by how far each vertex moved (:mod:`buildsys.artifacts.meshrender`).
 """
 
 from __future__ import annotations
@@ -180,8 +183,10 @@ def diff(a: Path, b: Path, *, name: str, assets: AssetSink | None = None) -> Fil
         if index:
             d = np.linalg.norm(ma.vertices - mb.vertices, axis=1)
             m["max_displacement_vertex"] = int(np.argmax(d))
+            moved_b = d
         else:
-            d = np.concatenate([_nearest(ma.vertices, mb.vertices), _nearest(mb.vertices, ma.vertices)])
+            moved_b = _nearest(mb.vertices, ma.vertices)
+            d = np.concatenate([_nearest(ma.vertices, mb.vertices), moved_b])
         m["max_displacement"] = float(d.max())
         m["mean_displacement"] = float(d.mean())
         # same faces: sample both with A's areas so the samples are paired (tighter estimate)
@@ -206,7 +211,14 @@ def diff(a: Path, b: Path, *, name: str, assets: AssetSink | None = None) -> Fil
     summary = _summary(m)
     if equivalent:
         summary = f"bytes differ, same geometry and attributes ({summary})"
-    return FileDiff(name, KIND, False, summary, m, equivalent=equivalent)
+    rendered: dict[str, str] = {}
+    if assets is not None and len(mb.faces) and m["max_displacement"]:
+        from buildsys.artifacts.meshrender import displacement_image
+
+        path, rel = assets.place(name, "displacement", ".png")
+        displacement_image(mb.vertices, mb.faces, moved_b, float(m["max_displacement"])).save(path, format="PNG", compress_level=6)
+        rendered["displacement"] = rel
+    return FileDiff(name, KIND, False, summary, m, rendered, equivalent=equivalent)
 
 
 def _equivalent(m: dict[str, Any], ma: MeshData, mb: MeshData) -> bool:
