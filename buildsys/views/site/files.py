@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from buildsys.errors import BuildsysError
 from buildsys.keys.hashing import Digest
+from buildsys.store.atomic import is_new_or_empty_folder
 from buildsys.store.local import LocalStore
 
 READABLE_PX = 384
@@ -136,9 +137,9 @@ def prepare_folder(root: Path) -> None:
     file) is cleared; an empty or missing one is used; anything else is refused, so a mistyped
     path never deletes someone's files."""
     marker = root / MARKER
-    if root.exists() and not root.is_dir():
+    if root.exists() and (not root.is_dir() or root.is_symlink()):
         raise SiteError(f"{root}: exists and is not a folder")
-    if root.is_dir() and any(root.iterdir()):
+    if not is_new_or_empty_folder(root):
         if not marker.is_file():
             raise SiteError(f"{root}: not empty and not a buildsys review site (no {MARKER}); give a new or empty folder")
         for child in root.iterdir():
