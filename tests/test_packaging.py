@@ -14,7 +14,8 @@ from pathlib import Path
 
 from conftest import REPO, Project
 
-THREE_D = ("torch", "diffusers", "transformers", "pymeshlab", "xatlas")
+THREE_D = ("torch", "diffusers", "transformers", "pymeshlab", "xatlas", "usd-core")
+MODULES = tuple({"usd-core": "pxr"}.get(name, name) for name in THREE_D)
 
 BLOCKER = """
 import importlib.machinery
@@ -63,7 +64,7 @@ def test_engine_builds_verifies_and_hands_off_without_3d_libraries(project: Proj
     of plain recipes builds, verifies and hands off."""
     blocker = tmp_path / "blocker"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=THREE_D))
+    (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=MODULES))
     env = {"PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     project.write("data/a.txt", "alpha\n")
     project.buildfile_text('''
