@@ -1,7 +1,9 @@
 """Compare versions of buildsys side by side on the N-copy-stage project: first builds (after
-deleting the store and outputs) and restores (after deleting the outputs), versions alternating.
+deleting the store and outputs), restores (after deleting the outputs) and no-op builds (nothing
+changed), versions alternating.
 
     .venv/bin/python bench/ab_versions.py 16328f5 HEAD WORKTREE --rounds 5
+    .venv/bin/python bench/ab_versions.py main WORKTREE --measure noop --stages 3000 --mib 0.001
 
 Each version (a git revision, or WORKTREE for the working tree as it is) is exported into a
 folder and byte-compiled there, and runs with ``PYTHONPATH`` pointing at it (its workers too).
@@ -67,6 +69,7 @@ def main() -> int:
     parser.add_argument("--stages", type=int, default=300)
     parser.add_argument("--mib", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--measure", default="first,restore", help="comma-separated: first, restore, noop")
     parser.add_argument("--parent", type=Path, default=Path("/") if os.access("/", os.W_OK) else Path(tempfile.gettempdir()),
                         help="where the project folders go (default: / when writable, as top-level folders get unused groups)")
     args = parser.parse_args()
@@ -77,19 +80,26 @@ def main() -> int:
         for rev, root in projects.items():
             write_inputs(root, args.stages, args.mib)
             write_buildfile(root, args.stages, jobs=2)
-        times: dict[str, dict[str, list[float]]] = {rev: {"first": [], "restore": []} for rev in args.revisions}
-        for _ in range(args.rounds):
+        measures = [m.strip() for m in args.measure.split(",")]
+        times: dict[str, dict[str, list[float]]] = {rev: {m: [] for m in measures} for rev in args.revisions}
+        for _ in range(args.rounds if "first" in measures else 1):
             for rev, root in projects.items():
                 for name in ("store", "out"):
                     shutil.rmtree(root / name, ignore_errors=True)
-                times[rev]["first"].append(timed_build(root, code[rev]))
-        for _ in range(args.rounds):
+                first = timed_build(root, code[rev])
+                times[rev].get("first", []).append(first)
+        for _ in range(args.rounds if "restore" in measures else 0):
             for rev, root in projects.items():
                 shutil.rmtree(root / "out")
                 times[rev]["restore"].append(timed_build(root, code[rev]))
+        for rev, root in projects.items():
+            timed_build(root, code[rev])  # settles the stat cache (and any cache a version keeps)
+        for _ in range(args.rounds if "noop" in measures else 0):
+            for rev, root in projects.items():
+                times[rev]["noop"].append(timed_build(root, code[rev]))
         print(f"{args.stages} stages of {args.mib:g} MiB, {args.rounds} rounds; medians (every round)")
         for rev in args.revisions:
-            cells = [f"{kind} {statistics.median(values):.3f} s ({' '.join(f'{v:.2f}' for v in values)})" for kind, values in times[rev].items()]
+            cells = [f"{kind} {statistics.median(values):.3f} s ({' '.join(f'{v:.3f}' for v in values)})" for kind, values in times[rev].items()]
             print(f"{rev}: " + "; ".join(cells))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -231,3 +231,54 @@ def leak_worker_history(ctx: StageContext) -> None:
     native libraries do): the first run in a worker matches, the second does not."""
     _CALLS[0] += 1
     _json(ctx, "history.json", {"second_run_in_this_worker": _CALLS[0] == 2})
+
+
+def jittery_training(ctx: StageContext) -> None:
+    """A small torch model trained for five steps, deterministic but for one layer that, from
+    step 3 on, adds noise seeded by its worker's pid: ``verify --bisect`` must name that layer."""
+    import numpy as np
+    import torch
+
+    class Jitter(torch.nn.Module):
+        active = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.active:
+                return x
+            return x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(os.getpid()))
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), Jitter(), torch.nn.Linear(16, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    gen = ctx.torch_generator("data")
+    net = Net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    data, target = torch.randn(32, 8, generator=gen), torch.randn(32, 4, generator=gen)
+    steps = 5
+    for step in range(1, steps + 1):
+        ctx.progress(step, steps)
+        net.body[2].active = step >= 3
+        loss = ((net(data) - target) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    weights = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    np.save(ctx.out / "weights.npy", weights.numpy())
+
+
+def hooks_seen(ctx: StageContext) -> None:
+    """What a torch recipe finds installed when nobody bisects: no hooks, no dispatch mode."""
+    import sys
+
+    import torch
+    import torch.nn.modules.module as nn_module
+
+    _json(ctx, "hooks.json", {
+        "forward_hooks": len(nn_module._global_forward_hooks), "forward_pre_hooks": len(nn_module._global_forward_pre_hooks),
+        "dispatch_modes": torch._C._len_torch_dispatch_stack(), "recorder_loaded": "buildsys.execution.trace" in sys.modules,
+    })

@@ -13,6 +13,8 @@ GOLDEN_DESCRIPTION = describe(
     stage="finalize",
     recipe="recipes.finalize:finalize",
     code="a" * 64,
+    reaches={"recipes.finalize:finalize": "e" * 64, "recipes.geometry:sample_grid": "f" * 64},
+    libraries={"numpy": "2.4.6", "pymeshlab": "2025.7.post1"},
     inputs={"mesh": "b" * 64, "field": "c" * 64},
     params={"faces": 5000, "ratio": 0.25, "prompt": "a red chair", "flags": [True, None, -3]},
     seed=7,
@@ -22,9 +24,10 @@ GOLDEN_DESCRIPTION = describe(
     device="cpu",
     iterations=150,
 )
-# Committed once; any change to the encoding, the description layout or BLAKE3 use breaks it,
+# Committed with each ACTION_VERSION (2: the recipe's reaches and libraries); any change to the
+# encoding, the description layout or BLAKE3 use breaks it,
 # and with it every cache shared between machines.
-GOLDEN_KEY = "5c6afad119a0e4b05ab9c27066f169220c4e60a021c75ce6be3d995ba0b6b343"
+GOLDEN_KEY = "73c3f0907929b2d910fdb33200a816f8832b3539f429d56ae9630cc8eccf62b7"
 
 
 def test_golden_action_key():

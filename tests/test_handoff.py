@@ -109,13 +109,14 @@ def test_bundle_verify_reports_other_recipe_code(bundle: Path, tmp_path: Path) -
     behavioural one diverges with its diff."""
     cosmetic, behavioural = tmp_path / "cosmetic", tmp_path / "behavioural"
     source = (TESTS / "nondeterministic_recipes.py").read_text()
-    for folder, text in ((cosmetic, source + "\n# reviewed\n"), (behavioural, source.replace("np.cumsum(field, axis=0)", "np.cumsum(field, axis=1)"))):
+    commented = source.replace("    heights = np.cumsum(", "    # reviewed\n    heights = np.cumsum(")
+    for folder, text in ((cosmetic, commented), (behavioural, source.replace("np.cumsum(field, axis=0)", "np.cumsum(field, axis=1)"))):
         folder.mkdir()
         (folder / "nondeterministic_recipes.py").write_text(text)
     proc = run(["verify", str(bundle), "--recipe-path", str(cosmetic), "--json"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     final = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}["asset/final"]
-    assert any("differs from the bundled build" in n for n in final["notes"])
+    assert any("differs from the bundled build's (nondeterministic_recipes:finalize changed)" in n for n in final["notes"]), final["notes"]
     proc = run(["verify", str(bundle), "--recipe-path", str(behavioural), "--json"], tmp_path)
     assert proc.returncode == EXIT_NOT_REPRODUCIBLE
     report = json.loads(proc.stdout)

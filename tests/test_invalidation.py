@@ -11,8 +11,19 @@ from conftest import Project
 RECIPES = {
     "mr/__init__.py": "",
     "mr/util.py": '''
+        SCALE = 2
+
+
         def shout(text):
             return text.upper()
+
+
+        def whisper(text):
+            return text.lower()
+
+
+        def doubled(n):
+            return n * SCALE
     ''',
     "mr/a.py": '''
         from buildsys.context import StageContext
@@ -41,6 +52,13 @@ RECIPES = {
 
         def run(ctx: StageContext) -> None:
             (ctx.out / "d.txt").write_text(ctx.input_file("src").read_text()[::-1])
+    ''',
+    "mr/f.py": '''
+        import mr.util as util
+        from buildsys.context import StageContext
+
+        def run(ctx: StageContext) -> None:
+            (ctx.out / "f.txt").write_text(str(util.doubled(21)))
     ''',
     "mr/e.py": '''
         from buildsys.context import StageContext
@@ -73,6 +91,8 @@ fingerprint = ["torch"]
 [targets.asset.stages.E]
 recipe = "mr.e:run"
 model = "m"
+[targets.asset.stages.F]
+recipe = "mr.f:run"
 """
 
 
@@ -105,8 +125,12 @@ CHANGES = [
     ("param", lambda p: _edit(p, "Buildfile.toml", "p = 1", "p = 2"), {}, {"A", "B"}),
     ("seed", lambda p: _edit(p, "Buildfile.toml", "params = { p = 1 }", "params = { p = 1 }\nseed = 9"), {}, {"A", "B"}),
     ("recipe code", lambda p: _edit(p, "mr/d.py", "[::-1]", "[::-1] + '!'"), {}, {"D"}),
-    ("recipe comment, same output", lambda p: _edit(p, "mr/b.py", "def run", "# counts lines\ndef run"), {}, {"B"}),
-    ("imported helper module", lambda p: _edit(p, "mr/util.py", "text.upper()", "text.upper() + ''"), {}, {"B"}),
+    ("comment between definitions", lambda p: _edit(p, "mr/b.py", "def run", "# counts lines\ndef run"), {}, set()),
+    ("comment inside the recipe, same output", lambda p: _edit(p, "mr/b.py", "    lines =", "    # counts lines\n    lines ="), {}, {"B"}),
+    ("imported helper", lambda p: _edit(p, "mr/util.py", "text.upper()", "text.upper() + ''"), {}, {"B"}),
+    ("helper no recipe uses, in a module two recipes import", lambda p: _edit(p, "mr/util.py", "text.lower()", "text.casefold()"), {}, set()),
+    ("helper reached through a module attribute", lambda p: _edit(p, "mr/util.py", "n * SCALE", "SCALE * n"), {}, {"F"}),
+    ("constant a helper reads", lambda p: _edit(p, "mr/util.py", "SCALE = 2", "SCALE = 1 + 1"), {}, {"F"}),
     ("model file", lambda p: (p.root / "models/m/weights.bin").write_bytes(bytes(range(201))), {}, {"E"}),
     ("declared fingerprint field", lambda p: None, {"BUILDSYS_FINGERPRINT_OVERRIDE": "torch=9.9.9"}, {"D"}),
     ("undeclared fingerprint field", lambda p: None, {"BUILDSYS_FINGERPRINT_OVERRIDE": "pymeshlab=0.0"}, set()),
@@ -119,7 +143,7 @@ CHANGES = [
 @pytest.mark.parametrize("name, change, env, expected", CHANGES, ids=[c[0] for c in CHANGES])
 def test_change_rebuilds_exactly_its_dependents(project: Project, name, change, env, expected):
     _setup(project)
-    assert _executed(project) == {"A", "B", "C", "D", "E"}
+    assert _executed(project) == {"A", "B", "C", "D", "E", "F"}
     change(project)
     assert _executed(project, env) == expected
     if not env:
@@ -160,5 +184,89 @@ def test_plan_runs_nothing_and_says_why(project: Project):
     result = project.cli("plan")
     assert result.code == 0, result.stderr
     assert "would run  asset/D" in result.stdout and "inputs.src" in result.stdout
-    assert "1 of 5 stages would run" in result.stdout
+    assert "1 of 6 stages would run" in result.stdout
     assert _executed(project) == {"D"}
+
+
+def test_explain_names_the_edited_definition(project: Project):
+    _setup(project)
+    _executed(project)
+    _edit(project, "mr/util.py", "text.upper()", "text.upper() + ''")
+    text = project.cli("explain", "asset")
+    assert text.code == 0, text.stderr
+    assert "asset/B: would rebuild" in text.stdout and "recipe code: mr.util:shout changed" in text.stdout, text.stdout
+    changes = {e["stage"]: e["changes"] for e in json.loads(project.cli("explain", "asset", "--json").stdout)}
+    assert {c["component"] for c in changes["asset/B"]} == {"recipe.code", "recipe.reaches.mr.util:shout"}
+    assert changes["asset/F"] == []
+    assert _executed(project) == {"B"}
+    after = project.cli("explain", "asset").stdout
+    assert "asset/B: rebuilt in the last build" in after and "recipe code: mr.util:shout changed" in after
+
+
+def _distribution(site, name: str, version: str, files: dict[str, str], requires: tuple[str, ...] = (), top_level: bool = False) -> None:
+    """An installed distribution as pip lays one out: its files, and NAME-VERSION.dist-info with
+    METADATA and RECORD (and top_level.txt, which setuptools writes and other backends do not)."""
+    for old in site.glob(f"{name}-*.dist-info"):
+        for path in old.iterdir():
+            path.unlink()
+        old.rmdir()
+    meta = site / f"{name}-{version}.dist-info"
+    meta.mkdir(parents=True)
+    for rel, text in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(text)
+    headers = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)]
+    (meta / "METADATA").write_text("\n".join(headers) + "\n\nA long description.\nRequires-Dist: not-a-header\n")
+    (meta / "RECORD").write_text("".join(f"{rel},,\n" for rel in [*files, f"{meta.name}/METADATA", f"{meta.name}/RECORD"]))
+    if top_level:
+        (meta / "top_level.txt").write_text("\n".join(sorted({rel.split("/")[0].removesuffix(".py") for rel in files})) + "\n")
+
+
+LIBRARY_RECIPES = {
+    "lr/__init__.py": "",
+    "lr/g.py": '''
+        from buildsys.context import StageContext
+
+        def run(ctx: StageContext) -> None:
+            import fakemesh  # inside the function, as recipes import heavy libraries
+            try:
+                import fakeopt
+            except ImportError:
+                fakeopt = None
+            (ctx.out / "g.txt").write_text(f"{fakemesh.weld(3)} {fakeopt is None}")
+    ''',
+    "lr/h.py": '''
+        import json
+        from buildsys.context import StageContext
+
+        def run(ctx: StageContext) -> None:
+            (ctx.out / "h.json").write_text(json.dumps(ctx.params))
+    ''',
+}
+
+
+def test_library_versions_enter_the_key_of_the_stages_that_import_them(project: Project):
+    """The versions of what a recipe imports (and what that requires, transitively) are in its
+    key without any declared fingerprint field; a module that is not installed is too."""
+    site = project.root / "site"
+    _distribution(site, "fakemesh", "1.0", {"fakemesh.py": "import fakecore\ndef weld(n):\n    return fakecore.twice(n)\n"},
+                  requires=("fakecore>=2", 'fakedocs; extra == "docs"'))
+    _distribution(site, "fakecore", "2.0", {"fakecore/__init__.py": "def twice(n):\n    return 2 * n\n"}, top_level=True)
+    _distribution(site, "fakedocs", "0.1", {"fakedocs.py": ""})
+    for rel, text in LIBRARY_RECIPES.items():
+        project.write(rel, text)
+    project.buildfile_text('[targets.t.stages.G]\nrecipe = "lr.g:run"\n[targets.t.stages.H]\nrecipe = "lr.h:run"\n')
+    env = {"PYTHONPATH": str(site)}
+    assert _executed(project, env) == {"G", "H"}
+    assert (project.root / "out/t/G/g.txt").read_text() == "6 True"
+    assert _executed(project, env) == set()
+    _distribution(site, "fakecore", "2.1", {"fakecore/__init__.py": "def twice(n):\n    return 2 * n\n"}, top_level=True)
+    changes = {e["stage"]: e["changes"] for e in json.loads(project.cli("explain", "t", "--json", env=env).stdout)}
+    assert changes["t/G"] == [{"component": "recipe.libraries.fakecore", "old": "2.0", "new": "2.1"}]
+    assert "library fakecore: 2.0 -> 2.1" in project.cli("plan", env=env).stdout
+    assert _executed(project, env) == {"G"}
+    _distribution(site, "fakeopt", "0.3", {"fakeopt.py": ""})
+    changes = {e["stage"]: e["changes"] for e in json.loads(project.cli("explain", "t", "--json", env=env).stdout)}
+    assert changes["t/G"] == [{"component": "recipe.libraries.fakeopt", "old": "not installed", "new": "0.3"}]
+    assert _executed(project, env) == {"G"}
+    assert (project.root / "out/t/G/g.txt").read_text() == "6 False"

@@ -2,8 +2,9 @@
 
 The resolver knows how to turn every kind of input reference into a tree digest (upstream
 outputs, source files, package files, approved renders, models) and a stage into its action
-description. It holds per-process memos so a recipe's code closure or a source glob is worked
-out once per build, and it never imports a heavy library.
+description. It holds per-process memos so a recipe's identity or a source glob is worked out
+once per build (identities are also kept between builds, :mod:`buildsys.build.identities`), and
+it never imports a heavy library.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from buildsys.build.identities import IdentityCache
 from buildsys.build.sources import (
     SourceError,
     ingest_cached,
@@ -25,7 +27,7 @@ from buildsys.errors import BuildsysError
 from buildsys.keys.action import action_key, describe
 from buildsys.keys.fingerprint import Fingerprint
 from buildsys.keys.hashing import Digest
-from buildsys.keys.identity import recipe_code_digest
+from buildsys.keys.identity import RecipeIdentity
 from buildsys.keys.tree import Manifest
 from buildsys.project.buildfile import InputRef, ModelSpec, Project, StageSpec
 from buildsys.store.batch import BlobBatch
@@ -59,20 +61,22 @@ def default_threads(project: Project, jobs: int) -> int:
 
 
 class Resolver:
-    def __init__(self, project: Project, store: LocalStore, stat_cache: StatCache, fingerprint: Fingerprint, threads: int) -> None:
+    def __init__(self, project: Project, store: LocalStore, stat_cache: StatCache, fingerprint: Fingerprint, threads: int,
+                 identities: IdentityCache) -> None:
         self.project = project
+        self.identities = identities
         self.store = store
         self.stat_cache = stat_cache
         self.fingerprint = fingerprint
         self.threads = threads
-        self._code: dict[str, Digest] = {}
+        self._identities: dict[str, RecipeIdentity] = {}
         self._sources: dict[InputRef, Digest] = {}
         self._models: dict[str, Digest] = {}
 
-    def code_digest(self, recipe: str) -> Digest:
-        if recipe not in self._code:
-            self._code[recipe] = recipe_code_digest(recipe, self.project.recipe_path, lambda p: self.stat_cache.digest(p)[0])
-        return self._code[recipe]
+    def identity(self, recipe: str) -> RecipeIdentity:
+        if recipe not in self._identities:
+            self._identities[recipe] = self.identities.identity(recipe, self.project.recipe_path)
+        return self._identities[recipe]
 
     def source_tree(self, ref: InputRef, where: str, batch: BlobBatch | None = None) -> Digest:
         if ref not in self._sources:
@@ -178,10 +182,13 @@ class Resolver:
         inputs = self.input_trees(spec, trees)
         model = self.model_tree(self.project.models[spec.model], trees) if spec.model else None
         device = resolve_device(spec.device)
+        identity = self.identity(spec.recipe)
         description = describe(
             stage=spec.name,
             recipe=spec.recipe,
-            code=self.code_digest(spec.recipe),
+            code=identity.code,
+            reaches=identity.reaches,
+            libraries=identity.libraries,
             inputs=inputs,
             params=spec.params,
             seed=spec.seed,

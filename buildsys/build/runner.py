@@ -15,6 +15,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from buildsys.build.resolver import Resolved
 from buildsys.execution.executor import Executor, Job, JobOutcome
@@ -56,11 +57,14 @@ def run_action(
     record: bool = True,
     umask: int = 0o022,
     sandboxes: SandboxPool | None = None,
+    trace: dict[str, Any] | None = None,
 ) -> RunOutcome:
     """Run one action in an empty sandbox from ``sandboxes`` (default: a new one under the
     store's ``tmp/``). ``record=False`` (verify) leaves the action cache untouched and only
     returns the output tree; ``umask`` and ``sandboxes`` (a pool in another folder on the
-    store's filesystem) let verify vary what must not matter."""
+    store's filesystem) let verify vary what must not matter; ``trace`` asks the worker to record
+    the stage's torch calls (``verify --bisect``, :mod:`buildsys.execution.trace`), in a fresh
+    worker."""
     spec = resolved.spec
     pool = sandboxes or SandboxPool(store.tmp)
     layout = {name: store.get_tree(tree) for name, tree in resolved.inputs.items()}
@@ -99,7 +103,8 @@ def run_action(
             tmp=f"{root}/tmp",
             log=log_path,
             umask=umask,
-            isolated=spec.isolate,
+            isolated=spec.isolate or trace is not None,
+            trace=trace,
         )
         outcome = executor.run(job)
         outcome.error = outcome.error and project_paths(outcome.error, root, spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from buildsys.build.identities import IdentityCache
 from buildsys.build.resolver import Resolver, default_threads
 from buildsys.errors import BuildsysError
 from buildsys.keys.fingerprint import Fingerprint, from_environment
@@ -25,7 +26,8 @@ class Session:
         self.fingerprint: Fingerprint = from_environment()
         self.jobs = jobs or self.project.jobs
         self.threads = default_threads(self.project, self.jobs)
-        self.resolver = Resolver(self.project, self.store, self.stat_cache, self.fingerprint, self.threads)
+        self.identities = IdentityCache(self.store.root / "identities", self.store.tmp)
+        self.resolver = Resolver(self.project, self.store, self.stat_cache, self.fingerprint, self.threads, self.identities)
 
     def targets(self, names: tuple[str, ...] | list[str]) -> list[str]:
         """The named targets (all of them when none is named), checked to exist."""
@@ -41,6 +43,7 @@ class Session:
 
     def close(self) -> None:
         self.stat_cache.save()
+        self.identities.save()
 
     def __enter__(self) -> "Session":
         return self

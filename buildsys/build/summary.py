@@ -8,6 +8,7 @@ import click
 
 from buildsys.build.scheduler import WOULD_RUN, BuildReport
 from buildsys.build.session import Session
+from buildsys.keys.action import change_text
 
 
 def print_summary(report: BuildReport, session: Session, json_output: bool, verbose: bool = False) -> None:
@@ -72,7 +73,7 @@ def print_plan(report: BuildReport, json_output: bool) -> None:
             if stage.error:
                 click.echo(f"    {stage.error}")
             for path, old, new in stage.reason:
-                click.echo(f"    {path}: {_show(old)} -> {_show(new)}")
+                click.echo(f"    {change_text(path, old, new, _show)}")
         elif stage.status == "failed":
             click.echo(f"error      {sid}: {stage.error}")
         else:

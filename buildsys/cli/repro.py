@@ -65,6 +65,8 @@ def _project_store(buildfile: Path):
 @click.option("--vary", help="Change what must not matter: threads,env,cwd,tz,umask,hashseed (or all).")
 @click.option("--repeat", type=click.IntRange(1), default=1, show_default=True,
               help="Replay each stage up to N times (a nondeterministic stage can match once by chance).")
+@click.option("--bisect", type=click.Choice(["modules", "ops"]), is_flag=False, flag_value="modules", default=None,
+              help="Trace a divergent torch stage: name the first module (--bisect ops: aten op) whose output differs.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True, help="Stages replayed at once.")
 @click.option("--recipe-path", "recipe_paths", multiple=True, type=click.Path(path_type=Path, file_okay=False),
               help="Bundle mode: a folder of recipe code (repeatable); the Buildfile's recipe_path is added when it exists.")
@@ -73,7 +75,7 @@ def _project_store(buildfile: Path):
               help="Write a review page (pictures embedded). The report is also kept in the store for 'report --html'.")
 @click.option("--assets", "assets_path", type=click.Path(path_type=Path, file_okay=False), help="Keep diff assets (heat maps) in this folder.")
 @handled
-def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat: int, jobs: int, recipe_paths: tuple[Path, ...],
+def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat: int, bisect: str | None, jobs: int, recipe_paths: tuple[Path, ...],
            json_output: bool, html_path: Path | None, assets_path: Path | None) -> None:
     """Rebuild TARGETS (default: every target, as build does) or a hand-off BUNDLE directory from
     recorded inputs and compare bitwise.
@@ -96,13 +98,13 @@ def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat:
                 from buildsys.project.buildfile import load
 
                 roots += load(buildfile, check_recipes=False).recipe_path
-            report = verify_bundle(Path(bundles[0]), [p.resolve() for p in roots], variation, jobs, assets_dir, repeat)
+            report = verify_bundle(Path(bundles[0]), [p.resolve() for p in roots], variation, jobs, assets_dir, repeat, bisect)
             store = _project_store(buildfile)
             if store is not None:
                 _keep(store, "verify", report.subject, report.to_dict(), report.exit_code, assets_dir)
         else:
             with open_session(buildfile) as session:
-                report = verify_targets(session, session.targets(subjects), variation, jobs, assets_dir, repeat)
+                report = verify_targets(session, session.targets(subjects), variation, jobs, assets_dir, repeat, bisect)
                 _keep(session.store, "verify", report.subject, report.to_dict(), report.exit_code, assets_dir)
         _emit_html(html_path, "verify", report.to_dict(), assets_dir, f"buildsys verify {report.subject}")
     finally:

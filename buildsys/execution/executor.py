@@ -50,6 +50,7 @@ class Job:
     log: str
     umask: int = 0o022
     isolated: bool = False
+    trace: dict[str, Any] | None = None
 
     def message(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("action", "isolated")}

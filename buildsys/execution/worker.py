@@ -73,9 +73,11 @@ class _Progress:
         self.channel = channel
         self.last = 0.0
         self.iterations = 0
+        self.done = 0
 
     def __call__(self, done: int, total: int | None, message: str) -> None:
         self.iterations = max(self.iterations, done)
+        self.done = done
         now = time.monotonic()
         if now - self.last >= PROGRESS_INTERVAL_S or (total is not None and done >= total):
             self.last = now
@@ -177,8 +179,23 @@ def _run_recipe(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
         threads=job["threads"],
         report=progress,
     )
-    function(context)
+    if job.get("trace"):
+        _traced(function, context, job["trace"], progress)
+    else:
+        function(context)
     return {"iterations": progress.iterations, "warnings": context.warnings}
+
+
+def _traced(function: Callable[[StageContext], None], context: StageContext, trace: dict[str, Any], progress: _Progress) -> None:
+    """``verify --bisect`` only: nothing is hooked, nor the recorder imported, in other jobs."""
+    from buildsys.execution.trace import Recorder
+
+    recorder = Recorder(trace, lambda: progress.done)
+    recorder.start()
+    try:
+        function(context)
+    finally:
+        recorder.stop()
 
 
 def main() -> None:

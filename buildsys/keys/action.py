@@ -4,7 +4,11 @@ The description of an action (format ``ACTION_VERSION``) is the map::
 
     v            ACTION_VERSION: bumped when the engine changes what a recipe sees
     stage        the stage name (seeds are derived from it)
-    recipe       {"ref": "module:function", "code": digest of the recipe's code closure}
+    recipe       {"ref": "module:function", "code": digest of ``reaches``,
+                  "reaches": {"module:name": digest of the source of each definition the recipe
+                              function reaches}, "libraries": {distribution: version} of the
+                  libraries that code imports, with their requirements, transitively}
+                 (:mod:`buildsys.keys.identity`)
     inputs       {input name: tree digest}
     params       the stage's params, as written in the Buildfile after overrides
     seed         the action's seed
@@ -25,11 +29,11 @@ output. The action key is the BLAKE3 digest of the canonical encoding of this ma
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from buildsys.keys.hashing import Digest, digest_value
 
-ACTION_VERSION = 1
+ACTION_VERSION = 2
 MODES = ("deterministic", "strict", "stochastic")
 """The determinism modes an action runs in (the contract is in :mod:`buildsys.determinism`)."""
 DETERMINISTIC_MODES = ("deterministic", "strict")
@@ -41,6 +45,8 @@ def describe(
     stage: str,
     recipe: str,
     code: Digest,
+    reaches: dict[str, Digest],
+    libraries: dict[str, str],
     inputs: dict[str, Digest],
     params: dict[str, Any],
     seed: int,
@@ -54,7 +60,7 @@ def describe(
     return {
         "v": ACTION_VERSION,
         "stage": stage,
-        "recipe": {"ref": recipe, "code": code},
+        "recipe": {"ref": recipe, "code": code, "reaches": reaches, "libraries": libraries},
         "inputs": dict(sorted(inputs.items())),
         "params": params,
         "seed": seed,
@@ -90,3 +96,15 @@ def changed_components(old: dict[str, Any] | None, new: dict[str, Any], prefix: 
     if old != new:
         changes.append((prefix, old, new))
     return changes
+
+
+def change_text(path: str, old: Any, new: Any, show: Callable[[Any], str]) -> str:
+    """One changed component for people: a recipe definition by name (``recipe code:
+    recipes.geometry:sample_grid changed``), a library by its versions, anything else as
+    ``path: old -> new`` with ``show`` for the values."""
+    if path.startswith("recipe.reaches."):
+        what = "added" if old is None else "removed" if new is None else "changed"
+        return f"recipe code: {path.removeprefix('recipe.reaches.')} {what}"
+    if path.startswith("recipe.libraries."):
+        return f"library {path.removeprefix('recipe.libraries.')}: {old or 'absent'} -> {new or 'absent'}"
+    return f"{path}: {show(old)} -> {show(new)}"

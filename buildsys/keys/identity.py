@@ -1,12 +1,18 @@
-"""A recipe's identity: ``module:function`` plus a digest of the code it runs.
+"""A recipe's identity: ``module:function``, the code that function reaches, and the versions
+of the libraries that code imports.
 
-The code digest covers the recipe's module and, transitively, every module it imports that
-lives in the same top-level package or under the project's recipe path, found by reading
-import statements with ``ast`` (nothing is imported, so planning never loads torch). Editing a
-helper module that a recipe imports therefore rebuilds that recipe's stages and no others.
-Third-party libraries are not hashed: their versions are fingerprint fields. buildsys itself is
-not hashed either: what of the engine can change a recipe's bytes (seed derivation, the context)
-is versioned by ``ACTION_VERSION`` in the action description.
+The code is what :mod:`buildsys.keys.reach` finds by reading the recipe's source with ``ast``
+(nothing is imported, so planning never loads torch): the source text of every function, class,
+constant and top-level statement of local code the recipe function can run, keyed by
+``module:name``. Its digest is ``recipe.code`` in the action description, and the map itself is
+``recipe.reaches``, so ``explain`` and ``diff`` name the definition that changed. Editing a helper
+rebuilds the stages whose recipes reach it, and no others.
+
+The libraries are the distributions that provide the third-party modules that code imports, with
+everything they require, transitively (:mod:`buildsys.keys.distributions`): ``recipe.libraries``,
+``{distribution: version}``. buildsys itself is not hashed: what of the engine can change a
+recipe's bytes (seed derivation, the context) is versioned by ``ACTION_VERSION``. Declared
+fingerprint fields remain for facts of the machine (GPU, driver, threads, CPU).
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from __future__ import annotations
 import ast
 import importlib.util
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
+from buildsys.keys.distributions import STDLIB, library_versions, origin
 from buildsys.keys.hashing import Digest, digest_value
+from buildsys.keys.reach import ModuleSource, ReachError, find_module, parse_module, walk
 
 
 class RecipeNotFound(LookupError):
@@ -25,22 +32,17 @@ class RecipeNotFound(LookupError):
 
 
 @dataclass(frozen=True)
-class ModuleSource:
-    name: str
-    path: Path
-    is_package: bool
+class RecipeIdentity:
+    """``code`` is the digest of ``reaches`` ({``module:name``: digest of its source});
+    ``modules``: the local modules involved, name -> file (what a bundle must carry);
+    ``folders``: where modules were looked for (a module created there can change the walk)."""
 
-
-def find_module(name: str, roots: tuple[Path, ...]) -> ModuleSource | None:
-    """Locate a module's source file under ``roots``, reading the file system only."""
-    parts = name.split(".")
-    for root in roots:
-        base = root.joinpath(*parts)
-        if (base / "__init__.py").is_file():
-            return ModuleSource(name, base / "__init__.py", True)
-        if base.with_suffix(".py").is_file():
-            return ModuleSource(name, base.with_suffix(".py"), False)
-    return None
+    ref: str
+    code: Digest
+    reaches: dict[str, Digest]
+    libraries: dict[str, str]
+    modules: dict[str, Path]
+    folders: tuple[Path, ...] = ()
 
 
 def search_roots(module_name: str, roots: list[Path] | tuple[Path, ...]) -> tuple[Path, ...]:
@@ -55,19 +57,9 @@ def search_roots(module_name: str, roots: list[Path] | tuple[Path, ...]) -> tupl
         spec = None
     if spec is None or not spec.origin:
         return tuple(roots)
-    origin = Path(spec.origin)
-    folder = origin.parent.parent if origin.name == "__init__.py" else origin.parent
+    found = Path(spec.origin)
+    folder = found.parent.parent if found.name == "__init__.py" else found.parent
     return (*roots, folder)
-
-
-@lru_cache(maxsize=None)
-def _parse(path: Path, mtime_ns: int, size: int) -> ast.Module:
-    return ast.parse(path.read_bytes(), filename=str(path))
-
-
-def _tree(path: Path) -> ast.Module:
-    st = path.stat()
-    return _parse(path, st.st_mtime_ns, st.st_size)
 
 
 def check_recipe(ref: str, roots: list[Path]) -> ModuleSource:
@@ -77,9 +69,9 @@ def check_recipe(ref: str, roots: list[Path]) -> ModuleSource:
     if source is None:
         raise RecipeNotFound(f"no module {module_name!r} on the recipe path ({', '.join(str(r) for r in roots)}) or sys.path")
     try:
-        tree = _tree(source.path)
-    except SyntaxError as exc:
-        raise RecipeNotFound(f"{source.path}:{exc.lineno}: syntax error in recipe module: {exc.msg}") from None
+        tree = parse_module(source).tree
+    except ReachError as exc:
+        raise RecipeNotFound(str(exc)) from None
     names = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
     names |= {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
     names |= {a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom) for a in node.names}
@@ -88,66 +80,36 @@ def check_recipe(ref: str, roots: list[Path]) -> ModuleSource:
     return source
 
 
-def _statements(body: list[ast.stmt]):
-    """Every statement, nested ones included (imports are statements, so the expressions, most
-    of a module's nodes, are never visited)."""
-    for node in body:
-        yield node
-        for name in ("body", "orelse", "finalbody"):
-            yield from _statements(getattr(node, name, None) or [])
-        for handler in getattr(node, "handlers", None) or []:
-            yield from _statements(handler.body)
-        for case in getattr(node, "cases", None) or []:
-            yield from _statements(case.body)
+def _source_root(top: str) -> Path | None:
+    """A folder to read ``top`` from as code: source no distribution owns, or an editable one."""
+    found = origin(top)
+    return found.root if found.kind == "source" else None
 
 
-def _imports(source: ModuleSource) -> set[str]:
-    package = source.name if source.is_package else source.name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in _statements(_tree(source.path).body):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base_parts = package.split(".") if package else []
-                base_parts = base_parts[: len(base_parts) - (node.level - 1)] if node.level > 1 else base_parts
-                base = ".".join(base_parts + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            if base:
-                found.add(base)
-                found |= {f"{base}.{alias.name}" for alias in node.names}
-    return found
+def recipe_identity(ref: str, roots: list[Path] | tuple[Path, ...]) -> RecipeIdentity:
+    module_name, function = ref.split(":")
+    try:
+        reached = walk(module_name, function, search_roots(module_name, roots), _source_root)
+    except ReachError as exc:
+        raise RecipeNotFound(f"{ref}: {exc}") from None
+    reaches = reached.digests()
+    libraries = library_versions(frozenset(t for t in reached.libraries if t not in STDLIB))
+    modules = dict(sorted(reached.modules.items()))
+    folders = tuple(dict.fromkeys([*reached.roots, *(path.parent for path in modules.values())]))
+    return RecipeIdentity(ref, digest_value(reaches), reaches, libraries, modules, folders)
 
 
-def code_closure(module_name: str, roots: tuple[Path, ...]) -> dict[str, Path]:
-    """The recipe module and the modules it imports from the recipe path or its own top-level
-    package, transitively: name -> file."""
-    roots = search_roots(module_name, roots)
-    start = find_module(module_name, roots)
-    if start is None:
-        raise RecipeNotFound(f"no module {module_name!r}")
-    closure: dict[str, Path] = {}
-    pending = [start]
-    while pending:
-        source = pending.pop()
-        if source.name in closure:
-            continue
-        closure[source.name] = source.path
-        for name in sorted(_imports(source)):
-            if name in closure or name.split(".")[0] == "buildsys":
-                continue
-            found = find_module(name, roots)
-            if found is not None:
-                pending.append(found)
-    return closure
 
 
-def recipe_code_digest(ref: str, roots: list[Path], file_digest) -> Digest:
-    """Digest of every source file in the recipe's closure, keyed by module name (not path, so
-    the same code in two checkouts has the same identity). ``file_digest(path)`` comes from the
-    stat cache, so an unchanged file is never re-read."""
-    module_name = ref.split(":")[0]
-    closure = code_closure(module_name, tuple(roots))
-    return digest_value({name: file_digest(path) for name, path in sorted(closure.items())})
-
+def reaches_changes(old: dict[str, Digest], new: dict[str, Digest]) -> list[str]:
+    """``module:name changed|added|removed`` for each definition two identities differ in: what
+    ``explain``, ``diff`` and ``verify`` say instead of two code digests."""
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            changes.append(f"{name} added")
+        elif name not in new:
+            changes.append(f"{name} removed")
+        elif old[name] != new[name]:
+            changes.append(f"{name} changed")
+    return changes

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from buildsys.artifacts import LabeledTreeDiff, TreeDiff, diff_directories
 from buildsys.errors import BuildsysError
-from buildsys.keys.action import changed_components
+from buildsys.keys.action import change_text, changed_components
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest, is_digest
 from buildsys.store.local import LocalStore, StoreError
@@ -35,7 +35,7 @@ from buildsys.store.local import LocalStore, StoreError
 SAME, NONDETERMINISM, INPUT, ENVIRONMENT, CHANGED, ONLY_A, ONLY_B = (
     "same", "nondeterminism", "input changed", "environment changed", "changed", "only in A", "only in B",
 )
-ENVIRONMENT_COMPONENTS = ("fingerprint", "device")
+ENVIRONMENT_COMPONENTS = ("fingerprint", "device", "recipe.libraries")
 SHORTCUT = re.compile(r"^(?P<target>[A-Za-z0-9][A-Za-z0-9_.-]*)@-(?P<n>[1-9][0-9]*)$")
 
 
@@ -178,8 +178,8 @@ def classify(changes: list[tuple[str, Any, Any]]) -> str:
     """input changed unless every differing component is an environment one."""
     if not changes:
         return CHANGED
-    tops = {path.split(".")[0] for path, _, _ in changes}
-    return ENVIRONMENT if tops <= set(ENVIRONMENT_COMPONENTS) else INPUT
+    environment = all(any(path == c or path.startswith(c + ".") for c in ENVIRONMENT_COMPONENTS) for path, _, _ in changes)
+    return ENVIRONMENT if environment else INPUT
 
 
 def compare_sides(a: BuildSide, b: BuildSide, assets_dir: Path | None = None, with_diff: bool = True) -> BuildComparison:
@@ -249,7 +249,7 @@ def render_comparison(result: BuildComparison) -> str:
         out = "same output" if s.tree_a == s.tree_b else "output differs"
         lines.append(f"  {s.verdict:<20} {s.stage}  ({key}, {out})")
         for path, old, new in s.changes:
-            lines.append(f"      {path}: {_short(old)} -> {_short(new)}")
+            lines.append(f"      {change_text(path, old, new, _short)}")
         if s.note:
             lines.append(f"      note: {s.note}")
     diffs = [LabeledTreeDiff(s.stage, s.diff, s.verdict) for s in result.stages if s.diff is not None and not s.diff.identical]

@@ -35,6 +35,7 @@ class StageVerdict:
     diff: TreeDiff | None = None
     replays: int = 0
     under: list[str] | None = None
+    bisect: dict[str, Any] | None = None
 
     @property
     def failing(self) -> bool:
@@ -61,6 +62,7 @@ class StageVerdict:
             "error": self.error,
             "replays": self.replays,
             "under": self.under,
+            "bisect": self.bisect,
             "diff": self.diff.to_json_dict() if self.diff is not None else None,
         }
 
@@ -138,6 +140,7 @@ def verdict_text(v: StageVerdict) -> str:
 def render_report(report: VerifyReport) -> str:
     """Text for people: one line per stage, then the artifact diff of each divergent one."""
     from buildsys.artifacts import render_text
+    from buildsys.repro.bisect import render_bisect
 
     header = f"verify {report.subject}" + (f" (vary: {', '.join(report.vary)})" if report.vary else "")
     lines = [header + (f" (each stage replayed up to {report.repeat} times)" if report.repeat > 1 else "")]
@@ -145,6 +148,8 @@ def render_report(report: VerifyReport) -> str:
     for v in report.stages:
         lines.append(f"  {v.status.upper():<10} {v.stage} [{v.mode}]" + (f"  {verdict_text(v)}" if v.status != REPRODUCED else ""))
         lines.extend(f"             note: {n}" for n in v.notes)
+        if v.bisect is not None:
+            lines.extend(f"             {line}" for line in render_bisect(v.bisect))
     first = report.first_divergent
     if first:
         lines.append(f"first divergent stage: {first}")

@@ -36,8 +36,10 @@ from buildsys.execution.sandbox import SandboxPool
 from buildsys.keys.action import action_key
 from buildsys.keys.encoding import decode
 from buildsys.keys.fingerprint import Fingerprint
-from buildsys.keys.hashing import Digest, digest_file
+from buildsys.keys.hashing import Digest
+from buildsys.keys.identity import RecipeIdentity, reaches_changes
 from buildsys.project.buildfile import StageSpec
+from buildsys.repro.bisect import bisect_stage
 from buildsys.repro.variation import VARIATIONS, Variation, VerifyError, provide_locale
 from buildsys.repro.verdicts import (
     DIVERGED,
@@ -126,20 +128,30 @@ def plan_targets(session: Any, targets: list[str]) -> list[StagePlan]:
         else:
             plan.notes.append(f"no action record: replaying with this session's thread count ({session.threads})")
         try:
-            code = session.resolver.code_digest(description["recipe"]["ref"])
+            plan.notes += identity_notes(description["recipe"], session.resolver.identity(description["recipe"]["ref"]), "recorded")
         except Exception as exc:  # noqa: BLE001 - a recipe that cannot be found is reported by the replay
-            code = None
             plan.notes.append(f"recipe code not found here: {exc}")
-        if code is not None and code != description["recipe"].get("code"):
-            plan.notes.append(
-                f"recipe code differs from the recorded one (recorded {str(description['recipe'].get('code'))[:12]}, "
-                f"installed {code[:12]}): a divergence may come from that edit"
-            )
         missing = [d for d in _needed_trees(description) if store.tree_missing(d)]
         if missing:
             plan.problem = f"recorded input trees are missing from the store (garbage-collected?): {missing[0][:12]}"
         plans.append(plan)
     return plans
+
+
+def identity_notes(recorded: dict[str, Any], installed: RecipeIdentity, whose: str) -> list[str]:
+    """What differs between a recorded recipe identity and the one installed here: the
+    definitions edited, added or removed, and the library versions; a divergence may come from
+    them."""
+    notes = []
+    if installed.code != recorded.get("code"):
+        changed = ", ".join(reaches_changes(recorded.get("reaches") or {}, installed.reaches)) or "its definitions are not recorded"
+        notes.append(f"recipe code installed here differs from the {whose} ({changed}): a divergence may come from that edit")
+    old_libraries = recorded.get("libraries") or {}
+    libraries = [f"{name} {old_libraries.get(name, 'absent')} -> {installed.libraries.get(name, 'absent')}"
+                 for name in sorted(set(old_libraries) | set(installed.libraries)) if old_libraries.get(name) != installed.libraries.get(name)]
+    if libraries:
+        notes.append(f"libraries installed here differ from the {whose}: {', '.join(libraries)}")
+    return notes
 
 
 def _needed_trees(description: dict[str, Any]) -> list[Digest]:
@@ -182,8 +194,10 @@ class Replayer:
             self._siblings[variation] = Replayer(self.store, self.fingerprint, self.recipe_path, variation, 1, self.assets_dir, self.locale_path)
         return self._siblings[variation]
 
-    def run(self, plan: StagePlan, inputs: dict[str, Digest] | None = None, model: Digest | None = None) -> tuple[Digest | None, str | None]:
-        """(rebuilt tree, error) of one action, on its recorded inputs unless others are given."""
+    def run(self, plan: StagePlan, inputs: dict[str, Digest] | None = None, model: Digest | None = None,
+            trace: dict[str, Any] | None = None) -> tuple[Digest | None, str | None]:
+        """(rebuilt tree, error) of one action, on its recorded inputs unless others are given;
+        ``trace``: record its torch calls (:mod:`buildsys.repro.bisect`)."""
         description = plan.description
         target = plan.stage.split("/")[0]
         spec = stage_spec(description, target, plan.seconds, plan.memory_mb)
@@ -201,7 +215,7 @@ class Replayer:
         try:
             run = run_action(
                 resolved, self.store, self.executor, self.fingerprint, self.recipe_path,
-                record=False, umask=self.variation.umask, sandboxes=sandboxes,
+                record=False, umask=self.variation.umask, sandboxes=sandboxes, trace=trace,
             )
         finally:
             sandboxes.close()
@@ -271,9 +285,11 @@ class StoreTrees(TreeSource):
             self.store.copy_blob_to(entry.digest, dest / rel, entry.executable)
 
 
-def replay_all(plans: list[StagePlan], replayer: Replayer, repeat: int = 1) -> list[StageVerdict]:
+def replay_all(plans: list[StagePlan], replayer: Replayer, repeat: int = 1, bisect: str | None = None) -> list[StageVerdict]:
     """Replay every plan (upstream first), each up to ``repeat`` times, and classify it; see the
-    module docstring. A divergence under a variation is attributed (:meth:`Replayer.attribute`)."""
+    module docstring. A divergence under a variation is attributed (:meth:`Replayer.attribute`);
+    with ``bisect`` (``modules`` or ``ops``) a divergent torch stage is traced
+    (:mod:`buildsys.repro.bisect`)."""
     producer_of: dict[Digest, str] = {}
     for plan in plans:
         producer_of.setdefault(plan.recorded_tree, plan.stage)
@@ -311,6 +327,10 @@ def replay_all(plans: list[StagePlan], replayer: Replayer, repeat: int = 1) -> l
                 verdict.notes.append(f"diverged on replay {verdict.replays} of up to {repeat}")
             if replayer.variation.names:
                 verdict.under = replayer.attribute(plan, repeat)
+            if bisect is not None:
+                verdict.bisect = bisect_stage(plan, replayer.sibling(Variation()), ops=bisect == "ops")
+            elif "torch" in (plan.description["recipe"].get("libraries") or {}):
+                verdict.notes.append("verify --bisect names the first torch module (or op, --bisect ops) whose output differs")
             verdict.diff = replayer.diff(plan.stage, plan.recorded_tree, rebuilt)
             root_cause[plan.stage] = cause or plan.stage
             continue
@@ -355,7 +375,7 @@ def _chained_inputs(plan: StagePlan, producer_of: dict[Digest, str], chained: di
 
 
 def verify_targets(session: Any, targets: list[str], variation: Variation, jobs: int = 1, assets_dir: Path | None = None,
-                   repeat: int = 1) -> VerifyReport:
+                   repeat: int = 1, bisect: str | None = None) -> VerifyReport:
     plans = plan_targets(session, targets)
     scratch = session.store.make_tmp_dir("verify-")
     try:
@@ -363,7 +383,7 @@ def verify_targets(session: Any, targets: list[str], variation: Variation, jobs:
         replayer = Replayer(session.store, session.fingerprint, session.project.recipe_path, variation, jobs, assets_dir, locale_path)
         try:
             with session.store.using():
-                verdicts = replay_all(plans, replayer, repeat)
+                verdicts = replay_all(plans, replayer, repeat, bisect)
         finally:
             replayer.close()
     finally:
@@ -374,11 +394,11 @@ def verify_targets(session: Any, targets: list[str], variation: Variation, jobs:
 
 
 def verify_bundle(bundle_dir: Path, recipe_path: list[Path], variation: Variation, jobs: int = 1, assets_dir: Path | None = None,
-                  repeat: int = 1) -> VerifyReport:
+                  repeat: int = 1, bisect: str | None = None) -> VerifyReport:
     """Check a bundle's integrity, then replay its replayable stages in an empty scratch store
     with the recipe code installed here. Nothing is written outside the scratch directory."""
     from buildsys.keys.fingerprint import from_environment
-    from buildsys.keys.identity import recipe_code_digest
+    from buildsys.keys.identity import recipe_identity
     from buildsys.repro.bundle import read_bundle
 
     bundle = read_bundle(bundle_dir)  # integrity first: raises BundleError naming file and field
@@ -393,15 +413,9 @@ def verify_bundle(bundle_dir: Path, recipe_path: list[Path], variation: Variatio
                 bundle.load_tree(tree, store)
             plan = StagePlan(stage.id, stage.key, stage.description, stage.output, stage.threads, stage.seconds, stage.memory_mb)
             try:
-                installed = recipe_code_digest(stage.description["recipe"]["ref"], recipe_path, lambda p: digest_file(p)[0])
+                plan.notes += identity_notes(stage.description["recipe"], recipe_identity(stage.description["recipe"]["ref"], recipe_path), "bundled build's")
             except Exception as exc:  # noqa: BLE001 - reported, the replay will fail and say why
-                installed = None
                 plan.notes.append(f"recipe {stage.description['recipe']['ref']} not found here: {exc}")
-            if installed is not None and installed != stage.description["recipe"]["code"]:
-                plan.notes.append(
-                    f"recipe code installed here ({installed[:12]}) differs from the bundled build's "
-                    f"({stage.description['recipe']['code'][:12]})"
-                )
             plans.append(plan)
         report_notes = [f"{len(bundle.files)} bundled files intact (digest and size match the lock)"]
         skipped = [s.id for s in bundle.lock.stages.values() if not s.replay]
@@ -411,7 +425,7 @@ def verify_bundle(bundle_dir: Path, recipe_path: list[Path], variation: Variatio
         report_notes += [note] if note else []
         replayer = Replayer(store, from_environment(), recipe_path, variation, jobs, assets_dir, locale_path)
         try:
-            verdicts = replay_all(plans, replayer, repeat)
+            verdicts = replay_all(plans, replayer, repeat, bisect)
         finally:
             replayer.close()
         return VerifyReport(str(bundle_dir.name), variation.to_list(), verdicts, assets_dir, report_notes, repeat)

@@ -14,6 +14,7 @@ Layout (format version 1, checked on open)::
     locks/actions           byte-range locks: one action executes at most once at a time
     lock                    flock: builds hold it shared, gc holds it exclusive
     statcache               the stat cache of source files, materialized outputs and sealed blobs
+    identities              recipe identities kept between builds (buildsys/build/identities.py)
     tmp/                    temp files and sandboxes; anything here is garbage after a crash
     unflushed/<boot>.*      journals of downloaded blobs moved in before they were durable
 
@@ -120,7 +121,7 @@ class GcReport:
 # what a store folder may hold before its FORMAT file exists: the files a user keeps in an
 # empty store folder, and what a store being created by another process (or a crashed one) has
 _LAYOUT_NAMES = frozenset(
-    {"README.md", ".gitignore", "FORMAT", "cas", "ac", "refs", "builds", "locks", "tmp", "lock", "statcache", "quarantine", "unflushed"}
+    {"README.md", ".gitignore", "FORMAT", "cas", "ac", "refs", "builds", "locks", "tmp", "lock", "statcache", "quarantine", "unflushed", "identities"}
 )
 
 

@@ -3,7 +3,9 @@
 For a stage that would run now: the key components that differ from the description recorded
 by the target's last build. For a stage the last build executed: the components that differ
 from the description before that. Components are paths into the action description
-(``params.prompt``, ``inputs.mesh``, ``recipe.code``, ``fingerprint.torch``...), old vs new.
+(``params.prompt``, ``inputs.mesh``, ``recipe.code``, ``fingerprint.torch``...), old vs new; a
+recipe edit is named by the definitions it changed (``recipe code: recipes.geometry:sample_grid
+changed``), a library upgrade by its versions.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import click
 
 from buildsys.build.scheduler import EXECUTED, WOULD_RUN, Builder, BuildReport
 from buildsys.build.session import Session
-from buildsys.keys.action import changed_components
+from buildsys.keys.action import change_text, changed_components
 from buildsys.keys.encoding import decode
 
 
@@ -77,4 +79,4 @@ def print_explanation(items: list[StageExplanation], json_output: bool) -> None:
     for item in items:
         click.echo(f"{item.stage}: {item.verdict}" + (f" ({item.note})" if item.note else ""))
         for path, old, new in item.changes:
-            click.echo(f"    {path}: {json.dumps(old, default=str)} -> {json.dumps(new, default=str)}")
+            click.echo(f"    {change_text(path, old, new, lambda value: json.dumps(value, default=str))}")
