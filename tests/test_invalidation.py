@@ -270,3 +270,17 @@ def test_library_versions_enter_the_key_of_the_stages_that_import_them(project: 
     assert changes["t/G"] == [{"component": "recipe.libraries.fakeopt", "old": "not installed", "new": "0.3"}]
     assert _executed(project, env) == {"G"}
     assert (project.root / "out/t/G/g.txt").read_text() == "6 False"
+
+
+def test_a_syntax_error_in_a_helper_names_the_file_and_loses_nothing(project: Project):
+    _setup(project)
+    _executed(project)
+    before = (project.root / "out/asset/C/c.txt").read_bytes()
+    _edit(project, "mr/util.py", "def shout(text):", "def shout(text:")
+    result = project.build()
+    assert result.code == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert ".recipe: mr." in line and "mr/util.py:5: syntax error" in line, line
+    assert (project.root / "out/asset/C/c.txt").read_bytes() == before
+    _edit(project, "mr/util.py", "def shout(text:", "def shout(text):")
+    assert _executed(project) == set()

@@ -61,7 +61,8 @@ class IdentityCache:
             self.entries = {}
 
     def identity(self, ref: str, roots: list[Path]) -> RecipeIdentity:
-        key = "\0".join([ref, *map(str, roots), "", *sys.path])
+        path = [entry or os.getcwd() for entry in sys.path]  # "" is the working folder, whichever it is now
+        key = "\0".join([ref, *map(str, roots), "", *path])
         entry = self.entries.get(key)
         if isinstance(entry, dict):
             try:
@@ -71,7 +72,7 @@ class IdentityCache:
                 pass
         started = time.time_ns()
         identity = recipe_identity(ref, roots)
-        watched = [*map(str, identity.modules.values()), *map(str, identity.folders), *(p or os.getcwd() for p in sys.path)]
+        watched = [*map(str, identity.modules.values()), *map(str, identity.folders), *path]
         stats = [_stat(path) for path in dict.fromkeys(watched)]
         if all(stat[1] is None or stat[3] + RACY_NS < started for stat in stats):
             self.entries[key] = {"stats": stats, "identity": _encode(identity)}

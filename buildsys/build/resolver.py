@@ -27,7 +27,7 @@ from buildsys.errors import BuildsysError
 from buildsys.keys.action import action_key, describe
 from buildsys.keys.fingerprint import Fingerprint
 from buildsys.keys.hashing import Digest
-from buildsys.keys.identity import RecipeIdentity
+from buildsys.keys.identity import RecipeIdentity, RecipeNotFound
 from buildsys.keys.tree import Manifest
 from buildsys.project.buildfile import InputRef, ModelSpec, Project, StageSpec
 from buildsys.store.batch import BlobBatch
@@ -182,7 +182,10 @@ class Resolver:
         inputs = self.input_trees(spec, trees)
         model = self.model_tree(self.project.models[spec.model], trees) if spec.model else None
         device = resolve_device(spec.device)
-        identity = self.identity(spec.recipe)
+        try:
+            identity = self.identity(spec.recipe)
+        except RecipeNotFound as exc:
+            raise InputError(f"{self.project.file}: {spec.where}.recipe: {exc}") from None
         description = describe(
             stage=spec.name,
             recipe=spec.recipe,
