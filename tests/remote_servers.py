@@ -8,6 +8,9 @@ nginx serves (all under one temp prefix, files in ``<root>``)::
     /auth/     the same behind basic auth (user "ci", password "s3cret")
     /readonly/ the files of /cache/, GET and HEAD only (writes answer 403)
     /broken/   every request answers 500
+
+and, on a second port (``proxy_url``), forwards every request to the first, as an HTTP proxy
+would, logging what it forwarded.
 """
 
 from __future__ import annotations
@@ -96,6 +99,16 @@ http {{
             return 500;
         }}
     }}
+    server {{
+        listen 127.0.0.1:{proxy_port};
+        client_max_body_size 0;
+        access_log {prefix}/proxy.log plain;
+        location / {{
+            proxy_pass http://127.0.0.1:{port};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
 }}
 """
 
@@ -107,6 +120,7 @@ class NginxServer:
     prefix: Path
     workers: int = 1
     port: int = 0
+    proxy_port: int = 0
     proc: subprocess.Popen | None = None
 
     @property
@@ -117,6 +131,10 @@ class NginxServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
     def start(self) -> "NginxServer":
         binary = nginx_binary()
         if binary is None:
@@ -125,8 +143,9 @@ class NginxServer:
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         (self.prefix / "htpasswd").write_text(f"{NGINX_USER}:{{PLAIN}}{NGINX_PASSWORD}\n")
         self.port = self.port or free_port()
+        self.proxy_port = self.proxy_port or free_port()
         user = "user root;" if os.geteuid() == 0 else ""
-        conf = _NGINX_CONF.format(user=user, workers=self.workers, prefix=self.prefix, root=self.root, port=self.port)
+        conf = _NGINX_CONF.format(user=user, workers=self.workers, prefix=self.prefix, root=self.root, port=self.port, proxy_port=self.proxy_port)
         (self.prefix / "nginx.conf").write_text(conf)
         log = self.prefix / "error.log"
         self.proc = subprocess.Popen(
@@ -146,12 +165,12 @@ class NginxServer:
                 self.proc.kill()
                 self.proc.wait()
 
-    def requests(self) -> Counter:
+    def requests(self, log: str = "access.log") -> Counter:
         """Counts of (method, first path segment after the location, status) so far, e.g.
-        ``("PUT", "cas", 201)``, from the access log."""
+        ``("PUT", "cas", 201)``, from the access log (``proxy.log``: what the proxy forwarded)."""
         counts: Counter = Counter()
         time.sleep(0.05)  # nginx logs a request just after answering it
-        path = self.prefix / "access.log"
+        path = self.prefix / log
         if not path.exists():
             return counts
         for line in path.read_text().splitlines():
@@ -201,9 +220,12 @@ class MotoServer:
 
 @dataclass
 class SlowServer:
-    """An HTTP server that waits ``delay_s`` before answering 404 to anything."""
+    """An HTTP server that waits ``delay_s`` before answering 404 to anything; or, with
+    ``trickle``, answers 200 to anything one byte every ``delay_s`` seconds (status line,
+    headers and a 1 MiB body), for as long as the client listens."""
 
     delay_s: float
+    trickle: bool = False
     server: http.server.ThreadingHTTPServer | None = None
     hits: list[str] = field(default_factory=list)
 
@@ -218,15 +240,22 @@ class SlowServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def _slow(self) -> None:
                 outer.hits.append(f"{self.command} {self.path}")
-                time.sleep(outer.delay_s)
                 try:
+                    if outer.trickle:
+                        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n" + b"x" * (1 << 20)
+                        for byte in answer:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(outer.delay_s)
+                        return
+                    time.sleep(outer.delay_s)
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 except OSError:
                     pass
 
-            do_GET = do_HEAD = do_PUT = _slow
+            do_GET = do_HEAD = do_PUT = do_POST = _slow
 
             def log_message(self, *args) -> None:
                 pass
@@ -292,7 +321,19 @@ def moto_s3(moto_session: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 @pytest.fixture
 def slow_server() -> Iterator[SlowServer]:
-    server = SlowServer(delay_s=2.0).start()
+    """A server answering after 4 s: slower than any deadline the tests set (the stall rule
+    gives up after 1-2 s at timeout_s = 1: libcurl checks once a second)."""
+    server = SlowServer(delay_s=4.0).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def trickling_server() -> Iterator[SlowServer]:
+    """A server answering one byte a second."""
+    server = SlowServer(delay_s=1.0, trickle=True).start()
     try:
         yield server
     finally:

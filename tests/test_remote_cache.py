@@ -117,19 +117,32 @@ def test_read_only_never_writes(nginx: NginxServer, keys, tmp_path: Path) -> Non
     assert not any(m == "PUT" for (m, _, _) in nginx.requests())
 
 
-def test_unsigned_push_warns_once(tmp_path: Path, keys) -> None:
+def test_without_a_signing_key_nothing_is_pushed_and_the_advice_says_how_to_set_one_up(tmp_path: Path, keys, monkeypatch) -> None:
+    monkeypatch.setenv("BUILDSYS_CONFIG", str(tmp_path / "config.toml"))
     (tmp_path / "share").mkdir()
     a = LocalStore(tmp_path / "a")
     results = [make_action(a, {"f": str(i).encode()}, f"u{i}") for i in range(3)]
-    warnings: list[str] = []
-    cache = _cache(a, f"file://{tmp_path / 'share'}", RemoteSettings(), keys[1], None, warnings=warnings)
+    cache = _cache(a, f"file://{tmp_path / 'share'}", RemoteSettings(), keys[1], None)
     summary = cache.push_closure([r.key for r in results] + ["c" * 64])
-    assert summary.pushed == [r.key for r in results] and summary.not_local == ["c" * 64]
-    assert len([w for w in warnings if "unsigned" in w]) == 1
-    # the other machine ignores them
-    b_cache = _cache(LocalStore(tmp_path / "b"), f"file://{tmp_path / 'share'}", RemoteSettings(), keys[1])
-    assert b_cache.pull_action(results[0].key) is None
-    assert b_cache.stats.ignored_unsigned == 1
+    assert summary.pushed == [] and summary.failed == [r.key for r in results] and summary.not_local == ["c" * 64]
+    assert not (tmp_path / "share" / "ac").exists() and not (tmp_path / "share" / "cas").exists()
+    (advice,) = cache.stats.advice()
+    assert advice.startswith("3 results not pushed: no signing key") and "buildsys keys generate NAME" in advice and str(tmp_path / "config.toml") in advice
+    assert cache.stats.to_dict()["advice"] == [advice]
+
+
+def test_no_trusted_keys_reads_nothing_and_says_so(tmp_path: Path, keys, monkeypatch) -> None:
+    monkeypatch.setenv("BUILDSYS_CONFIG", str(tmp_path / "config.toml"))
+    (tmp_path / "share").mkdir()
+    signer, trusted = keys
+    a = LocalStore(tmp_path / "a")
+    result = make_action(a, {"f": b"1"}, "published")
+    assert _cache(a, f"file://{tmp_path / 'share'}", RemoteSettings(), trusted, signer).push_action(result.key)
+    from buildsys.remote.signing import TrustedKeys
+
+    blind = _cache(LocalStore(tmp_path / "b"), f"file://{tmp_path / 'share'}", RemoteSettings(), TrustedKeys(), None)
+    assert blind.pull_action(result.key) is None and blind.stats.misses == 1
+    assert any("no trusted keys" in line and "[trust] keys" in line for line in blind.stats.advice())
 
 
 def test_push_keeps_a_trusted_signature(tmp_path: Path, keys) -> None:
@@ -144,7 +157,8 @@ def test_push_keeps_a_trusted_signature(tmp_path: Path, keys) -> None:
     assert cache.push_action(result.key)
     from buildsys.store.records import ActionRecord
 
-    record = ActionRecord.decode((tmp_path / "share" / "ac" / result.key).read_bytes(), "test")
+    assert not (tmp_path / "share" / "ac" / me.key_id).exists()  # not re-signed into our place
+    record = ActionRecord.decode((tmp_path / "share" / "ac" / signer.key_id / result.key).read_bytes(), "test")
     assert record.signature["key"] == "ci-1" and trusted.verify(record).value == "ok"
 
 

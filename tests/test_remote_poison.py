@@ -1,6 +1,7 @@
-"""A poisoned remote (nginx WebDAV whose files are edited behind its back): untrusted, unsigned,
-forged and misfiled records, replaced, swapped and truncated blobs. None is used, each is
-counted and reported, and the local store stays clean."""
+"""A poisoned remote (nginx WebDAV whose files are edited behind its back): unsigned, forged and
+misfiled records in a trusted key's place, replaced, swapped and truncated blobs. None is used,
+each is counted and reported, and the local store stays clean. And a client pushing with
+another key, or with none, cannot displace a trusted key's records."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tests.remote_servers import NginxServer, make_action, nginx  # noqa: F401
 @pytest.fixture
 def world(nginx: NginxServer, tmp_path: Path):
     """(producer store, cache pushing to nginx with a trusted key, a fresh consumer cache,
-    the remote's folder, the untrusted signer, warnings list)."""
+    the folder of the trusted key's records on the remote, the untrusted signer, warnings list)."""
     generate_key("ci", tmp_path / "keys")
     generate_key("mallory", tmp_path / "keys")
     ci = Signer.load("ci", tmp_path / "keys")
@@ -47,6 +48,11 @@ def _publish(producer: LocalStore, push: RemoteCache, tag: str):
     return result
 
 
+def _record(root: Path, push: RemoteCache, key: str) -> Path:
+    """Where the remote's folder holds the record of ``key`` signed by the trusted key."""
+    return root / "ac" / push.signer.key_id / key
+
+
 def _overwrite(path: Path, data: bytes) -> None:
     os.chmod(path, 0o644)
     path.write_bytes(data)
@@ -60,20 +66,40 @@ def _assert_unused(pull: RemoteCache, key: str) -> None:
     assert pull.enabled  # a poisoned object is not a remote outage
 
 
-def test_untrusted_key(world) -> None:
+def test_record_signed_by_an_untrusted_key_in_a_trusted_place(world) -> None:
     producer, push, pull, root, mallory, warnings = world
     result = _publish(producer, push, "untrusted")
     forged = ActionRecord(result, mallory.sign(result))
-    _overwrite(root / "ac" / result.key, forged.encode())
+    _overwrite(_record(root, push, result.key), forged.encode())
     _assert_unused(pull, result.key)
-    assert pull.stats.ignored_untrusted == 1 and pull.stats.blobs_down == 0
-    assert any("untrusted key" in w and "mallory" in w for w in warnings)
+    assert pull.stats.bad_signature == 1 and pull.stats.blobs_down == 0
+    assert any("bad signature" in w and "place of key 'ci'" in w for w in warnings)
+
+
+def test_clients_with_another_key_or_none_cannot_displace_a_trusted_record(world, tmp_path: Path) -> None:
+    """The bug: a client without a signing key, or signing with another key, overwrote the
+    farm's signed record, and every machine trusting the farm rebuilt. Now the first pushes
+    nothing and the second pushes into its own key's place."""
+    producer, push, pull, root, mallory, _ = world
+    result = _publish(producer, push, "shared")
+    original = _record(root, push, result.key).read_bytes()
+    for signer in (None, mallory):
+        other = LocalStore(tmp_path / f"other-{signer.name if signer else 'none'}")
+        for digest in list(result.blobs()) + [e.digest for e in producer.get_tree(result.tree).values()]:
+            other.put_bytes(producer.read_bytes(digest))
+        other.put_action(ActionRecord(result, None))  # built there too: the same action, unsigned
+        cache = RemoteCache(other, open_remote(push.remote.describe(), RemoteSettings()), push.trusted, signer, False, 4, lambda m: None)
+        assert cache.push_action(result.key) is (signer is not None)
+        cache.close()
+    assert _record(root, push, result.key).read_bytes() == original
+    assert (root / "ac" / mallory.key_id / result.key).exists()
+    assert pull.pull_action(result.key) == result and pull.stats.pulled_actions == 1
 
 
 def test_unsigned(world) -> None:
     producer, push, pull, root, _, warnings = world
     result = _publish(producer, push, "unsigned")
-    _overwrite(root / "ac" / result.key, ActionRecord(result, None).encode())
+    _overwrite(_record(root, push, result.key), ActionRecord(result, None).encode())
     _assert_unused(pull, result.key)
     assert pull.stats.ignored_unsigned == 1 and pull.stats.blobs_down == 0
     assert any("unsigned" in w for w in warnings)
@@ -84,9 +110,9 @@ def test_tampered_result_fails_signature(world) -> None:
     producer, push, pull, root, _, _ = world
     result = _publish(producer, push, "tampered")
     evil = _publish(producer, push, "evil")
-    record = ActionRecord.decode((root / "ac" / result.key).read_bytes(), "test")
+    record = ActionRecord.decode((_record(root, push, result.key)).read_bytes(), "test")
     raw = record.result.to_dict() | {"tree": evil.tree}
-    _overwrite(root / "ac" / result.key, canonical_bytes({"result": raw, "signature": record.signature}))
+    _overwrite(_record(root, push, result.key), canonical_bytes({"result": raw, "signature": record.signature}))
     _assert_unused(pull, result.key)
     assert pull.stats.bad_signature == 1 and pull.stats.blobs_down == 0
 
@@ -94,7 +120,7 @@ def test_tampered_result_fails_signature(world) -> None:
 def test_garbage_signature(world) -> None:
     producer, push, pull, root, _, _ = world
     result = _publish(producer, push, "garbage")
-    _overwrite(root / "ac" / result.key, ActionRecord(result, {"key": "ci", "sig": "!!not base64"}).encode())
+    _overwrite(_record(root, push, result.key), ActionRecord(result, {"key": "ci", "sig": "!!not base64"}).encode())
     _assert_unused(pull, result.key)
     assert pull.stats.bad_signature == 1
 
@@ -104,7 +130,7 @@ def test_record_filed_under_another_key(world) -> None:
     producer, push, pull, root, _, _ = world
     honest = _publish(producer, push, "honest")
     victim = _publish(producer, push, "victim")
-    _overwrite(root / "ac" / victim.key, (root / "ac" / honest.key).read_bytes())
+    _overwrite(_record(root, push, victim.key), (_record(root, push, honest.key)).read_bytes())
     _assert_unused(pull, victim.key)
     assert pull.stats.bad_records == 1
 
@@ -112,7 +138,7 @@ def test_record_filed_under_another_key(world) -> None:
 def test_not_a_record(world) -> None:
     producer, push, pull, root, _, _ = world
     result = _publish(producer, push, "junk")
-    _overwrite(root / "ac" / result.key, b"<html>proxy error</html>")
+    _overwrite(_record(root, push, result.key), b"<html>proxy error</html>")
     _assert_unused(pull, result.key)
     assert pull.stats.bad_records == 1
 
@@ -167,7 +193,7 @@ def test_honest_record_still_pulls_after_poison(world) -> None:
     producer, push, pull, root, mallory, _ = world
     bad = _publish(producer, push, "bad")
     good = _publish(producer, push, "good")
-    _overwrite(root / "ac" / bad.key, ActionRecord(bad, mallory.sign(bad)).encode())
+    _overwrite(_record(root, push, bad.key), ActionRecord(bad, mallory.sign(bad)).encode())
     assert pull.pull_action(bad.key) is None
     assert pull.pull_action(good.key) == good
     assert pull.store.verify().clean and pull.stats.pulled_actions == 1

@@ -1,16 +1,13 @@
-"""Ed25519 signing of action results, key files, rotation, and the keys/remote CLI."""
+"""Ed25519 signing of action results, key files and rotation (the commands: test_remote_cli.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from buildsys.cli.remote import keys, remote
 from buildsys.remote.signing import (
     Signer,
     SigningError,
@@ -19,7 +16,6 @@ from buildsys.remote.signing import (
     generate_key,
 )
 from buildsys.store.records import ActionRecord, ActionResult
-from tests.remote_servers import NginxServer, nginx  # noqa: F401
 
 RESULT = ActionResult(key="1" * 64, description="2" * 64, tree="3" * 64, log=None, metrics={"wall_s": 2.0})
 
@@ -70,44 +66,14 @@ def test_loading_refuses_bad_key_files(tmp_path: Path) -> None:
         Signer.load("bad", tmp_path)
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("BUILDSYS_CONFIG", str(tmp_path / "config.toml"))
-    monkeypatch.setenv("BUILDSYS_KEYS_DIR", str(tmp_path / "keys"))
-    (tmp_path / "config.toml").write_text("")
-    return tmp_path
-
-
-def test_cli_keys_generate_and_list(env: Path) -> None:
-    runner = CliRunner()
-    out = runner.invoke(keys, ["generate", "alice-1"])
-    assert out.exit_code == 0, out.output
-    line = out.stdout.strip().splitlines()[0]
-    assert line.startswith("alice-1:")
-    name, pub = line.split(":", 1)
-    (env / "config.toml").write_text(f'[signing]\nkey = "alice-1"\n[trust]\nkeys = {{ bob = "{pub}" }}\n')
-    listed = runner.invoke(keys, ["list"])
-    assert listed.exit_code == 0 and f"* {line}" in listed.output and "trusted keys" in listed.output
-    again = runner.invoke(keys, ["generate", "alice-1"])
-    assert again.exit_code == 1 and "already exists" in again.output
-
-
-def test_cli_remote_status(env: Path, nginx: NginxServer) -> None:
-    runner = CliRunner()
-    (env / "share").mkdir()
-    ok = runner.invoke(remote, ["status", "--remote", f"file://{env / 'share'}"])
-    assert ok.exit_code == 0 and "reachable" in ok.output and "trusted keys: 0" in ok.output
-    buildfile = env / "Buildfile.toml"
-    buildfile.write_text(f'[remote]\nurl = "{nginx.url}/cache"\nparallel = 3\n[targets.t.stages.s]\nrecipe = "recipes.files:copy"\n')
-    as_json = runner.invoke(remote, ["status", "-f", str(buildfile), "--json"])
-    report = json.loads(as_json.output)
-    assert as_json.exit_code == 0 and report["reachable"] and report["parallel"] == 3
-    assert report["url_from"] == f"{buildfile} [remote]" and report["latency_ms"] >= 0
-    nginx.stop()
-    down = runner.invoke(remote, ["status", "-f", str(buildfile), "--json"])
-    assert down.exit_code == 1 and json.loads(down.output)["reachable"] is False
-    none = runner.invoke(remote, ["status", "--remote", ""])
-    assert none.exit_code == 0 and "none configured" in none.output
-    (env / "config.toml").write_text("[remote]\nretries = -1\n")
-    bad = runner.invoke(remote, ["status"])
-    assert bad.exit_code == 2 and "field 'retries'" in bad.output
+def test_records_are_checked_against_the_key_of_the_place_they_are_in(tmp_path: Path) -> None:
+    old_line, new_line = generate_key("ci-2024", tmp_path), generate_key("ci-2025", tmp_path)
+    old, new = Signer.load("ci-2024", tmp_path), Signer.load("ci-2025", tmp_path)
+    both = TrustedKeys.from_mapping(dict(line.split(":", 1) for line in (old_line, new_line)))
+    assert len({old.key_id, new.key_id}) == 2 and all(len(k) == 32 and int(k, 16) >= 0 for k in (old.key_id, new.key_id))
+    assert both.ids() == {old.key_id: "ci-2024", new.key_id: "ci-2025"}
+    by_new = ActionRecord(RESULT, new.sign(RESULT))
+    assert both.verify_in_place(by_new, new.key_id) is Verdict.OK
+    assert both.verify_in_place(by_new, old.key_id) is Verdict.BAD_SIGNATURE  # right key name, wrong place
+    assert both.verify_in_place(ActionRecord(RESULT, None), new.key_id) is Verdict.UNSIGNED
+    assert both.verify_in_place(by_new, "f" * 32) is Verdict.UNTRUSTED

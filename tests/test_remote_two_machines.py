@@ -7,6 +7,7 @@ fails a build that can run locally."""
 from __future__ import annotations
 
 import filecmp
+import os
 import shutil
 import time
 from pathlib import Path
@@ -135,39 +136,80 @@ def _small(root: Path) -> Path:
     return root
 
 
-def test_unsigned_records_are_ignored_and_counted(tmp_path):
+def test_workstations_without_the_farm_key_cannot_disable_the_shared_cache(tmp_path):
+    """The bug: an unconfigured workstation (no signing key, the default), or one signing with
+    its own key, built the same actions and overwrote the farm's signed records; a fresh machine
+    trusting the farm then rebuilt everything. Now the first pushes nothing and says how to set
+    a key up, the second pushes into its own key's place, and the fresh machine pulls."""
+    farm_public = generate_key("farm", tmp_path / "farm-keys")
+    alice_public = generate_key("alice", tmp_path / "alice-keys")
     (tmp_path / "cache").mkdir()
-    (tmp_path / "empty.toml").write_text("")
     cache = f"file://{tmp_path / 'cache'}"
-    isolated = {"BUILDSYS_CONFIG": str(tmp_path / "empty.toml"), "BUILDSYS_KEYS_DIR": str(tmp_path / "keys")}
-    a = _build(_small(tmp_path / "a"), isolated, "--remote", cache)
-    assert a.summary["executed"] == 1 and a.summary["remote"]["pushed_actions"] == 1
-    b_root = _small(tmp_path / "b")
-    b = _build(b_root, isolated, "--remote", cache)
-    assert b.summary["executed"] == 1 and b.summary["pulled"] == 0
-    assert b.summary["remote"]["ignored_unsigned"] == 1
-    assert (b_root / "out/t/copy/src/data.txt").read_text() == "payload"
+    farm = _config(tmp_path / "farm.toml", tmp_path / "farm-keys", farm_public, signing="farm")
+    (tmp_path / "nothing.toml").write_text("")
+    unconfigured = {"BUILDSYS_CONFIG": str(tmp_path / "nothing.toml"), "BUILDSYS_KEYS_DIR": str(tmp_path / "no-keys")}
+    alice = _config(tmp_path / "alice.toml", tmp_path / "alice-keys", alice_public, signing="alice")
+    fresh = _config(tmp_path / "fresh.toml", tmp_path / "no-keys", farm_public, signing=None)
+    text = SMALL.format(repo=REPO) + '[targets.t.stages.again]\nrecipe = "recipes.files:copy"\ninputs = { prev = "copy" }\n'
+    for name in ("farm", "ws", "alice", "fresh"):
+        (_small(tmp_path / name) / "Buildfile.toml").write_text(text)
+    assert _build(tmp_path / "farm", farm, "--remote", cache).summary["remote"]["pushed_actions"] == 2
+    ws = _build(tmp_path / "ws", unconfigured, "--remote", cache)
+    assert ws.summary["executed"] == 2 and ws.summary["remote"]["pushed_actions"] == 0
+    advice = ws.summary["remote"]["advice"]
+    assert any(a.startswith("2 results not pushed: no signing key. Make one with `buildsys keys generate NAME`") for a in advice)
+    assert any(a.startswith("no trusted keys") for a in advice)
+    mine = _build(tmp_path / "alice", alice, "--remote", cache)
+    assert mine.summary["executed"] == 2 and mine.summary["remote"]["pushed_actions"] == 2
+    pulled = _build(tmp_path / "fresh", fresh, "--remote", cache)
+    assert pulled.summary["executed"] == 0 and pulled.summary["pulled"] == 2
+    assert pulled.summary["remote"]["refused"] == 0 and pulled.summary["remote"]["advice"] == []
 
 
-@pytest.mark.parametrize("fault", ["down", "slow"])
+def test_a_build_summary_says_why_remote_records_were_refused_and_what_to_do(tmp_path):
+    """Records in the farm's place that the farm did not sign: counted, explained, never used."""
+    from buildsys.keys.encoding import canonical_bytes, decode
+
+    farm_public = generate_key("farm", tmp_path / "farm-keys")
+    (tmp_path / "cache").mkdir()
+    cache = f"file://{tmp_path / 'cache'}"
+    farm = _config(tmp_path / "farm.toml", tmp_path / "farm-keys", farm_public, signing="farm")
+    fresh = _config(tmp_path / "fresh.toml", tmp_path / "no-keys", farm_public, signing=None)
+    _build(_small(tmp_path / "farm"), farm, "--remote", cache)
+    (record,) = (tmp_path / "cache" / "ac").glob("*/*")
+    os.chmod(record, 0o644)
+    raw = decode(record.read_bytes())
+    record.write_bytes(canonical_bytes({"result": raw["result"], "signature": None}))
+    root = _small(tmp_path / "fresh")
+    result = run_cli("build", "-f", str(root / "Buildfile.toml"), "--remote", cache, cwd=root, env=fresh)
+    assert result.code == 0, result.stderr
+    assert "1 executed" in result.stderr and "1 remote entries refused (why below)" in result.stderr
+    assert "buildsys: remote: 1 records refused: in the place of a trusted key but not signed by it (1 unsigned" in result.stderr
+
+
+@pytest.mark.parametrize("fault", ["down", "slow", "trickling"])
 def test_unusable_remote_never_fails_a_local_build(tmp_path, fault):
+    """Down, answering after 30 s, or answering a byte a second: the first pull gives up
+    within two tries of the stall rule (1-2 s each at timeout_s = 0.5), the remote is disabled,
+    and the build goes on locally."""
     if fault == "down":
         url = f"http://127.0.0.1:{free_port()}/cache"
         server = None
     else:
-        server = SlowServer(delay_s=3.0).start()
+        server = SlowServer(delay_s=30.0 if fault == "slow" else 1.0, trickle=fault == "trickling").start()
         url = f"{server.url}/cache"
-    config = tmp_path / "config.toml"
-    config.write_text("[remote]\ntimeout_s = 0.5\nretries = 1\n")
+    env = _config(tmp_path / "config.toml", tmp_path / "k", generate_key("me", tmp_path / "k"), signing="me")
+    (tmp_path / "config.toml").write_text("[remote]\ntimeout_s = 0.5\nretries = 1\n" + (tmp_path / "config.toml").read_text())
     try:
         root = _small(tmp_path / "p")
-        result = _build(root, {"BUILDSYS_CONFIG": str(config), "BUILDSYS_KEYS_DIR": str(tmp_path / "k")}, "--remote", url)
+        result = _build(root, env, "--remote", url)
     finally:
         if server is not None:
             server.stop()
-    assert result.summary["executed"] == 1
-    assert result.summary["remote"]["disabled_reason"]
-    assert "remote" in result.stderr
+    assert result.summary["executed"] == 1 and result.summary["wall_s"] < 10
+    reason = result.summary["remote"]["disabled_reason"]
+    assert ("connection refused" if fault == "down" else "timed out") in reason
+    assert f"remote {url} disabled for the rest of this run" in result.stderr
     assert (root / "out/t/copy/src/data.txt").read_text() == "payload"
 
 

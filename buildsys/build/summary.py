@@ -38,11 +38,12 @@ def print_summary(report: BuildReport, session: Session, json_output: bool, verb
     remote_text = ""
     if remote:
         remote_text = f", remote: {remote.get('pulled_actions', 0)} pulled, {remote.get('pushed_actions', 0)} pushed"
-        ignored = sum(remote.get(k, 0) for k in ("ignored_unsigned", "ignored_untrusted", "bad_signature", "rejected_blobs"))
-        if ignored:
-            remote_text += f", {ignored} remote entries refused"
+        if remote.get("refused"):
+            remote_text += f", {remote['refused']} remote entries refused (why below)"
         if remote.get("disabled_reason"):
             remote_text += f" (remote skipped: {remote['disabled_reason']})"
+        for advice in remote.get("advice", []):
+            click.echo(f"buildsys: remote: {advice}", err=True)
     verdicts = ", ".join(f"{t}: {v}" for t, v in report.targets.items())
     click.echo(
         f"{len(report.stages)} stages: {summary['executed']} executed, {summary['cached']} cached, "

@@ -57,10 +57,11 @@ def warn(message: str) -> None:
     click.echo(f"buildsys: warning: {message}", err=True)
 
 
-def open_remote_cache(session, url: str | None):
+def open_remote_cache(session, url: str | None, required: bool = False):
     """The remote cache that the Buildfile's [remote], the user config or --remote names, or
-    None when none is configured."""
-    from buildsys.project.config import load_settings, load_user_config
+    None when none is configured, or when its credentials are missing from the environment
+    (said in a warning; ``required``: raised)."""
+    from buildsys.project.config import MissingSecret, load_settings, load_user_config
 
     user = load_user_config()
     settings = load_settings(session.project.remote, url, buildfile_where=str(session.project.file), user=user)
@@ -70,4 +71,10 @@ def open_remote_cache(session, url: str | None):
         open_cache,  # signing and HTTP/S3 clients: only with a remote
     )
 
-    return open_cache(session.store, settings, user, warn)
+    try:
+        return open_cache(session.store, settings, user, warn)
+    except MissingSecret as exc:
+        if required:
+            raise
+        warn(f"remote {settings.url} skipped: {exc}")
+        return None

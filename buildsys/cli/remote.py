@@ -1,7 +1,7 @@
 """``buildsys keys ...`` and ``buildsys remote status|push|pull``: thin commands over
 :mod:`buildsys.remote.signing`, :mod:`buildsys.project.config` and :mod:`buildsys.remote`.
 
-Heavy modules (requests, boto3, cryptography) are imported inside the commands, so importing
+Heavy modules (pycurl, boto3, cryptography) are imported inside the commands, so importing
 this module stays cheap.
 """
 
@@ -23,6 +23,7 @@ from buildsys.cli.common import (
 from buildsys.project.config import (
     ConfigError,
     RemoteSettings,
+    config_path,
     keys_dir,
     load_settings,
     load_user_config,
@@ -48,6 +49,7 @@ def keys() -> None:
 @keys.command("generate")
 @click.argument("name")
 @click.option("--keys-dir", "directory", type=click.Path(path_type=Path), default=None, help="Default: $BUILDSYS_KEYS_DIR or ~/.config/buildsys/keys.")
+@handled
 def keys_generate(name: str, directory: Path | None) -> None:
     """Create the Ed25519 key NAME and print its public key for [trust] keys."""
     from buildsys.remote.signing import SigningError, generate_key
@@ -55,8 +57,8 @@ def keys_generate(name: str, directory: Path | None) -> None:
     directory = directory or keys_dir()
     try:
         line = generate_key(name, directory)
-    except (SigningError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise SigningError(f"{directory}: cannot write key {name!r}: {exc.strerror or exc}") from None
     key_name, _, pub = line.partition(":")
     click.echo(line)
     click.echo(f"# private key: {directory / (name + '.key')}", err=True)
@@ -65,15 +67,13 @@ def keys_generate(name: str, directory: Path | None) -> None:
 
 @keys.command("list")
 @click.option("--keys-dir", "directory", type=click.Path(path_type=Path), default=None)
+@handled
 def keys_list(directory: Path | None) -> None:
     """Private keys in the keys dir, the signing key in use, and the trusted keys."""
     from buildsys.remote.signing import Signer, SigningError
 
     directory = directory or keys_dir()
-    try:
-        user = load_user_config()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    user = load_user_config()
     names = sorted(p.stem for p in directory.glob("*.key")) if directory.is_dir() else []
     click.echo(f"keys dir {directory}: {len(names)} private key(s)")
     for name in names:
@@ -96,13 +96,19 @@ def remote() -> None:
 
 
 def _probe(settings: RemoteSettings) -> dict[str, Any]:
+    """Whether the remote can serve (``check``: reachable, folder or bucket there, credentials
+    accepted), and how long asking took."""
+    from buildsys.project.config import MissingSecret
     from buildsys.remote import RemoteError, open_remote
 
-    backend = open_remote(settings.url, settings)
+    try:
+        backend = open_remote(settings.url, settings)
+    except MissingSecret as exc:
+        return {"backend": settings.url, "reachable": False, "error": str(exc)}
     try:
         start = time.monotonic()
         try:
-            backend.has_blobs([_PROBE])
+            backend.check()
             return {"backend": backend.describe(), "reachable": True, "latency_ms": round((time.monotonic() - start) * 1000, 1)}
         except RemoteError as exc:
             return {"backend": backend.describe(), "reachable": False, "error": str(exc)}
@@ -117,7 +123,7 @@ def _probe(settings: RemoteSettings) -> dict[str, Any]:
 @click.pass_context
 @handled
 def remote_status(ctx: click.Context, buildfile: Path, cli_url: str | None, as_json: bool) -> None:
-    """What remote is configured, whether it answers, and how fast; exits 1 if unreachable."""
+    """What remote is configured, whether it can serve, and how fast; exits 1 if it cannot."""
     from buildsys.remote.cache import load_trust
 
     user = load_user_config()
@@ -134,7 +140,7 @@ def remote_status(ctx: click.Context, buildfile: Path, cli_url: str | None, as_j
         "zstd": settings.zstd,
         "auth": settings.username is not None,
         "signing_key": signer.name if signer else None,
-        "trusted_keys": len(trusted),
+        "trusted_keys": sorted(trusted.keys),
         "config": str(user.path) if user.path else None,
     }
     if settings.enabled:
@@ -144,12 +150,16 @@ def remote_status(ctx: click.Context, buildfile: Path, cli_url: str | None, as_j
     elif not settings.enabled:
         click.echo("remote: none configured (set [remote] url in the Buildfile or user config, or pass --remote URL)")
     else:
-        state = f"reachable, {report['latency_ms']} ms" if report["reachable"] else f"UNREACHABLE: {report['error']}"
+        config = user.path or config_path()
+        state = f"reachable, {report['latency_ms']} ms" if report["reachable"] else f"UNUSABLE: {report['error']}"
+        mode = "read-only" if settings.read_only else "read-write"
         click.echo(f"remote:       {report['backend']} (from {report['url_from']})")
         click.echo(f"status:       {state}")
-        click.echo(f"mode:         {'read-only' if settings.read_only else 'read-write'}, {settings.parallel} parallel, timeout {settings.timeout_s} s, {settings.retries} retries")
-        click.echo(f"signing key:  {report['signing_key'] or 'none (pushed records will be unsigned and ignored by others)'}")
-        click.echo(f"trusted keys: {report['trusted_keys']}")
+        click.echo(f"mode:         {mode}, {settings.parallel} parallel, timeout {settings.timeout_s} s, {settings.retries} retries")
+        no_key = f"none: nothing is pushed (buildsys keys generate NAME, then [signing] key = \"NAME\" in {config})"
+        click.echo(f"signing key:  {signer.name if signer else no_key}")
+        trusting = ", ".join(sorted(trusted.keys)) or f"none: no record on the remote is used ([trust] keys in {config})"
+        click.echo(f"trusted keys: {trusting}")
     if settings.enabled and not report.get("reachable"):
         ctx.exit(1)
 
@@ -157,7 +167,7 @@ def remote_status(ctx: click.Context, buildfile: Path, cli_url: str | None, as_j
 def _required_cache(session, url: str | None):
     from buildsys.errors import BuildsysError
 
-    cache = open_remote_cache(session, url)
+    cache = open_remote_cache(session, url, required=True)
     if cache is None:
         raise BuildsysError("no remote configured: set [remote] url in the Buildfile or user config, or pass --remote URL")
     return cache
@@ -169,7 +179,8 @@ def _required_cache(session, url: str | None):
 @click.option("--remote", "cli_url", default=None, help="Remote URL, overriding the Buildfile and user config.")
 @handled
 def remote_push(buildfile: Path, targets: tuple[str, ...], cli_url: str | None) -> None:
-    """Upload the last build of TARGETS (all when none named): every action and blob it used."""
+    """Upload the last build of TARGETS (all when none named): every action and blob it used,
+    signed with the [signing] key of the user config."""
     with open_session(buildfile) as session:
         keys = []
         for name in session.targets(targets):
@@ -177,12 +188,27 @@ def remote_push(buildfile: Path, targets: tuple[str, ...], cli_url: str | None) 
             if ref is None:
                 raise click.ClickException(f"target {name!r} has not been built here yet")
             keys += [entry["key"] for entry in ref["stages"].values()]
+        settings = load_settings(session.project.remote, cli_url, buildfile_where=str(session.project.file), user=load_user_config())
+        if settings.enabled and settings.read_only:
+            raise ConfigError(f"remote {settings.url} is read-only here (read_only = true, from {settings.where('read_only')}): nothing pushed")
         cache = _required_cache(session, cli_url)
         try:
+            if cache.signer is None:
+                raise ConfigError(
+                    f"no signing key, and records are pushed only signed: make one with `buildsys keys generate NAME` "
+                    f"and set [signing] key = \"NAME\" in {config_path()}"
+                )
             summary = cache.push_closure(keys)
         finally:
             cache.close()
-    click.echo(f"pushed {summary.pushed} actions ({len(keys)} asked; {summary.not_local} not in the local store, {summary.failed} failed)")
+    click.echo(
+        f"pushed {len(summary.pushed)} of {len(keys)} actions to {cache.remote.describe()}"
+        f" ({len(summary.not_local)} not in the local store, {len(summary.failed)} failed)"
+    )
+    if cache.stats.push_disabled_reason:
+        click.echo(f"buildsys: error: the remote refuses uploads from this client (read-only for it): {cache.stats.push_disabled_reason}", err=True)
+    elif not cache.enabled:
+        click.echo(f"buildsys: error: remote disabled: {cache.stats.disabled_reason}", err=True)
     if summary.failed or not cache.enabled:
         raise SystemExit(1)
 

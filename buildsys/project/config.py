@@ -8,7 +8,8 @@ The user config is TOML at ``$BUILDSYS_CONFIG``, else ``$XDG_CONFIG_HOME/buildsy
     read_only = false
     username = "ci"                 # HTTP basic auth user; for s3: the access key id
     password_env = "CACHE_PASSWORD" # name of the env var holding the password / s3 secret key
-    timeout_s = 5.0                 # connect and per-read timeout of one request
+    timeout_s = 5.0                 # deadline of a request without a large body; a large one
+                                    # gets 1 s more per 32 KiB (see buildsys.remote.deadline)
     retries = 2                     # extra tries of a request that failed transiently
     parallel = 8                    # concurrent transfers (and HTTP connection pool size)
     zstd = false                    # http only: store blobs zstd-compressed under cas.zst/
@@ -45,6 +46,11 @@ from buildsys.project.schema import Fields
 
 class ConfigError(BuildsysError):
     """A configuration file or table is invalid; the message names the file and the field."""
+
+
+class MissingSecret(ConfigError):
+    """The environment variable ``password_env`` names is not set: this machine's environment
+    lacks the remote's credentials. A build skips the remote (with a warning); it is not bad input."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class RemoteSettings:
             return None
         value = os.environ.get(self.password_env)
         if value is None:
-            raise ConfigError(f"{self.where('password_env')}: field 'password_env': environment variable {self.password_env} is not set")
+            raise MissingSecret(f"{self.where('password_env')}: field 'password_env': environment variable {self.password_env} is not set")
         return value
 
     @classmethod

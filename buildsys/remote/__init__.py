@@ -1,7 +1,7 @@
 """Remote stores: the contract (:mod:`.base`), the backends (file, http, s3, chosen by URL
 scheme) and the cache layer that pulls and pushes verified, signed results
 (:mod:`.cache`). Backends are imported on first use, so importing this package is cheap
-(no requests, no boto3)."""
+(no pycurl, no boto3)."""
 
 from __future__ import annotations
 

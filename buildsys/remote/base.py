@@ -2,8 +2,10 @@
 
 A remote is another store reached over a dumb protocol. It holds two typed key spaces:
 
-    cas/<digest>   blobs, named by the BLAKE3-256 hex digest of their (uncompressed) bytes
-    ac/<key>       action records (canonical msgpack, see buildsys.store.records), by action key
+    cas/<digest>        blobs, named by the BLAKE3-256 hex digest of their (uncompressed) bytes
+    ac/<place>/<key>    action records (canonical msgpack, see buildsys.store.records), by action
+                        key, in the place of the key that signed them (its id: 32 hex digits;
+                        see buildsys.remote.signing)
 
 The contract is deliberately tiny (has / get / put, as in bazel-remote and Nix's binary
 caches), plus ``get_blobs`` / ``put_blobs`` so each backend can move a batch the way it moves
@@ -15,6 +17,7 @@ untrusted. Backends raise only :class:`RemoteError` and its subclasses.
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import (
@@ -62,6 +65,7 @@ T = TypeVar("T")
 BlobsGot = Generator[tuple[Digest, Digest | None | RemoteError], None, None]
 """What ``get_blobs`` yields: per blob, its hashed digest (None: not hashed) or the error."""
 
+_KEY_ID = re.compile(r"[0-9a-f]{32}")
 MAX_RECORD_BYTES = 16 << 20
 """Action records are small; a larger answer is refused rather than read into memory."""
 
@@ -108,12 +112,18 @@ class Remote(Protocol):
         the others arrived is then unknown (the caller pushes the record only on success)."""
         ...
 
-    def get_action(self, key: Digest) -> bytes | None:
-        """The raw action record stored under ``key``, or None if there is none."""
+    def get_action(self, key: Digest, place: str) -> bytes | None:
+        """The raw action record stored under ``key`` in ``place``, or None if there is none."""
         ...
 
-    def put_action(self, key: Digest, data: bytes) -> None:
-        """Store a record under ``key``; the caller writes it after every blob it references."""
+    def put_action(self, key: Digest, place: str, data: bytes) -> None:
+        """Store a record under ``key`` in ``place``; the caller writes it after every blob it
+        references."""
+        ...
+
+    def check(self) -> None:
+        """Raise RemoteError unless the remote can serve: reachable, its folder or bucket there,
+        credentials accepted. One request at most."""
         ...
 
     def describe(self) -> str:
@@ -131,6 +141,13 @@ def check_name(name: str, space: str) -> str:
     if not isinstance(name, str) or not is_digest(name):
         raise RemoteError(f"{space} name {name!r} is not a lowercase hex BLAKE3-256 digest")
     return name
+
+
+def record_name(key: Digest, place: str) -> str:
+    """``<place>/<key>``, the name of a record under ``ac/``, both parts checked."""
+    if not isinstance(place, str) or not _KEY_ID.fullmatch(place):
+        raise RemoteError(f"record place {place!r} is not a key id (32 lowercase hex digits)")
+    return f"{place}/{check_name(key, 'ac')}"
 
 
 def parallel_has(probe: Callable[[Digest], bool], digests: Iterable[Digest], parallel: int) -> set[Digest]:

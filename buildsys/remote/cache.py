@@ -1,22 +1,30 @@
 """The remote cache: the local store's bridge to a remote, where trust is decided.
 
+Places: a remote keeps each signer's records apart (``ac/<key id>/<action key>``, see
+:mod:`buildsys.remote.signing`). A pull reads only the places of the keys the user trusts (its
+own signing key's first); a push writes a record only into the place of the key that signed it:
+a result built here is signed with the user's key, a record pulled from another signer goes back
+to that signer's place as it is. So nothing a client without a key writes can displace what the
+key signed, and a workstation without a signing key (the default) pushes nothing.
+
 Pull: a remote record is used only if it decodes, names the action key it was filed under,
-and carries a signature by a trusted key. Then every blob it references that is missing
+and was signed by the key whose place it is in. Then every blob it references that is missing
 locally is downloaded (one ``get_blobs`` batch, which the backend runs in parallel) into the
 store's tmp dir and hashed (while it is written, where the backend can, else re-read) before
-adoption; wrong
-or truncated bytes never enter the store. The tree blob is parsed only after it is verified.
-The record is written to the local action cache (signature kept) only when everything it
-references is present, so a pulled record never points at a missing blob.
+adoption; wrong or truncated bytes never enter the store. The tree blob is parsed only after it
+is verified. The record is written to the local action cache (signature kept) only when
+everything it references is present, so a pulled record never points at a missing blob.
 
 Push: blobs first, existence-checked (``has_blobs``, except blobs small enough that the
 backend's probe costs what their upload does) so only missing ones are uploaded; a blob the
 local store cannot vouch for (``LocalStore.trusted``) is re-hashed before upload so local bit
-rot is not spread; the (signed) record last.
+rot is not spread; the signed record last.
 
-A remote that is down, too slow or failing never fails the build: backends retry within a
-bound, then this cache disables the remote for the rest of the run, warns once and degrades
-to a local-only build. Everything is counted in :class:`RemoteStats`.
+A remote that is down, too slow or failing never fails the build: backends give up within a
+bound (:mod:`buildsys.remote.retry`), then this cache disables the remote for the rest of the
+run, warns once and degrades to a local-only build. Everything is counted in
+:class:`RemoteStats`, whose :meth:`RemoteStats.advice` says why records went unused or nothing
+was pushed, and how to fix it.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from buildsys.remote.base import (
     RemoteError,
     RemoteRefused,
 )
-from buildsys.remote.signing import Signer, TrustedKeys, Verdict
+from buildsys.remote.signing import Signer, TrustedKeys, Verdict, key_id
 from buildsys.store.local import LocalStore, StoreCorruption, StoreError
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
 
@@ -64,8 +72,9 @@ class RemoteStats:
     bytes_up: int = 0
     blobs_already_remote: int = 0
     ignored_unsigned: int = 0
-    ignored_untrusted: int = 0
+    """Records without a signature in a trusted key's place."""
     bad_signature: int = 0
+    """Records in a trusted key's place that the key did not sign."""
     bad_records: int = 0
     """Records that do not decode or are filed under another action key."""
     incomplete_records: int = 0
@@ -74,16 +83,62 @@ class RemoteStats:
     """Downloaded blobs whose bytes did not match their digest (never stored)."""
     local_corrupt: int = 0
     """Local blobs that failed re-hashing before upload (not uploaded)."""
+    not_pushed_unsigned: int = 0
+    """Results not pushed for want of a signing key."""
     errors: int = 0
+    trusted_keys: int = 0
+    """Keys whose places were read."""
+    signing_key: str | None = None
+    """The key pushed records are signed with (None: nothing is pushed)."""
     disabled_reason: str | None = None
     """Why the remote was turned off for the rest of the run (None while it is on)."""
     push_disabled_reason: str | None = None
-    """Why uploads were turned off (the remote refused a write); pulls go on."""
+    """Why uploads were turned off (no signing key, or the remote refused a write); pulls go on."""
     notes: list[str] = field(default_factory=list)
     """The first problems, one line each, for the build report."""
 
+    @property
+    def refused(self) -> int:
+        """Remote entries found and not used."""
+        return self.ignored_unsigned + self.bad_signature + self.bad_records + self.rejected_blobs
+
+    def advice(self) -> list[str]:
+        """Why the remote's records went unused or nothing was pushed, and what to do about it:
+        one line each, for the build summary."""
+        from buildsys.project.config import config_path
+
+        config = config_path()
+        lines = []
+        if not self.trusted_keys:
+            lines.append(
+                "no trusted keys, so no record on the remote is used: add the public key of the machine that pushes "
+                f"(`buildsys keys list` there prints it) to [trust] keys in {config}"
+            )
+        if self.ignored_unsigned or self.bad_signature:
+            lines.append(
+                f"{self.ignored_unsigned + self.bad_signature} records refused: in the place of a trusted key but not signed by it "
+                f"({self.ignored_unsigned} unsigned, {self.bad_signature} with a signature that does not verify): someone with write "
+                "access and without that key wrote them; they are never used, and whoever holds the key can push over them"
+            )
+        if self.bad_records:
+            lines.append(f"{self.bad_records} records refused: not a record, or filed under another action key (a damaged or tampered remote)")
+        if self.rejected_blobs:
+            lines.append(
+                f"{self.rejected_blobs} blobs refused: their bytes do not match their digest (damaged on the remote); "
+                "the stages that needed them were built here"
+            )
+        if self.not_pushed_unsigned:
+            lines.append(
+                f"{self.not_pushed_unsigned} results not pushed: no signing key. Make one with `buildsys keys generate NAME` "
+                f"and set [signing] key = \"NAME\" in {config}"
+            )
+        return lines
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "refused": self.refused, "advice": self.advice()}
+
+
+NO_SIGNING_KEY = "no signing key configured: records are pushed only signed"
 
 
 @dataclass
@@ -116,7 +171,13 @@ class RemoteCache:
         self.read_only = read_only
         self.parallel = max(1, parallel)
         self.warn = warn
-        self.stats = RemoteStats()
+        self.stats = RemoteStats(trusted_keys=len(trusted), signing_key=signer.name if signer else None)
+        if signer is None:
+            self.stats.push_disabled_reason = NO_SIGNING_KEY
+        names = trusted.ids()
+        own = signer.key_id if signer is not None else None
+        self._places = sorted(names.items(), key=lambda place: (place[0] != own, place[1]))
+        """(key id, key name) of every trusted key, the user's own first: where pulls look."""
         self._lock = threading.Lock()
         self._warned: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -257,7 +318,7 @@ class RemoteCache:
         files = sorted({entry.digest for entry in manifest.values()})
         return len(self.pull_blobs(files)) == len(files)
 
-    def _trusted_record(self, key: Digest, data: bytes) -> ActionRecord | None:
+    def _trusted_record(self, key: Digest, data: bytes, place: str, name: str) -> ActionRecord | None:
         try:
             record = ActionRecord.decode(data, where=f"remote record {key}")
         except RecordError as exc:
@@ -268,37 +329,39 @@ class RemoteCache:
             self._count("bad_records")
             self._note("bad-record", f"remote record {short(key)} is filed under the wrong key (it is for {short(record.result.key)})")
             return None
-        verdict = self.trusted.verify(record)
+        verdict = self.trusted.verify_in_place(record, place)
         if verdict is Verdict.OK:
             return record
-        signer = (record.signature or {}).get("key")
-        counter = {
-            Verdict.UNSIGNED: "ignored_unsigned",
-            Verdict.UNTRUSTED: "ignored_untrusted",
-            Verdict.BAD_SIGNATURE: "bad_signature",
-        }[verdict]
+        counter = "ignored_unsigned" if verdict is Verdict.UNSIGNED else "bad_signature"
         self._count(counter)
-        detail = f" (key {signer!r})" if verdict is not Verdict.UNSIGNED else ""
-        self._note(counter, f"remote record {short(key)} ignored: {verdict.value}{detail}")
+        self._note(counter, f"remote record {short(key)} in the place of key {name!r} ignored: {verdict.value}")
         return None
 
     def pull_action(self, key: Digest) -> ActionResult | None:
         """The result of ``key`` from the remote, made local; None on a miss, an untrusted or
-        broken record, or any remote trouble (counted in ``stats``, never raised)."""
-        if not self.enabled:
-            return None
-        try:
-            data = self.remote.get_action(key)
-        except RemoteError as exc:
-            self._failed(exc)
-            return None
-        if data is None:
+        broken record, or any remote trouble (counted in ``stats``, never raised). The places
+        of the trusted keys are read in turn until one holds a usable record."""
+        found = False
+        for place, name in self._places:
+            if not self.enabled:
+                return None
+            try:
+                data = self.remote.get_action(key, place)
+            except RemoteError as exc:
+                self._failed(exc)
+                return None
+            found |= data is not None
+            record = self._trusted_record(key, data, place, name) if data is not None else None
+            result = self._adopt(record) if record is not None else None
+            if result is not None:
+                return result
+        if not found:
             self._count("misses")
-            return None
-        record = self._trusted_record(key, data)
-        if record is None:
-            return None
-        result = record.result
+        return None
+
+    def _adopt(self, record: ActionRecord) -> ActionResult | None:
+        """Pull every blob a trusted record references, then record it locally."""
+        key, result = record.result.key, record.result
         direct = [d for d in result.blobs() if d != result.tree]
         ok = self.pull_tree(result.tree) and len(self.pull_blobs(direct)) == len(direct)
         if not ok:
@@ -383,21 +446,20 @@ class RemoteCache:
         self._count("bytes_up", sum(local[d][1] for d in send))
         return complete and not corrupt and self.can_push
 
-    def _signed(self, record: ActionRecord) -> ActionRecord:
+    def _signed(self, record: ActionRecord) -> tuple[str, ActionRecord]:
+        """The place a record goes to, and the record as it goes there: as it is into the place
+        of the trusted key that signed it, else signed with the user's key into its place."""
         if record.signature is not None and self.trusted.verify(record) is Verdict.OK:
-            return record
-        if self.signer is not None:
-            return ActionRecord(record.result, self.signer.sign(record.result))
-        self._note(
-            "unsigned-push",
-            "no signing key configured ([signing] key in the user config): pushing unsigned records, "
-            "which other machines will ignore",
-        )
-        return ActionRecord(record.result, None)
+            return key_id(self.trusted.keys[record.signature["key"]]), record
+        assert self.signer is not None  # no push without one (can_push)
+        return self.signer.key_id, ActionRecord(record.result, self.signer.sign(record.result))
 
     def push_action(self, key: Digest) -> bool:
         """Push a locally cached result and every blob it references; True when the remote
-        now holds it. A no-op (False) when read-only, disabled or not cached locally."""
+        now holds it. A no-op (False) when read-only, disabled, without a signing key or not
+        cached locally."""
+        if self.signer is None and self.enabled and not self.read_only:
+            self._count("not_pushed_unsigned")
         if not self.can_push:
             return False
         try:
@@ -412,8 +474,9 @@ class RemoteCache:
             return False
         if not self.push_blobs(set(result.blobs()) | files):
             return False
+        place, signed = self._signed(record)
         try:
-            self.remote.put_action(key, self._signed(record).encode())
+            self.remote.put_action(key, place, signed.encode())
         except RemoteError as exc:
             self._failed(exc, write=True)
             return False

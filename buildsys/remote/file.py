@@ -4,7 +4,7 @@ Layout, the same as the HTTP remote's so one folder can be served by nginx and m
 once::
 
     <root>/cas/<digest>   blobs
-    <root>/ac/<key>       action records
+    <root>/ac/<place>/<key>   action records, in their signer's place
     <root>/.tmp/          partial writes; anything here is garbage
 
 Writes go to a temp file in ``.tmp/`` (same filesystem) and are renamed into place, so readers
@@ -46,6 +46,7 @@ from buildsys.remote.base import (
     check_name,
     parallel_get,
     parallel_put,
+    record_name,
 )
 from buildsys.remote.mounts import is_local_filesystem
 from buildsys.store.atomic import create_read_only, write_all
@@ -167,9 +168,12 @@ class FileRemote:
             self._batch_threads = min(self.parallel, os.cpu_count() or 1) if local else self.parallel
         return self._batch_threads
 
-    def get_action(self, key: Digest) -> bytes | None:
+    def check(self) -> None:
         self._check_root()
-        path = self.root / "ac" / check_name(key, "ac")
+
+    def get_action(self, key: Digest, place: str) -> bytes | None:
+        self._check_root()
+        path = self.root / "ac" / record_name(key, place)
         try:
             with open(path, "rb") as handle:
                 data = handle.read(MAX_RECORD_BYTES + 1)
@@ -181,8 +185,8 @@ class FileRemote:
             raise CorruptContent(f"{self.describe()}: record {key} is larger than {MAX_RECORD_BYTES} bytes")
         return data
 
-    def put_action(self, key: Digest, data: bytes) -> None:
-        self._write_record(self.root / "ac" / check_name(key, "ac"), data, f"record {key}")
+    def put_action(self, key: Digest, place: str, data: bytes) -> None:
+        self._write_record(self.root / "ac" / record_name(key, place), data, f"record {key}")
 
     def _read(self, path: Path, dest: FilePath, what: str) -> Digest:
         """Copy ``path`` to ``dest``; returns the digest of the bytes in ``dest``. Small files
@@ -231,7 +235,7 @@ class FileRemote:
         tmp_dir = self.root / ".tmp"
         try:
             tmp_dir.mkdir(exist_ok=True)
-            target.parent.mkdir(exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=target.name[:16] + ".")
         except OSError as exc:
             raise self._error(exc, what) from None

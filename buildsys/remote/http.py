@@ -1,7 +1,7 @@
 """The HTTP remote, in the layout of Bazel's HTTP cache (bazel-remote, nginx WebDAV, ...)::
 
     HEAD/GET/PUT <base>/cas/<digest>       blobs
-    HEAD/GET/PUT <base>/ac/<key>           action records
+    HEAD/GET/PUT <base>/ac/<place>/<key>   action records, in their signer's place
     HEAD/GET/PUT <base>/cas.zst/<digest>   blobs, zstd-compressed (only with ``zstd = true``)
 
 Any server that stores a PUT body and returns it on GET works (nginx: ``dav_methods PUT;
@@ -11,21 +11,17 @@ blobs are compressed on the client into one zstd frame and stored under ``cas.zs
 the digest of their *uncompressed* bytes; a client without zstd uses ``cas/`` and does not see
 them (choose one setting per cache). Records are small and never compressed.
 
-Bodies stream in both directions (file object up, 1 MiB chunks down), so memory stays bounded
-whatever the blob size. Connections are pooled (pool sized to the parallelism); transient
-failures (connection errors, timeouts, 408/429/5xx, truncated bodies) are retried with
-exponential backoff inside a time budget, see :mod:`buildsys.remote.retry`.
-
-Blobs (HEAD/GET/PUT) go through a lean keep-alive pool on http.client
-(:mod:`buildsys.remote.httpconn`) unless a proxy applies to the URL; action records and
-proxied remotes use requests. Downloads are hashed while written (:class:`HashingWriter`),
-so the cache checks them without reading them back. A batch of blobs up to 1 MiB
-(``put_blobs``) goes up, and any batch of blobs (``get_blobs``) comes down, through libcurl's
-multi interface (:mod:`buildsys.remote.curlmulti`), as fast as ``curl --parallel``; each
-download streams into its own writer, so memory stays bounded there too. Blobs under 64 KiB
-are not probed before upload
-(``probe_min_bytes``): a HEAD costs as much as their PUT, and a PUT of a content-addressed
-name is idempotent (nginx writes it to a temp file and renames it in).
+Every request goes through libcurl (:mod:`buildsys.remote.curl`: kept-alive connections,
+proxies from the environment, a deadline on every transfer). Bodies stream both ways, so memory
+stays bounded whatever the blob size; a download is hashed as it is written
+(:class:`HashingWriter`), so the cache checks it without reading it back. A batch of blobs up to
+1 MiB (``put_blobs``) goes up, and any batch of blobs (``get_blobs``) comes down, in one libcurl
+multi batch, as fast as ``curl --parallel``. Transient failures (no connection, a deadline
+missed, 408/429/5xx, a body cut short) are retried with exponential backoff inside a time
+budget (:mod:`buildsys.remote.retry`); a batched transfer that failed so is retried alone. Blobs
+under 64 KiB are not probed before upload (``probe_min_bytes``): a HEAD costs as much as their
+PUT, and a PUT of a content-addressed name is idempotent (nginx writes it to a temp file and
+renames it in).
 """
 
 from __future__ import annotations
@@ -34,9 +30,6 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Self, Sequence
 from urllib.parse import urlsplit, urlunsplit
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from buildsys.keys.hashing import Digest
 from buildsys.remote.base import (
@@ -53,17 +46,16 @@ from buildsys.remote.base import (
     parallel_get,
     parallel_has,
     parallel_put,
+    record_name,
 )
-from buildsys.remote.curlmulti import get_many, put_many
-from buildsys.remote.httpconn import NETWORK_ERRORS as _POOL_ERRORS
-from buildsys.remote.httpconn import ConnectionPool, truncated
+from buildsys.remote.curl import Curl, TransferFailed, ca_bundle
+from buildsys.remote.deadline import Deadlines
 from buildsys.remote.retry import RetryPolicy, Transient, call_with_retry
 
 _CHUNK = 1 << 20
 _SMALL = 1 << 20
 """Blobs up to this size are read into memory and sent with their headers in one write."""
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
-_NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 class HttpRemote:
@@ -93,218 +85,89 @@ class HttpRemote:
         self.base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.parallel = parallel
         self.zstd = zstd
-        self.timeout = (timeout_s, timeout_s)
         self.policy = RetryPolicy(attempts=retries + 1)
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=2 * parallel, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        headers = {"User-Agent": "buildsys-remote/1"}
         if username is not None:
-            self.session.auth = (username, password or "")
-        self.session.headers["User-Agent"] = "buildsys-remote/1"
-        self._path = parts.path.rstrip("/")
-        self.timeout_s = timeout_s
-        self.pool: ConnectionPool | None = None
-        if not requests.utils.get_environ_proxies(self.base):
-            auth = (username, password or "") if username is not None else None
-            self.pool = ConnectionPool(parts.scheme, parts.hostname, parts.port, timeout_s, maxsize=2 * parallel, auth=auth, ssl_context=_ssl_context() if parts.scheme == "https" else None)
+            import base64
+
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
+        self.curl = Curl(headers, Deadlines(timeout_s), maxsize=2 * parallel, cainfo=ca_bundle())
 
     def describe(self) -> str:
         return self.base + (" (zstd)" if self.zstd else "")
 
     def close(self) -> None:
-        self.session.close()
-        if self.pool is not None:
-            self.pool.close()
+        self.curl.close()
 
     # helpers -----------------------------------------------------------------------------
 
     def _blob_url(self, digest: Digest) -> str:
         return f"{self.base}/{'cas.zst' if self.zstd else 'cas'}/{check_name(digest, 'cas')}"
 
-    def _retry(self, fn: Callable[[], object], what: str):
+    def _record_url(self, key: Digest, place: str) -> str:
+        return f"{self.base}/ac/{record_name(key, place)}"
+
+    def _retry(self, what: str, attempt: Callable[[], object]):
+        """Run ``attempt`` under the retry policy; a transfer that failed counts as transient."""
+
+        def once():
+            try:
+                return attempt()
+            except TransferFailed as exc:
+                raise Transient(_reason(exc)) from None
+
         def give_up(reason: str, attempts: int) -> Exception:
             return RemoteUnavailable(f"{self.base}: {what}: {reason} (after {attempts} tries)")
 
-        return call_with_retry(fn, self.policy, give_up)
+        return call_with_retry(once, self.policy, give_up)
 
-    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
-        """One attempt; network failures and retryable statuses become :class:`Transient`."""
-        try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
-        except _NETWORK_ERRORS as exc:
-            raise Transient(_short(exc)) from None
-        except requests.RequestException as exc:
-            raise RemoteError(f"{url}: {_short(exc)}") from None
-        if response.status_code in _TRANSIENT_STATUS:
-            response.close()
-            raise Transient(f"HTTP {response.status_code}")
-        return response
-
-    def _refuse(self, response: requests.Response, what: str) -> RemoteError:
-        response.close()
-        return RemoteRefused(f"{self.base}: {what}: HTTP {response.status_code} {response.reason}")
-
-    # the contract ------------------------------------------------------------------------
-
-    def _head(self, url: str, what: str) -> bool:
-        def attempt() -> bool:
-            response = self._send("HEAD", url)
-            if response.status_code == 404:
-                return False
-            if 200 <= response.status_code < 300:
-                return True
-            raise self._refuse(response, what)
-
-        return self._retry(attempt, what)
-
-    def has_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
-        if self.pool is not None:
-            return parallel_has(self._pool_head, digests, self.parallel)
-        return parallel_has(lambda d: self._head(self._blob_url(d), f"HEAD blob {d}"), digests, self.parallel)
-
-    def get_blob(self, digest: Digest, dest: FilePath) -> Digest:
-        if self.pool is not None:
-            return self._pool_get(digest, dest)
-        url = self._blob_url(digest)
-        what = f"GET blob {digest}"
-
-        def attempt() -> Digest:
-            response = self._send("GET", url, stream=True)
-            with response:
-                if response.status_code == 404:
-                    raise NotFound(f"{self.base}: blob {digest} not found")
-                if not 200 <= response.status_code < 300:
-                    raise self._refuse(response, what)
-                try:
-                    with _Landing(dest, self.zstd, what) as landing:
-                        for chunk in response.iter_content(_CHUNK):
-                            landing.write(chunk)
-                        return landing.finish()
-                except _NETWORK_ERRORS as exc:
-                    raise Transient(f"body interrupted: {_short(exc)}") from None
-
-        return self._retry(attempt, what)
-
-    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], FilePath]) -> BlobsGot:
-        if self.pool is None or len(digests) <= 1:  # proxied, or nothing to batch
-            return parallel_get(self.get_blob, digests, dest_for, self.parallel)
-        return self._get_many(digests, dest_for)
-
-    def put_blob(self, digest: Digest, source: Path) -> None:
-        url = self._blob_url(digest)
-        what = f"PUT blob {digest}"
-        if not os.path.exists(source):
-            raise RemoteError(f"{source}: local blob to upload is missing")
-        if self.pool is not None:
-            return self._pool_put(digest, source)
-
-        def attempt() -> None:
-            with open(source, "rb") as body:
-                data = _compress(body) if self.zstd else body
-                response = self._send("PUT", url, data=data)
-            with response:
-                if not 200 <= response.status_code < 300:
-                    raise self._refuse(response, what)
-
-        self._retry(attempt, what)
-
-    def put_blobs(self, blobs: Sequence[tuple[Digest, Path]]) -> None:
-        if self.pool is None:  # through a proxy: one request at a time, via requests
-            return parallel_put(self.put_blob, blobs, self.parallel)
-        parallel_put(self.put_blob, self._put_small(blobs), self.parallel)
-
-    def get_action(self, key: Digest) -> bytes | None:
-        url = f"{self.base}/ac/{check_name(key, 'ac')}"
-        what = f"GET record {key}"
-
-        def attempt() -> bytes | None:
-            response = self._send("GET", url, stream=True)
-            with response:
-                if response.status_code == 404:
-                    return None
-                if not 200 <= response.status_code < 300:
-                    raise self._refuse(response, what)
-                try:
-                    data = response.raw.read(MAX_RECORD_BYTES + 1, decode_content=True)
-                except _NETWORK_ERRORS + (OSError,) as exc:
-                    raise Transient(f"body interrupted: {_short(exc)}") from None
-                if len(data) > MAX_RECORD_BYTES:
-                    raise CorruptContent(f"{self.base}: record {key} is larger than {MAX_RECORD_BYTES} bytes")
-                return data
-
-        return self._retry(attempt, what)
-
-    def put_action(self, key: Digest, data: bytes) -> None:
-        url = f"{self.base}/ac/{check_name(key, 'ac')}"
-        what = f"PUT record {key}"
-
-        def attempt() -> None:
-            response = self._send("PUT", url, data=data)
-            with response:
-                if not 200 <= response.status_code < 300:
-                    raise self._refuse(response, what)
-
-        self._retry(attempt, what)
-
-
-    # blobs through the lean pool ---------------------------------------------------------
-
-    def _blob_path(self, digest: Digest) -> str:
-        return f"{self._path}/{'cas.zst' if self.zstd else 'cas'}/{check_name(digest, 'cas')}"
-
-    def _pooled(self, what: str, attempt: Callable[[], object]):
-        """Retry ``attempt`` (which uses the pool), network failures and retryable statuses
-        counting as transient, exactly as in the requests path."""
-
-        def wrapped():
-            try:
-                return attempt()
-            except _POOL_ERRORS as exc:
-                raise Transient(f"{type(exc).__name__}: {str(exc)[:200]}") from None
-
-        return self._retry(wrapped, what)
-
-    def _status(self, response, what: str, absent: bool = False) -> bool:
+    def _status(self, status: int, what: str, absent: bool = False) -> bool:
         """True for 2xx, False for a 404 when ``absent`` is allowed; raises otherwise."""
-        status = response.status
         if 200 <= status < 300:
             return True
         if status == 404 and absent:
             return False
         if status in _TRANSIENT_STATUS:
             raise Transient(f"HTTP {status}")
-        raise RemoteRefused(f"{self.base}: {what}: HTTP {status} {response.reason}")
+        raise RemoteRefused(f"{self.base}: {what}: HTTP {status}")
 
-    def _pool_head(self, digest: Digest) -> bool:
-        path, what = self._blob_path(digest), f"HEAD blob {digest}"
+    # the contract ------------------------------------------------------------------------
 
-        def attempt() -> bool:
-            with self.pool.request("HEAD", path) as response:
-                return self._status(response, what, absent=True)
+    def has_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
+        def present(digest: Digest) -> bool:
+            what = f"HEAD blob {digest}"
+            return self._retry(what, lambda: self._status(self.curl.head(self._blob_url(digest)), what, absent=True))
 
-        return self._pooled(what, attempt)
+        return parallel_has(present, digests, self.parallel)
 
-    def _pool_get(self, digest: Digest, dest: FilePath) -> Digest:
-        path, what = self._blob_path(digest), f"GET blob {digest}"
+    def get_blob(self, digest: Digest, dest: FilePath) -> Digest:
+        url, what = self._blob_url(digest), f"GET blob {digest}"
 
         def attempt() -> Digest:
-            with self.pool.request("GET", path) as response:
-                if not self._status(response, what, absent=True):
+            with _Landing(dest, self.zstd, what) as landing:
+                try:
+                    status = self.curl.get(url, landing.write)
+                except TransferFailed as exc:  # an error status says more than its cut-off body
+                    if exc.status == 404:
+                        raise NotFound(f"{self.base}: blob {digest} not found") from None
+                    if exc.status:
+                        self._status(exc.status, what)
+                    if exc.aborted_by_sink:
+                        landing.finish()  # raises what the sink failed with
+                    raise
+                if not self._status(status, what, absent=True):
                     raise NotFound(f"{self.base}: blob {digest} not found")
-                with _Landing(dest, self.zstd, what) as landing:
-                    buffer = bytearray(_CHUNK)
-                    view = memoryview(buffer)
-                    while n := response.readinto(buffer):
-                        landing.write(view[:n])
-                    if truncated(response):
-                        raise Transient("body truncated")
-                    return landing.finish()
+                return landing.finish()
 
-        return self._pooled(what, attempt)
+        return self._retry(what, attempt)
 
-    def _pool_put(self, digest: Digest, source: Path) -> None:
-        path, what = self._blob_path(digest), f"PUT blob {digest}"
+    def get_blobs(self, digests: Sequence[Digest], dest_for: Callable[[Digest], FilePath]) -> BlobsGot:
+        if len(digests) <= 1:
+            return parallel_get(self.get_blob, digests, dest_for, self.parallel)
+        return self._get_many(digests, dest_for)
+
+    def put_blob(self, digest: Digest, source: Path) -> None:
+        url, what = self._blob_url(digest), f"PUT blob {digest}"
         try:
             size = os.path.getsize(source)
             small = None if self.zstd or size > _SMALL else Path(source).read_bytes()
@@ -312,27 +175,50 @@ class HttpRemote:
             raise RemoteError(f"{source}: local blob to upload is missing") from None
 
         def attempt() -> None:
-            if small is not None:  # one send for headers and body (no Nagle/delayed-ACK stall)
-                with self.pool.request("PUT", path, body=small) as response:
-                    self._status(response, what)
+            if small is not None:
+                self._status(self.curl.put(url, small, len(small)), what)
                 return
             with open(source, "rb") as handle:
+                status = self.curl.put_chunked(url, _compress(handle)) if self.zstd else self.curl.put(url, handle, size)
+                self._status(status, what)
 
-                def rewound():
-                    handle.seek(0)
-                    return _compress(handle) if self.zstd else handle
+        self._retry(what, attempt)
 
-                headers = {"Transfer-Encoding": "chunked"} if self.zstd else {"Content-Length": str(size)}
-                with self.pool.request("PUT", path, body=rewound, headers=headers) as response:
-                    self._status(response, what)
+    def put_blobs(self, blobs: Sequence[tuple[Digest, Path]]) -> None:
+        parallel_put(self.put_blob, self._put_small(blobs), self.parallel)
 
-        self._pooled(what, attempt)
+    def check(self) -> None:
+        what = "HEAD"
+        self._retry(what, lambda: self._status(self.curl.head(f"{self.base}/cas/{'0' * 64}"), what, absent=True))
+
+    def get_action(self, key: Digest, place: str) -> bytes | None:
+        url, what = self._record_url(key, place), f"GET record {key}"
+
+        def attempt() -> bytes | None:
+            body = _Capped(MAX_RECORD_BYTES)
+            try:
+                status = self.curl.get(url, body.write, expected_max=MAX_RECORD_BYTES)
+            except TransferFailed as exc:
+                if exc.aborted_by_sink and 200 <= exc.status < 300:
+                    raise CorruptContent(f"{self.base}: record {key} is larger than {MAX_RECORD_BYTES} bytes") from None
+                raise
+            if not self._status(status, what, absent=True):
+                return None
+            return bytes(body.data)
+
+        return self._retry(what, attempt)
+
+    def put_action(self, key: Digest, place: str, data: bytes) -> None:
+        url, what = self._record_url(key, place), f"PUT record {key}"
+        self._retry(what, lambda: self._status(self.curl.put(url, data, len(data)), what))
+
+    # batches -----------------------------------------------------------------------------
 
     def _put_small(self, blobs: Sequence[tuple[Digest, Path]]) -> list[tuple[Digest, Path]]:
         """PUT the blobs of up to 1 MiB in one libcurl multi batch, read as transfers free up;
         return the larger ones, not sent. A request that failed in transport or with a
-        retryable status is sent again alone under the usual retry policy, which raises when
-        it gives up; any other status raises at once (no new request is started)."""
+        retryable status is sent again alone under the retry policy, which raises when it gives
+        up; any other status raises at once (no new request is started)."""
         large: list[tuple[Digest, Path]] = []
         sources: dict[Digest, Path] = {}
 
@@ -349,12 +235,11 @@ class HttpRemote:
                 sources[digest] = source
                 yield digest, self._blob_url(digest), _compress_bytes(data) if self.zstd else data
 
-        cainfo = _ca_bundle() if self.base.startswith("https:") else None
-        for digest, status, _ in put_many(jobs(), parallel=self.parallel, timeout_s=self.timeout_s, headers=self.pool.headers, cainfo=cainfo):
-            if 200 <= status < 300:
+        for digest, status, message in self.curl.put_many(jobs(), self.parallel):
+            if 200 <= status < 300 and not message:
                 continue
-            if status == 0 or status in _TRANSIENT_STATUS:
-                self._pool_put(digest, sources[digest])
+            if message or status in _TRANSIENT_STATUS:
+                self.put_blob(digest, sources[digest])
                 continue
             raise RemoteRefused(f"{self.base}: PUT blob {digest}: HTTP {status}")
         return large
@@ -370,9 +255,8 @@ class HttpRemote:
                 landing = landings[digest] = _Landing(dest_for(digest), self.zstd, f"GET blob {digest}")
                 yield digest, url, landing.write
 
-        cainfo = _ca_bundle() if self.base.startswith("https:") else None
         try:
-            for digest, status, message in get_many(jobs(), parallel=self.parallel, timeout_s=self.timeout_s, headers=self.pool.headers, cainfo=cainfo):
+            for digest, status, message in self.curl.get_many(jobs(), self.parallel):
                 try:
                     outcome: Digest | RemoteError = self._landed(digest, landings.pop(digest), status, message)
                 except RemoteError as exc:
@@ -384,9 +268,9 @@ class HttpRemote:
 
     def _landed(self, digest: Digest, landing: _Landing, status: int, message: str) -> Digest:
         """The digest of what one batched transfer brought (``status`` and ``message`` as
-        :mod:`buildsys.remote.curlmulti` reports them). A transfer that did not complete, or a
-        retryable status, is fetched again alone under the usual retry policy (which raises
-        RemoteUnavailable when it gives up), as in ``_put_small``."""
+        :meth:`Curl.get_many` reports them). A transfer that did not complete, or a retryable
+        status, is fetched again alone under the retry policy (which raises RemoteUnavailable
+        when it gives up), as in ``_put_small``."""
         with landing:
             if status == 404:
                 raise NotFound(f"{self.base}: blob {digest} not found")
@@ -395,7 +279,21 @@ class HttpRemote:
                     raise RemoteRefused(f"{self.base}: GET blob {digest}: HTTP {status}")
                 if not message or landing.failure is not None:  # complete, or refused by us
                     return landing.finish()
-        return self._pool_get(digest, landing.dest)
+        return self.get_blob(digest, landing.dest)
+
+
+class _Capped:
+    """A body sink keeping at most ``cap`` bytes; beyond that it aborts the transfer."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> int | None:
+        if len(self.data) + len(chunk) > self.cap:
+            return 0
+        self.data += chunk
+        return None
 
 
 class _Landing:
@@ -452,20 +350,6 @@ class _Landing:
         self.close()
 
 
-def _ca_bundle() -> str:
-    """The CA bundle requests would use (``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, else certifi)."""
-    from requests.utils import DEFAULT_CA_BUNDLE_PATH
-
-    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH
-
-
-def _ssl_context():
-    """A TLS context verifying against :func:`_ca_bundle`."""
-    import ssl
-
-    return ssl.create_default_context(cafile=_ca_bundle())
-
-
 def _compress(body) -> Iterator[bytes]:
     import zstandard
 
@@ -478,10 +362,7 @@ def _compress_bytes(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=3).compress(data)
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    if "Read timed out" in text or isinstance(exc, requests.Timeout):
-        return f"timed out ({type(exc).__name__})"
-    if "Connection refused" in text:
-        return "connection refused"
-    return f"{type(exc).__name__}: {text[:200]}"
+def _reason(exc: TransferFailed) -> str:
+    if exc.timed_out:
+        return f"timed out ({exc.message[:200]})"
+    return exc.message[:200]

@@ -1,8 +1,10 @@
 """Bounded retries with exponential backoff, shared by the backends that talk to a network.
 
-A transient failure (connection refused, timeout, 5xx) is retried a few times; the whole call
-gives up once a time budget is spent, so a dead or hung remote costs a build a bounded number
-of seconds (with the defaults: 3 tries, ~10 s worst case) before the cache disables it.
+A transient failure (connection refused, a deadline missed, 5xx) is retried a few times, and
+no try starts once a time budget is spent. Each try has a deadline
+(:mod:`buildsys.remote.deadline`), so a whole operation is bounded (:meth:`RetryPolicy.bound`):
+with the defaults (3 tries, timeout_s 5, a 10 s budget) a remote that is dead, hung or answers a
+byte at a time costs a build at most 15 s before the cache disables it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         return min(self.max_delay_s, self.base_delay_s * (2**attempt))
+
+    def bound(self, attempt_s: float) -> float:
+        """The longest an operation under this policy takes when each try takes at most
+        ``attempt_s``: every try and the pauses between them, or the budget and one last try."""
+        every_try = self.attempts * attempt_s + sum(self.delay(i) for i in range(self.attempts - 1))
+        return min(every_try, self.budget_s + attempt_s)
 
 
 def call_with_retry(fn: Callable[[], T], policy: RetryPolicy, on_give_up: Callable[[str, int], Exception]) -> T:

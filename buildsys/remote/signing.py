@@ -1,6 +1,11 @@
 """Ed25519 signatures on action results, so a shared cache can be written by anyone but only
 records from keys the user trusts are used.
 
+A remote keeps each signer's records in a place of their own, named by the signing key's id
+(:func:`key_id`: ``ac/<key id>/<action key>``), and a client reads only the places of the keys it
+trusts and writes only into the place of the key that signed what it writes: nothing a client
+without that key writes can displace a signed record.
+
 Key files (in the keys dir, see :func:`buildsys.project.config.keys_dir`)::
 
     <name>.key   "<name>:<base64 32-byte private seed>\n", mode 0600
@@ -22,6 +27,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Mapping
 
+import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -57,6 +63,12 @@ def _check_name(name: str) -> str:
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """The name of a key's place on a remote: 128 bits of the BLAKE3 of its public bytes, hex
+    (names are chosen by people and may collide; ids are not)."""
+    return blake3.blake3(_raw_public(key)).hexdigest()[:32]
 
 
 def public_key_line(name: str, key: Ed25519PublicKey) -> str:
@@ -123,9 +135,16 @@ class Signer:
     def public_line(self) -> str:
         return public_key_line(self.name, self.private.public_key())
 
+    @property
+    def key_id(self) -> str:
+        return key_id(self.private.public_key())
+
     def sign(self, result: ActionResult) -> dict[str, str]:
-        sig = self.private.sign(DOMAIN + result.encode())
-        return {"key": self.name, "sig": base64.b64encode(sig).decode()}
+        return self.sign_message(DOMAIN + result.encode())
+
+    def sign_message(self, message: bytes) -> dict[str, str]:
+        """``{"key": name, "sig": base64}`` over ``message`` (which starts with its domain)."""
+        return {"key": self.name, "sig": base64.b64encode(self.private.sign(message)).decode()}
 
 
 class TrustedKeys:
@@ -144,7 +163,12 @@ class TrustedKeys:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def ids(self) -> dict[str, str]:
+        """Key id -> key name, of every trusted key."""
+        return {key_id(key): name for name, key in self.keys.items()}
+
     def verify(self, record: ActionRecord) -> Verdict:
+        """Whether the key the record's signature names is trusted and signed it."""
         sig = record.signature
         if sig is None:
             return Verdict.UNSIGNED
@@ -154,11 +178,25 @@ class TrustedKeys:
         key = self.keys.get(name)
         if key is None:
             return Verdict.UNTRUSTED
-        raw = sig.get("sig")
-        if not isinstance(raw, str):
-            return Verdict.BAD_SIGNATURE
-        try:
-            key.verify(base64.b64decode(raw, validate=True), DOMAIN + record.result.encode())
-        except (InvalidSignature, ValueError, binascii.Error):
-            return Verdict.BAD_SIGNATURE
-        return Verdict.OK
+        return _check(key, sig, DOMAIN + record.result.encode())
+
+    def verify_in_place(self, record: ActionRecord, place: str) -> Verdict:
+        """Whether the record found in the place of the key with id ``place`` was signed by that
+        key (whatever name its signature gives)."""
+        key = next((k for k in self.keys.values() if key_id(k) == place), None)
+        if key is None:
+            return Verdict.UNTRUSTED
+        if record.signature is None:
+            return Verdict.UNSIGNED
+        return _check(key, record.signature, DOMAIN + record.result.encode())
+
+
+def _check(key: Ed25519PublicKey, signature: dict, message: bytes) -> Verdict:
+    raw = signature.get("sig")
+    if not isinstance(raw, str):
+        return Verdict.BAD_SIGNATURE
+    try:
+        key.verify(base64.b64decode(raw, validate=True), message)
+    except (InvalidSignature, ValueError, binascii.Error):
+        return Verdict.BAD_SIGNATURE
+    return Verdict.OK

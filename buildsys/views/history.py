@@ -7,7 +7,7 @@ from typing import Any, Iterator
 from buildsys.errors import BuildsysError
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import is_digest
-from buildsys.store.local import REF_KINDS, LocalStore, StoreError
+from buildsys.store.local import REF_KINDS, LocalStore
 
 
 def list_store(store: LocalStore, what: str) -> Iterator[str]:
@@ -25,19 +25,25 @@ def list_store(store: LocalStore, what: str) -> Iterator[str]:
             yield f"{name} {digest}"
 
 
+class NotInStore(BuildsysError):
+    """What ``store cat`` was asked for is not in the store, or is not a name of anything."""
+
+
 def cat_object(store: LocalStore, name: str) -> Any:
     """A blob, an action record (by key) or a ref (KIND/NAME); msgpack decoded where it is."""
     if "/" in name:
         kind, _, ref = name.partition("/")
-        value = store.read_ref(kind, ref)
+        value = store.read_ref(kind, ref) if kind in REF_KINDS else None
         if value is None:
-            raise StoreError(f"no ref {name}")
+            raise NotInStore(f"no ref {name} in {store.root} (buildsys store ls refs)")
         return value
     if not is_digest(name):
-        raise StoreError(f"{name!r} is neither a digest nor a ref (KIND/NAME)")
+        raise NotInStore(f"{name!r} is neither a digest nor a ref (KIND/NAME)")
     record = store.get_action(name)
     if record is not None:
         return {"result": record.result.to_dict(), "signature": record.signature}
+    if not store.has_blob(name):
+        raise NotInStore(f"no blob or action record {name} in {store.root}")
     data = store.read_bytes(name)
     try:
         decoded = decode(data)
