@@ -220,7 +220,9 @@ def test_s3_server_stopped(tmp_path: Path, monkeypatch) -> None:
         signer, trusted = trusted_signer(tmp_path / "keys")
         a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
         results = [make_action(a, {"f": f"s3 {i}".encode()}, f"s3-{i}") for i in range(2)]
-        settings = RemoteSettings(s3_endpoint_url=server.url, timeout_s=0.5, retries=1)
+        # the default timeout: a stopped server refuses connections at once, and moto on a loaded
+        # machine can take over a second to answer its first requests
+        settings = RemoteSettings(s3_endpoint_url=server.url, retries=1)
         assert _cache(a, "s3://cache/x", settings, trusted, signer).push_closure([r.key for r in results]).pushed
         pull = _cache(b, "s3://cache/x", settings, trusted)
         assert pull.pull_action(results[0].key) == results[0]
