@@ -10,8 +10,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 VIEWER := buildsys/views/site/static/vendor/model-viewer-umd.min.js
+VALIDATOR := tools/gltf-validator/node_modules/gltf-validator/package.json
 
-.PHONY: install build test site servers browser clean
+.PHONY: install build test site servers browser validator clean
 
 install: $(STAMP) $(VIEWER)
 
@@ -41,6 +42,16 @@ servers:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq locales >/dev/null; } || \
 	  echo "glibc's locale sources are not installed: verify --vary env will change the locale variables only"
 
+# the Khronos glTF-Validator (npm), pinned by tools/gltf-validator/package-lock.json; the tests run
+# every GLB of the default project through it (tools/gltf-validator/validate.cjs)
+validator: $(VALIDATOR)
+
+$(VALIDATOR): tools/gltf-validator/package.json tools/gltf-validator/package-lock.json
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	cd tools/gltf-validator && npm ci --no-audit --no-fund --silent
+	touch $@
+
 build: install
 	$(VENV)/bin/buildsys build; status=$$?; $(VENV)/bin/buildsys report --html out/site; exit $$status
 
@@ -53,8 +64,8 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium is not installed: the review-site browser tests will be skipped"
 
-test: install servers browser
+test: install servers browser validator
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) out store/*/ store/FORMAT store/statcache store/lock node_modules $(dir $(VIEWER))
+	rm -rf $(VENV) out store/*/ store/FORMAT store/statcache store/lock node_modules $(dir $(VIEWER)) tools/gltf-validator/node_modules

@@ -142,6 +142,19 @@ def edge_stats(faces: np.ndarray) -> EdgeStats:
     )
 
 
+def closed_components(mesh: Mesh) -> tuple[np.ndarray, dict[int, bool]]:
+    """(label per face, {label: faces point inward} for every closed component): open parts have
+    no inside, so only closed ones have an orientation to get right."""
+    labels = face_components(mesh.faces, len(mesh.vertices))
+    inward = {}
+    for label in np.unique(labels):
+        part = Mesh(mesh.vertices, mesh.faces[labels == label])
+        stats = edge_stats(part.faces)
+        if stats.boundary_edges == 0 and stats.non_manifold_edges == 0:
+            inward[int(label)] = signed_volume(part) < 0
+    return labels, inward
+
+
 def sample_grid(values: np.ndarray, points_index: np.ndarray) -> np.ndarray:
     """Trilinear samples of a (X,Y,Z[,C]) grid at fractional indices (N,3)."""
     from scipy.ndimage import map_coordinates

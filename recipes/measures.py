@@ -1,5 +1,5 @@
 """Mesh measures behind the validation gates, in numpy (plus pymeshlab for non-manifold
-vertices and self-intersections). All are functions of the arrays alone."""
+vertices). All are functions of the arrays alone."""
 
 from __future__ import annotations
 
@@ -34,23 +34,17 @@ def uv_flipped(uv: np.ndarray, faces: np.ndarray) -> tuple[int, int]:
 
 def uv_overlap_fraction(uv: np.ndarray, faces: np.ndarray, resolution: int) -> float:
     """Share of covered texel centres that more than one UV triangle strictly covers."""
-    from recipes.bake import uv_to_pixels
     from recipes.raster import coverage
+    from recipes.texture import uv_to_pixels
 
     counts = coverage(uv_to_pixels(uv, resolution, resolution), faces, resolution, resolution)
     covered = int((counts > 0).sum())
     return float((counts > 1).sum()) / covered if covered else 0.0
 
 
-def meshlab_measures(mesh: Mesh, self_intersections: bool) -> dict[str, int]:
+def meshlab_measures(mesh: Mesh) -> dict[str, int]:
     from recipes.meshlab import MeshSet
 
-    ms = MeshSet.from_mesh(Mesh(mesh.vertices, mesh.faces))
-    topo = ms.topology()
-    out = {
-        "non_manifold_edges": int(topo["non_two_manifold_edges"]),
-        "non_manifold_vertices": int(topo["non_two_manifold_vertices"]),
-    }
-    if self_intersections:
-        out["self_intersecting_faces"] = ms.self_intersecting_faces()
-    return out
+    topo = MeshSet.from_mesh(Mesh(mesh.vertices, mesh.faces)).topology()
+    return {"non_manifold_edges": int(topo["non_two_manifold_edges"]),
+            "non_manifold_vertices": int(topo["non_two_manifold_vertices"])}

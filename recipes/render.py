@@ -1,90 +1,162 @@
-"""Deterministic forward rendering of triangle meshes (numpy z-buffer, flat Lambert shading).
+"""Deterministic review renders of triangle meshes (numpy z-buffer, flat shading).
 
-Colours come from a texture (UVs with a texture image), per-vertex colours, or a constant grey.
-Meshes are framed by their bounding box (centre to the origin, longest half-extent to 1) so any
-asset fills the same fixed cameras; the renders are the inputs of render regression.
+An asset is framed by its bounding sphere (centre to the origin, radius 1) and seen from the
+review cameras (:func:`recipes.cameras.review_cameras`: six around, top, bottom), so every view
+shows all of it whatever its proportions. One rasterization per view gives two passes:
+
+- ``shaded``: light grey clay, flat-shaded, for judging geometry; faces seen from behind (holes,
+  inverted or open parts) are drawn dull red, so they cannot pass for surface;
+- ``textured``: the asset's colours (texture with bilinear filtering, or vertex colours), lit;
+- ``albedo`` (not written out): the colours unlit, for comparing the colours of two meshes whose
+  facets differ.
+
+The light sits behind the camera, above and to the left, so every view, the bottom one too, is
+lit alike. Compared renders (render regression, silhouettes of two meshes) must share a framing:
+:class:`Framing` is computed once, from the reference mesh, and handed to both.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from recipes.asset import Surface
-from recipes.cameras import Camera
-from recipes.geometry import face_normals
-from recipes.raster import rasterize
+from recipes.cameras import Camera, review_cameras, turntable_cameras
+from recipes.geometry import bounding_sphere, face_normals
+from recipes.raster import Raster, rasterize
+from recipes.texture import sample_bilinear
 
-LIGHT = np.array([0.4, 0.7, 0.6]) / np.sqrt(0.4**2 + 0.7**2 + 0.6**2)
+BACKGROUND = np.array([226, 229, 233]) / 255.0
+CLAY = np.array([0.80, 0.80, 0.78])
+BACKFACE = np.array([0.70, 0.22, 0.20])
 
 
-def frame(vertices: np.ndarray) -> np.ndarray:
-    v = np.asarray(vertices, np.float64)
-    if len(v) == 0:
-        return v
-    lo, hi = v.min(axis=0), v.max(axis=0)
-    half = float((hi - lo).max()) / 2.0
-    return (v - (lo + hi) / 2.0) / (half if half > 0 else 1.0)
+@dataclass(frozen=True)
+class Framing:
+    """The similarity that puts an asset's bounding sphere at the origin with radius 1."""
+
+    centre: tuple[float, float, float]
+    radius: float
+
+    @classmethod
+    def of(cls, vertices: np.ndarray) -> "Framing":
+        centre, radius = bounding_sphere(vertices)
+        return cls(tuple(float(c) for c in centre), radius)
+
+    def apply(self, vertices: np.ndarray) -> np.ndarray:
+        return (np.asarray(vertices, np.float64) - np.asarray(self.centre)) / self.radius
+
+
+@dataclass
+class View:
+    shaded: np.ndarray  # (S, S, 3) uint8
+    textured: np.ndarray  # (S, S, 3) uint8
+    albedo: np.ndarray  # (S, S, 3) uint8: the colours unlit, to compare colours of two geometries
+    mask: np.ndarray  # (S, S) bool: pixels the asset covers
+    depth: np.ndarray  # (S, S) float: distance along the view axis, in framed units (inf: empty)
 
 
 def project(vertices: np.ndarray, camera: Camera, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates (V,2) and view depth (V,) of world points."""
     right, up, forward = camera.basis()
     rel = vertices - np.asarray(camera.eye, np.float64)
-    x = rel[:, 0] * right[0] + rel[:, 1] * right[1] + rel[:, 2] * right[2]
-    y = rel[:, 0] * up[0] + rel[:, 1] * up[1] + rel[:, 2] * up[2]
-    z = rel[:, 0] * forward[0] + rel[:, 1] * forward[1] + rel[:, 2] * forward[2]
+    x, y, z = rel @ right, rel @ up, rel @ forward
     z_safe = np.where(z > 1e-6, z, 1e-6)
     half = size / 2.0
-    px = half + camera.focal * x / z_safe * half
-    py = half - camera.focal * y / z_safe * half
-    return np.stack([px, py], axis=1), z
+    return np.stack([half + camera.focal * x / z_safe * half, half - camera.focal * y / z_safe * half], axis=1), z
 
 
-def render_surface(surface: Surface, camera: Camera, size: int = 128,
-                   background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """An (size, size, 3) uint8 image."""
-    verts = frame(surface.vertices)
-    faces = np.asarray(surface.faces, np.int64)
-    image = np.empty((size, size, 3), np.float64)
-    image[:] = np.asarray(background, np.float64) / 255.0
-    if len(faces) == 0:
-        return np.round(image * 255).astype(np.uint8)
-    xy, depth = project(verts, camera, size)
-    visible = (depth[faces] > 1e-3).all(axis=1)
-    kept = np.nonzero(visible)[0]
+def rasterize_view(vertices: np.ndarray, faces: np.ndarray, camera: Camera, size: int) -> Raster:
+    """The z-buffer of framed vertices seen from ``camera``; faces behind the eye are dropped."""
+    xy, depth = project(vertices, camera, size)
+    faces = np.asarray(faces, np.int64)
+    kept = np.nonzero((depth[faces] > 1e-3).all(axis=1))[0] if len(faces) else np.zeros(0, np.int64)
     raster = rasterize(xy, depth, faces[kept], size, size)
     hit = raster.face >= 0
-    face = kept[raster.face[hit]]
-    bary = raster.bary[hit]
-    normals = face_normals(verts, faces)[face]
-    shade = 0.3 + 0.7 * np.maximum((normals * LIGHT).sum(axis=1), 0.0)
-    corners = faces[face]
+    raster.face[hit] = kept[raster.face[hit]]
+    return raster
+
+
+def silhouette(vertices: np.ndarray, faces: np.ndarray, camera: Camera, size: int, framing: Framing) -> np.ndarray:
+    return rasterize_view(framing.apply(vertices), faces, camera, size).face >= 0
+
+
+def _albedo(surface: Surface, face: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    if surface.materials is not None:
+        return surface.materials.color_at(face, bary)
+    corners = np.asarray(surface.faces, np.int64)[face]
     if surface.uv is not None and surface.texture is not None:
-        tex = np.asarray(surface.texture)
         uv = (np.asarray(surface.uv, np.float64)[corners] * bary[:, :, None]).sum(axis=1)
-        th, tw = tex.shape[:2]
-        col = np.clip(np.floor(uv[:, 0] * tw), 0, tw - 1).astype(np.int64)
-        row = np.clip(np.floor((1.0 - uv[:, 1]) * th), 0, th - 1).astype(np.int64)
-        albedo = tex[row, col, :3].astype(np.float64) / 255.0
-    elif surface.colors is not None:
-        cols = np.asarray(surface.colors, np.float64)[corners] / 255.0
-        albedo = (cols * bary[:, :, None]).sum(axis=1)
-    else:
-        albedo = np.full((len(face), 3), 0.8)
-    image[hit] = albedo * shade[:, None]
+        return sample_bilinear(surface.texture, uv)[:, :3]
+    if surface.colors is not None:
+        return (np.asarray(surface.colors, np.float64)[corners] / 255.0 * bary[:, :, None]).sum(axis=1)
+    return np.broadcast_to(CLAY, (len(face), 3))
+
+
+def render_view(surface: Surface, camera: Camera, size: int, framing: Framing) -> View:
+    verts = framing.apply(surface.vertices)
+    shaded = np.empty((size, size, 3))
+    shaded[:] = BACKGROUND
+    textured, albedo = shaded.copy(), shaded.copy()
+    raster = rasterize_view(verts, surface.faces, camera, size)
+    hit = raster.face >= 0
+    if hit.any():
+        face = raster.face[hit]
+        right, up, forward = camera.basis()
+        normals = face_normals(verts, np.asarray(surface.faces, np.int64))[face]
+        facing = normals @ forward
+        back = facing > 0
+        normals[back] *= -1.0
+        light = 0.45 * right + 0.6 * up - 0.66 * forward
+        light /= np.sqrt((light * light).sum())
+        shade = (0.3 + 0.7 * np.maximum(normals @ light, 0.0))[:, None]
+        base = np.where(back[:, None], BACKFACE, CLAY)
+        shaded[hit] = base * shade
+        albedo[hit] = _albedo(surface, face, raster.bary[hit])
+        textured[hit] = albedo[hit] * shade
+    return View(_to_bytes(shaded), _to_bytes(textured), _to_bytes(albedo), hit, raster.depth)
+
+
+def _to_bytes(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
 
+def render_review(surface: Surface, size: int = 512, framing: Framing | None = None, around: int = 6) -> dict[str, View]:
+    framing = framing or Framing.of(surface.vertices)
+    return {name: render_view(surface, cam, size, framing) for name, cam in review_cameras(around).items()}
+
+
+def turntable(surface: Surface, frames: int = 12, size: int = 192, framing: Framing | None = None) -> np.ndarray:
+    """The textured pass from ``frames`` azimuths side by side: one (size, frames*size) strip."""
+    framing = framing or Framing.of(surface.vertices)
+    return np.concatenate([render_view(surface, cam, size, framing).textured
+                           for cam in turntable_cameras(frames)], axis=1)
+
+
 def previews(ctx) -> None:
-    """Stage: render the asset of input ``mesh`` (an export output or one mesh file) from the
-    standard cameras. Params: ``views`` (4), ``size`` (128). Output ``renders/view_NN.png``."""
-    from recipes.cameras import standard_cameras
-    from recipes.meshio import write_png
+    """Stage: review renders of the asset of input ``mesh`` (an export output or one mesh file).
+    Params: ``size`` (512), ``views_around`` (6), ``turntable_frames`` (12). Output
+    ``renders/{shaded,textured}/<view>.png`` and ``renders/turntable.png``."""
     from recipes.asset import load_asset
 
     _, surface = load_asset(ctx)
-    (ctx.out / "renders").mkdir()
-    cameras = standard_cameras(ctx.param("views", 4, int))
-    for i, cam in enumerate(cameras):
-        write_png(ctx.out / "renders" / f"view_{i:02d}.png", render_surface(surface, cam, ctx.param("size", 128, int)))
-        ctx.progress(i + 1, len(cameras), f"view {i}")
+    write_renders(ctx.out / "renders", surface, ctx.param("size", 512, int), ctx.param("views_around", 6, int),
+                  ctx.param("turntable_frames", 12, int))
+
+
+def write_renders(folder, surface: Surface, size: int, around: int, frames: int) -> dict[str, np.ndarray]:
+    """Write the review renders under ``folder``; returns them by relative path."""
+    from recipes.meshio import write_png
+
+    framing = Framing.of(surface.vertices)
+    images: dict[str, np.ndarray] = {}
+    for name, view in render_review(surface, size, framing, around).items():
+        images[f"shaded/{name}.png"] = view.shaded
+        images[f"textured/{name}.png"] = view.textured
+    if frames:
+        images["turntable.png"] = turntable(surface, frames, max(64, size * 3 // 8), framing)
+    for rel, image in sorted(images.items()):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_png(folder / rel, image)
+    return images

@@ -44,6 +44,26 @@ def test_artifacts_are_materialized(default_project: Path):
         assert delivery["package_members"][0] == "model.usdc"
         assert all(check["passed"] for check in delivery["compliance"].values())
         assert report["gates"]["render_ssim"]["status"] == "skipped"
+        for gate in ("hausdorff", "chamfer", "lost_area", "added_area", "silhouette_iou", "bake_fidelity"):
+            assert report["gates"][gate]["status"] == "pass", (target, gate)
+        renders = default_project / "out" / target / "validate" / "renders"
+        assert len(list((renders / "textured").glob("*.png"))) == 8 and (renders / "turntable.png").is_file()
+
+
+def test_the_bunny_keeps_its_texture(default_project: Path):
+    export = json.loads((default_project / "out" / "bunny" / "export" / "export.json").read_text())
+    assert export["bake"] == "surface" and export["bake_check"]["ssim"] > 0.9
+    imported = json.loads((default_project / "out" / "bunny" / "export" / "reports" / "import.json").read_text())
+    assert imported["colors"] == "1 materials (1 textured)" and imported["warnings"] == []
+
+
+def test_every_glb_passes_the_khronos_validator(default_project: Path):
+    from gltf_validator import validate_gltf
+
+    reports = validate_gltf(sorted((default_project / "out").glob("*/export/model.glb")))
+    assert len(reports) == 3
+    for report in reports:
+        assert report["errors"] == 0, report
 
 
 def test_the_usd_of_every_asset_draws_like_its_glb(default_project: Path):

@@ -18,14 +18,16 @@ def test_mesh_stages_identical_across_thread_counts(tmp_path):
     color = np.stack(np.meshgrid(*[np.linspace(0, 1, n)] * 3, indexing="ij"), axis=-1)
     spec = [
         {"recipe": "recipes.stabilize:marching_cubes", "out": "stabilize", "inputs": {"field": "field"}},
-        {"recipe": "recipes.finalize:cleanup", "out": "cleanup", "inputs": {"mesh": "stabilize"},
+        {"recipe": "recipes.cleanup:cleanup", "out": "cleanup", "inputs": {"mesh": "stabilize"},
          "params": {"remesh": "isotropic", "target_faces": 1200}},
-        {"recipe": "recipes.finalize:unwrap", "out": "unwrap", "inputs": {"mesh": "cleanup"}, "params": {"resolution": 256}},
+        {"recipe": "recipes.unwrap:unwrap", "out": "unwrap", "inputs": {"mesh": "cleanup"}, "params": {"resolution": 256}},
         {"recipe": "recipes.export:export", "out": "export", "inputs": {"mesh": "unwrap", "field": "field"},
          "params": {"bake": "field"}},
-        {"recipe": "recipes.validate:gates", "out": "validate", "inputs": {"mesh": "export", "reference": "ref"},
-         "params": {"render_size": 64}},
-        {"recipe": "recipes.render:previews", "out": "previews", "inputs": {"mesh": "export"}, "params": {"size": 64}},
+        {"recipe": "recipes.validate:gates", "out": "validate",
+         "inputs": {"mesh": "export", "source": "stabilize", "reference": "ref"},
+         "params": {"render_size": 64, "turntable_frames": 4}},
+        {"recipe": "recipes.render:previews", "out": "previews", "inputs": {"mesh": "export"},
+         "params": {"size": 64, "turntable_frames": 4}},
     ]
     results = []
     for threads in (1, 2):

@@ -12,7 +12,8 @@ from recipe_helpers import digests, make_ctx, sample_meshes
 
 from buildsys.context import RecipeError
 from recipes.export import export
-from recipes.finalize import cleanup, unwrap
+from recipes.cleanup import cleanup
+from recipes.unwrap import unwrap
 from recipes.io import import_mesh
 from recipes.validate import gates
 
@@ -23,8 +24,9 @@ def chain(tmp_path: Path, source: Path, cleanup_params=None, tag="") -> dict[str
     import_mesh(make_ctx(d["import"], "import", {"mesh": source}, {"normalize": "unit"}))
     cleanup(make_ctx(d["cleanup"], "cleanup", {"mesh": d["import"]}, cleanup_params or {"target_faces": 1500}))
     unwrap(make_ctx(d["unwrap"], "unwrap", {"mesh": d["cleanup"]}, {"resolution": 256}))
-    export(make_ctx(d["export"], "export", {"mesh": d["unwrap"]}))
-    gates(make_ctx(d["validate"], "validate", {"mesh": d["export"], "reference": tmp_path / "ref"}, {"render_size": 64}))
+    export(make_ctx(d["export"], "export", {"mesh": d["unwrap"], "source": d["import"]}))
+    gates(make_ctx(d["validate"], "validate", {"mesh": d["export"], "source": d["cleanup"], "reference": tmp_path / "ref"},
+                   {"asset_class": "background", "render_size": 64, "turntable_frames": 4}))
     return d
 
 
@@ -53,7 +55,9 @@ def test_bunny_becomes_a_valid_textured_asset(bunny):
     assert {"model.glb", "model.obj", "model.mtl", "model.png", "welded.ply", "export.json"} <= files
     glb = trimesh.load(bunny["export"] / "model.glb", force="mesh", process=False)
     assert list(glb.visual.material.baseColorFactor) == [255, 255, 255, 255]
-    assert json.loads((bunny["export"] / "export.json").read_text())["bake"] == "vertex"
+    info = json.loads((bunny["export"] / "export.json").read_text())
+    assert info["bake"] == "surface" and info["bake_check"]["ssim"] > 0.8  # a 256-texel atlas: background class
+    assert {"cleanup.json", "unwrap.json", "import.json"} <= {p.name for p in (bunny["export"] / "reports").iterdir()}
     obj = trimesh.load(bunny["export"] / "model.obj", force="mesh", process=False)
     assert len(obj.faces) == len(glb.faces)
 
@@ -76,9 +80,11 @@ def test_cleanup_repairs_a_broken_mesh(tmp_path):
     cleanup(make_ctx(tmp_path / "c", "cleanup", {"mesh": broken}, {"remesh": "isotropic", "target_faces": 800,
                                                                          "min_component_area_share": 0.01}))
     info = json.loads((tmp_path / "c" / "cleanup.json").read_text())
-    assert info["inverted"] is True and info["components_removed"] == 1 and info["faces"] <= 800
+    assert info["components_turned_outward"] == 1 and info["components"]["components_removed"] == 1
+    assert info["faces"] <= 800 and info["budget"]["met"] is True
     (tmp_path / "ref").mkdir()
-    gates(make_ctx(tmp_path / "v", "validate", {"mesh": tmp_path / "c", "reference": tmp_path / "ref"}))
+    gates(make_ctx(tmp_path / "v", "validate", {"mesh": tmp_path / "c", "reference": tmp_path / "ref"},
+                   {"render_size": 64, "turntable_frames": 0, "max_components": 1, "require_closed": True}))
     report = json.loads((tmp_path / "v" / "report.json").read_text())
     assert report["passed"], report["failures"]
 

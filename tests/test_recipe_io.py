@@ -25,7 +25,8 @@ def test_textured_bunny_imports_with_colours(tmp_path):
     for name in ("bunny10k_textured.obj", "bunny10k_textured.mtl", "TextureDouble_A.png"):
         shutil.copy(sample_meshes() / name, src / name)
     info, mesh = run_import(tmp_path, src, {"normalize": "unit"})
-    assert info["faces"] == 9999 and info["colors"] is True
+    assert info["faces"] == 9999 and info["colors"] == "1 materials (1 textured)" and info["warnings"] == []
+    assert {"surface.npz", "materials.json", "textures/00.png"} <= set(digests(tmp_path / "out"))
     assert mesh.vertices.shape[0] < info["source_vertices"]  # UV-seam duplicates welded
     assert np.isclose(np.abs(mesh.vertices).max(), 1.0, atol=1e-5)
     run_import(tmp_path, src, {"normalize": "unit"}, name="again")
