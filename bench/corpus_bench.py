@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -62,12 +63,15 @@ def corpus(cache: Path) -> list[tuple[str, list[Path], str]]:
             files = [path]
             if path.name == "bunny10k_textured.obj":
                 files += [samples / "bunny10k_textured.mtl", samples / "TextureDouble_A.png"]
-            items.append((f"pml-{path.stem}", files, path.name))
+            items.append((target_name("pml", path), files, path.name))
     for path in sorted(fetch_dm_control(cache).rglob("*")):
         if path.suffix.lower() in MESH_SUFFIXES:
-            prefix = "kinova" if "kinova" in path.parts else "dog"
-            items.append((f"{prefix}-{path.stem}", [path], path.name))
+            items.append((target_name("kinova" if "kinova" in path.parts else "dog", path), [path], path.name))
     return items
+
+
+def target_name(prefix: str, path: Path) -> str:
+    return f"{prefix}-" + re.sub(r"[^A-Za-z0-9_-]", "-", path.stem)
 
 
 def write_project(root: Path, items) -> None:
@@ -83,7 +87,7 @@ def write_project(root: Path, items) -> None:
             shutil.copy(f, folder / f.name)
         refs = ", ".join(f'"src:meshes/{name}/{f.name}"' for f in files)
         body.append(f'[targets.{name}]\npipeline = "imported"\non_fail = "review"\n'
-                    f'[targets.{name}.stages.import]\ninputs = {{ mesh = [{refs}] }}\nparams = {{ file = "{mesh}" }}\n')
+                    f'[targets.{name}.stages.import]\ninputs = {{ mesh = [{refs}] }}\nparams = {{ file = "meshes/{name}/{mesh}" }}\n')
     (root / "Buildfile.toml").write_text("\n".join(body))
     shutil.copytree(REPO / "recipes", root / "recipes", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
 
