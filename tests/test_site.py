@@ -49,8 +49,8 @@ def test_target_page_says_what_made_it(site_project: SiteProject) -> None:
     assert (site_project.site / (glb.group(1) + ".js")).read_text().startswith(f'buildsysModel("{glb.group(1)}", "')
     for src in re.findall(r'<img src="([^"]+)"', page):
         assert (site_project.site / src).is_file(), src
-    # validation renders are 128 px: shown from an upscaled PNG, pixelated
-    assert re.search(r'<img src="files/[0-9a-f]{32}\.x3\.png" width="384" height="384" alt="renders/view_00.png" class="pixelated"', page)
+    # validation renders are review-grade (512 px, shaded and textured passes): shown as they are
+    assert re.search(r'<img src="files/[0-9a-f]{32}\.png" width="512" height="512" alt="renders/textured/az000.png"', page)
 
 
 def test_history_names_what_changed(site_project: SiteProject) -> None:
