@@ -33,8 +33,8 @@ THREADS = max(1, os.cpu_count() or 1)
 
 STAGES = [
     ("import", "recipes.io:import_mesh", {"normalize": "unit"}, {"mesh": None}),
-    ("cleanup", "recipes.finalize:cleanup", {"remesh": "decimate", "target_faces": 5000, "max_hole_edges": 200}, {"mesh": "import"}),
-    ("unwrap", "recipes.finalize:unwrap", {"resolution": 1024, "padding": 2, "max_faces": 60000, "max_seconds": 120}, {"mesh": "cleanup"}),
+    ("cleanup", "recipes.cleanup:cleanup", {"remesh": "decimate", "target_faces": 5000, "max_hole_edges": 200}, {"mesh": "import"}),
+    ("unwrap", "recipes.unwrap:unwrap", {"resolution": 1024, "padding": 2, "max_faces": 60000, "max_seconds": 120}, {"mesh": "cleanup"}),
     ("export", "recipes.export:export", {"bake": "auto", "padding": 8}, {"mesh": "unwrap"}),
     ("validate", "recipes.validate:gates", {"max_components": 1}, {"mesh": "export", "reference": "empty"}),
 ]

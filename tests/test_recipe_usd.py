@@ -15,9 +15,9 @@ from recipe_helpers import digests, make_ctx
 from usd_helpers import glb_parts, glb_surface, png_bytes, textured_scan_glb, usd_surface, write_glb
 
 from buildsys.context import RecipeError
-from recipes.cameras import standard_cameras
+from recipes.cameras import review_cameras
 from recipes.meshio import write_png
-from recipes.render import render_surface
+from recipes.render import Framing, render_view
 from recipes.usd import usd
 from recipes.usdcheck import check_usd
 
@@ -88,11 +88,12 @@ def test_the_usd_draws_like_the_glb(scan, tmp_path):
     np.testing.assert_allclose(ours.uv, theirs.uv, atol=1e-6)
     np.testing.assert_array_equal(ours.texture, theirs.texture)
     views = []
-    for camera in standard_cameras(4):
-        a, b = render_surface(ours, camera, 160), render_surface(theirs, camera, 160)
-        assert (a != 255).any(axis=2).mean() > 0.1, "the asset fills the view"
-        assert np.abs(a.astype(int) - b).max() == 0
-        views.append(np.concatenate([a, b], axis=0))
+    framing = Framing.of(theirs.vertices)
+    for camera in review_cameras().values():
+        a, b = render_view(ours, camera, 160, framing), render_view(theirs, camera, 160, framing)
+        assert a.mask.mean() > 0.1, "the asset fills the view"
+        assert np.abs(a.textured.astype(int) - b.textured).max() == 0
+        views.append(np.concatenate([a.textured, b.textured], axis=0))
     write_png(tmp_path / "usd-above-glb-below.png", np.concatenate(views, axis=1))
 
 
