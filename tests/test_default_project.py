@@ -94,9 +94,10 @@ def test_the_default_project_exports_a_training_dataset(default_project: Path, t
     samples = {s["__key__"]: s for s in wds.WebDataset([str(tmp_path / "dataset" / s["file"]) for s in manifest["shards"]], shardshuffle=False)}
     assert set(samples) == {"red-blob", "blue-rock", "bunny"}
     views = [f"view_{i:02d}.png" for i in range(4)]
+    review = [f"textured.{v}.png" for v in ("az000", "az060", "az120", "az180", "az240", "az300", "top", "bottom")]
     for key in ("red-blob", "blue-rock"):
         assert samples[key]["txt"].decode() == {"red-blob": "a red blob", "blue-rock": "a rough blue rock"}[key]
-        assert {f"creative.{v}" for v in views} | {f"render.{v}" for v in views} | {"mesh.glb", "gates.json"} <= set(samples[key])
+        assert {f"creative.{v}" for v in views} | {f"render.{v}" for v in review} | {"mesh.glb", "gates.json"} <= set(samples[key])
     assert "txt" not in samples["bunny"] and json.loads(samples["bunny"]["json"])["creative"] is None
     assert samples["bunny"]["mesh.glb"] == (default_project / "out" / "bunny" / "export" / "model.glb").read_bytes()
 

@@ -179,10 +179,12 @@ class Collector:
         return SampleFile(name, stage, rel, entry.digest, entry.size)
 
     def _renders(self, stage: str, tree: Manifest, prefix: str) -> list[SampleFile]:
-        """The camera views (``renders/view_*.png``) and what the stage says about them
-        (``renders/*.json``, e.g. the cameras); not the other images (progress frames)."""
-        names = sorted(rel for rel in tree if re.fullmatch(r"renders/(view_[A-Za-z0-9_-]+\.png|[A-Za-z0-9_-]+\.json)", rel))
-        return [self._file(f"{prefix}.{rel[len('renders/'):]}", stage, rel, tree) for rel in names]
+        """The camera views (``renders/view_*.png``, or a gate's review views, the textured pass
+        ``renders/textured/*.png``) and what the stage says about them (``renders/*.json``, e.g.
+        the cameras); not the other images (progress frames, shaded passes, turntables)."""
+        pattern = r"renders/(view_[A-Za-z0-9_-]+\.png|textured/[A-Za-z0-9_-]+\.png|[A-Za-z0-9_-]+\.json)"
+        names = sorted(rel for rel in tree if re.fullmatch(pattern, rel))
+        return [self._file(f"{prefix}.{rel[len('renders/'):].replace('/', '.')}", stage, rel, tree) for rel in names]
 
     def _link(self, entry: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
         recipe = description.get("recipe") or {}
