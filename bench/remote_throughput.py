@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from buildsys.project.config import RemoteSettings  # noqa: E402
 from buildsys.remote import open_remote  # noqa: E402
 from buildsys.remote.cache import RemoteCache  # noqa: E402
-from buildsys.remote.signing import TrustedKeys  # noqa: E402
+from buildsys.remote.signing import Signer, TrustedKeys, generate_key  # noqa: E402
 from buildsys.store import LocalStore  # noqa: E402
 from tests.remote_servers import MotoServer, NginxServer  # noqa: E402
 
@@ -111,6 +111,8 @@ class Bench:
         self.rounds: dict[str, list[tuple]] = {}
         self.names: dict[str, tuple] = {}
         self.large, self.small = self._make_blobs()
+        generate_key("bench", work / "keys")  # a push needs a signing key (records are pushed signed)
+        self.signer = Signer.load("bench", work / "keys")
         self.large_bytes = args.large_mib * MiB
         self.folders = 0
         self.small_bytes = args.small_count * args.small_kib * 1024
@@ -134,7 +136,7 @@ class Bench:
 
     def cache(self, url: str, settings: RemoteSettings, store: LocalStore) -> RemoteCache:
         remote = open_remote(url, settings)
-        return RemoteCache(store, remote, TrustedKeys(), None, False, self.args.parallel, lambda m: print("warning:", m, file=sys.stderr))
+        return RemoteCache(store, remote, TrustedKeys(), self.signer, False, self.args.parallel, lambda m: print("warning:", m, file=sys.stderr))
 
     def ours(self, name: str, url: str, settings: RemoteSettings, remote_large: Path | None) -> tuple[float, float, float, float]:
         """buildsys's four timings; ``remote_large``: where the remote keeps the large blob

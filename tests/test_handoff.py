@@ -1,5 +1,7 @@
 """handoff and bundle verify: a round trip to a second machine (empty store, other cwd), the
-model-registry policy, and a bundle that was tampered with in every way we could think of."""
+model-registry policy, signed bundles and whose code replays them (the code installed here only
+when it is the recorded code, the bundle's own only when a trusted key signed it), and a bundle
+that was tampered with in every way we could think of."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Callable
 import pytest
 from repro_helpers import TESTS, build, files_under, run, stage, write_buildfile
 
-from buildsys.errors import EXIT_BAD_INPUT, EXIT_NOT_REPRODUCIBLE
+from buildsys.errors import EXIT_BAD_INPUT
 from buildsys.repro.bundle import BundleError, read_bundle
 
 MODELS = """[models.ckpt]
@@ -51,10 +53,27 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """Environments: "studio" signs with the key 'studio', "client" trusts it, "stranger" trusts
+    nothing."""
+    from buildsys.remote.signing import generate_key
+
+    home = tmp_path_factory.mktemp("keys")
+    public = generate_key("studio", home / "keys").partition(":")[2]
+    configs = {"studio": '[signing]\nkey = "studio"\n', "client": f'[trust]\nkeys = {{ studio = "{public}" }}\n', "stranger": ""}
+    envs = {}
+    for name, text in configs.items():
+        (home / f"{name}.toml").write_text(text)
+        envs[name] = {"BUILDSYS_CONFIG": str(home / f"{name}.toml"), "BUILDSYS_KEYS_DIR": str(home / "keys" if name == "studio" else home / "none")}
+    return envs
+
+
+@pytest.fixture(scope="module")
+def bundle(project: Path, keys: dict[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("handoff") / "asset-bundle"
-    proc = run(["handoff", "-f", str(project), "asset", "-o", str(out), "--json"], project.parent)
+    proc = run(["handoff", "-f", str(project), "asset", "-o", str(out), "--json"], project.parent, env=keys["studio"])
     assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["signed_by"] == "studio"
     return out
 
 
@@ -64,7 +83,8 @@ def _lock(bundle: Path) -> dict:
 
 def test_bundle_layout_and_lock(bundle: Path, project: Path) -> None:
     files = files_under(bundle)
-    assert {"BUILDSYS-BUNDLE", "lock.json", "artifacts/final/asset.ply", "artifacts/check/report.json", "validation/asset__check.json"} <= files
+    assert {"BUILDSYS-BUNDLE", "lock.json", "lock.sig", "artifacts/final/asset.ply", "artifacts/check/report.json", "validation/asset__check.json"} <= files
+    assert "code/nondeterministic_recipes.py" in files
     lock = _lock(bundle)
     stages = lock["stages"]
     assert set(stages) == {"asset/source", "asset/dream", "asset/final", "asset/check", "asset/weights"}
@@ -80,7 +100,7 @@ def test_bundle_layout_and_lock(bundle: Path, project: Path) -> None:
     assert lock["builds"] and all(b["file"] in files and b["producer"]["user"] for b in lock["builds"])
     assert lock["validation"] == {"asset/check": "validation/asset__check.json"}
     # every bundled file is listed with its digest and size, and nothing carries the build's paths
-    assert set(lock["files"]) == files - {"BUILDSYS-BUNDLE", "lock.json"} - {f for f in files if (bundle / f).is_dir()}
+    assert set(lock["files"]) == files - {"BUILDSYS-BUNDLE", "lock.json", "lock.sig"} - {f for f in files if (bundle / f).is_dir()}
     for rel in files:
         path = bundle / rel
         if path.is_file():
@@ -88,11 +108,11 @@ def test_bundle_layout_and_lock(bundle: Path, project: Path) -> None:
     assert json.loads((bundle / "validation/asset__check.json").read_text())["passed"] is True
 
 
-def test_round_trip_on_a_second_machine(bundle: Path, tmp_path: Path) -> None:
+def test_round_trip_on_a_second_machine(bundle: Path, keys: dict[str, dict[str, str]], tmp_path: Path) -> None:
     machine = tmp_path / "machine-2"
     machine.mkdir()
     before = {p: p.stat().st_mtime_ns for p in bundle.rglob("*")}
-    proc = run(["verify", str(bundle), "--recipe-path", str(TESTS), "--json"], machine)
+    proc = run(["verify", str(bundle), "--recipe-path", str(TESTS), "--json"], machine, env=keys["client"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert [s["stage"] for s in report["stages"]] == ["asset/source", "asset/final", "asset/check", "asset/weights"]  # upstream first
@@ -100,29 +120,75 @@ def test_round_trip_on_a_second_machine(bundle: Path, tmp_path: Path) -> None:
         "asset/source": "reproduced", "asset/final": "reproduced", "asset/check": "reproduced", "asset/weights": "reproduced",
     }
     assert not any("differs" in n for s in report["stages"] for n in s["notes"])
+    assert report["signature"] == {"verdict": "ok", "key": "studio"} and "bundle signed by trusted key 'studio'" in report["notes"]
+    assert any(n.startswith("recipe code: the code installed here") for n in report["notes"])
     assert list(machine.iterdir()) == []  # an empty store elsewhere: nothing written in the cwd
     assert {p: p.stat().st_mtime_ns for p in bundle.rglob("*")} == before
+    text = run(["verify", str(bundle), "--recipe-path", str(TESTS)], machine, env=keys["stranger"])
+    assert text.returncode == 0 and "bundle signed by key 'studio', which is not trusted here" in text.stdout
 
 
-def test_bundle_verify_reports_other_recipe_code(bundle: Path, tmp_path: Path) -> None:
-    """The recipe installed here differs: reported; a cosmetic edit still reproduces, a
-    behavioural one diverges with its diff."""
+def test_installed_code_runs_only_when_it_is_the_recorded_code(bundle: Path, keys: dict[str, dict[str, str]], tmp_path: Path) -> None:
+    """Recipes installed here that differ from the bundled build's (even by a comment) are not
+    run: the bundle's own code replays it when a trusted key signed it, and reproduces; with no
+    trusted signature nothing runs and the message says what to do."""
     cosmetic, behavioural = tmp_path / "cosmetic", tmp_path / "behavioural"
     source = (TESTS / "nondeterministic_recipes.py").read_text()
     commented = source.replace("    heights = np.cumsum(", "    # reviewed\n    heights = np.cumsum(")
     for folder, text in ((cosmetic, commented), (behavioural, source.replace("np.cumsum(field, axis=0)", "np.cumsum(field, axis=1)"))):
         folder.mkdir()
         (folder / "nondeterministic_recipes.py").write_text(text)
-    proc = run(["verify", str(bundle), "--recipe-path", str(cosmetic), "--json"], tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    final = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}["asset/final"]
-    assert any("differs from the bundled build's (nondeterministic_recipes:finalize changed)" in n for n in final["notes"]), final["notes"]
-    proc = run(["verify", str(bundle), "--recipe-path", str(behavioural), "--json"], tmp_path)
-    assert proc.returncode == EXIT_NOT_REPRODUCIBLE
-    report = json.loads(proc.stdout)
-    assert report["first_failing"] == "asset/final"
-    final = {s["stage"]: s for s in report["stages"]}["asset/final"]
-    assert {d["name"]: d["kind"] for d in final["diff"]["differing"]}["heights.npy"] == "array"
+    for folder in (cosmetic, behavioural):
+        proc = run(["verify", str(bundle), "--recipe-path", str(folder), "--json"], tmp_path, env=keys["client"])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        report = json.loads(proc.stdout)
+        assert {s["status"] for s in report["stages"]} == {"reproduced"}
+        assert any(n.startswith("recipe code: the bundle's own (1 files), as asset/final: the recipe code installed here is not") for n in report["notes"])
+    refused = run(["verify", str(bundle), "--recipe-path", str(behavioural)], tmp_path, env=keys["stranger"])
+    assert refused.returncode == EXIT_BAD_INPUT, refused.stdout + refused.stderr
+    message = refused.stderr.strip()
+    assert len(message.splitlines()) == 1 and "a replay would run the bundle's own code" in message
+    assert "signed by key 'studio', which is not trusted here" in message and "--recipe-path" in message
+
+
+EVIL = """
+from pathlib import Path
+
+
+def run(ctx):
+    Path({marker!r}).write_text("an installed function ran on the word of an edited lock")
+    (ctx.out / "heights.npy").write_bytes(b"")
+"""
+
+
+@pytest.mark.parametrize("signature", ["stripped", "kept"])
+def test_an_edited_lock_never_runs_an_installed_function(bundle: Path, keys: dict[str, dict[str, str]], tmp_path: Path, signature: str) -> None:
+    """The bug: a lock whose description names another installed function, re-keyed to match,
+    ran that function. Now it is refused: its code is not the recorded code, the bundle does not
+    carry it, and (signature stripped) no trusted key vouches for the bundle, or (kept) the
+    signature no longer verifies."""
+    from buildsys.keys.action import action_key
+
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    marker = tmp_path / "ran"
+    (installed / "evil_recipes.py").write_text(EVIL.format(marker=str(marker)))
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    lock = _lock(copy)
+    final = lock["stages"]["asset/final"]
+    final["description"]["recipe"]["ref"] = "evil_recipes:run"
+    final["recipe"] = final["description"]["recipe"]
+    final["key"] = action_key(final["description"])
+    os.chmod(copy / "lock.json", 0o644)
+    (copy / "lock.json").write_text(json.dumps(lock))
+    if signature == "stripped":
+        (copy / "lock.sig").unlink()
+    proc = run(["verify", str(copy), "--recipe-path", str(TESTS), "--recipe-path", str(installed)], tmp_path, env=keys["client"])
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr
+    expected = "bundle is not signed" if signature == "stripped" else "does not verify: the bundle changed after it was signed"
+    assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
 
 
 def test_diff_between_bundle_and_store_record(bundle: Path, project: Path) -> None:

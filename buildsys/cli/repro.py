@@ -83,7 +83,7 @@ def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat:
     Exit 0 when every deterministic and strict stage reproduced, 4 otherwise."""
     from buildsys.repro.variation import Variation, VerifyError
     from buildsys.repro.verdicts import render_report
-    from buildsys.repro.verify import verify_bundle, verify_targets
+    from buildsys.repro.verify import verify_targets
 
     variation = Variation.parse(vary)
     bundles = [s for s in subjects if _is_bundle_arg(s)]
@@ -98,7 +98,12 @@ def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat:
                 from buildsys.project.buildfile import load
 
                 roots += load(buildfile, check_recipes=False).recipe_path
-            report = verify_bundle(Path(bundles[0]), [p.resolve() for p in roots], variation, jobs, assets_dir, repeat, bisect)
+            from buildsys.project.config import load_user_config
+            from buildsys.remote.cache import load_trust
+            from buildsys.repro.replay_bundle import verify_bundle
+
+            trusted, _ = load_trust(load_user_config())
+            report = verify_bundle(Path(bundles[0]), [p.resolve() for p in roots], trusted, variation, jobs, assets_dir, repeat, bisect)
             store = _project_store(buildfile)
             if store is not None:
                 _keep(store, "verify", report.subject, report.to_dict(), report.exit_code, assets_dir)
@@ -182,12 +187,16 @@ def diff(buildfile: Path, a: str, b: str, json_output: bool, html_path: Path | N
 @click.option("--json", "json_output", is_flag=True)
 @handled
 def handoff(buildfile: Path, target: str, out: Path, force: bool, json_output: bool) -> None:
-    """Write a self-contained bundle of TARGET's last build: artifacts, replay inputs, lock,
-    build records and validation reports."""
+    """Write a self-contained bundle of TARGET's last build: artifacts, replay inputs and recipe
+    code, lock, build records and validation reports; signed with the [signing] key of the user
+    config, when there is one."""
+    from buildsys.project.config import load_user_config
+    from buildsys.remote.cache import load_trust
     from buildsys.repro.handoff import handoff as write_bundle
 
+    _, signer = load_trust(load_user_config())
     with open_session(buildfile) as session:
-        report = write_bundle(session, session.targets([target])[0], out, force=force)
+        report = write_bundle(session, session.targets([target])[0], out, force=force, signer=signer)
     if json_output:
         click.echo(json.dumps(report.to_dict(), sort_keys=True))
         return
@@ -197,3 +206,10 @@ def handoff(buildfile: Path, target: str, out: Path, force: bool, json_output: b
         click.echo(f"  not replayable: {sid} ({why})")
     for violation in report.violations:
         click.echo(f"  FORCED past policy: {violation}")
+    if report.signed_by:
+        click.echo(f"  signed by key {report.signed_by!r}")
+    else:
+        click.echo(
+            "  not signed (no [signing] key in the user config): a machine without the recipes installed will not run "
+            "the bundle's own code; make a key with `buildsys keys generate NAME`", err=True,
+        )

@@ -14,7 +14,7 @@ Key files (in the keys dir, see :func:`buildsys.project.config.keys_dir`)::
 A signature is ``{"key": name, "sig": base64}`` over ``DOMAIN + ActionResult.encode()``: the
 result's canonical bytes (which include the action key, so a record cannot be replayed under
 another key) behind a domain-separation prefix (so no other buildsys message can pass for a
-record). Keys carry names so they can rotate: trust the new name, then drop the old one.
+record). A hand-off bundle's is over ``BUNDLE_DOMAIN`` and its lock's bytes. Keys carry names so they can rotate: trust the new name, then drop the old one.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ from buildsys.project.config import KEY_NAME
 from buildsys.store.records import ActionRecord, ActionResult
 
 DOMAIN = b"buildsys action result v1\x00"
+BUNDLE_DOMAIN = b"buildsys hand-off lock v1\x00"
+"""Hand-off bundles are signed over this prefix and their lock's bytes (the lock lists every
+file of the bundle with its digest, so the signature covers them all)."""
 
 
 class SigningError(BuildsysError):
@@ -189,6 +192,20 @@ class TrustedKeys:
         if record.signature is None:
             return Verdict.UNSIGNED
         return _check(key, record.signature, DOMAIN + record.result.encode())
+
+    def verify_message(self, signature: object, message: bytes) -> tuple[Verdict, str | None]:
+        """(verdict, the signing key's name) of a detached ``{"key", "sig"}`` over ``message``;
+        UNSIGNED for no signature (None)."""
+        if signature is None:
+            return Verdict.UNSIGNED, None
+        name = signature.get("key") if isinstance(signature, dict) else None
+        if not isinstance(name, str):
+            return Verdict.BAD_SIGNATURE, None
+        key = self.keys.get(name)
+        if key is None:
+            return Verdict.UNTRUSTED, name
+        assert isinstance(signature, dict)
+        return _check(key, signature, message), name
 
 
 def _check(key: Ed25519PublicKey, signature: dict, message: bytes) -> Verdict:

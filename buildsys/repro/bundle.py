@@ -13,15 +13,20 @@ Layout (see :mod:`buildsys.repro.handoff` for how it is written)::
 
     BUILDSYS-BUNDLE            marker, "buildsys-bundle 1"
     lock.json                  the lock (:mod:`buildsys.repro.lock`)
+    lock.sig                   optional: {"key": name, "sig": base64}, an Ed25519 signature of
+                               the lock's bytes (see buildsys.remote.signing.BUNDLE_DOMAIN)
     artifacts/STAGE/...        the target's final artifacts, as files people can open
     blobs/DIGEST               replay material: files of the input and output trees of every
                                replayable stage, named by their BLAKE3 digest
     records/DIGEST.json        the build records that produced or used the bundled actions
     validation/STAGE.json      report.json of each gate stage
+    code/MODULE/PATH.py        the recipe code of the replayable stages (what their code digest
+                               covers, and the packages' __init__ files on the way)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -29,18 +34,40 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.keys.hashing import Digest, digest_file
+from buildsys.repro.carry import CODE
 from buildsys.repro.lock import LOCK, MAX_LOCK_BYTES, BundleError, Lock, parse_lock
 
 MARKER = "BUILDSYS-BUNDLE"
 MARKER_TEXT = "buildsys-bundle 1"
+SIGNATURE = "lock.sig"
 MAX_MARKER_BYTES = 256
+MAX_SIGNATURE_BYTES = 4096
 
 
 @dataclass
 class Bundle:
     root: Path
     lock: Lock
+    lock_bytes: bytes
+    signature: dict[str, Any] | None = None
+    """What ``lock.sig`` holds (checked against trusted keys by the caller), or None."""
     files: dict[str, tuple[Digest, int]] = field(default_factory=dict)
+
+    @property
+    def code_files(self) -> list[str]:
+        return sorted(rel for rel in self.files if rel.startswith(CODE + "/"))
+
+    def extract_code(self, dest: Path) -> Path:
+        """Copy the carried recipe code under ``dest`` (a new folder; paths were checked when
+        the lock was read); return ``dest``, a folder to put on the recipe path."""
+        import shutil
+
+        for rel in self.code_files:
+            target = dest.joinpath(*rel.split("/")[1:])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.root.joinpath(*rel.split("/")), target)
+        dest.mkdir(parents=True, exist_ok=True)
+        return dest
 
     def has_tree(self, tree: Digest) -> bool:
         manifest = self.lock.trees.get(tree)
@@ -77,9 +104,24 @@ def read_bundle(root: Path) -> Bundle:
     marker = _read_small(root / MARKER, MAX_MARKER_BYTES, "marker").decode("utf-8", errors="replace").strip()
     if marker != MARKER_TEXT:
         raise BundleError(f"{root / MARKER}: marker says {marker[:40]!r}, expected {MARKER_TEXT!r}")
-    lock = parse_lock(root / LOCK, _read_small(root / LOCK, MAX_LOCK_BYTES, "lock"))
+    lock_bytes = _read_small(root / LOCK, MAX_LOCK_BYTES, "lock")
+    lock = parse_lock(root / LOCK, lock_bytes)
     _check_files(root, lock)
-    return Bundle(root, lock, dict(lock.files))
+    return Bundle(root, lock, lock_bytes, _signature(root), dict(lock.files))
+
+
+def _signature(root: Path) -> dict[str, Any] | None:
+    path = root / SIGNATURE
+    if not os.path.lexists(path):
+        return None
+    data = _read_small(path, MAX_SIGNATURE_BYTES, "signature")
+    try:
+        signature = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BundleError(f"{path}: not a signature (JSON {{key, sig}})") from None
+    if not isinstance(signature, dict) or set(signature) != {"key", "sig"} or not all(isinstance(v, str) for v in signature.values()):
+        raise BundleError(f"{path}: not a signature (JSON {{key, sig}})")
+    return signature
 
 
 def _read_small(path: Path, cap: int, what: str) -> bytes:
@@ -112,7 +154,7 @@ def _check_files(root: Path, lock: Lock) -> None:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 raise BundleError(f"{full}: not a regular file")
-            if rel in (MARKER, LOCK):
+            if rel in (MARKER, LOCK, SIGNATURE):
                 continue
             if rel not in lock.files:
                 raise BundleError(f"{full}: file is not listed in {LOCK} (files)")

@@ -2,10 +2,11 @@
 
 The bundle (layout in :mod:`buildsys.repro.bundle`) holds the final artifacts as ordinary files,
 the replay material of every deterministic stage (its input trees, model and output, as blobs
-named by digest), the lock (:mod:`buildsys.repro.lock`, which owns its format), the build
-records that produced or used those actions (audit: who, when, cost) and the gate stages'
-validation reports. ``buildsys verify DIR`` on another machine re-checks every file and replays
-the deterministic stages from the bundle alone.
+named by digest, and its recipe code, :mod:`buildsys.repro.carry`), the lock
+(:mod:`buildsys.repro.lock`, which owns its format), the build records that produced or used
+those actions (audit: who, when, cost) and the gate stages' validation reports; signed with the
+user's key when one is configured. ``buildsys verify DIR`` on another machine re-checks every
+file and replays the deterministic stages from the bundle alone.
 
 No absolute path and no timestamp enters the bundle's artifacts; build records keep their
 timestamps as audit data, with the Buildfile reduced to its file name.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ from buildsys.keys.action import DETERMINISTIC_MODES
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest, digest_file
 from buildsys.keys.tree import Manifest
-from buildsys.repro.bundle import MARKER, MARKER_TEXT
+from buildsys.remote.signing import BUNDLE_DOMAIN, Signer
+from buildsys.repro.bundle import MARKER, MARKER_TEXT, SIGNATURE
+from buildsys.repro.carry import code_files
 from buildsys.repro.lock import LOCK, Lock, LockedModel, LockedStage
 from buildsys.repro.verify import plan_targets
 from buildsys.store.atomic import filling_folder, is_new_or_empty_folder
@@ -46,12 +50,13 @@ class HandoffReport:
     not_replayed: dict[str, str]
     violations: list[str] = field(default_factory=list)
     forced: bool = False
+    signed_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "bundle": str(self.bundle), "target": self.target, "files": self.files, "bytes": self.bytes,
             "replayable": self.replayable, "not_replayed": self.not_replayed,
-            "violations": self.violations, "forced": self.forced,
+            "violations": self.violations, "forced": self.forced, "signed_by": self.signed_by,
         }
 
 
@@ -79,9 +84,10 @@ def policy_violations(session: Session, stage_ids: list[str]) -> tuple[list[str]
     return violations, models
 
 
-def handoff(session: Session, target: str, out: Path, force: bool = False) -> HandoffReport:
-    """Write the bundle of ``target``'s last build into ``out`` (new or empty); a model-registry
-    violation refuses the hand-off unless ``force``, and the lock records it either way."""
+def handoff(session: Session, target: str, out: Path, force: bool = False, signer: Signer | None = None) -> HandoffReport:
+    """Write the bundle of ``target``'s last build into ``out`` (new or empty), signed by
+    ``signer`` if given; a model-registry violation refuses the hand-off unless ``force``, and
+    the lock records it either way."""
     out = Path(out)
     if not is_new_or_empty_folder(out):
         raise HandoffError(f"{out}: exists and is not an empty directory")
@@ -96,10 +102,11 @@ def handoff(session: Session, target: str, out: Path, force: bool = False) -> Ha
         raise HandoffError("model registry refuses the hand-off: " + "; ".join(violations) + " (use --force to hand off anyway; the lock records it)")
 
     with filling_folder(out):
-        return _write(session, target, out, plans, violations, models, force)
+        return _write(session, target, out, plans, violations, models, force, signer)
 
 
-def _write(session: Session, target: str, out: Path, plans: list, violations: list[str], models: dict, force: bool) -> HandoffReport:
+def _write(session: Session, target: str, out: Path, plans: list, violations: list[str], models: dict, force: bool,
+           signer: Signer | None) -> HandoffReport:
     store = session.store
     project = session.project
     files: dict[str, tuple[Digest, int]] = {}
@@ -132,6 +139,13 @@ def _write(session: Session, target: str, out: Path, plans: list, violations: li
         if why is None:
             for tree in needed + [plan.recorded_tree]:
                 add_tree(tree)
+            recipe = description["recipe"]
+            for rel, source in code_files(recipe["ref"], recipe["code"], project.recipe_path).items():
+                if rel not in files:
+                    dest = out.joinpath(*rel.split("/"))
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, dest)
+                    files[rel] = digest_file(dest)
         ref_entry = ((session.last_build(spec.target) or {}).get("stages", {}).get(spec.name)) or {}
         model = None
         if description.get("model"):
@@ -184,12 +198,16 @@ def _write(session: Session, target: str, out: Path, plans: list, violations: li
         target=target, stages=stages, trees=trees, files=files, outputs=outputs, models=models,
         policy={"violations": violations, "forced": bool(force and violations)}, builds=builds, validation=validation,
     )
-    (out / LOCK).write_bytes(lock.encode())
+    lock_bytes = lock.encode()
+    (out / LOCK).write_bytes(lock_bytes)
+    if signer is not None:
+        signature = signer.sign_message(BUNDLE_DOMAIN + lock_bytes)
+        (out / SIGNATURE).write_text(json.dumps(signature, sort_keys=True) + "\n", encoding="utf-8")
     (out / MARKER).write_text(MARKER_TEXT + "\n", encoding="utf-8")
     return HandoffReport(
-        out, target, len(files) + 2, sum(size for _, size in files.values()),
+        out, target, len(files) + 2 + (signer is not None), sum(size for _, size in files.values()),
         [sid for sid, s in stages.items() if s.replay], {sid: s.not_replayed for sid, s in stages.items() if s.not_replayed},
-        violations, bool(force and violations),
+        violations, bool(force and violations), signer.name if signer else None,
     )
 
 

@@ -8,7 +8,7 @@ the file and the dotted field.
 
 Format (JSON, keys sorted, one space of indent; ``format`` is checked first)::
 
-    format       "buildsys-lock 1"
+    format       "buildsys-lock 2" ("buildsys-lock 1", without code/, is read too)
     target       the target's name
     order        the stage ids, upstream first (JSON objects are written with sorted keys)
     outputs      {stage name: output tree} of the target's final stages
@@ -26,7 +26,9 @@ Format (JSON, keys sorted, one space of indent; ``format`` is checked first)::
                    not_replayed     why not, when replay is false, else null
                    fingerprint, producer, metrics   from the action record (audit), or null
     trees        {tree digest: {path: [digest, size, executable]}} of every tree the bundle holds
-    files        {bundle path: {digest, size}} of every file but the marker and the lock
+    files        {bundle path: {digest, size}} of every file but the marker, the lock and its
+                 signature; code/ holds the recipe code of the replayable stages, as modules
+                 under their import paths (code/recipes/finalize.py)
     models       {name: {digest, license, production, stages, violations}}
     policy       {violations: [...], forced: bool}
     builds       [{digest, file, started, finished, producer, targets, summary}] (audit data)
@@ -50,8 +52,9 @@ from buildsys.keys.tree import Entry, Manifest, TreeError, check_relative_path, 
 from buildsys.project.schema import Fields
 
 LOCK = "lock.json"
-LOCK_FORMAT = "buildsys-lock 1"
-FOLDERS = ("artifacts", "blobs", "records", "validation")
+LOCK_FORMAT = "buildsys-lock 2"
+READS = (LOCK_FORMAT, "buildsys-lock 1")
+FOLDERS = ("artifacts", "blobs", "code", "records", "validation")
 """The bundle's folders: every path the lock lists lies under one of them."""
 MAX_LOCK_BYTES = 64 << 20
 MAX_FILE_BYTES = 16 << 30
@@ -200,8 +203,8 @@ def parse_lock(path: Path, data: bytes) -> Lock:
     if not isinstance(raw, dict):
         raise BundleError(f"{path}: the lock must be a JSON object, got {type(raw).__name__}")
     fmt = f.required(raw, "format", str, "")
-    if fmt != LOCK_FORMAT:
-        raise f.error("format", f"{fmt[:40]!r}, this buildsys reads {LOCK_FORMAT!r}")
+    if fmt not in READS:
+        raise f.error("format", f"{fmt[:40]!r}, this buildsys reads {' and '.join(map(repr, READS))}")
     files = _files(f, raw)
     trees = _trees(f, raw)
     table = f.required(raw, "stages", dict, "")

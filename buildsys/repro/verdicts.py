@@ -75,6 +75,8 @@ class VerifyReport:
     assets_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     repeat: int = 1
+    signature: dict[str, Any] | None = None
+    """A bundle's: {"verdict": ok | untrusted key | unsigned, "key": the signing key's name}."""
 
     @property
     def first_divergent(self) -> str | None:
@@ -108,6 +110,7 @@ class VerifyReport:
             "counts": {s: sum(1 for v in self.stages if v.status == s) for s in (REPRODUCED, DIVERGED, FOLLOWS, WARNING, ERROR)},
             "notes": list(self.notes),
             "stages": [v.to_dict() for v in self.stages],
+            **({"signature": self.signature} if self.signature is not None else {}),
         }
 
 

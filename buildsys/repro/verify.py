@@ -15,13 +15,12 @@ seed (:mod:`buildsys.repro.variation`). A stage that diverges under variations i
 without any and under each alone, so the report says which one it appeared under. ``repeat``
 replays each stage up to N times: a nondeterministic stage often matches once by chance.
 
-The same replay serves bundles (:func:`verify_bundle`): the bundle's blobs are loaded into an
-empty scratch store and its replayable stages run with the recipe code installed here.
+The same replay serves bundles (:mod:`buildsys.repro.replay_bundle`): the bundle's blobs are
+loaded into an empty scratch store and its replayable stages run with the code it was built with.
 """
 
 from __future__ import annotations
 
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,7 @@ from buildsys.repro.verdicts import (
 from buildsys.store.atomic import remove_tree
 from buildsys.store.local import LocalStore, StoreError
 
-__all__ = ["VARIATIONS", "StageVerdict", "Variation", "VerifyError", "VerifyReport", "plan_targets", "verify_bundle", "verify_targets"]
+__all__ = ["VARIATIONS", "StageVerdict", "Variation", "VerifyError", "VerifyReport", "plan_targets", "verify_targets"]
 
 
 @dataclass
@@ -391,43 +390,3 @@ def verify_targets(session: Any, targets: list[str], variation: Variation, jobs:
         if variation.sandbox_parent(session.store.tmp) is not None:
             remove_tree(session.store.tmp / "verify vary-cwd")
     return VerifyReport(", ".join(targets), variation.to_list(), verdicts, assets_dir, [note] if note else [], repeat)
-
-
-def verify_bundle(bundle_dir: Path, recipe_path: list[Path], variation: Variation, jobs: int = 1, assets_dir: Path | None = None,
-                  repeat: int = 1, bisect: str | None = None) -> VerifyReport:
-    """Check a bundle's integrity, then replay its replayable stages in an empty scratch store
-    with the recipe code installed here. Nothing is written outside the scratch directory."""
-    from buildsys.keys.fingerprint import from_environment
-    from buildsys.keys.identity import recipe_identity
-    from buildsys.repro.bundle import read_bundle
-
-    bundle = read_bundle(bundle_dir)  # integrity first: raises BundleError naming file and field
-    scratch = Path(tempfile.mkdtemp(prefix="buildsys-verify-bundle-"))
-    try:
-        store = LocalStore(scratch / "store")
-        plans = []
-        for stage in bundle.lock.stages.values():
-            if not stage.replay:
-                continue
-            for tree in _needed_trees(stage.description) + [stage.output]:
-                bundle.load_tree(tree, store)
-            plan = StagePlan(stage.id, stage.key, stage.description, stage.output, stage.threads, stage.seconds, stage.memory_mb)
-            try:
-                plan.notes += identity_notes(stage.description["recipe"], recipe_identity(stage.description["recipe"]["ref"], recipe_path), "bundled build's")
-            except Exception as exc:  # noqa: BLE001 - reported, the replay will fail and say why
-                plan.notes.append(f"recipe {stage.description['recipe']['ref']} not found here: {exc}")
-            plans.append(plan)
-        report_notes = [f"{len(bundle.files)} bundled files intact (digest and size match the lock)"]
-        skipped = [s.id for s in bundle.lock.stages.values() if not s.replay]
-        if skipped:
-            report_notes.append(f"not replayed (inputs not bundled or stochastic): {', '.join(skipped)}")
-        locale_path, note = provide_locale(scratch) if "env" in variation.names else (None, None)
-        report_notes += [note] if note else []
-        replayer = Replayer(store, from_environment(), recipe_path, variation, jobs, assets_dir, locale_path)
-        try:
-            verdicts = replay_all(plans, replayer, repeat, bisect)
-        finally:
-            replayer.close()
-        return VerifyReport(str(bundle_dir.name), variation.to_list(), verdicts, assets_dir, report_notes, repeat)
-    finally:
-        remove_tree(scratch)
