@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[3d,test]'
+	$(PY) -m compileall -q -j 0 buildsys recipes  # byte-compiled whatever PYTHONDONTWRITEBYTECODE says (CI, containers)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -36,6 +36,21 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+IO_PROBE = """
+import sys
+from buildsys.cli.main import main
+counter = sys.argv.pop(1)
+try:
+    main(sys.argv[1:], standalone_mode=False)
+except SystemExit as exit:
+    assert not exit.code, exit.code
+io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
+print(io[counter])
+"""
+"""Runs the CLI in-process and prints one of its /proc/self/io counters (rchar: bytes read,
+wchar: bytes written): ``python -c IO_PROBE COUNTER ARGS...``."""
+
+
 class Project:
     """A throwaway project folder with a Buildfile and files."""
 
@@ -58,6 +73,15 @@ class Project:
 
     def build(self, *targets: str, env: dict[str, str] | None = None) -> CliResult:
         return self.cli("build", "--json", *targets, env=env)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _graph_index_folder(tmp_path_factory: pytest.TempPathFactory):
+    """Resolved-graph indexes (build/graph_index.py) of the tests' projects go to a temp
+    folder, not to the user's cache."""
+    os.environ["BUILDSYS_INDEX_DIR"] = str(tmp_path_factory.mktemp("graph-index"))
+    yield
+    os.environ.pop("BUILDSYS_INDEX_DIR", None)
 
 
 @pytest.fixture

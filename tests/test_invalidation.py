@@ -1,5 +1,7 @@
 """The invalidation matrix: each kind of change rebuilds exactly the stages that depend on it,
-and an upstream change whose output bytes are identical stops there (early cutoff)."""
+and an upstream change whose output bytes are identical stops there (early cutoff). Every build
+after the first goes through the resolved-graph index (build/graph_index.py): each change must
+still fire through it, and every stage it does not reach must come from the index unresolved."""
 
 from __future__ import annotations
 
@@ -106,11 +108,17 @@ def _setup(project: Project) -> None:
     project.buildfile_text(BUILDFILE)
 
 
-def _executed(project: Project, env: dict[str, str] | None = None) -> set[str]:
+def _executed(project: Project, env: dict[str, str] | None = None, index: dict | None = None) -> set[str]:
+    """The stages the build executed; ``index`` receives the build's use of the index."""
     result = project.cli("build", "--json", env=env)
     assert result.code == 0, result.stderr
+    if index is not None:
+        index.update({k: v for k, v in (result.summary["index"] or {}).items() if k in ("fresh", "by_key")})
     record = json.loads(project.cli("log", "-n", "1", "--json").stdout.splitlines()[0])
     return {sid.split("/")[1] for sid, s in record["stages"].items() if s["status"] == "executed"}
+
+
+BUILDFILE_CHANGES = {"param", "seed"}
 
 
 def _edit(project: Project, rel: str, old: str, new: str) -> None:
@@ -145,9 +153,15 @@ def test_change_rebuilds_exactly_its_dependents(project: Project, name, change, 
     _setup(project)
     assert _executed(project) == {"A", "B", "C", "D", "E", "F"}
     change(project)
-    assert _executed(project, env) == expected
+    index: dict = {}
+    assert _executed(project, env, index) == expected
+    if name in BUILDFILE_CHANGES:  # parsed again; results of unchanged keys still from the index
+        assert index == {"fresh": 0, "by_key": 5 - len(expected)}
+    else:  # every stage the change does not reach is taken from the index, unresolved
+        assert index == {"fresh": 5 - len(expected), "by_key": 0}
     if not env:
-        assert _executed(project) == set(), "a second build after the change must be a no-op"
+        assert _executed(project, index=index) == set(), "a second build after the change must be a no-op"
+        assert index == {"fresh": 5, "by_key": 0}
 
 
 def test_early_cutoff_keeps_downstream_outputs(project: Project):

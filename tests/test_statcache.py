@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import Project
+from conftest import IO_PROBE, Project
 
 from buildsys.keys.hashing import digest_bytes
 from buildsys.store.statcache import RACY_NS, StatCache
@@ -39,18 +39,6 @@ def test_settled_entry_is_trusted_and_persisted(tmp_path):
     assert reloaded.lookup(path) is None
 
 
-READ_PROBE = """
-import sys
-from buildsys.cli.main import main
-try:
-    main(sys.argv[1:], standalone_mode=False)
-except SystemExit as exit:
-    assert not exit.code, exit.code
-io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
-print(io["rchar"])
-"""
-
-
 def test_noop_build_does_not_reread_a_large_checkpoint(project: Project):
     model = project.root / "models/big.safetensors"
     model.parent.mkdir()
@@ -72,7 +60,7 @@ def test_noop_build_does_not_reread_a_large_checkpoint(project: Project):
     ''')
     assert project.build().code == 0
     args = ["build", "-f", str(project.buildfile), "--json"]
-    out = subprocess.run([sys.executable, "-c", READ_PROBE, *args], cwd=project.root, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", IO_PROBE, "rchar", *args], cwd=project.root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip().splitlines()[-1]) < 8 << 20, "a no-op build read the 64 MiB checkpoint again"
 

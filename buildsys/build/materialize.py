@@ -39,16 +39,19 @@ COPY_THREADS = 4
 
 
 def materialize_trees(
-    store: LocalStore, trees: list[tuple[Digest, Path]], stat_cache: StatCache, report: MaterializeReport
+    store: LocalStore, trees: list[tuple[Digest, Path | str]], stat_cache: StatCache, report: MaterializeReport,
+    manifests: dict[Digest, Manifest] | None = None,
 ) -> None:
     """Several trees at once: copying is I/O and hashing in C, both outside the GIL, so a few
-    threads keep the disk busy while one verifies what it wrote."""
+    threads keep the disk busy while one verifies what it wrote. ``manifests``: trees the caller
+    knows already (a resolved-graph index), not read from the store again."""
     stale = []
+    known = manifests or {}
     for tree, dest in trees:
-        manifest = store.get_tree(tree)
+        manifest = known.get(tree) or store.get_tree(tree)
         unchanged = _unchanged_files(manifest, dest, stat_cache)
         if unchanged is None:
-            stale.append((manifest, dest))
+            stale.append((manifest, Path(dest)))
         else:
             report.unchanged += unchanged
     if len(stale) <= 1:
@@ -66,7 +69,7 @@ def materialize_trees(
         report.bytes_written += part.bytes_written
 
 
-def _unchanged_files(manifest: Manifest, dest: Path, stat_cache: StatCache) -> int | None:
+def _unchanged_files(manifest: Manifest, dest: Path | str, stat_cache: StatCache) -> int | None:
     """How many files a tree has when every one is in place, unchanged; None otherwise. A
     no-op build of many targets checks them all here, without starting a thread."""
     for rel, entry in manifest.items():

@@ -16,6 +16,8 @@ from typing import Any
 
 from buildsys.build.identities import IdentityCache
 from buildsys.build.sources import (
+    BlobSink,
+    Digests,
     SourceError,
     ingest_cached,
     ingest_files,
@@ -72,6 +74,18 @@ class Resolver:
         self._identities: dict[str, RecipeIdentity] = {}
         self._sources: dict[InputRef, Digest] = {}
         self._models: dict[str, Digest] = {}
+        self.source_manifests: dict[InputRef, Manifest] = {}
+        self._tree_manifests: dict[Digest, Manifest] = {}  # source trees, which a plan does not store
+        self.writes = True
+
+    def plan_only(self) -> None:
+        """Resolve without writing: sources, models and merged trees are hashed, never copied
+        into the store (``buildsys plan`` writes nothing)."""
+        self.writes = False
+
+    @property
+    def sink(self) -> BlobSink:
+        return self.store if self.writes else Digests()
 
     def identity(self, recipe: str) -> RecipeIdentity:
         if recipe not in self._identities:
@@ -84,7 +98,9 @@ class Resolver:
                 files = match_files(ref.kind, ref.value, self.project.root)
             except SourceError as exc:
                 raise InputError(f"{self.project.file}: {where}: {exc}") from None
-            self._sources[ref] = ingest_files(files, batch or self.store, self.stat_cache)[0]
+            tree, manifest = ingest_files(files, batch or self.sink, self.stat_cache)
+            self.source_manifests[ref] = self._tree_manifests[tree] = manifest
+            self._sources[ref] = tree
         return self._sources[ref]
 
     def prefetch_sources(self, stage_ids: list[str], threads: int = 4) -> None:
@@ -99,7 +115,7 @@ class Resolver:
                     if ref.kind in ("src", "pkg") and ref not in self._sources:
                         pending.setdefault(ref, f"{spec.where}.inputs.{name}")
         pending = {ref: where for ref, where in pending.items() if not self._source_from_stat_cache(ref)}
-        if not pending:
+        if not pending or not self.writes:
             return
         try:
             with BlobBatch(self.store) as batch, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sources") as pool:
@@ -117,23 +133,40 @@ class Resolver:
             files = match_files(ref.kind, ref.value, self.project.root)
         except SourceError:
             return False  # reported with its field by source_tree
-        tree = ingest_cached(files, self.store, self.stat_cache)
-        if tree is None:
+        found = ingest_cached(files, self.sink, self.stat_cache)
+        if found is None:
             return False
-        self._sources[ref] = tree
+        self.known_source(ref, *found)
         return True
+
+    def cached_source(self, ref: InputRef) -> Digest | None:
+        """A source's tree when no file of it needs reading (see :meth:`prefetch_sources`)."""
+        if ref in self._sources or self._source_from_stat_cache(ref):
+            return self._sources[ref]
+        return None
+
+    def known_source(self, ref: InputRef, tree: Digest, manifest: Manifest) -> None:
+        """A source whose tree the caller has checked to be current (a resolved-graph index)."""
+        self._sources[ref] = tree
+        self.source_manifests[ref] = self._tree_manifests[tree] = manifest
+
+    def source_value(self, ref: InputRef) -> Digest | None:
+        return self._sources.get(ref)
+
+    def model_value(self, name: str) -> Digest | None:
+        return self._models.get(name)
 
     def approved_tree(self, target: str, stage: str) -> Digest:
         ref = self.store.read_ref("approved", target) or {}
         tree = ref.get("stages", {}).get(stage)
-        return tree if tree else self.store.put_tree(EMPTY_TREE_MANIFEST)
+        return tree if tree else self.sink.put_tree(EMPTY_TREE_MANIFEST)
 
     def model_tree(self, model: ModelSpec, trees: dict[str, Digest]) -> Digest:
         if model.name in self._models:
             return self._models[model.name]
         if model.path is not None:
             try:
-                digest = ingest_path(model.path, self.store, self.stat_cache)[0]
+                digest = ingest_path(model.path, self.sink, self.stat_cache)[0]
             except SourceError as exc:
                 raise InputError(f"{self.project.file}: {model.where}.path: {exc}") from None
         else:
@@ -163,19 +196,12 @@ class Resolver:
     def _merge(self, spec: StageSpec, name: str, digests: list[Digest]) -> Digest:
         merged: Manifest = {}
         for digest in digests:
-            for path, entry in self.store.get_tree(digest).items():
+            manifest = self._tree_manifests.get(digest) or self.store.get_tree(digest)
+            for path, entry in manifest.items():
                 if path in merged and merged[path] != entry:
                     raise InputError(f"{self.project.file}: {spec.where}.inputs.{name}: two references provide different files at {path!r}")
                 merged[path] = entry
-        return self.store.put_tree(merged)
-
-    def upstream(self, spec: StageSpec) -> list[str]:
-        deps = spec.upstream()
-        if spec.model is not None:
-            producer = self.project.models[spec.model].producer
-            if producer:
-                deps.append(producer)
-        return deps
+        return self.sink.put_tree(merged)
 
     def resolve(self, spec: StageSpec, trees: dict[str, Digest]) -> Resolved:
         """Describe a stage whose upstream trees are all known."""
@@ -205,7 +231,7 @@ class Resolver:
         return Resolved(spec, description, action_key(description), inputs, model, self.threads, device)
 
 
-def closure(project: Project, targets: list[str], resolver: Resolver) -> list[str]:
+def closure(project: Project, targets: list[str]) -> list[str]:
     """Every stage the targets need, upstream first (a stable topological order)."""
     needed: dict[str, None] = {}
     visiting: set[str] = set()
@@ -214,13 +240,13 @@ def closure(project: Project, targets: list[str], resolver: Resolver) -> list[st
         if stage_id in needed:
             return
         visiting.add(stage_id)
-        for dep in sorted(resolver.upstream(project.stages[stage_id])):
+        for dep in sorted(project.upstream(stage_id)):
             if dep not in visiting:
                 visit(dep)
         visiting.discard(stage_id)
         needed[stage_id] = None
 
     for target in targets:
-        for stage in project.targets[target].stages.values():
-            visit(stage.id)
+        for stage_id in project.stage_ids(target):
+            visit(stage_id)
     return list(needed)

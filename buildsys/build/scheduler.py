@@ -21,6 +21,8 @@ from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 from buildsys.build.gate import gate_verdict
+from buildsys.build.graph_index import StageEntry
+from buildsys.build.incremental import entry_for, renew, tokens_of
 from buildsys.build.materialize import MaterializeReport, materialize_trees
 from buildsys.build.resolver import Resolved, closure
 from buildsys.build.session import Session
@@ -28,8 +30,10 @@ from buildsys.errors import BAD_INPUT, EXIT_BAD_INPUT, EXIT_BUILD_FAILED, EXIT_O
 from buildsys.execution.producer import producer
 from buildsys.execution.sandbox import SandboxPool
 from buildsys.keys.action import changed_components
-from buildsys.keys.encoding import decode
+from buildsys.keys.encoding import canonical_bytes, decode
 from buildsys.keys.hashing import Digest
+from buildsys.keys.tree import Manifest
+from buildsys.store.build_record import RECORD_VERSION
 from buildsys.store.local import StoreError
 from buildsys.store.records import ActionResult
 from buildsys.store.topdir import make_top_folder
@@ -75,6 +79,7 @@ class BuildReport:
     remote: dict[str, Any] | None = None
     wall_s: float = 0.0
     workers_started: int = 0
+    index: dict[str, int] | None = None  # stages taken from the resolved-graph index (graph_index.py)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.stages.values() if s.status == status)
@@ -105,6 +110,7 @@ class BuildReport:
             "record": self.record,
             "wall_s": round(self.wall_s, 3),
             "workers_started": self.workers_started,
+            "index": self.index,
             "exit_code": self.exit_code,
         }
 
@@ -146,6 +152,17 @@ class Builder:
         self.materialize = materialize
         self._key_to_stage: dict[Digest, str] = {}
         self._sandboxes = SandboxPool(self.store.tmp)
+        self.index = session.index
+        # what the resolved-graph index gets back: each resolved stage's tokens and upstream
+        # trees, and the entries of the stages taken from it unchanged
+        self._resolved_by: dict[str, tuple[tuple[str, ...], tuple[Digest, ...]]] = {}
+        self._entries: dict[str, StageEntry] = {}
+        self._from_index: set[str] = set()
+        self._by_key = 0
+        self._manifests: dict[Digest, Manifest] = {}
+        self._tables: dict[str, Digest] = {}  # stage tables of targets built whole (build_record.py)
+        if not execute and remote is None:
+            session.plan_only()  # a plan writes nothing (one that may pull from a remote stores what it pulls)
 
     def _executor_for_build(self) -> Executor:
         """The executor, made when the first stage is about to run (in the scheduler's thread, so
@@ -178,19 +195,34 @@ class Builder:
                 self._write_refs(target_names, reports)
                 if self.materialize:
                     self._materialize(target_names, reports, materialized)
+            index = None if self.index is None else {
+                "fresh": len(self._from_index), "by_key": self._by_key, "watched": self.session.watch_changed is not None,
+            }
             report = BuildReport(
                 targets, reports, materialized, remote=self._remote_stats(), wall_s=time.time() - started,
-                workers_started=getattr(self._executor, "spawned", 0),
+                workers_started=getattr(self._executor, "spawned", 0), index=index,
             )
             if self.execute:
                 report.record = self._record(target_names, report, started)
+                renew(self.session, self.index, self._index_entries(reports), set(reports), self._tables)
         return report
+
+    def _index_entries(self, reports: dict[str, StageReport]) -> dict[str, StageEntry]:
+        entries = dict(self._entries)
+        for sid, report in reports.items():
+            if sid in entries or not report.ok or sid not in self._resolved_by:
+                continue
+            tokens, upstream = self._resolved_by[sid]
+            manifest = self._manifests.get(report.tree) or self.store.get_tree(report.tree)
+            entries[sid] = entry_for(report, manifest, tokens, upstream)
+        return entries
 
     def _walk(self, target_names: list[str]) -> dict[str, StageReport]:
         project = self.session.project
-        order = closure(project, target_names, self.resolver)
-        self.resolver.prefetch_sources(order)
-        deps = {sid: set(self.resolver.upstream(project.stages[sid])) for sid in order}
+        order = closure(project, target_names)
+        index = self.index
+        self.resolver.prefetch_sources([sid for sid in order if index is None or index.may_resolve(sid)])
+        deps = {sid: set(project.upstream(sid)) for sid in order}
         dependents: dict[str, list[str]] = {sid: [] for sid in order}
         for sid in order:
             for dep in deps[sid]:
@@ -210,6 +242,7 @@ class Builder:
                     sid = ready.popleft()
                     report, resolved = self._try_cache(sid, trees)
                     if report is None and self.execute:
+                        assert resolved is not None
                         self.reporter.started(sid)
                         self._key_to_stage[resolved.key] = sid
                         future = pool.submit(self._run, resolved, self._executor_for_build())
@@ -217,6 +250,7 @@ class Builder:
                         future.add_done_callback(completed.put)
                         continue
                     if report is None:
+                        assert resolved is not None
                         report = self._would_run(sid, resolved)
                     stop |= self._finish(report, trees, reports, dependents, waiting, ready)
                 if not running:
@@ -238,12 +272,34 @@ class Builder:
                 reports[sid] = StageReport(sid, SKIPPED, error="not started: an earlier stage failed")
         return reports
 
-    def _try_cache(self, sid: str, trees: dict[str, Digest]) -> tuple[StageReport | None, Resolved]:
-        resolved = self.resolver.resolve(self.session.project.stages[sid], trees)
+    def _try_cache(self, sid: str, trees: dict[str, Digest]) -> tuple[StageReport | None, Resolved | None]:
+        project = self.session.project
+        upstream = project.upstream(sid)
+        if self.index is not None:
+            entry = self.index.fresh(sid, trees, upstream)
+            if entry is not None:
+                self._entries[sid] = entry
+                self._from_index.add(sid)
+                self._manifests[entry.tree] = entry.manifest
+                return self._indexed_report(sid, entry), None
+        spec = project.stages[sid]
+        resolved = self.resolver.resolve(spec, trees)
+        self._resolved_by[sid] = (tokens_of(spec, project), tuple(trees[d] for d in upstream))
+        entry = self.index.result_for(sid, resolved.key) if self.index is not None else None
+        if entry is not None:
+            self._by_key += 1
+            self._manifests[entry.tree] = entry.manifest
+            return self._indexed_report(sid, entry), resolved
         result = self.store.lookup(resolved.key)
         if result is not None:
             return self._report(sid, CACHED, result), resolved
         return None, resolved
+
+    def _indexed_report(self, sid: str, entry: StageEntry) -> StageReport:
+        return StageReport(
+            sid, CACHED, key=entry.key, description=entry.description, tree=entry.tree, log=entry.log,
+            wall_s=float(entry.metrics.get("wall_s", 0.0)), metrics=entry.metrics, gate=entry.gate,
+        )
 
     def _would_run(self, sid: str, resolved: Resolved) -> StageReport:
         if self.remote is not None:
@@ -305,7 +361,7 @@ class Builder:
             for child in dependents[report.id]:
                 waiting[child] -= 1
                 if waiting[child] == 0:
-                    if report.status == WOULD_RUN or any(reports.get(d) and reports[d].status == WOULD_RUN for d in self.resolver.upstream(self.session.project.stages[child])):
+                    if report.status == WOULD_RUN or any(reports.get(d) and reports[d].status == WOULD_RUN for d in self.session.project.upstream(child)):
                         self._finish(StageReport(child, WOULD_RUN, error=f"upstream stage {report.id} will run"), trees, reports, dependents, waiting, ready)
                     else:
                         ready.append(child)
@@ -324,15 +380,15 @@ class Builder:
 
     def _target_verdicts(self, target_names: list[str], reports: dict[str, StageReport]) -> dict[str, str]:
         verdicts = {}
+        project = self.session.project
         for name in target_names:
-            target = self.session.project.targets[name]
-            stage_reports = [reports[s.id] for s in target.stages.values()]
+            stage_reports = [reports[sid] for sid in project.stage_ids(name)]
             if not self.execute:
                 verdicts[name] = "up-to-date" if all(r.ok for r in stage_reports) else "would-run"
             elif not all(r.ok for r in stage_reports):
                 verdicts[name] = "failed"
             elif any(r.gate and not r.gate["passed"] for r in stage_reports):
-                verdicts[name] = "review" if target.on_fail == "review" else "failed"
+                verdicts[name] = "review" if project.shapes[name].on_fail == "review" else "failed"
             else:
                 verdicts[name] = "ok"
         return verdicts
@@ -341,29 +397,43 @@ class Builder:
         project = self.session.project
         # another build of this project may be materializing the same folders: one at a time,
         # or its pruning would delete the other's half-written temp files
-        trees = [
-            (reports[f"{name}/{stage}"].tree, project.outputs / name / stage)
-            for name in target_names
-            for stage in project.targets[name].outputs
-            if reports[f"{name}/{stage}"].ok
-        ]
+        outputs = str(project.outputs)
+        trees = []
+        for name in target_names:
+            for stage in project.shapes[name].outputs:
+                sid, dest = f"{name}/{stage}", f"{outputs}/{name}/{stage}"
+                if not reports[sid].ok:
+                    continue
+                if sid in self._from_index and self.session.untouched(dest):
+                    continue  # a watcher vouches for the copies the last build left in place (watcher.py)
+                trees.append((reports[sid].tree, dest))
         make_top_folder(project.outputs)  # its target folders spread over the disk (see topdir.py)
         with self.store.folder_lock(project.outputs):
-            materialize_trees(self.store, trees, self.session.stat_cache, out)
+            materialize_trees(self.store, trees, self.session.stat_cache, out, self._manifests)
 
     def _write_refs(self, target_names: list[str], reports: dict[str, StageReport]) -> None:
         project = self.session.project
+        # refs the index vouches for: no ref was written since it recorded them, and every
+        # stage of the target came from it unchanged (a no-op reads no ref)
+        vouched = self.index is not None and self.index.same_buildfile and self.index.refs_unchanged(self.store.root)
         refs = {}
         for name in target_names:
-            stages = project.targets[name].stages
-            if not all(reports[s.id].ok for s in stages.values()):
+            stage_ids = project.stage_ids(name)
+            if not all(reports[sid].ok for sid in stage_ids):
+                continue
+            if vouched and all(sid in self._from_index for sid in stage_ids):
                 continue
             last = self.session.last_build(name)
             old = (last or {}).get("stages", {})
             entries = {}
-            for stage_name, spec in stages.items():
-                report = reports[spec.id]
+            for stage_name, sid in zip(project.shapes[name].stages, stage_ids):
+                report = reports[sid]
                 previous = old.get(stage_name, {})
+                if previous.get("key") == report.key and previous.get("tree") == report.tree:
+                    # the same result: its entry keeps how it was first obtained, so a no-op after
+                    # a build rewrites no ref (the last build's statuses are in its record)
+                    entries[stage_name] = previous
+                    continue
                 entry = {"key": report.key, "description": report.description, "tree": report.tree, "status": report.status}
                 if previous.get("key") == report.key:
                     if previous.get("previous"):
@@ -371,7 +441,7 @@ class Builder:
                 elif previous.get("description"):
                     entry["previous"] = previous["description"]
                 entries[stage_name] = entry
-            ref = {"stages": entries, "outputs": list(project.targets[name].outputs)}
+            ref = {"stages": entries, "outputs": list(project.shapes[name].outputs)}
             if ref != last:  # already read above: an unchanged ref is not read again to compare
                 refs[name] = ref
         self.store.write_refs("targets", refs)
@@ -382,8 +452,10 @@ class Builder:
         return self.remote.stats.to_dict()
 
     def _record(self, target_names: list[str], report: BuildReport, started: float) -> Digest | None:
+        """The build record (format: store/build_record.py): a stage table per target, a target
+        whose stages all came unchanged from the index naming the table it had before."""
         record = {
-            "v": 1,
+            "v": RECORD_VERSION,
             "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="milliseconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "buildfile": str(self.session.project.file),
@@ -392,10 +464,34 @@ class Builder:
             "jobs": self.session.jobs,
             "threads": self.session.threads,
             "targets": report.targets,
-            "stages": {sid: s.to_dict() for sid, s in report.stages.items()},
+            "stages": {},
+            "status": {sid: s.status for sid, s in report.stages.items() if s.status != CACHED},
             "summary": {k: v for k, v in report.summary().items() if k not in ("record",)},
         }
         try:
+            record["stages"] = self._stage_tables(report.stages)
             return self.store.add_build_record(record, int(started * 1e9))
         except StoreError:
             return None
+
+    def _stage_tables(self, stages: dict[str, StageReport]) -> dict[str, Digest]:
+        project = self.session.project
+        groups: dict[str, dict[str, StageReport]] = {}
+        for sid, report in stages.items():
+            groups.setdefault(sid.partition("/")[0], {})[sid] = report
+        tables: dict[str, Digest] = {}
+        staged: list[tuple[str, Digest]] = []
+        for target, group in groups.items():
+            whole = len(group) == len(project.shapes[target].stages) and all(r.ok for r in group.values())
+            known = self.index.table(target) if self.index is not None else None
+            if known is not None and whole and all(sid in self._from_index for sid in group):
+                tables[target] = known
+            else:
+                table = {sid: {k: v for k, v in r.to_dict().items() if k != "status"} for sid, r in group.items()}
+                tmp, tables[target] = self.store.stage_bytes(canonical_bytes(table))
+                if tmp is not None:
+                    staged.append((tmp, tables[target]))
+            if whole:
+                self._tables[target] = tables[target]
+        self.store.install_many(staged)  # durable before the record that names them
+        return tables

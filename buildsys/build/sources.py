@@ -27,7 +27,7 @@ class SourceError(LookupError):
 
 
 class BlobSink(Protocol):
-    """Where ingested files go: a store, a batch of one, or :class:`_Digests` (nowhere)."""
+    """Where ingested files go: a store, a batch of one, or :class:`Digests` (nowhere)."""
 
     def put_file(self, source: Path) -> tuple[Digest, int]: ...
 
@@ -36,8 +36,9 @@ class BlobSink(Protocol):
     def put_tree(self, manifest: Manifest) -> Digest: ...
 
 
-class _Digests:
-    """A sink that keeps nothing: ingesting into it yields the digests a store would give."""
+class Digests:
+    """A sink that keeps nothing: ingesting into it yields the digests a store would give (what
+    ``plan`` uses: it writes nothing)."""
 
     def put_file(self, source: Path) -> tuple[Digest, int]:
         return digest_file(source)
@@ -47,26 +48,6 @@ class _Digests:
 
     def put_tree(self, manifest: Manifest) -> Digest:
         return digest_bytes(encode_manifest(manifest))
-
-
-class _NotCached(Exception):
-    """A file the stat cache cannot vouch for, or whose blob the store lacks."""
-
-
-class _CachedOnly:
-    """A sink over a store that refuses to read any file (see :func:`ingest_cached`)."""
-
-    def __init__(self, store: BlobSink) -> None:
-        self.store = store
-
-    def put_file(self, source: Path) -> tuple[Digest, int]:
-        raise _NotCached(source)
-
-    def has_blob(self, digest: Digest) -> bool:
-        return self.store.has_blob(digest)
-
-    def put_tree(self, manifest: Manifest) -> Digest:
-        return self.store.put_tree(manifest)
 
 
 def package_folder(package: str) -> Path:
@@ -80,7 +61,7 @@ def package_folder(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-_GLOB_CHARS = re.compile(r"[*?[]")
+GLOB_CHARS = re.compile(r"[*?[]")
 
 
 def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, Path]]:
@@ -91,7 +72,7 @@ def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, 
     else:
         base, inner = project_root, pattern
     # a plain path (the common case) needs no glob: its one stat below says whether it exists
-    matches = sorted(glob.glob(inner, root_dir=base, recursive=True)) if _GLOB_CHARS.search(inner) else [inner]
+    matches = sorted(glob.glob(inner, root_dir=base, recursive=True)) if GLOB_CHARS.search(inner) else [inner]
     files: list[tuple[str, Path]] = []
     for rel in matches:
         full = base / rel
@@ -116,8 +97,10 @@ def ingest_files(files: list[tuple[str, Path]], store: BlobSink, stat_cache: Sta
     digest, manifest)."""
     manifest: Manifest = {}
     for rel, path in files:
-        # a file the stat cache does not know is hashed while it is copied into the store
-        digest, size = stat_cache.digest(path, store.put_file)
+        # a new file is hashed while it is copied into the store (read once); a known one whose
+        # stat changed (touched, checked out again) is hashed in place first, and copied only
+        # if its bytes are new to the store: touching a 1 GiB source costs a hash, not a copy
+        digest, size = stat_cache.digest(path, digest_file if stat_cache.knows(path) else store.put_file)
         if not store.has_blob(digest):
             stored, _ = store.put_file(path)
             if stored != digest:
@@ -127,13 +110,20 @@ def ingest_files(files: list[tuple[str, Path]], store: BlobSink, stat_cache: Sta
     return store.put_tree(manifest), manifest
 
 
-def ingest_cached(files: list[tuple[str, Path]], store: BlobSink, stat_cache: StatCache) -> Digest | None:
-    """The tree digest of files that the stat cache knows and the store holds, without reading
-    any of them (the no-op case); None when one needs reading."""
-    try:
-        return ingest_files(files, _CachedOnly(store), stat_cache)[0]
-    except (_NotCached, FileNotFoundError):
-        return None
+def ingest_cached(files: list[tuple[str, Path]], store: BlobSink, stat_cache: StatCache) -> tuple[Digest, Manifest] | None:
+    """The tree digest and manifest of files that the stat cache knows and the store holds,
+    without reading any of them (the no-op case); None when one needs reading."""
+    manifest: Manifest = {}
+    for rel, path in files:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        digest = stat_cache.lookup(path, st)
+        if digest is None or not store.has_blob(digest):
+            return None
+        manifest[rel] = Entry(digest, st.st_size, os.access(path, os.X_OK))
+    return store.put_tree(manifest), manifest
 
 
 def ingest_path(path: Path, store: BlobSink, stat_cache: StatCache) -> tuple[Digest, Manifest]:
@@ -149,4 +139,4 @@ def ingest_path(path: Path, store: BlobSink, stat_cache: StatCache) -> tuple[Dig
 def path_digest(path: Path, stat_cache: StatCache) -> Digest:
     """The tree digest :func:`ingest_path` would give ``path``, computed without writing to any
     store (a checkpoint the stat cache knows is not read again)."""
-    return ingest_path(path, _Digests(), stat_cache)[0]
+    return ingest_path(path, Digests(), stat_cache)[0]

@@ -43,11 +43,13 @@ def handled(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def open_session(buildfile: Path, jobs: int | None = None, check_recipes: bool = True):
-    """The command's session; says what opening the store re-checked after a reboot."""
+def open_session(buildfile: Path, jobs: int | None = None, check_recipes: bool = True, use_index: bool = False, writes: bool = True):
+    """The command's session; says what opening the store re-checked after a reboot.
+    ``use_index``: from the resolved-graph index where it holds (build, plan); ``writes=False``:
+    a session that writes nothing (plan)."""
     from buildsys.build.session import Session
 
-    session = Session(buildfile, jobs=jobs, check_recipes=check_recipes)
+    session = Session(buildfile, jobs=jobs, check_recipes=check_recipes, use_index=use_index, writes=writes)
     if session.store.recovery is not None:
         warn(f"store {session.store.root}: {session.store.recovery.describe()}")
     return session

@@ -77,7 +77,7 @@ def build(buildfile: Path, targets: tuple[str, ...], jobs: int | None, keep_goin
     from buildsys.build.summary import print_summary
     from buildsys.cli.common import open_remote_cache
 
-    with open_session(buildfile, jobs) as session:
+    with open_session(buildfile, jobs, use_index=True) as session:
         names = session.targets(targets)
         remote = None if no_remote else open_remote_cache(session, remote_url)
         try:
@@ -99,7 +99,7 @@ def plan(buildfile: Path, targets: tuple[str, ...], json_output: bool) -> None:
     from buildsys.build.scheduler import Builder
     from buildsys.build.summary import print_plan
 
-    with open_session(buildfile) as session:
+    with open_session(buildfile, use_index=True, writes=False) as session:
         report = Builder(session, execute=False).build(session.targets(targets))
         print_plan(report, json_output)
 
@@ -118,6 +118,42 @@ def explain(buildfile: Path, target: str, json_output: bool) -> None:
 
     with open_session(buildfile) as session:
         print_explanation(explain_target(session, session.targets([target])[0]), json_output)
+
+
+@main.group()
+def watch() -> None:
+    """An optional watcher (inotify) that spares builds a stat of every unchanged source and
+    output file; builds are correct without it."""
+
+
+@watch.command("start")
+@BUILDFILE_OPTION
+@handled
+def watch_start(buildfile: Path) -> None:
+    """Start watching this Buildfile's sources and outputs (in the background)."""
+    from buildsys.build.watcher import start
+
+    click.echo(start(buildfile))
+
+
+@watch.command("stop")
+@BUILDFILE_OPTION
+@handled
+def watch_stop(buildfile: Path) -> None:
+    """Stop the watcher of this Buildfile."""
+    from buildsys.build.watcher import stop
+
+    click.echo(stop(buildfile))
+
+
+@watch.command("status")
+@BUILDFILE_OPTION
+@handled
+def watch_status(buildfile: Path) -> None:
+    """Whether a watcher runs, what it watches and its memory."""
+    from buildsys.build.watcher import status
+
+    click.echo(status(buildfile))
 
 
 @main.group()

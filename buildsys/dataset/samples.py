@@ -32,6 +32,7 @@ from buildsys.errors import EXIT_BAD_INPUT, BuildsysError
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest
 from buildsys.keys.tree import Manifest
+from buildsys.store.build_record import read_record
 from buildsys.store.local import LocalStore, StoreError
 
 PRODUCED = ("executed", "pulled")
@@ -198,7 +199,7 @@ class Collector:
             self._producers = {}
             for _, digest in self.store.build_records():
                 try:
-                    record = decode(self.store.read_bytes(digest))
+                    record = read_record(self.store, digest)
                 except (StoreError, ValueError):
                     continue
                 stages = record.get("stages") if isinstance(record, dict) else None

@@ -30,6 +30,7 @@ from buildsys.errors import BuildsysError
 from buildsys.keys.action import change_text, changed_components
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest, is_digest
+from buildsys.store.build_record import read_record
 from buildsys.store.local import LocalStore, StoreError
 
 SAME, NONDETERMINISM, INPUT, ENVIRONMENT, CHANGED, ONLY_A, ONLY_B = (
@@ -104,7 +105,7 @@ def store_side(store: LocalStore, spec: str) -> BuildSide:
     """A build record of ``store`` named by digest, digest prefix or ``TARGET@-N``."""
     digest = _find_record(store, spec)
     try:
-        record = decode(store.read_bytes(digest))
+        record = read_record(store, digest)
     except (StoreError, ValueError) as exc:
         raise CompareError(f"{spec}: build record {digest[:12]} unreadable: {exc}") from None
     if not isinstance(record, dict) or not isinstance(record.get("stages"), dict):

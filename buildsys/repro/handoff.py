@@ -24,7 +24,6 @@ from typing import Any
 from buildsys.build.session import Session
 from buildsys.errors import BuildsysError
 from buildsys.keys.action import DETERMINISTIC_MODES
-from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest, digest_file
 from buildsys.keys.tree import Manifest
 from buildsys.remote.signing import BUNDLE_DOMAIN, Signer
@@ -33,6 +32,7 @@ from buildsys.repro.carry import code_files
 from buildsys.repro.lock import LOCK, Lock, LockedModel, LockedStage
 from buildsys.repro.verify import plan_targets
 from buildsys.store.atomic import filling_folder, is_new_or_empty_folder
+from buildsys.store.build_record import read_record
 from buildsys.store.local import LocalStore, StoreError
 
 
@@ -216,7 +216,7 @@ def _audit(store: LocalStore, keys: set[Digest], out: Path, files: dict[str, tup
     builds = []
     for _, digest in store.build_records():
         try:
-            record = decode(store.read_bytes(digest))
+            record = read_record(store, digest)
         except (StoreError, ValueError):
             continue
         if not isinstance(record, dict) or not any(

@@ -106,7 +106,7 @@ def plan_targets(session: Any, targets: list[str]) -> list[StagePlan]:
     store: LocalStore = session.store
     refs: dict[str, dict[str, Any] | None] = {}
     plans = []
-    for sid in closure(project, targets, session.resolver):
+    for sid in closure(project, targets):
         spec = project.stages[sid]
         if spec.target not in refs:
             refs[spec.target] = session.last_build(spec.target)

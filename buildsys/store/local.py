@@ -10,7 +10,7 @@ Layout (format version 1, checked on open)::
     ac/ab/<key>             action-cache entries (see records.py)
     refs/<kind>/<name>      named roots: targets/<target> (last build), pins/<name>, approved/<target>,
                             checks/<kind>-<subject> (the last verify/diff report)
-    builds/<ns>-<pid>       the digest of one build record (a blob), one file per build
+    builds/<ns>-<pid>       the digest of one build record (a blob, format: build_record.py), one file per build
     locks/actions           byte-range locks: one action executes at most once at a time
     lock                    flock: builds hold it shared, gc holds it exclusive
     statcache               the stat cache of source files, materialized outputs and sealed blobs
@@ -58,6 +58,7 @@ from buildsys.store.atomic import (
     write_atomic,
 )
 from buildsys.store.atomic import unlink_quietly as _unlink_quietly
+from buildsys.store.build_record import record_blobs
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
 from buildsys.store.statcache import StatCache
 from buildsys.store.topdir import make_top_folder
@@ -965,6 +966,10 @@ class LocalStore:
         live: set[Digest] = set()
         for _, record_digest in self.build_records():
             live.add(record_digest)
+            try:
+                live.update(record_blobs(decode(self.read_bytes(record_digest))))
+            except (StoreError, ValueError):
+                pass  # a record gone or unreadable keeps nothing
         trees = set(roots)
         for key in keep_actions:
             record = self.get_action(key)

@@ -1,7 +1,7 @@
 """``explain``: why each stage of a target would rebuild, or rebuilt in the last build.
 
 For a stage that would run now: the key components that differ from the description recorded
-by the target's last build. For a stage the last build executed: the components that differ
+by the target's last build. For a stage the last build of it executed (its build record says so): the components that differ
 from the description before that. Components are paths into the action description
 (``params.prompt``, ``inputs.mesh``, ``recipe.code``, ``fingerprint.torch``...), old vs new; a
 recipe edit is named by the definitions it changed (``recipe code: recipes.geometry:sample_grid
@@ -20,6 +20,7 @@ from buildsys.build.scheduler import EXECUTED, WOULD_RUN, Builder, BuildReport
 from buildsys.build.session import Session
 from buildsys.keys.action import change_text, changed_components
 from buildsys.keys.encoding import decode
+from buildsys.views.history import last_statuses
 
 
 @dataclass
@@ -42,17 +43,20 @@ def explain_targets(session: Session, targets: list[str]) -> dict[str, list[Stag
 
 def _explain(session: Session, report: BuildReport, target: str) -> list[StageExplanation]:
     ref = session.last_build(target) or {}
+    stages = session.project.targets[target].stages
+    last = last_statuses(session.store, [spec.id for spec in stages.values()])
     explanations = []
-    for stage_name, spec in session.project.targets[target].stages.items():
+    for stage_name, spec in stages.items():
         stage = report.stages[spec.id]
         entry = ref.get("stages", {}).get(stage_name, {})
+        executed = last.get(spec.id) == EXECUTED and entry.get("key") == stage.key
         if stage.status == WOULD_RUN:
             explanations.append(StageExplanation(spec.id, "would rebuild", stage.reason, stage.error))
         elif stage.status == "failed":
             explanations.append(StageExplanation(spec.id, "error", [], stage.error))
-        elif entry.get("status") == EXECUTED and entry.get("key") == stage.key and not entry.get("previous"):
+        elif executed and not entry.get("previous"):
             explanations.append(StageExplanation(spec.id, "first built in the last build"))
-        elif entry.get("status") == EXECUTED and entry.get("key") == stage.key:
+        elif executed:
             old = _description(session, entry.get("previous"))
             new = _description(session, entry.get("description"))
             changes = changed_components(old, new) if new is not None else []

@@ -7,6 +7,7 @@ from typing import Any, Iterator
 from buildsys.errors import BuildsysError
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import is_digest
+from buildsys.store.build_record import read_record
 from buildsys.store.local import REF_KINDS, LocalStore
 
 
@@ -57,15 +58,29 @@ def build_history(store: LocalStore, limit: int) -> list[dict[str, Any]]:
     for _, digest in reversed(store.build_records()):
         if len(records) >= limit:
             break
-        records.append(decode(store.read_bytes(digest)))
+        records.append(read_record(store, digest))
     return records
+
+
+def last_statuses(store: LocalStore, stage_ids: list[str]) -> dict[str, str]:
+    """Each stage's status in the newest build record that has it (a ref keeps how a result was
+    first obtained, not what the last build did with it)."""
+    wanted, found = set(stage_ids), {}
+    for _, digest in reversed(store.build_records()):
+        stages = read_record(store, digest).get("stages", {})
+        for sid in wanted & stages.keys():
+            found[sid] = stages[sid].get("status")
+        wanted -= stages.keys()
+        if not wanted:
+            break
+    return found
 
 
 def stage_log(store: LocalStore, stage_id: str) -> bytes:
     """What the run behind the stage's result in the last build that had one printed (empty
     when it printed nothing: a result records no log then)."""
     for _, digest in reversed(store.build_records()):
-        stage = decode(store.read_bytes(digest)).get("stages", {}).get(stage_id)
+        stage = read_record(store, digest).get("stages", {}).get(stage_id)
         if stage and (stage.get("log") or stage.get("key")):
             return store.read_bytes(stage["log"]) if stage.get("log") else b""
     raise BuildsysError(f"no build record holds a log of {stage_id!r}")

@@ -16,6 +16,7 @@ from typing import Any
 from buildsys.keys.action import changed_components
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest, is_digest
+from buildsys.store.build_record import read_record
 from buildsys.store.local import LocalStore, StoreCorruption, StoreError
 
 RECORDS_READ = 500
@@ -81,7 +82,7 @@ def target_histories(store: LocalStore, targets: dict[str, list[str]]) -> dict[s
 
 def _read(store: LocalStore, digest: Digest) -> dict[str, Any] | None:
     try:
-        record = decode(store.read_bytes(digest))
+        record = read_record(store, digest)
     except (StoreError, StoreCorruption, ValueError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("stages"), dict) else None
