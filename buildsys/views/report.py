@@ -22,6 +22,7 @@ from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest, short
 from buildsys.project.buildfile import StageSpec
 from buildsys.store.local import LocalStore
+from buildsys.views.history import last_statuses
 
 MACHINE_FIELDS = ("os", "cpu", "python", "torch", "cuda", "gpu", "driver")
 """The fingerprint fields a report shows (every field is in ``--json``)."""
@@ -98,15 +99,20 @@ def _target_report(session: Session, target: str) -> TargetReport:
     specs = session.project.targets[target].stages
     entries = ref.get("stages", {})
     report = TargetReport(target, built=True)
-    for name in [n for n in specs if n in entries] + [n for n in entries if n not in specs]:
-        report.stages.append(_stage(session.store, f"{target}/{name}", entries[name], specs.get(name)))
+    names = [n for n in specs if n in entries] + [n for n in entries if n not in specs]
+    # what the last build of each stage did (a ref keeps how its result was first obtained)
+    statuses = last_statuses(session.store, [f"{target}/{n}" for n in names])
+    for name in names:
+        entry = entries[name]
+        status = statuses.get(f"{target}/{name}") or entry.get("status", "?")
+        report.stages.append(_stage(session.store, f"{target}/{name}", entry, specs.get(name), status))
     return report
 
 
-def _stage(store: LocalStore, stage_id: str, entry: dict[str, Any], spec: StageSpec | None) -> StageProvenance:
+def _stage(store: LocalStore, stage_id: str, entry: dict[str, Any], spec: StageSpec | None, status: str) -> StageProvenance:
     """``spec``: the stage in the Buildfile as it is now (None if it was removed since), which
     only names things (the model, the inputs' sources); the digests come from the store."""
-    stage = StageProvenance(stage_id, entry.get("status", "?"), entry["key"])
+    stage = StageProvenance(stage_id, status, entry["key"])
     if spec is not None:
         stage.model_name = spec.model
         stage.sources = {name: [str(ref) for ref in refs] for name, refs in spec.inputs.items()}
