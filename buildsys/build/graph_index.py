@@ -168,6 +168,7 @@ class GraphIndex:
         self.unverified: set[str] = set()  # stages whose blobs or record may be gone
         self._moved_cas: set[str] = set()
         self._has_blob = None
+        self._refs_racy = False
         self.same_buildfile = False
 
     @classmethod
@@ -333,7 +334,7 @@ class GraphIndex:
         folders moved (each one costs the next build a look at the entries in it) that
         rewriting the index would save less than it costs."""
         return (
-            not self.dirty_tokens and not self.unverified and len(self._moved_cas) <= MOVED_SHARDS_KEPT
+            not self.dirty_tokens and not self.unverified and len(self._moved_cas) <= MOVED_SHARDS_KEPT and not self._refs_racy
             and entries.keys() == self._stages.keys() and all(e._raw is not None for e in entries.values())
             and tables == self.tables_by_target() and (watch is None or watch[0] == (self.watch_token or ("",))[0])
         )
@@ -352,10 +353,13 @@ class GraphIndex:
         return digest
 
     def refs_unchanged(self, store_root: Path) -> bool:
-        """Whether no ref of a target was written since the index recorded them."""
+        """Whether no ref of a target was written since the index recorded them. Refs written
+        within ``RACY_NS`` of that record cannot be vouched for; the index is then written again
+        (:meth:`unchanged_by`), so the next build can."""
         old = self.body.get("refs")
         now = _folder_signature(os.path.join(store_root, "refs", "targets"))
-        return old is not None and old == now and old[0] + RACY_NS < self.body["observed"]
+        self._refs_racy = old is not None and old[0] + RACY_NS >= self.body["observed"]
+        return old is not None and old == now and not self._refs_racy
 
 
 def write_index(

@@ -7,7 +7,8 @@ The watcher listens on a Unix socket beside the index (``<index>.sock``) and kee
 number that grows with every event, and for each path the number of its last event. A build
 asks ``since ID SEQ``: first the watcher syncs (it creates a cookie file in a watched folder and
 reads events until the cookie's own event arrives, so every change made before the question was
-asked has been read; one inotify queue keeps events in order), then it answers with the paths
+asked has been read; one inotify queue keeps events in order; cookies go to a folder of the
+watcher's own beside the index, never among the user's files), then it answers with the paths
 changed after SEQ and the present number. The build takes that number *before* it checks, and the
 index it writes records it, so a change made during the build is reported to the next one.
 
@@ -91,6 +92,7 @@ class Watcher:
         self.seq = 0
         self.changed: dict[str, int] = {}
         self.inotify: _Inotify | None = None
+        self.cookies = ""
         self.id = ""
         self.watched: set[str] = set()
         self._index_stat: tuple[int, int] | None = None
@@ -108,10 +110,14 @@ class Watcher:
         return folders
 
     def rewatch(self) -> None:
-        """Start a new ID watching what the index names now."""
+        """Start a new ID watching what the index names now, and its own cookie folder."""
         if self.inotify is not None:
             self.inotify.close()
         self.inotify = _Inotify()
+        self.cookies = f"{self.index_path}.watch"
+        os.makedirs(self.cookies, exist_ok=True)
+        if not self.inotify.add(self.cookies):
+            raise OSError(f"cannot watch {self.cookies}")
         self.watched = {folder for folder in self.wanted() if self.inotify.add(folder)}
         self.id = f"{os.getpid()}-{time.time_ns()}"
         self.changed.clear()
@@ -133,20 +139,30 @@ class Watcher:
                 return False
             self.seq += 1
             self.changed[path] = self.seq
-            if mask & IN_CREATE and os.path.isdir(path):  # a new output folder: watch it too
-                if self.inotify.add(path):
-                    self.watched.add(path)
-                    for sub in Path(path).rglob("*"):  # what landed before the watch did
-                        self.changed[str(sub)] = self.seq
+            if mask & (IN_CREATE | IN_MOVED_TO) and os.path.isdir(path):
+                self._watch_new(path)
         return True
+
+    def _watch_new(self, folder: str) -> None:
+        """A folder that appeared (an output folder a build made): watch it and every folder in
+        it, and count what landed in them before the watches did as changed."""
+        assert self.inotify is not None
+        self.changed[folder] = self.seq
+        if self.inotify.add(folder):  # watched first, listed after: nothing falls in between
+            self.watched.add(folder)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            self.changed[entry.path] = self.seq
+            if entry.is_dir(follow_symlinks=False):
+                self._watch_new(entry.path)
 
     def sync(self) -> None:
         """Read every event of a change made before now (see the module docstring)."""
         assert self.inotify is not None
-        folder = next(iter(self.watched), None)
-        if folder is None:
-            return
-        cookie = f"{folder}/{COOKIE}.{os.getpid()}.{time.time_ns()}"
+        cookie = f"{self.cookies}/{COOKIE}.{time.time_ns()}"
         open(cookie, "w").close()
         os.unlink(cookie)
         deadline = time.monotonic() + 2
@@ -170,7 +186,7 @@ class Watcher:
         parts = question.split()
         if len(parts) == 3 and parts[0] == "since" and parts[1] == self.id:
             since = int(parts[2])
-            changed = sorted(p for p, seq in self.changed.items() if seq > since and COOKIE not in p)
+            changed = sorted(p for p, seq in self.changed.items() if seq > since and not p.startswith(self.cookies))
             return {"id": self.id, "seq": self.seq, "changed": changed}
         return {"id": self.id, "seq": self.seq, "changed": None}
 
@@ -195,7 +211,12 @@ class Watcher:
                         if question == "stop":
                             connection.sendall(b"{}")
                             return
-                        connection.sendall(json.dumps(self.answer(question)).encode())
+                        try:
+                            answer = self.answer(question)
+                        except OSError:  # vouch for nothing rather than stop
+                            self.rewatch()
+                            answer = {"id": self.id, "seq": self.seq, "changed": None}
+                        connection.sendall(json.dumps(answer).encode())
         finally:
             server.close()
             try:
