@@ -42,8 +42,6 @@ def print_summary(report: BuildReport, session: Session, json_output: bool, verb
             remote_text += f", {remote['refused']} remote entries refused (why below)"
         if remote.get("disabled_reason"):
             remote_text += f" (remote skipped: {remote['disabled_reason']})"
-        for advice in remote.get("advice", []):
-            click.echo(f"buildsys: remote: {advice}", err=True)
     verdicts = ", ".join(f"{t}: {v}" for t, v in report.targets.items())
     click.echo(
         f"{len(report.stages)} stages: {summary['executed']} executed, {summary['cached']} cached, "
@@ -54,6 +52,8 @@ def print_summary(report: BuildReport, session: Session, json_output: bool, verb
     if summary["review"]:
         click.echo(f"routed to review: {', '.join(summary['review'])}", err=True)
     click.echo(verdicts, err=True)
+    for advice in (remote or {}).get("advice", []):
+        click.echo(f"buildsys: remote: {advice}", err=True)
 
 
 def _show(value) -> str:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.keys.hashing import Digest, digest_file
+from buildsys.project.schema import Fields
 from buildsys.repro.carry import CODE
 from buildsys.repro.lock import LOCK, MAX_LOCK_BYTES, BundleError, Lock, parse_lock
 
@@ -119,9 +120,9 @@ def _signature(root: Path) -> dict[str, Any] | None:
         signature = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BundleError(f"{path}: not a signature (JSON {{key, sig}})") from None
-    if not isinstance(signature, dict) or set(signature) != {"key", "sig"} or not all(isinstance(v, str) for v in signature.values()):
-        raise BundleError(f"{path}: not a signature (JSON {{key, sig}})")
-    return signature
+    fields = Fields(lambda dotted, message: BundleError(f"{path}: {dotted}: {message}"))
+    fields.known(fields.table(signature, "signature"), {"key", "sig"}, "")
+    return {name: fields.get(signature, name, str, "", required=True) for name in ("key", "sig")}
 
 
 def _read_small(path: Path, cap: int, what: str) -> bytes:
