@@ -71,7 +71,7 @@ def _pushed_blobs(tmp_path: Path, keys, count: int) -> tuple[Path, list[str]]:
     source = LocalStore(tmp_path / "source")
     with BlobBatch(source) as batch:
         digests = [batch.put_bytes(os.urandom(3000)) for _ in range(count)]
-    assert _cache(source, share, keys).push_blobs(digests)
+    assert _cache(source, share, keys, sign=True).push_blobs(digests)
     return share, digests
 
 
@@ -112,7 +112,7 @@ def test_one_large_download_is_journalled_not_flushed(tmp_path: Path, keys, monk
     share.mkdir()
     source = LocalStore(tmp_path / "source")
     big = source.put_bytes(os.urandom(local.UNFLUSHED_MIN_BYTES))
-    assert _cache(source, share, keys).push_blobs([big])
+    assert _cache(source, share, keys, sign=True).push_blobs([big])
     fsyncs: list[str] = []
     real_fsync_file = local._fsync_file
     monkeypatch.setattr(local, "_fsync_file", lambda path: fsyncs.append(str(path)) or real_fsync_file(path))
