@@ -35,6 +35,8 @@ def open_remote(url: str, options: RemoteSettings | None = None) -> Remote:
     setting that cannot work; never touches the network."""
     options = (options or RemoteSettings()).resolved()
     where = options.where("url")
+    timeout_s, retries, parallel = options.timeout_s, options.retries, options.parallel
+    assert timeout_s is not None and retries is not None and parallel is not None  # resolved
     scheme = urlsplit(url).scheme
     if scheme == "file":
         parts = urlsplit(url)
@@ -42,7 +44,7 @@ def open_remote(url: str, options: RemoteSettings | None = None) -> Remote:
             raise ConfigError(f"{where}: field 'url': {url!r}: use file:///absolute/path")
         from buildsys.remote.file import FileRemote
 
-        return FileRemote(Path(unquote(parts.path)), parallel=options.parallel)
+        return FileRemote(Path(unquote(parts.path)), parallel=parallel)
     if scheme in ("http", "https"):
         from buildsys.remote.http import HttpRemote
 
@@ -51,10 +53,10 @@ def open_remote(url: str, options: RemoteSettings | None = None) -> Remote:
                 url,
                 username=options.username,
                 password=options.password(),
-                timeout_s=options.timeout_s,
-                retries=options.retries,
-                parallel=options.parallel,
-                zstd=options.zstd,
+                timeout_s=timeout_s,
+                retries=retries,
+                parallel=parallel,
+                zstd=bool(options.zstd),
             )
         except RemoteError as exc:
             raise ConfigError(f"{where}: field 'url': {exc}") from None
@@ -70,9 +72,9 @@ def open_remote(url: str, options: RemoteSettings | None = None) -> Remote:
                 region=options.s3_region,
                 access_key=options.username,
                 secret_key=options.password(),
-                timeout_s=options.timeout_s,
-                retries=options.retries,
-                parallel=options.parallel,
+                timeout_s=timeout_s,
+                retries=retries,
+                parallel=parallel,
             )
         except RemoteError as exc:
             raise ConfigError(f"{where}: field 'url': {exc}") from None

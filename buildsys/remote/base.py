@@ -223,8 +223,8 @@ class HashingWriter:
     to the file descriptor: nothing is buffered here (callers write in chunks), and a batch of
     small downloads is spared the syscalls :func:`open` adds per file (fstat, isatty, seek)."""
 
-    def __init__(self, path: Path) -> None:
-        self._fd = create_read_only(path)
+    def __init__(self, path: FilePath) -> None:
+        self._fd = create_read_only(os.fspath(path))
         self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
         self.size = 0
 

@@ -470,7 +470,7 @@ class RemoteCache:
             self._count("local_corrupt")
             self._note("local", f"local record {short(key)} not pushed: {exc}")
             return False
-        if record is None:
+        if result is None or record is None:
             return False
         if not self.push_blobs(set(result.blobs()) | files):
             return False
@@ -496,7 +496,7 @@ class RemoteCache:
         return summary
 
 
-def _unlink(path: Path) -> None:
+def _unlink(path: str | Path) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -528,8 +528,8 @@ def open_cache(
     from buildsys.remote import open_remote
 
     settings = settings.resolved()
-    if not settings.enabled:
+    if not settings.url:
         return None
     trusted, signer = load_trust(user, keys_dir)
     remote = open_remote(settings.url, settings)
-    return RemoteCache(store, remote, trusted, signer, settings.read_only, settings.parallel, warn)
+    return RemoteCache(store, remote, trusted, signer, bool(settings.read_only), settings.parallel or 1, warn)

@@ -188,7 +188,7 @@ class FileRemote:
     def put_action(self, key: Digest, place: str, data: bytes) -> None:
         self._write_record(self.root / "ac" / record_name(key, place), data, f"record {key}")
 
-    def _read(self, path: Path, dest: FilePath, what: str) -> Digest:
+    def _read(self, path: str, dest: FilePath, what: str) -> Digest:
         """Copy ``path`` to ``dest``; returns the digest of the bytes in ``dest``. Small files
         are read whole and hashed on the way through, with nothing but the syscalls ``cp``
         makes (a batch pull of many small blobs is bound by those); large ones are copied by
@@ -203,13 +203,13 @@ class FileRemote:
         try:
             size = os.fstat(src).st_size
             if size >= _KERNEL_READ_MIN:
-                dst = create_read_only(dest)
+                fd = create_read_only(os.fspath(dest))
                 try:
-                    if (digest := _copy_hashing_in_kernel(src, dst, dest, size)) is not None:
+                    if (digest := _copy_hashing_in_kernel(src, fd, dest, size)) is not None:
                         return digest
-                    _copy_in_kernel(src, dst)  # the kernel refused: reads and writes, from the start
+                    _copy_in_kernel(src, fd)  # the kernel refused: reads and writes, from the start
                 finally:
-                    os.close(dst)
+                    os.close(fd)
                 return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(dest).hexdigest()
             if size <= _COPY_CHUNK:
                 # up to the size seen: bytes appended later are not part of what was hashed
@@ -314,7 +314,7 @@ def _copy_hashing_in_kernel(src: int, dst: int, dest: FilePath, size: int) -> Di
 
 def _write_file(dest: FilePath, data: bytes) -> None:
     """A new read-only file at ``dest`` holding ``data`` (see :func:`create_read_only`)."""
-    fd = create_read_only(dest)
+    fd = create_read_only(os.fspath(dest))
     try:
         write_all(fd, data)
     finally:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Self, Sequence
+from typing import Any, Callable, Iterable, Iterator, Self, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from buildsys.keys.hashing import Digest
@@ -309,12 +309,12 @@ class _Landing:
         self.what = what
         self.failure: Exception | None = None
         self._out = HashingWriter(dest)
-        self._sink = self._out
+        self._sink: Any = self._out  # or a zstd decompressor writing into it
         self._corrupt: tuple[type[Exception], ...] = ()  # failures meaning the bytes are broken
         if zstd:
             import zstandard
 
-            self._sink = zstandard.ZstdDecompressor().stream_writer(self._out, closefd=False)
+            self._sink = zstandard.ZstdDecompressor().stream_writer(self._out, closefd=False)  # type: ignore[arg-type]
             self._corrupt = (zstandard.ZstdError,)
 
     def write(self, data) -> int | None:
