@@ -70,6 +70,9 @@ def test_report_names_what_made_each_result_and_what_it_cost(project: Path) -> N
     assert weights["model_name"] == "ckpt" and len(weights["model"]) == 64
     assert check["gate"] == {"passed": True, "failures": []}
     assert final["gate"] is None
+    import numpy  # final's recipe imports numpy: its version is part of what made the result
+
+    assert final["libraries"]["numpy"] == numpy.__version__ and source["libraries"]["numpy"] == numpy.__version__
     # the outputs listed are the bytes materialized for the user
     for out in final["outputs"]:
         data = (project.parent / "out" / "asset" / "final" / out["path"]).read_bytes()

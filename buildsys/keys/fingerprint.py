@@ -3,7 +3,11 @@
 Collected once per process, lazily, one field at a time, and never by importing a heavy
 library: versions come from package metadata, the CUDA version from torch's ``version.py``
 read as text, the GPU and driver from ``nvidia-smi`` or ``/proc``. A stage declares which fields
-enter its action key; every executed action records all of them.
+enter its action key; every executed action records all of them. The versions of the libraries a
+recipe imports need no declaring: they enter its key by themselves (``recipe.libraries``,
+:mod:`buildsys.keys.distributions`); the fields are for what no import shows (GPU, driver,
+threads, CPU), and the version fields remain for the record and for stages that want one pinned
+on its own.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 For every stage of a target's last successful build (its ref), the report answers what made the
 result, from what, on which machine and at what cost (DESIGN.md, invariant 7): the recipe and
-the digest of its code, params, seed, mode, device, model and input trees (from the action's
-description); who produced it, on what hardware and software (the result's producer and
-fingerprint); wall and CPU seconds, peak memory and iterations of the run that made it; the
-output files with their sizes and digests; and a gate stage's verdict. The result may have been
-made by an earlier build or another machine (a remote cache): the report names that producer,
-not the build that last used it. Nothing is built or hashed; the Buildfile only names the
-targets and stages.
+the digest of its code, the versions of the libraries it imports, params, seed, mode, device,
+model and input trees (from the action's description); who produced it, on what hardware and
+software (the result's producer and fingerprint); wall and CPU seconds, peak memory and
+iterations of the run that made it; the output files with their sizes and digests; and a gate
+stage's verdict. The result may have been made by an earlier build or another machine (a remote
+cache): the report names that producer, not the build that last used it. Nothing is built or
+hashed; the Buildfile only names the targets and stages.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from buildsys.views.history import last_statuses
 
 MACHINE_FIELDS = ("os", "cpu", "python", "torch", "cuda", "gpu", "driver")
 """The fingerprint fields a report shows (every field is in ``--json``)."""
+LIBRARIES_SHOWN = 8
 
 
 @dataclass
@@ -43,6 +44,8 @@ class StageProvenance:
     key: Digest
     recipe: str | None = None
     code: Digest | None = None
+    libraries: dict[str, str] = field(default_factory=dict)
+    """Distribution -> version, of what the recipe's code imports (transitively)."""
     seed: int | None = None
     mode: str | None = None
     device: str | None = None
@@ -140,6 +143,7 @@ def _stage(store: LocalStore, stage_id: str, entry: dict[str, Any], spec: StageS
 def _describe(stage: StageProvenance, description: dict[str, Any]) -> None:
     recipe = description.get("recipe") or {}
     stage.recipe, stage.code = recipe.get("ref"), recipe.get("code")
+    stage.libraries = dict(recipe.get("libraries") or {})
     stage.seed, stage.mode, stage.device = description.get("seed"), description.get("mode"), description.get("device")
     stage.model = (description.get("model") or {}).get("digest")
     stage.params = dict(description.get("params") or {})
@@ -172,6 +176,10 @@ def _render_stage(stage: StageProvenance) -> list[str]:
     lines = [head]
     if stage.model:
         lines.append(f"  model {stage.model_name or '?'} {short(stage.model)}")
+    if stage.libraries:
+        shown = ", ".join(f"{name} {version}" for name, version in list(stage.libraries.items())[:LIBRARIES_SHOWN])
+        more = len(stage.libraries) - LIBRARIES_SHOWN
+        lines.append(f"  libraries {shown}" + (f" and {more} more (--json lists them)" if more > 0 else ""))
     if stage.inputs:
         lines.append("  inputs " + ", ".join(_input(stage, name, tree) for name, tree in stage.inputs.items()))
     if stage.producer:
