@@ -102,7 +102,7 @@ def apply_torch_settings(mode: str, threads: int) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = deterministic
     torch.set_float32_matmul_precision("highest")
-    torch.backends.mkldnn.enabled = mode != "strict"
+    torch.backends.mkldnn.enabled = mode != "strict"  # type: ignore[assignment]  # a ContextProp in the stubs
 
 
 NO_DETERMINISTIC_KERNEL = "does not have a deterministic implementation"

@@ -12,11 +12,11 @@ import html
 import json
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 from buildsys.artifacts.model import FileDiff, LabeledTreeDiff, TreeDiff, short_repr
 
-Result = Union[FileDiff, TreeDiff, Sequence[LabeledTreeDiff]]
+Result = FileDiff | TreeDiff | Sequence[LabeledTreeDiff]
 
 _TEXT_LIST_LIMIT = 10
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TextIO
 from buildsys.build.scheduler import CACHED, Reporter, StageReport
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
     from rich.text import Text
 
 
@@ -49,8 +50,8 @@ class RichReporter(Reporter):
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=self.console, transient=True,
         )
-        self.total_task = None
-        self.tasks: dict[str, int] = {}
+        self.total_task: TaskID | None = None
+        self.tasks: dict[str, TaskID] = {}
         self.lock = threading.Lock()
 
     def begin(self, total: int) -> None:

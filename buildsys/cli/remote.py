@@ -95,16 +95,16 @@ def remote() -> None:
     """The remote cache."""
 
 
-def _probe(settings: RemoteSettings) -> dict[str, Any]:
+def _probe(url: str, settings: RemoteSettings) -> dict[str, Any]:
     """Whether the remote can serve (``check``: reachable, folder or bucket there, credentials
     accepted), and how long asking took."""
     from buildsys.project.config import MissingSecret
     from buildsys.remote import RemoteError, open_remote
 
     try:
-        backend = open_remote(settings.url, settings)
+        backend = open_remote(url, settings)
     except MissingSecret as exc:
-        return {"backend": settings.url, "reachable": False, "error": str(exc)}
+        return {"backend": url, "reachable": False, "error": str(exc)}
     try:
         start = time.monotonic()
         try:
@@ -143,8 +143,8 @@ def remote_status(ctx: click.Context, buildfile: Path, cli_url: str | None, as_j
         "trusted_keys": sorted(trusted.keys),
         "config": str(user.path) if user.path else None,
     }
-    if settings.enabled:
-        report.update(_probe(settings))
+    if settings.url:
+        report.update(_probe(settings.url, settings))
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     elif not settings.enabled:

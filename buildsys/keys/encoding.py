@@ -74,6 +74,7 @@ def _canonical(value: Any) -> Any:
 def _canonical_subclass(value: Any) -> Any:
     """Instances of subclasses of the plain types (an IntEnum, a named tuple, an ordered map),
     taken as their plain type; anything else is refused."""
+    plain: Any  # each plain type, called on the subclass instance
     for plain in (bool, str, bytes):
         if isinstance(value, plain):
             return plain(value)

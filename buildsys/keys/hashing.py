@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, BinaryIO
+from io import BufferedIOBase
+from typing import Any
 
 import blake3
 
@@ -41,7 +42,7 @@ def digest_file(path: str | os.PathLike[str]) -> tuple[Digest, int]:
         return digest_stream(handle)
 
 
-def digest_stream(handle: BinaryIO, hasher: "blake3.blake3 | None" = None, chunk: int = CHUNK) -> tuple[Digest, int]:
+def digest_stream(handle: BufferedIOBase, hasher: "blake3.blake3 | None" = None, chunk: int = CHUNK) -> tuple[Digest, int]:
     hasher = hasher or blake3.blake3()
     buffer = bytearray(chunk)
     view = memoryview(buffer)

@@ -189,8 +189,8 @@ def compare_sides(a: BuildSide, b: BuildSide, assets_dir: Path | None = None, wi
     for sid in order:
         sa, sb = a.stages.get(sid), b.stages.get(sid)
         if sa is None or sb is None:
-            result.append(StageComparison(sid, ONLY_B if sa is None else ONLY_A, sa and sa["key"], sb and sb["key"],
-                                          sa and sa.get("tree"), sb and sb.get("tree")))
+            result.append(StageComparison(sid, ONLY_B if sa is None else ONLY_A, sa["key"] if sa else None, sb["key"] if sb else None,
+                                          sa.get("tree") if sa else None, sb.get("tree") if sb else None))
             continue
         comparison = StageComparison(sid, SAME, sa["key"], sb["key"], sa.get("tree"), sb.get("tree"))
         if sa["key"] == sb["key"]:
@@ -207,7 +207,7 @@ def compare_sides(a: BuildSide, b: BuildSide, assets_dir: Path | None = None, wi
                     comparison.note = upstream
         if with_diff and comparison.tree_a and comparison.tree_b and comparison.tree_a != comparison.tree_b:
             if a.has_tree(comparison.tree_a) and b.has_tree(comparison.tree_b):
-                comparison.diff = _tree_diff(a, b, comparison, assets_dir)
+                comparison.diff = _tree_diff(a, b, comparison.tree_a, comparison.tree_b, sid, assets_dir)
             else:
                 comparison.note = (comparison.note + "; " if comparison.note else "") + "output trees not both available: no artifact diff"
         result.append(comparison)
@@ -228,15 +228,15 @@ def _upstream_note(changes: list[tuple[str, Any, Any]], a: BuildSide, b: BuildSi
     return None
 
 
-def _tree_diff(a: BuildSide, b: BuildSide, comparison: StageComparison, assets_dir: Path | None) -> TreeDiff:
+def _tree_diff(a: BuildSide, b: BuildSide, tree_a: Digest, tree_b: Digest, stage: str, assets_dir: Path | None) -> TreeDiff:
     scratch = Path(tempfile.mkdtemp(prefix="buildsys-diff-"))
     try:
         pa, pb = scratch / "a", scratch / "b"
         pa.mkdir()
         pb.mkdir()
-        a.materialize(comparison.tree_a, pa)
-        b.materialize(comparison.tree_b, pb)
-        return diff_directories(pa, pb, assets_dir, asset_prefix=comparison.stage.replace("/", "__"))
+        a.materialize(tree_a, pa)
+        b.materialize(tree_b, pb)
+        return diff_directories(pa, pb, assets_dir, asset_prefix=stage.replace("/", "__"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -312,8 +312,8 @@ def replay_all(plans: list[StagePlan], replayer: Replayer, repeat: int = 1, bise
             continue
         rebuilt, error, verdict.replays = first_runs[plan.stage]
         verdict.rebuilt_tree = rebuilt
-        if error is not None:
-            verdict.status, verdict.error = ERROR, error
+        if error is not None or rebuilt is None:
+            verdict.status, verdict.error = ERROR, error or "the replay left no output"
             continue
         chained[plan.stage] = rebuilt
         if rebuilt != plan.recorded_tree:
@@ -339,8 +339,8 @@ def replay_all(plans: list[StagePlan], replayer: Replayer, repeat: int = 1, bise
         # rebuilt upstream outputs to see whether the divergence propagates.
         inputs, model = _chained_inputs(plan, producer_of, chained)
         again, error = replayer.run(plan, inputs, model)
-        if error is not None:
-            verdict.notes.append(f"on the rebuilt upstream outputs it failed: {error}")
+        if error is not None or again is None:
+            verdict.notes.append(f"on the rebuilt upstream outputs it failed: {error or 'no output'}")
             verdict.status, verdict.follows_from = FOLLOWS, cause
             root_cause[plan.stage] = cause
             continue

@@ -54,7 +54,7 @@ def cat_object(store: LocalStore, name: str) -> Any:
 
 
 def build_history(store: LocalStore, limit: int) -> list[dict[str, Any]]:
-    records = []
+    records: list[dict[str, Any]] = []
     for _, digest in reversed(store.build_records()):
         if len(records) >= limit:
             break

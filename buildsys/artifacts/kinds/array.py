@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from buildsys.artifacts.assets import AssetSink
 from buildsys.artifacts.model import FileDiff, fmt_num
@@ -124,6 +124,11 @@ def compare(ta: Tensor, tb: Tensor) -> dict[str, Any]:
         return _compare(ta, tb)
 
 
+def _flat_bits(t: Tensor) -> Any:
+    """The tensor's integer bit patterns (floats) or values (integers), flattened."""
+    return (t.bits if t.bits is not None else t.values).reshape(-1)
+
+
 def _compare(ta: Tensor, tb: Tensor) -> dict[str, Any]:
     import numpy as np
 
@@ -136,8 +141,7 @@ def _compare(ta: Tensor, tb: Tensor) -> dict[str, Any]:
         m["mismatch"] = "dtype"
     is_float = ta.bits is not None or tb.bits is not None
     va, vb = ta.values.reshape(-1), tb.values.reshape(-1)
-    pick: Callable[[Tensor], Any] = lambda t: (t.bits if t.bits is not None else t.values).reshape(-1)
-    ra, rb = pick(ta), pick(tb)
+    ra, rb = _flat_bits(ta), _flat_bits(tb)
     n = int(va.size)
     differing = nonfinite_mismatch = 0
     max_abs: float | int | None = None

@@ -51,7 +51,7 @@ def load(path: Path) -> MeshData:
     import numpy as np
     import trimesh
 
-    loaded = trimesh.load(str(path), process=False)
+    loaded: Any = trimesh.load(str(path), process=False)  # a Scene, a Trimesh or a PointCloud
     if isinstance(loaded, trimesh.Scene):
         parts = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)]
         if not parts:
@@ -67,7 +67,7 @@ def load(path: Path) -> MeshData:
     faces = np.asarray(loaded.faces, dtype=np.int64).reshape(-1, 3)
     visual = loaded.visual
     uv = getattr(visual, "uv", None) if getattr(visual, "kind", None) == "texture" else None
-    colors = visual.vertex_colors if getattr(visual, "kind", None) == "vertex" else None
+    colors = getattr(visual, "vertex_colors", None) if getattr(visual, "kind", None) == "vertex" else None
     normals = np.asarray(loaded.vertex_normals, dtype=np.float64) if len(faces) else None
     return MeshData(
         vertices,

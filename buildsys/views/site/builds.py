@@ -95,7 +95,9 @@ def _entry(digest: Digest, record: dict[str, Any], older: dict[str, Any] | None,
     before = {sid: s for sid, s in (older or {}).get("stages", {}).items() if isinstance(s, dict)}
     ids = [s for s in stage_ids if s in stages] + sorted(s for s in stages if s.startswith(target + "/") and s not in stage_ids)
     new_trees: dict[Digest, str] = {}  # outputs this build made that the build before did not have
-    changes, counts, wall = [], {}, 0.0
+    changes: list[Any] = []
+    counts: dict[str, int] = {}
+    wall = 0.0
     for sid in ids:
         now = stages[sid]
         change, raw = _stage_change(sid, now, before.get(sid), older is None, descriptions)

@@ -115,7 +115,8 @@ def verify_view(report: dict[str, Any], when: str, picture: PictureOf) -> CheckV
 
 
 def diff_view(report: dict[str, Any], when: str, picture: PictureOf) -> CheckView:
-    stages, only = [], {"only in A": [], "only in B": []}
+    stages: list[Any] = []
+    only: dict[str, list[str]] = {"only in A": [], "only in B": []}
     for entry in report.get("stages", []):
         verdict = str(entry.get("verdict"))
         if verdict in only:

@@ -26,7 +26,7 @@ from buildsys.views.site.builds import target_histories
 from buildsys.views.site.checks import CheckView, diff_view, verify_view
 from buildsys.views.site.files import Picture, SiteFiles, prepare_folder, upscaled
 from buildsys.views.site.render import PathScrubber, environment
-from buildsys.views.site.targets import RENDER_GATES, STATUSES, TargetView, gate_summary, target_view
+from buildsys.views.site.targets import RENDER_GATES, STATUSES, gate_summary, target_view
 
 
 @dataclass

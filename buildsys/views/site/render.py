@@ -102,7 +102,8 @@ def fmt_when(value: Any) -> str:
         moment = datetime.fromisoformat(str(value))
     except ValueError:
         return str(value)
-    if moment.utcoffset() is not None and moment.utcoffset().total_seconds() == 0:
+    offset = moment.utcoffset()
+    if offset is not None and offset.total_seconds() == 0:
         return moment.strftime("%Y-%m-%d %H:%M UTC")
     return moment.isoformat(timespec="minutes")
 
