@@ -59,7 +59,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import blake3
 import msgpack
@@ -128,7 +128,7 @@ class StageEntry:
         """What the index stores for the stage; what it was read from when token numbers are kept."""
         if self._raw is not None and same_numbers:
             return self._raw
-        manifest = self._manifest if isinstance(self._manifest, list) else [
+        manifest: list[list[Any]] = self._manifest if isinstance(self._manifest, list) else [
             [path, bytes.fromhex(e.digest), e.size, e.executable] for path, e in self._manifest.items()
         ]
         blobs = [d for d in (self.description, self.tree, self.log) if d] + [item[1].hex() for item in manifest]
@@ -167,7 +167,7 @@ class GraphIndex:
         self.dirty_tokens: set[str] = set()
         self.unverified: set[str] = set()  # stages whose blobs or record may be gone
         self._moved_cas: set[str] = set()
-        self._has_blob = None
+        self._has_blob: Callable[[Digest], bool] = lambda digest: True
         self._refs_racy = False
         self.same_buildfile = False
 
@@ -294,9 +294,9 @@ class GraphIndex:
         return changed
 
     def plain_files(self) -> dict[str, tuple[str, Digest, int, bool]]:
-        return {self.tokens[n]: tuple(item) for n, item in self.body["files"].items()}  # type: ignore[misc]
+        return {self.tokens[n]: (item[0], item[1], item[2], item[3]) for n, item in self.body["files"].items()}
 
-    def check_store(self, store_root: Path, has_blob, has_action) -> None:
+    def check_store(self, store_root: Path, has_blob: Callable[[Digest], bool], has_action: Callable[[Digest], bool]) -> None:
         """Mark the stages whose blobs or action record may have left the store: those with a
         file in a shard folder that moved since the index was written, and a file there that
         is missing now. A plain source whose blob went the same way counts as changed."""

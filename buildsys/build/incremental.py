@@ -141,11 +141,11 @@ def renew(
         except (TypeError, ValueError, OverflowError):  # a TOML date somewhere: no index
             return
         shapes = {name: shape.to_list() for name, shape in project.shapes.items()}
-    renewing = index is not None and index.same_buildfile
-    if renewing and index.unchanged_by(entries, tables, session.watch_token):
+    renewed = index if index is not None and index.same_buildfile else None
+    if renewed is not None and renewed.unchanged_by(entries, tables, session.watch_token):
         return  # the index still says all it said (a no-op): nothing to write
-    known = index.values if renewing else {}
-    dirty = index.dirty_tokens if renewing else set()
+    known = renewed.values if renewed is not None else {}
+    dirty = renewed.dirty_tokens if renewed is not None else set()
     values: dict[str, Any] = {}
     for token in {t for entry in entries.values() for t in entry.tokens}:
         value = known.get(token) if token in known and token not in dirty else None
@@ -157,14 +157,14 @@ def renew(
             name = token.partition(":")[2]
             manifest = session.resolver.source_manifests.get(InputRef("src", name))
             if manifest is not None and list(manifest) == [name]:
-                entry = manifest[name]
-                files[token] = (str(project.root / name), entry.digest, entry.size, entry.executable)
+                file = manifest[name]
+                files[token] = (str(project.root / name), file.digest, file.size, file.executable)
     try:
         write_index(
             index_file(project.file), (str(project.file), session.buildfile_digest), session.store.root,
             tables_raw, target_tables, shapes, values, files, kept,
             {t: d for t, d in tables.items() if all(sid in kept for sid in project.stage_ids(t))},
-            index.tokens if renewing else None, session.watch_token,
+            renewed.tokens if renewed is not None else None, session.watch_token,
         )
     except OSError:
         pass  # an index is a shortcut: a read-only cache folder costs only the next walk

@@ -16,7 +16,8 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
@@ -210,7 +211,7 @@ class Builder:
     def _index_entries(self, reports: dict[str, StageReport]) -> dict[str, StageEntry]:
         entries = dict(self._entries)
         for sid, report in reports.items():
-            if sid in entries or not report.ok or sid not in self._resolved_by:
+            if sid in entries or report.tree is None or not report.ok or sid not in self._resolved_by:
                 continue
             tokens, upstream = self._resolved_by[sid]
             manifest = self._manifests.get(report.tree) or self.store.get_tree(report.tree)
@@ -398,15 +399,16 @@ class Builder:
         # another build of this project may be materializing the same folders: one at a time,
         # or its pruning would delete the other's half-written temp files
         outputs = str(project.outputs)
-        trees = []
+        trees: list[tuple[Digest, Path | str]] = []
         for name in target_names:
             for stage in project.shapes[name].outputs:
                 sid, dest = f"{name}/{stage}", f"{outputs}/{name}/{stage}"
-                if not reports[sid].ok:
+                tree = reports[sid].tree
+                if tree is None or not reports[sid].ok:
                     continue
                 if sid in self._from_index and self.session.untouched(dest):
                     continue  # a watcher vouches for the copies the last build left in place (watcher.py)
-                trees.append((reports[sid].tree, dest))
+                trees.append((tree, dest))
         make_top_folder(project.outputs)  # its target folders spread over the disk (see topdir.py)
         with self.store.folder_lock(project.outputs):
             materialize_trees(self.store, trees, self.session.stat_cache, out, self._manifests)
@@ -456,8 +458,8 @@ class Builder:
         whose stages all came unchanged from the index naming the table it had before."""
         record = {
             "v": RECORD_VERSION,
-            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="milliseconds"),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "buildfile": str(self.session.project.file),
             "argv": sys.argv[1:],
             "producer": producer(),
@@ -480,7 +482,7 @@ class Builder:
         for sid, report in stages.items():
             groups.setdefault(sid.partition("/")[0], {})[sid] = report
         tables: dict[str, Digest] = {}
-        staged: list[tuple[str, Digest]] = []
+        staged: list[tuple[Path | str, Digest]] = []
         for target, group in groups.items():
             whole = len(group) == len(project.shapes[target].stages) and all(r.ok for r in group.values())
             known = self.index.table(target) if self.index is not None else None

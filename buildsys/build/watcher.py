@@ -67,7 +67,7 @@ class _Inotify:
 
     def read(self) -> list[tuple[str | None, int]]:
         """(path or None when the queue overflowed, mask) of every event queued now."""
-        events = []
+        events: list[tuple[str | None, int]] = []
         while True:
             try:
                 data = os.read(self.fd, 1 << 16)

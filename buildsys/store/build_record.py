@@ -40,7 +40,7 @@ def read_record(store: LocalStore, digest: Digest) -> Any:
 def expand(store: LocalStore, record: Any) -> Any:
     if not isinstance(record, dict) or record.get("v") != RECORD_VERSION or not isinstance(record.get("stages"), dict):
         return record
-    status = record.get("status") if isinstance(record.get("status"), dict) else {}
+    status: dict[str, Any] = record["status"] if isinstance(record.get("status"), dict) else {}
     stages: dict[str, Any] = {}
     for table in record["stages"].values():
         if not is_digest(table):
