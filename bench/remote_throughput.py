@@ -122,9 +122,9 @@ class Bench:
         with open(path, "wb") as out:
             for _ in range(self.args.large_mib):
                 out.write(os.urandom(MiB))
-        large, _ = self.src.put_file(path)
+        large, _ = self.src.blobs.put_file(path)
         path.unlink()
-        small = [self.src.put_bytes(os.urandom(self.args.small_kib * 1024)) for _ in range(self.args.small_count)]
+        small = [self.src.blobs.put_bytes(os.urandom(self.args.small_kib * 1024)) for _ in range(self.args.small_count)]
         return large, small
 
     def fresh(self, name: str) -> Path:
@@ -142,7 +142,7 @@ class Bench:
         """buildsys's four timings; ``remote_large``: where the remote keeps the large blob
         once pushed, on this machine's disk (None: in a server's memory)."""
         push = self.cache(url, settings, self.src)
-        t_large_up = timed(lambda: check(push.push_blobs([self.large]), "push large"), warm=self.src.blob_path(self.large))
+        t_large_up = timed(lambda: check(push.push_blobs([self.large]), "push large"), warm=self.src.blobs.path(self.large))
         t_small_up = timed(lambda: check(push.push_blobs(self.small), "push small"))
         push.close()
         dst = LocalStore(self.fresh(f"dst-{name}"))
@@ -185,11 +185,11 @@ class Bench:
         plain_url = f"{base}/plain"
         out = self.fresh("curl-out")
         p = str(self.args.parallel)
-        large_path = str(self.src.blob_path(self.large))
+        large_path = str(self.src.blobs.path(self.large))
         t1 = timed(lambda: run(["curl", "-sS", "-f", "-T", large_path, f"{plain_url}/large"]), warm=large_path)
         t2 = timed(lambda: run(["curl", "-sS", "-f", "-o", str(out / "large"), f"{plain_url}/large"]), warm=served / "plain" / "large")
         up_cfg, down_cfg = self.work / "up.curl", self.work / "down.curl"
-        up_cfg.write_text("".join(f'upload-file = "{self.src.blob_path(d)}"\nurl = "{plain_url}/cas/{d}"\n' for d in self.small))
+        up_cfg.write_text("".join(f'upload-file = "{self.src.blobs.path(d)}"\nurl = "{plain_url}/cas/{d}"\n' for d in self.small))
         down_cfg.write_text("".join(f'url = "{plain_url}/cas/{d}"\noutput = "{out / d}"\n' for d in self.small))
         t3 = timed(lambda: run(["curl", "-sS", "-f", "--parallel", "--parallel-max", p, "-K", str(up_cfg)]))
         t4 = timed(lambda: run(["curl", "-sS", "-f", "--parallel", "--parallel-max", p, "-K", str(down_cfg)]))
@@ -226,11 +226,11 @@ class Bench:
         )
         transfer = TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=max(2, self.args.parallel // 2))
         out = self.fresh("boto-out")
-        large_path = str(self.src.blob_path(self.large))
+        large_path = str(self.src.blobs.path(self.large))
         t1 = timed(lambda: client.upload_file(large_path, bucket, "plain/large", Config=transfer), warm=large_path)
         t2 = timed(lambda: client.download_file(bucket, "plain/large", str(out / "large"), Config=transfer))
         with ThreadPoolExecutor(self.args.parallel) as pool:
-            t3 = timed(lambda: list(pool.map(lambda d: client.upload_file(str(self.src.blob_path(d)), bucket, f"plain/cas/{d}"), self.small)))
+            t3 = timed(lambda: list(pool.map(lambda d: client.upload_file(str(self.src.blobs.path(d)), bucket, f"plain/cas/{d}"), self.small)))
             t4 = timed(lambda: list(pool.map(lambda d: client.download_file(bucket, f"plain/cas/{d}", str(out / d)), self.small)))
         self.record("s3 (moto server)", ours, (t1, t2, t3, t4), f"boto3, {self.args.parallel} threads")
 
@@ -238,8 +238,8 @@ class Bench:
         share = self.fresh("share")
         ours = self.ours("file", f"file://{share}", RemoteSettings(parallel=self.args.parallel), share / "cas" / self.large)
         plain, back = self.fresh("plain-share"), self.fresh("plain-back")
-        large_path = str(self.src.blob_path(self.large))
-        small_paths = "\n".join(str(self.src.blob_path(d)) for d in self.small)
+        large_path = str(self.src.blobs.path(self.large))
+        small_paths = "\n".join(str(self.src.blobs.path(d)) for d in self.small)
         t1 = timed(lambda: run(["cp", large_path, str(plain / "large")]), warm=large_path)
         t2 = timed(lambda: run(["cp", str(plain / "large"), str(back / "large")]), warm=plain / "large")
         (plain / "cas").mkdir()

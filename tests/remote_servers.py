@@ -361,10 +361,10 @@ def make_action(store, files: dict[str, bytes], tag: str, signer=None):
     from buildsys.keys.tree import Entry
     from buildsys.store.records import ActionRecord, ActionResult
 
-    manifest = {path: Entry(store.put_bytes(data), len(data), False) for path, data in files.items()}
-    tree = store.put_tree(manifest)
-    description = store.put_bytes(f"description of {tag}".encode())
-    log = store.put_bytes(f"log of {tag}\n".encode())
+    manifest = {path: Entry(store.blobs.put_bytes(data), len(data), False) for path, data in files.items()}
+    tree = store.blobs.put_tree(manifest)
+    description = store.blobs.put_bytes(f"description of {tag}".encode())
+    log = store.blobs.put_bytes(f"log of {tag}\n".encode())
     result = ActionResult(
         key=digest_value({"test-action": tag}),
         description=description,
@@ -374,5 +374,5 @@ def make_action(store, files: dict[str, bytes], tag: str, signer=None):
         fingerprint={"python": "3.11"},
         producer={"host": "test"},
     )
-    store.put_action(ActionRecord(result, signer.sign(result) if signer else None))
+    store.actions.put(ActionRecord(result, signer.sign(result) if signer else None))
     return result

@@ -116,7 +116,7 @@ def test_input_change_names_old_and_new_and_upstream(builds) -> None:
 def test_nondeterminism_cli_exit_code_and_artifact_diff(builds) -> None:
     _, buildfile = builds("nondeterminism")
     with Session(buildfile, check_recipes=False) as session:
-        records = [d for _, d in session.store.build_records()]
+        records = [d for _, d in session.store.builds.listing()]
     proc = run(["diff", "-f", str(buildfile), records[0], records[1][:16]], buildfile.parent)
     assert proc.returncode == EXIT_NOT_REPRODUCIBLE, proc.stderr
     assert "nondeterminism" in proc.stdout and "t/nd" in proc.stdout

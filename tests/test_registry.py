@@ -54,7 +54,7 @@ def test_models_report_sources_digests_and_users(project: Project):
     assert build.code == 0 and build.summary["executed"] == 2, build.stderr
     after = _models(project)
     assert after["disk"]["status"] == "ok"
-    ref = LocalStore(project.root / "store").read_ref("targets", "maker")
+    ref = LocalStore(project.root / "store").refs.read("targets", "maker")
     assert after["built"]["status"] == "unpinned" and after["built"]["current"] == ref["stages"]["make"]["tree"]
 
     (project.root / "ckpt/weights.bin").write_text("w" * 4999 + "x")

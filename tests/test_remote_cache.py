@@ -59,11 +59,11 @@ def test_push_then_pull_on_another_machine(remote_url, keys, tmp_path: Path) -> 
     puller = _cache(b, url, settings, trusted)
     pulled = puller.pull_action(result.key)
     assert pulled == result
-    assert b.lookup(result.key) == result
-    record = b.get_action(result.key)
+    assert b.actions.lookup(result.key) == result
+    record = b.actions.get(result.key)
     assert record.signature["key"] == "ci-1" and trusted.verify(record).value == "ok"
-    manifest = b.get_tree(result.tree)
-    assert {p: b.read_bytes(e.digest) for p, e in manifest.items()} == files
+    manifest = b.blobs.get_tree(result.tree)
+    assert {p: b.blobs.read(e.digest) for p, e in manifest.items()} == files
     assert puller.stats.pulled_actions == 1 and puller.stats.blobs_down == len(files) + 3
     assert puller.stats.bytes_down > 5_000_000
     assert b.verify().clean
@@ -165,7 +165,7 @@ def test_push_keeps_a_trusted_signature(tmp_path: Path, keys) -> None:
 def test_pull_blobs_and_push_blobs(tmp_path: Path, keys) -> None:
     (tmp_path / "share").mkdir()
     a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
-    digests = [a.put_bytes(f"blob {i}".encode()) for i in range(20)]
+    digests = [a.blobs.put_bytes(f"blob {i}".encode()) for i in range(20)]
     up = _cache(a, f"file://{tmp_path / 'share'}", RemoteSettings(), keys[1], keys[0])
     assert up.push_blobs(digests) and up.stats.blobs_up == 20
     down = _cache(b, f"file://{tmp_path / 'share'}", RemoteSettings(), keys[1])
@@ -179,7 +179,7 @@ def test_torn_blob_on_a_share_is_rejected_removed_and_pushed_again(tmp_path: Pat
     share = tmp_path / "share"
     share.mkdir()
     a = LocalStore(tmp_path / "a")
-    digest = a.put_bytes(os.urandom(5000))
+    digest = a.blobs.put_bytes(os.urandom(5000))
     up = _cache(a, f"file://{share}", RemoteSettings(), keys[1], keys[0])
     assert up.push_blobs([digest])
     torn = share / "cas" / digest
@@ -201,7 +201,7 @@ def test_http_batch_pull_checks_each_blob(nginx: NginxServer, keys, tmp_path: Pa
     corrupt blob pulled alone (the single-request path) is rejected the same way."""
     settings = RemoteSettings(zstd=zstd)
     a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
-    digests = [a.put_bytes(os.urandom(4096)) for _ in range(30)]
+    digests = [a.blobs.put_bytes(os.urandom(4096)) for _ in range(30)]
     up = _cache(a, f"{nginx.url}/cache", settings, keys[1], keys[0])
     assert up.push_blobs(digests)
     folder = nginx.root / "cache" / ("cas.zst" if zstd else "cas")
@@ -215,6 +215,6 @@ def test_http_batch_pull_checks_each_blob(nginx: NginxServer, keys, tmp_path: Pa
     stats = down.stats
     assert (stats.blobs_down, stats.bytes_down, stats.rejected_blobs) == (28, 28 * 4096, 1)
     assert down.enabled and b.verify().clean and not list(b.tmp.iterdir())
-    assert not list(b.cas.glob(".in-*")) and not list(b.cas.glob("*/.in-*"))  # nor in the blob folders
+    assert not list(b.blobs.folder.glob(".in-*")) and not list(b.blobs.folder.glob("*/.in-*"))  # nor in the blob folders
     assert any("rejected" in w and corrupt[:8] in w and ("zstd stream" in w) == zstd for w in warnings)
     assert down.pull_blobs([corrupt]) == set() and down.stats.rejected_blobs == 2  # alone: not batched

@@ -56,7 +56,7 @@ def test_nginx_stopped_mid_run(nginx: NginxServer, tmp_path: Path) -> None:
     assert pull.push_action(results[0].key) is False
     assert time.monotonic() - start < 0.1
     assert len([w for w in warnings if "disabled" in w]) == 1
-    assert b.verify().clean and b.lookup(results[0].key) == results[0]
+    assert b.verify().clean and b.actions.lookup(results[0].key) == results[0]
 
 
 def test_server_answering_500(nginx: NginxServer, tmp_path: Path) -> None:

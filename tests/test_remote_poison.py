@@ -61,7 +61,7 @@ def _overwrite(path: Path, data: bytes) -> None:
 def _assert_unused(pull: RemoteCache, key: str) -> None:
     assert pull.pull_action(key) is None
     store = pull.store
-    assert store.get_action(key) is None
+    assert store.actions.get(key) is None
     assert store.verify().clean
     assert pull.enabled  # a poisoned object is not a remote outage
 
@@ -85,9 +85,9 @@ def test_clients_with_another_key_or_none_cannot_displace_a_trusted_record(world
     original = _record(root, push, result.key).read_bytes()
     for signer in (None, mallory):
         other = LocalStore(tmp_path / f"other-{signer.name if signer else 'none'}")
-        for digest in list(result.blobs()) + [e.digest for e in producer.get_tree(result.tree).values()]:
-            other.put_bytes(producer.read_bytes(digest))
-        other.put_action(ActionRecord(result, None))  # built there too: the same action, unsigned
+        for digest in list(result.blobs()) + [e.digest for e in producer.blobs.get_tree(result.tree).values()]:
+            other.blobs.put_bytes(producer.blobs.read(digest))
+        other.actions.put(ActionRecord(result, None))  # built there too: the same action, unsigned
         cache = RemoteCache(other, open_remote(push.remote.describe(), RemoteSettings()), push.trusted, signer, False, 4, lambda m: None)
         assert cache.push_action(result.key) is (signer is not None)
         cache.close()
@@ -147,25 +147,25 @@ def test_tree_blob_replaced(world) -> None:
     """The record is genuine but the tree blob on the remote now lists other files."""
     producer, push, pull, root, _, _ = world
     result = _publish(producer, push, "tree")
-    evil_file = producer.put_bytes(b"malware")
+    evil_file = producer.blobs.put_bytes(b"malware")
     evil_tree = encode_manifest({"mesh.obj": Entry(evil_file, 7, True)})
     _overwrite(root / "cas" / result.tree, evil_tree)
     _assert_unused(pull, result.key)
     assert pull.stats.rejected_blobs == 1 and pull.stats.incomplete_records == 1
-    assert not pull.store.has_blob(result.tree) and not pull.store.has_blob(evil_file)
+    assert not pull.store.blobs.has(result.tree) and not pull.store.blobs.has(evil_file)
 
 
 def test_blob_with_swapped_bytes(world) -> None:
     producer, push, pull, root, _, warnings = world
     result = _publish(producer, push, "swapped")
-    manifest = producer.get_tree(result.tree)
+    manifest = producer.blobs.get_tree(result.tree)
     mesh, uv = manifest["mesh.obj"].digest, manifest["uv.png"].digest
     mesh_bytes = (root / "cas" / mesh).read_bytes()
     _overwrite(root / "cas" / mesh, (root / "cas" / uv).read_bytes())
     _overwrite(root / "cas" / uv, mesh_bytes)
     _assert_unused(pull, result.key)
     assert pull.stats.rejected_blobs == 2 and pull.stats.incomplete_records == 1
-    assert not pull.store.has_blob(mesh) and not pull.store.has_blob(uv)
+    assert not pull.store.blobs.has(mesh) and not pull.store.blobs.has(uv)
     assert any("rejected" in w for w in warnings)
     assert not list(pull.store.tmp.iterdir())  # no download left behind
 
@@ -173,12 +173,12 @@ def test_blob_with_swapped_bytes(world) -> None:
 def test_truncated_blob(world) -> None:
     producer, push, pull, root, _, _ = world
     result = _publish(producer, push, "truncated")
-    uv = producer.get_tree(result.tree)["uv.png"].digest
+    uv = producer.blobs.get_tree(result.tree)["uv.png"].digest
     path = root / "cas" / uv
     _overwrite(path, path.read_bytes()[:1000])
     _assert_unused(pull, result.key)
     assert pull.stats.rejected_blobs == 1
-    assert not pull.store.has_blob(uv)
+    assert not pull.store.blobs.has(uv)
 
 
 def test_blob_missing_on_remote(world) -> None:

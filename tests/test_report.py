@@ -48,7 +48,7 @@ def test_report_names_what_made_each_result_and_what_it_cost(project: Path) -> N
     build(project, "asset")
     item = report(project, "asset")["asset"]
     store = LocalStore(project.parent / "store")
-    ref = store.read_ref("targets", "asset")
+    ref = store.refs.read("targets", "asset")
 
     assert item["built"] is True
     assert [s["stage"] for s in item["stages"]] == ["asset/source", "asset/dream", "asset/final", "asset/check", "asset/weights"]
@@ -56,7 +56,7 @@ def test_report_names_what_made_each_result_and_what_it_cost(project: Path) -> N
         name = entry["stage"].split("/")[1]
         assert entry["status"] == "executed"
         assert entry["key"] == ref["stages"][name]["key"]
-        result = store.get_action(entry["key"]).result
+        result = store.actions.get(entry["key"]).result
         assert entry["metrics"] == result.metrics and entry["metrics"]["wall_s"] > 0
         assert entry["producer"] == result.producer and entry["fingerprint"] == result.fingerprint
         assert entry["recipe"].startswith(f"{R}:") and len(entry["code"]) == 64
@@ -100,15 +100,15 @@ def test_text_report_and_targets_never_built(project: Path) -> None:
     assert "gate passed" in proc.stdout
     assert "model ckpt " in proc.stdout
     store = LocalStore(project.parent / "store")
-    producer = store.get_action(store.read_ref("targets", "asset")["stages"]["source"]["key"]).result.producer
+    producer = store.actions.get(store.refs.read("targets", "asset")["stages"]["source"]["key"]).result.producer
     assert f"made by {producer['user']}@{producer['host']} (buildsys {producer['buildsys']})" in proc.stdout
 
 
 def test_what_gc_or_damage_removed_is_named(project: Path) -> None:
     build(project, "asset")
     store = LocalStore(project.parent / "store")
-    description = store.read_ref("targets", "asset")["stages"]["final"]["description"]
-    store.blob_path(description).unlink()
+    description = store.refs.read("targets", "asset")["stages"]["final"]["description"]
+    store.blobs.path(description).unlink()
     item = report(project, "asset")["asset"]
     final = item["stages"][2]
     assert final["missing"] == ["description"] and final["recipe"] is None
@@ -137,7 +137,7 @@ def test_stage_log_prints_what_the_run_printed_and_nothing_for_a_quiet_stage(tmp
     assert loud.returncode == 0 and loud.stdout == "hello from the recipe\n"
     assert quiet.returncode == 0 and quiet.stdout == ""
     store = LocalStore(tmp_path / "store")
-    quiet_key = store.read_ref("targets", "t")["stages"]["quiet"]["key"]
-    assert store.get_action(quiet_key).result.log is None, "a stage that printed nothing records no log"
+    quiet_key = store.refs.read("targets", "t")["stages"]["quiet"]["key"]
+    assert store.actions.get(quiet_key).result.log is None, "a stage that printed nothing records no log"
     unknown = run(["log", "-f", str(buildfile), "--stage", "t/none"], tmp_path)
     assert unknown.returncode != 0 and "t/none" in unknown.stderr

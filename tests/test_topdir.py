@@ -30,7 +30,7 @@ def _needs_ext4_attributes(tmp_path: Path) -> None:
 
 def test_a_new_store_marks_the_folders_that_hold_many_subtrees(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
-    assert {p.name: _topdir(p) for p in (store.root, store.cas, store.ac, store.tmp, store.refs, store.builds)} == {
+    assert {p.name: _topdir(p) for p in (store.root, store.blobs.folder, store.actions.folder, store.tmp, store.refs.folder, store.builds.folder)} == {
         "store": True, "cas": True, "ac": True, "tmp": True, "refs": False, "builds": False,
     }
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import run_cli
 from test_crash_safety import assert_outputs, copy_buildfile, make_inputs
 
-import buildsys.store.local as local
+import buildsys.store.diskio as diskio
 import buildsys.store.unflushed as unflushed
 from buildsys.keys.hashing import digest_bytes
 from buildsys.project.config import RemoteSettings
@@ -28,7 +28,8 @@ from buildsys.remote.signing import Signer, TrustedKeys
 from buildsys.store import LocalStore
 from buildsys.store.batch import BlobBatch
 from buildsys.store.boot import BOOT_ID
-from buildsys.store.local import SYNCFS_MIN_FILES
+from buildsys.store.diskio import SYNCFS_MIN_FILES
+from buildsys.store.downloads import UNFLUSHED_MIN_BYTES
 from tests.remote_servers import make_action, trusted_signer
 
 EARLIER_BOOT = "00000000-0000-4000-8000-000000000000"
@@ -69,7 +70,7 @@ def _pushed_blobs(tmp_path: Path, keys, count: int) -> tuple[Path, list[str]]:
     share = tmp_path / "share"
     share.mkdir(exist_ok=True)
     source = LocalStore(tmp_path / "source")
-    with BlobBatch(source) as batch:
+    with BlobBatch(source.blobs) as batch:
         digests = [batch.put_bytes(os.urandom(3000)) for _ in range(count)]
     assert _cache(source, share, keys, sign=True).push_blobs(digests)
     return share, digests
@@ -78,22 +79,22 @@ def _pushed_blobs(tmp_path: Path, keys, count: int) -> tuple[Path, list[str]]:
 def test_a_large_pull_is_journalled_not_flushed_and_a_small_one_is_flushed(tmp_path: Path, keys, monkeypatch) -> None:
     share, digests = _pushed_blobs(tmp_path, keys, 40)
     syncs: list[str] = []
-    real_syncfs = local._syncfs
-    monkeypatch.setattr(local, "_syncfs", lambda folder: syncs.append(str(folder)) or real_syncfs(folder))
+    real_syncfs = diskio.syncfs
+    monkeypatch.setattr(diskio, "syncfs", lambda folder: syncs.append(str(folder)) or real_syncfs(folder))
     fsyncs: list[str] = []
-    real_fsync_file = local._fsync_file
-    monkeypatch.setattr(local, "_fsync_file", lambda path: fsyncs.append(str(path)) or real_fsync_file(path))
+    real_fsync_file = diskio.fsync_file
+    monkeypatch.setattr(diskio, "fsync_file", lambda path: fsyncs.append(str(path)) or real_fsync_file(path))
 
     store = LocalStore(tmp_path / "b")
     listed_before_moving: list[list[str]] = []
-    real_moves = local._parallel_moves
+    real_moves = diskio.parallel_moves
 
     def moves(pairs: list) -> None:
         folder = store.root / "unflushed"
         listed_before_moving.append(sorted(d for name in os.listdir(folder) for d in (folder / name).read_text().split()))
         real_moves(pairs)
 
-    monkeypatch.setattr(local, "_parallel_moves", moves)
+    monkeypatch.setattr(diskio, "parallel_moves", moves)
     puller = _cache(store, share, keys)
     assert puller.pull_blobs(digests[:30]) == set(digests[:30])
     assert syncs == [] and fsyncs == []
@@ -111,11 +112,11 @@ def test_one_large_download_is_journalled_not_flushed(tmp_path: Path, keys, monk
     share = tmp_path / "share"
     share.mkdir()
     source = LocalStore(tmp_path / "source")
-    big = source.put_bytes(os.urandom(local.UNFLUSHED_MIN_BYTES))
+    big = source.blobs.put_bytes(os.urandom(UNFLUSHED_MIN_BYTES))
     assert _cache(source, share, keys, sign=True).push_blobs([big])
     fsyncs: list[str] = []
-    real_fsync_file = local._fsync_file
-    monkeypatch.setattr(local, "_fsync_file", lambda path: fsyncs.append(str(path)) or real_fsync_file(path))
+    real_fsync_file = diskio.fsync_file
+    monkeypatch.setattr(diskio, "fsync_file", lambda path: fsyncs.append(str(path)) or real_fsync_file(path))
     store = LocalStore(tmp_path / "b")
     assert _cache(store, share, keys).pull_blobs([big]) == {big}
     [journal] = _journals(store)
@@ -133,7 +134,8 @@ def test_after_a_reboot_torn_pulled_blobs_are_quarantined_with_the_records_that_
     store = LocalStore(tmp_path / "b")
     assert _cache(store, share, keys).pull_action(result.key) == result
     [journal] = _journals(store)
-    zeroed, short = store.blob_path(source.get_tree(result.tree)["part03.bin"].digest), store.blob_path(source.get_tree(result.tree)["part07.bin"].digest)
+    manifest = source.blobs.get_tree(result.tree)
+    zeroed, short = store.blobs.path(manifest["part03.bin"].digest), store.blobs.path(manifest["part07.bin"].digest)
     _tear(zeroed)
     _tear(short, keep=100)
     _after_a_reboot(store)
@@ -144,13 +146,13 @@ def test_after_a_reboot_torn_pulled_blobs_are_quarantined_with_the_records_that_
     assert recovery.checked == len(files) and sorted(recovery.torn) == sorted([zeroed.name, short.name])
     assert recovery.dropped_actions == 1 and "2 torn" in recovery.describe()
     assert _journals(reopened) == []
-    assert sorted(p.name for p in reopened.quarantine.iterdir()) == sorted([zeroed.name, short.name])
-    assert reopened.lookup(result.key) is None and reopened.get_action(result.key) is None
+    assert sorted(p.name for p in reopened.blobs.quarantined.iterdir()) == sorted([zeroed.name, short.name])
+    assert reopened.actions.lookup(result.key) is None and reopened.actions.get(result.key) is None
     assert reopened.verify().clean
 
     again = _cache(reopened, share, keys)  # the remote still holds them: the next pull mends the store
     assert again.pull_action(result.key) == result
-    assert reopened.read_bytes(zeroed.name) == files["part03.bin"] and reopened.verify().clean
+    assert reopened.blobs.read(zeroed.name) == files["part03.bin"] and reopened.verify().clean
     assert LocalStore(tmp_path / "b").recovery is None
 
 
@@ -158,11 +160,11 @@ def test_intact_blobs_of_an_earlier_boot_are_kept_and_the_journal_retired(tmp_pa
     share, digests = _pushed_blobs(tmp_path, keys, 20)
     store = LocalStore(tmp_path / "b")
     assert _cache(store, share, keys).pull_blobs(digests) == set(digests)
-    store.quarantine_blob(digests[0])  # a blob gone since (gc, quarantine) is simply not checked
+    store.blobs.quarantine(digests[0])  # a blob gone since (gc, quarantine) is simply not checked
     _after_a_reboot(store)
     recovery = LocalStore(tmp_path / "b").recovery
     assert recovery is not None and (recovery.checked, recovery.torn, recovery.dropped_actions) == (19, [], 0)
-    assert _journals(store) == [] and store.missing_blobs(digests) == [digests[0]]
+    assert _journals(store) == [] and store.blobs.missing(digests) == [digests[0]]
 
 
 def test_a_flush_of_the_whole_filesystem_retires_this_boots_journals(tmp_path: Path, keys) -> None:
@@ -170,7 +172,7 @@ def test_a_flush_of_the_whole_filesystem_retires_this_boots_journals(tmp_path: P
     store = LocalStore(tmp_path / "b")
     assert _cache(store, share, keys).pull_blobs(digests) == set(digests)
     assert len(_journals(store)) == 1
-    with BlobBatch(store) as batch:
+    with BlobBatch(store.blobs) as batch:
         for i in range(SYNCFS_MIN_FILES):
             batch.put_bytes(f"built {i}".encode())
     assert _journals(store) == []
@@ -207,7 +209,7 @@ def test_stores_opened_at_once_take_turns_on_a_journal(tmp_path: Path, keys, fin
     share, digests = _pushed_blobs(tmp_path, keys, 20)
     store = LocalStore(tmp_path / "b")
     assert _cache(store, share, keys).pull_blobs(digests) == set(digests)
-    _tear(store.blob_path(digests[5]))
+    _tear(store.blobs.path(digests[5]))
     _after_a_reboot(store)
     [journal] = [store.root / "unflushed" / name for name in _journals(store)]
 
@@ -296,15 +298,15 @@ def test_pulls_killed_at_random_instants_leave_a_store_that_verifies(tmp_path: P
         if not (store_path / "FORMAT").exists():
             continue
         store = LocalStore(store_path)
-        killed_mid_pull += bool(list(store.cas.glob(".in-*")) or list(store.cas.glob("*/.in-*")))
+        killed_mid_pull += bool(list(store.blobs.folder.glob(".in-*")) or list(store.blobs.folder.glob("*/.in-*")))
         report = store.verify()
         assert report.clean, f"trial {trial}: {report}"
-        writable = [p for p in store.cas.rglob("*") if p.is_file() and p.stat().st_mode & 0o222]
+        writable = [p for p in store.blobs.folder.rglob("*") if p.is_file() and p.stat().st_mode & 0o222]
         assert writable == [], f"trial {trial}: writable files under cas/: {writable[:3]}"
     assert killed_mid_pull >= 3, killed_mid_pull  # the kills really landed inside pulls
 
     store = LocalStore(store_path)
     assert _cache(store, share, keys).pull_blobs(digests) == set(digests)
-    assert store.verify().clean and store.missing_blobs(digests) == []
+    assert store.verify().clean and store.blobs.missing(digests) == []
     store.gc(set(), set())
-    assert not list(store.cas.glob(".in-*")) and not list(store.cas.glob("*/.in-*"))
+    assert not list(store.blobs.folder.glob(".in-*")) and not list(store.blobs.folder.glob("*/.in-*"))

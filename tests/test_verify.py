@@ -113,9 +113,9 @@ def test_verify_text_output_names_first_divergent_stage(leaks: Path) -> None:
 
 def test_verify_does_not_touch_the_action_cache(leaks: Path) -> None:
     with Session(leaks) as session:
-        before = {key: session.store.get_action(key).result.tree for key in session.store.action_keys()}
+        before = {key: session.store.actions.get(key).result.tree for key in session.store.actions.keys()}
         report = verify_targets(session, ["leaks"], Variation())
-        after = {key: session.store.get_action(key).result.tree for key in session.store.action_keys()}
+        after = {key: session.store.actions.get(key).result.tree for key in session.store.actions.keys()}
     assert report.exit_code == EXIT_NOT_REPRODUCIBLE
     assert before == after
 
@@ -182,7 +182,7 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _observed(session: Session, tree: str) -> dict:
-    return json.loads(session.store.read_bytes(session.store.get_tree(tree)["observed.json"].digest))
+    return json.loads(session.store.blobs.read(session.store.blobs.get_tree(tree)["observed.json"].digest))
 
 
 @pytest.mark.parametrize("variation", VARIATIONS)

@@ -26,7 +26,8 @@ from typing import Any
 
 from buildsys.keys.hashing import Digest
 from buildsys.keys.tree import Entry, Manifest, walk_files
-from buildsys.store.local import LocalStore, StoreCorruption, StoreError
+from buildsys.store.errors import StoreCorruption, StoreError
+from buildsys.store.local import LocalStore
 
 CHECKS = "checks"
 KINDS = ("verify", "diff")
@@ -60,26 +61,26 @@ def keep_check(store: LocalStore, kind: str, subject: str, report: dict[str, Any
         raise ValueError(f"unknown check kind {kind!r}")
     manifest: Manifest = {}
     data = json.dumps(report, sort_keys=True, allow_nan=False, default=str).encode("utf-8")
-    manifest[REPORT] = Entry(store.put_bytes(data), len(data), False)
+    manifest[REPORT] = Entry(store.blobs.put_bytes(data), len(data), False)
     if assets_dir is not None and assets_dir.is_dir():
         for rel, path, _ in walk_files(assets_dir):
-            digest, size = store.put_file(path)
+            digest, size = store.blobs.put_file(path)
             manifest[ASSETS + rel] = Entry(digest, size, False)
-    tree = store.put_tree(dict(sorted(manifest.items())))
+    tree = store.blobs.put_tree(dict(sorted(manifest.items())))
     name = check_name(kind, subject)
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    store.write_ref(CHECKS, name, {"kind": kind, "subject": subject, "when": when, "exit_code": exit_code, "tree": tree, "trees": [tree]})
+    store.refs.write(CHECKS, name, {"kind": kind, "subject": subject, "when": when, "exit_code": exit_code, "tree": tree, "trees": [tree]})
     return name
 
 
 def read_checks(store: LocalStore) -> list[Check]:
     """Every kept check whose tree is still readable, newest first (then by name)."""
     checks = []
-    for name in store.list_refs(CHECKS):
+    for name in store.refs.names(CHECKS):
         try:
-            ref = store.read_ref(CHECKS, name) or {}
-            manifest = store.get_tree(ref["tree"])
-            report = json.loads(store.read_bytes(manifest[REPORT].digest))
+            ref = store.refs.read(CHECKS, name) or {}
+            manifest = store.blobs.get_tree(ref["tree"])
+            report = json.loads(store.blobs.read(manifest[REPORT].digest))
         except (StoreError, StoreCorruption, KeyError, TypeError, ValueError):
             continue
         assets = {rel[len(ASSETS):]: e.digest for rel, e in manifest.items() if rel.startswith(ASSETS)}

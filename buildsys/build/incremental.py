@@ -79,7 +79,7 @@ def check(session: Session, index: GraphIndex) -> None:
     :class:`StaleIndex` where only parsing the Buildfile can say what is wrong."""
     store = session.store
     # the store first: a plain source whose blob left it must be ingested again, not seeded
-    index.check_store(store.root, store.has_blob, lambda key: store.get_action(key) is not None)
+    index.check_store(store.root, store.blobs.has, lambda key: store.actions.get(key) is not None)
     if not index.same_buildfile:
         return
     dirty = index.check_files(session.stat_cache, session.watch_changed) | index.dirty_tokens

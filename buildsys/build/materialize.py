@@ -48,7 +48,7 @@ def materialize_trees(
     stale = []
     known = manifests or {}
     for tree, dest in trees:
-        manifest = known.get(tree) or store.get_tree(tree)
+        manifest = known.get(tree) or store.blobs.get_tree(tree)
         unchanged = _unchanged_files(manifest, dest, stat_cache)
         if unchanged is None:
             stale.append((manifest, Path(dest)))
@@ -105,7 +105,7 @@ def materialize_tree(store: LocalStore, manifest: Manifest, dest: Path, stat_cac
                 continue
             if st is not None and not os.path.isfile(path):
                 _remove(path)
-        written = store.copy_blob_to(entry.digest, path, entry.executable, time.time_ns() - BACKDATE_NS, fresh=fresh)
+        written = store.blobs.copy_out(entry.digest, path, entry.executable, time.time_ns() - BACKDATE_NS, fresh=fresh)
         stat_cache.remember(path, written, entry.digest, unflushed=True)
         report.written += 1
         report.bytes_written += entry.size

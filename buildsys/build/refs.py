@@ -18,7 +18,7 @@ def approve_target(session: Session, target: str) -> list[str]:
     stages = {name: ref["stages"][name]["tree"] for name, s in spec.stages.items() if s.gate and name in ref["stages"]}
     if not stages:
         raise BuildsysError(f"target {target!r} has no gate stage to approve")
-    session.store.write_ref("approved", target, {"stages": stages})
+    session.store.refs.write("approved", target, {"stages": stages})
     return sorted(stages)
 
 
@@ -28,10 +28,10 @@ def pin_target(session: Session, target: str, name: str) -> int:
     ref = session.last_build(target)
     if ref is None:
         raise BuildsysError(f"target {target!r} has not been built yet: nothing to pin")
-    session.store.write_ref("pins", name, {"target": target, "stages": ref["stages"]})
+    session.store.refs.write("pins", name, {"target": target, "stages": ref["stages"]})
     return len(ref["stages"])
 
 
 def unpin(store: LocalStore, name: str) -> None:
-    if not store.delete_ref("pins", name):
-        raise BuildsysError(f"no pin named {name!r}; pins: {', '.join(store.list_refs('pins')) or 'none'}")
+    if not store.refs.delete("pins", name):
+        raise BuildsysError(f"no pin named {name!r}; pins: {', '.join(store.refs.names('pins')) or 'none'}")

@@ -85,7 +85,7 @@ class Resolver:
 
     @property
     def sink(self) -> BlobSink:
-        return self.store if self.writes else Digests()
+        return self.store.blobs if self.writes else Digests()
 
     def identity(self, recipe: str) -> RecipeIdentity:
         if recipe not in self._identities:
@@ -118,7 +118,7 @@ class Resolver:
         if not pending or not self.writes:
             return
         try:
-            with BlobBatch(self.store) as batch, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sources") as pool:
+            with BlobBatch(self.store.blobs) as batch, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sources") as pool:
                 for future in [pool.submit(self.source_tree, ref, where, batch) for ref, where in pending.items()]:
                     future.result()
         except BaseException:
@@ -157,7 +157,7 @@ class Resolver:
         return self._models.get(name)
 
     def approved_tree(self, target: str, stage: str) -> Digest:
-        ref = self.store.read_ref("approved", target) or {}
+        ref = self.store.refs.read("approved", target) or {}
         tree = ref.get("stages", {}).get(stage)
         return tree if tree else self.sink.put_tree(EMPTY_TREE_MANIFEST)
 
@@ -196,7 +196,7 @@ class Resolver:
     def _merge(self, spec: StageSpec, name: str, digests: list[Digest]) -> Digest:
         merged: Manifest = {}
         for digest in digests:
-            manifest = self._tree_manifests.get(digest) or self.store.get_tree(digest)
+            manifest = self._tree_manifests.get(digest) or self.store.blobs.get_tree(digest)
             for path, entry in manifest.items():
                 if path in merged and merged[path] != entry:
                     raise InputError(f"{self.project.file}: {spec.where}.inputs.{name}: two references provide different files at {path!r}")

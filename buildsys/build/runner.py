@@ -42,7 +42,7 @@ def _link_tree(store: LocalStore, manifest: Manifest, dest: str) -> list[tuple[s
     linked = []
     for rel, entry in manifest.items():
         path = f"{dest}/{rel}"
-        store.link_blob_to(entry.digest, path)
+        store.blobs.link_into(entry.digest, path)
         st = os.stat(path)
         linked.append((path, entry.digest, st.st_size, st.st_mtime_ns))
     return linked
@@ -67,7 +67,7 @@ def run_action(
     worker."""
     spec = resolved.spec
     pool = sandboxes or SandboxPool(store.tmp)
-    layout = {name: store.get_tree(tree) for name, tree in resolved.inputs.items()}
+    layout = {name: store.blobs.get_tree(tree) for name, tree in resolved.inputs.items()}
     sandbox = pool.acquire(input_folders(layout))
     root = os.fspath(sandbox)  # paths as strings: this runs once per stage
     log_path = f"{root}/{LOG}"
@@ -83,7 +83,7 @@ def run_action(
         model_dir = None
         if resolved.model:
             model_dir = f"{root}/model"
-            linked += _link_tree(store, store.get_tree(resolved.model), model_dir)
+            linked += _link_tree(store, store.blobs.get_tree(resolved.model), model_dir)
         job = Job(
             action=resolved.key,
             recipe=spec.recipe,
@@ -112,7 +112,7 @@ def run_action(
         touched = [(p, d) for p, d, size, mtime in linked if _changed(p, size, mtime)]
         if touched:
             for _, digest in touched:
-                store.quarantine_blob(digest)
+                store.blobs.quarantine(digest)
             names = ", ".join(p[len(root) + 1 :] for p, _ in touched[:3])
             outcome = JobOutcome(False, "failed", f"recipe modified its read-only input {names}", outcome.wall_s, outcome.cpu_s, outcome.peak_rss_mb)
         if os.path.exists(log_path) and os.stat(log_path).st_size:  # an empty log is no blob; it stays for the next stage
@@ -120,17 +120,17 @@ def run_action(
             os.chmod(log_path, READ_ONLY)  # blobs are moved in read-only
         if not outcome.ok:
             if log:
-                store.install_many([(log_path, log)])
+                store.blobs.install_many([(log_path, log)])
             return RunOutcome(outcome, None, log)
         try:
             manifest, blobs = _hash_outputs(sandbox / "out")
             outputs = [path for path, _ in blobs]
         except TreeError as exc:
             if log:
-                store.install_many([(log_path, log)])
+                store.blobs.install_many([(log_path, log)])
             return RunOutcome(JobOutcome(False, "failed", f"bad output: {exc}", outcome.wall_s, outcome.cpu_s, outcome.peak_rss_mb), None, log)
-        tree_file, tree = store.stage_bytes(encode_manifest(manifest))
-        description_file, description = store.stage_bytes(canonical_bytes(resolved.description))
+        tree_file, tree = store.blobs.stage_bytes(encode_manifest(manifest))
+        description_file, description = store.blobs.stage_bytes(canonical_bytes(resolved.description))
         blobs += [(f, d) for f, d in ((tree_file, tree), (description_file, description)) if f is not None]
         blobs += [(log_path, log)] if log else []
         result = ActionResult(
@@ -148,7 +148,10 @@ def run_action(
             fingerprint=fingerprint.full(resolved.threads),
             producer=producer(),
         )
-        store.install_many(blobs, ActionRecord(result) if record else None)
+        if record:
+            store.actions.put(ActionRecord(result), blobs)
+        else:
+            store.blobs.install_many(blobs)
         return RunOutcome(outcome, result, log)
     finally:
         pool.release(sandbox, [path for path, *_ in linked] + outputs + ([log_path] if log else []))
@@ -177,7 +180,7 @@ def project_paths(text: str, root: str, spec: StageSpec) -> str:
 
 def _hash_outputs(out: Path) -> tuple[Manifest, list[tuple[Path, Digest]]]:
     """The manifest of a stage's output folder and its files with their digests, ready for
-    one :meth:`LocalStore.install_many` together with the tree, description and log."""
+    one :meth:`BlobStore.install_many` together with the tree, description and log."""
     manifest: Manifest = {}
     files: list[tuple[Path, Digest]] = []
     for rel, path, st in walk_files(out):

@@ -35,7 +35,7 @@ from buildsys.keys.encoding import canonical_bytes, decode
 from buildsys.keys.hashing import Digest
 from buildsys.keys.tree import Manifest
 from buildsys.store.build_record import RECORD_VERSION
-from buildsys.store.local import StoreError
+from buildsys.store.errors import StoreError
 from buildsys.store.records import ActionResult
 from buildsys.store.topdir import make_top_folder
 
@@ -182,7 +182,7 @@ class Builder:
 
     def build(self, target_names: list[str]) -> BuildReport:
         started = time.time()
-        with self.store.using():
+        with self.store.locks.using_store():
             try:
                 reports = self._walk(target_names)
             finally:
@@ -214,7 +214,7 @@ class Builder:
             if sid in entries or report.tree is None or not report.ok or sid not in self._resolved_by:
                 continue
             tokens, upstream = self._resolved_by[sid]
-            manifest = self._manifests.get(report.tree) or self.store.get_tree(report.tree)
+            manifest = self._manifests.get(report.tree) or self.store.blobs.get_tree(report.tree)
             entries[sid] = entry_for(report, manifest, tokens, upstream)
         return entries
 
@@ -291,7 +291,7 @@ class Builder:
             self._by_key += 1
             self._manifests[entry.tree] = entry.manifest
             return self._indexed_report(sid, entry), resolved
-        result = self.store.lookup(resolved.key)
+        result = self.store.actions.lookup(resolved.key)
         if result is not None:
             return self._report(sid, CACHED, result), resolved
         return None, resolved
@@ -314,9 +314,9 @@ class Builder:
     def _previous_description(self, target: str, stage: str) -> dict[str, Any] | None:
         ref = self.session.last_build(target) or {}
         entry = ref.get("stages", {}).get(stage)
-        if not entry or not self.store.has_blob(entry["description"]):
+        if not entry or not self.store.blobs.has(entry["description"]):
             return None
-        return decode(self.store.read_bytes(entry["description"]))
+        return decode(self.store.blobs.read(entry["description"]))
 
     def _run(self, resolved: Resolved, executor: Executor) -> StageReport:
         from buildsys.build.runner import run_action  # see _executor_for_build
@@ -326,8 +326,8 @@ class Builder:
             result = self.remote.pull_action(resolved.key)
             if result is not None:
                 return self._report(sid, PULLED, result)
-        with self.store.action_lock(resolved.key):
-            result = self.store.lookup(resolved.key)
+        with self.store.locks.action(resolved.key):
+            result = self.store.actions.lookup(resolved.key)
             if result is not None:
                 return self._report(sid, CACHED, result)
             run = run_action(
@@ -410,7 +410,7 @@ class Builder:
                     continue  # a watcher vouches for the copies the last build left in place (watcher.py)
                 trees.append((tree, dest))
         make_top_folder(project.outputs)  # its target folders spread over the disk (see topdir.py)
-        with self.store.folder_lock(project.outputs):
+        with self.store.locks.folder_outside(project.outputs):
             materialize_trees(self.store, trees, self.session.stat_cache, out, self._manifests)
 
     def _write_refs(self, target_names: list[str], reports: dict[str, StageReport]) -> None:
@@ -446,7 +446,7 @@ class Builder:
             ref = {"stages": entries, "outputs": list(project.shapes[name].outputs)}
             if ref != last:  # already read above: an unchanged ref is not read again to compare
                 refs[name] = ref
-        self.store.write_refs("targets", refs)
+        self.store.refs.write_many("targets", refs)
 
     def _remote_stats(self) -> dict[str, Any] | None:
         if self.remote is None:
@@ -472,7 +472,7 @@ class Builder:
         }
         try:
             record["stages"] = self._stage_tables(report.stages)
-            return self.store.add_build_record(record, int(started * 1e9))
+            return self.store.builds.add(record, int(started * 1e9))
         except StoreError:
             return None
 
@@ -490,10 +490,10 @@ class Builder:
                 tables[target] = known
             else:
                 table = {sid: {k: v for k, v in r.to_dict().items() if k != "status"} for sid, r in group.items()}
-                tmp, tables[target] = self.store.stage_bytes(canonical_bytes(table))
+                tmp, tables[target] = self.store.blobs.stage_bytes(canonical_bytes(table))
                 if tmp is not None:
                     staged.append((tmp, tables[target]))
             if whole:
                 self._tables[target] = tables[target]
-        self.store.install_many(staged)  # durable before the record that names them
+        self.store.blobs.install_many(staged)  # durable before the record that names them
         return tables

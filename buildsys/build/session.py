@@ -120,7 +120,7 @@ class Session:
         return list(dict.fromkeys(names))
 
     def last_build(self, target: str) -> dict[str, Any] | None:
-        return self.store.read_ref("targets", target)
+        return self.store.refs.read("targets", target)
 
     def close(self) -> None:
         if self.writes:

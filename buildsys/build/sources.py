@@ -31,7 +31,7 @@ class BlobSink(Protocol):
 
     def put_file(self, source: Path) -> tuple[Digest, int]: ...
 
-    def has_blob(self, digest: Digest) -> bool: ...
+    def has(self, digest: Digest) -> bool: ...
 
     def put_tree(self, manifest: Manifest) -> Digest: ...
 
@@ -43,7 +43,7 @@ class Digests:
     def put_file(self, source: Path) -> tuple[Digest, int]:
         return digest_file(source)
 
-    def has_blob(self, digest: Digest) -> bool:
+    def has(self, digest: Digest) -> bool:
         return True
 
     def put_tree(self, manifest: Manifest) -> Digest:
@@ -101,7 +101,7 @@ def ingest_files(files: list[tuple[str, Path]], store: BlobSink, stat_cache: Sta
         # stat changed (touched, checked out again) is hashed in place first, and copied only
         # if its bytes are new to the store: touching a 1 GiB source costs a hash, not a copy
         digest, size = stat_cache.digest(path, digest_file if stat_cache.knows(path) else store.put_file)
-        if not store.has_blob(digest):
+        if not store.has(digest):
             stored, _ = store.put_file(path)
             if stored != digest:
                 stat_cache.forget(path)
@@ -120,7 +120,7 @@ def ingest_cached(files: list[tuple[str, Path]], store: BlobSink, stat_cache: St
         except FileNotFoundError:
             return None
         digest = stat_cache.lookup(path, st)
-        if digest is None or not store.has_blob(digest):
+        if digest is None or not store.has(digest):
             return None
         manifest[rel] = Entry(digest, st.st_size, os.access(path, os.X_OK))
     return store.put_tree(manifest), manifest

@@ -23,7 +23,7 @@ def print_summary(report: BuildReport, session: Session, json_output: bool, verb
             continue
         if verbose and stage.log:
             click.echo(f"--- log of {sid} (buildsys log --stage {sid}) ---", err=True)
-            tail = session.store.read_bytes(stage.log).decode("utf-8", "replace").splitlines()[-15:]
+            tail = session.store.blobs.read(stage.log).decode("utf-8", "replace").splitlines()[-15:]
             click.echo("\n".join(tail), err=True)
         click.echo(f"buildsys: error: {sid}: {stage.error}", err=True)
     for sid, warnings in summary["warnings"].items():

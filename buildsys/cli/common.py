@@ -29,7 +29,7 @@ def handled(function: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from buildsys.keys.encoding import EncodingError
-        from buildsys.store.local import StoreError
+        from buildsys.store.errors import StoreError
 
         try:
             return function(*args, **kwargs)

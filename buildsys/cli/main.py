@@ -198,7 +198,7 @@ def store_cat(buildfile: Path, digest: str) -> None:
 def store_verify(buildfile: Path, repair: bool, json_output: bool) -> None:
     """Re-hash every blob and check every action record's references."""
     with open_session(buildfile) as session:
-        with session.store.using():
+        with session.store.locks.using_store():
             report = session.store.verify(repair=repair)
     if json_output:
         click.echo(json.dumps(report.__dict__ | {"clean": report.clean}, sort_keys=True))

@@ -41,7 +41,7 @@ def _keep(store, kind: str, subject: str, report: dict, exit_code: int, assets_d
     is a warning, not a failed check."""
     from buildsys.build.checks import keep_check
     from buildsys.cli.common import warn
-    from buildsys.store.local import StoreError
+    from buildsys.store.errors import StoreError
 
     try:
         keep_check(store, kind, subject, report, exit_code, assets_dir)

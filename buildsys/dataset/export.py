@@ -34,7 +34,7 @@ from buildsys.dataset.samples import Collector, DatasetError, Sample, sample_key
 from buildsys.dataset.shards import ShardWriter
 from buildsys.keys.hashing import Digest, digest_bytes, digest_file
 from buildsys.store.atomic import filling_folder, is_new_or_empty_folder
-from buildsys.store.local import StoreError
+from buildsys.store.errors import StoreError
 
 FORMAT = "buildsys-dataset 1"
 MANIFEST = "manifest.json"
@@ -107,7 +107,7 @@ def _write(session: Session, samples: list[Sample], out: Path, skipped: dict[str
             members.append(("txt", sample.prompt.encode("utf-8")))
         for f in sample.files:
             try:
-                members.append((f.field, store.read_bytes(f.digest)))
+                members.append((f.field, store.blobs.read(f.digest)))
             except StoreError as exc:
                 raise StoreError(f"{sample.target}/{f.stage}: {f.path} of the last build: {exc}; rebuild the target") from None
         shard = writer.add(sample.key, members)

@@ -33,7 +33,8 @@ from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest
 from buildsys.keys.tree import Manifest
 from buildsys.store.build_record import read_record
-from buildsys.store.local import LocalStore, StoreError
+from buildsys.store.errors import StoreError
+from buildsys.store.local import LocalStore
 
 PRODUCED = ("executed", "pulled")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -153,7 +154,7 @@ class Collector:
             files += self._renders(gate, tree, "render")
             if "report.json" in tree:
                 files.append(self._file("gates.json", gate, "report.json", tree))
-                report = _json(self.store.read_bytes(tree["report.json"].digest))
+                report = _json(self.store.blobs.read(tree["report.json"].digest))
                 gates = {"stage": gate, "passed": bool(report.get("passed")), "failures": report.get("failures", [])}
             else:
                 gates = {"stage": gate, "passed": False, "failures": [{"gate": "report", "message": "no report.json"}]}
@@ -164,13 +165,13 @@ class Collector:
 
     def _tree(self, target: str, stage: str, entry: dict[str, Any]) -> Manifest:
         try:
-            return self.store.get_tree(entry["tree"])
+            return self.store.blobs.get_tree(entry["tree"])
         except StoreError as exc:
             raise StoreError(f"{target}/{stage}: output tree of the last build unreadable ({exc}); rebuild the target") from None
 
     def _description(self, target: str, stage: str, entry: dict[str, Any]) -> dict[str, Any]:
         try:
-            description = decode(self.store.read_bytes(entry["description"]))
+            description = decode(self.store.blobs.read(entry["description"]))
         except StoreError as exc:
             raise StoreError(f"{target}/{stage}: description of the last build unreadable ({exc}); rebuild the target") from None
         return description if isinstance(description, dict) else {}
@@ -197,7 +198,7 @@ class Collector:
         """Action key -> the first build record in which it executed or was pulled."""
         if self._producers is None:
             self._producers = {}
-            for _, digest in self.store.build_records():
+            for _, digest in self.store.builds.listing():
                 try:
                     record = read_record(self.store, digest)
                 except (StoreError, ValueError):

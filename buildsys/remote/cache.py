@@ -17,7 +17,7 @@ everything it references is present, so a pulled record never points at a missin
 
 Push: blobs first, existence-checked (``has_blobs``, except blobs small enough that the
 backend's probe costs what their upload does) so only missing ones are uploaded; a blob the
-local store cannot vouch for (``LocalStore.trusted``) is re-hashed before upload so local bit
+local store cannot vouch for (``BlobStore.trusted``) is re-hashed before upload so local bit
 rot is not spread; the signed record last.
 
 A remote that is down, too slow or failing never fails the build: backends give up within a
@@ -46,7 +46,8 @@ from buildsys.remote.base import (
     RemoteRefused,
 )
 from buildsys.remote.signing import Signer, TrustedKeys, Verdict, key_id
-from buildsys.store.local import LocalStore, StoreCorruption, StoreError
+from buildsys.store.errors import StoreCorruption, StoreError
+from buildsys.store.local import LocalStore
 from buildsys.store.records import ActionRecord, ActionResult, RecordError
 
 if TYPE_CHECKING:
@@ -249,7 +250,7 @@ class RemoteCache:
         their bytes; return the good ``(file, digest)`` pairs and their size in all. A blob
         that could not be had is counted and reported; an error that disables the remote ends
         the batch."""
-        incoming = self.store.incoming_paths(digests, uuid.uuid4().hex[:8])
+        incoming = self.store.downloads.incoming_paths(digests, uuid.uuid4().hex[:8])
         pending = dict(incoming)
         good: list[tuple[str, Digest]] = []
         batch = self.remote.get_blobs(digests, pending.__getitem__)
@@ -266,7 +267,7 @@ class RemoteCache:
             batch.close()
             if len(good) < len(digests):  # not downloaded, cut short or rejected
                 kept = {tmp for tmp, _ in good}
-                self.store.discard_downloads([tmp for tmp in incoming.values() if tmp not in kept])
+                self.store.downloads.discard([tmp for tmp in incoming.values() if tmp not in kept])
         nbytes = sum(os.path.getsize(tmp) for tmp, _ in good)
         self._count("blobs_down", len(good))
         self._count("bytes_down", nbytes)
@@ -278,7 +279,7 @@ class RemoteCache:
         try:
             if isinstance(outcome, RemoteError):
                 raise outcome
-            self.store.check_download(tmp, digest, outcome)
+            self.store.downloads.check(tmp, digest, outcome)
         except StoreCorruption as exc:
             self._count("rejected_blobs")
             self._note("rejected", f"remote blob {short(digest)} rejected: {exc}")
@@ -297,12 +298,12 @@ class RemoteCache:
         return True
 
     def pull_blobs(self, digests: Iterable[Digest]) -> set[Digest]:
-        """Fetch the blobs missing locally (in parallel; see :meth:`LocalStore.install_downloads`
+        """Fetch the blobs missing locally (in parallel; see :meth:`Downloads.install`
         for how they are moved in); return those now present in the store."""
         wanted = sorted(set(digests))
-        missing = self.store.missing_blobs(wanted)
+        missing = self.store.blobs.missing(wanted)
         got, nbytes = self._download(missing) if missing and self.enabled else ([], 0)
-        self.store.install_downloads(got, nbytes)
+        self.store.downloads.install(got, nbytes)
         return set(wanted).difference(missing).union(digest for _, digest in got)
 
     def pull_tree(self, tree: Digest) -> bool:
@@ -310,7 +311,7 @@ class RemoteCache:
         if tree not in self.pull_blobs([tree]):
             return False
         try:
-            manifest = self.store.get_tree(tree)
+            manifest = self.store.blobs.get_tree(tree)
         except StoreCorruption as exc:
             self._count("bad_records")
             self._note("bad-tree", f"remote tree {short(tree)} is not a valid manifest: {exc}")
@@ -370,7 +371,7 @@ class RemoteCache:
                 self._note("incomplete", f"remote record {short(key)} unusable: referenced blobs missing or rejected")
             return None
         try:
-            self.store.put_action(record)
+            self.store.actions.put(record)
         except StoreError as exc:
             self._count("errors")
             self._note("store", f"remote record {short(key)} not recorded locally: {exc}")
@@ -383,24 +384,24 @@ class RemoteCache:
     def _local_blobs(self, digests: list[Digest]) -> dict[Digest, tuple[Path, int, bool]]:
         """(path, size, trusted) of each local blob to push; a missing one is reported and left out.
         Trusted blobs (hashed by this process, or sealed and unchanged since, see
-        ``LocalStore.trusted``) are sent as they are; the others are re-hashed first."""
+        ``BlobStore.trusted``) are sent as they are; the others are re-hashed first."""
         found: dict[Digest, tuple[Path, int, bool]] = {}
         for digest in digests:
-            path = self.store.blob_path(digest)
+            path = self.store.blobs.path(digest)
             try:
                 st = os.stat(path)
             except FileNotFoundError:
                 self._count("local_corrupt")
                 self._note("local", f"local blob {short(digest)} vanished before upload")
                 continue
-            found[digest] = (path, st.st_size, self.store.trusted(digest, st))
+            found[digest] = (path, st.st_size, self.store.blobs.trusted(digest, st))
         return found
 
     def _rehash_ok(self, digest: Digest) -> bool:
         """Whether an untrusted local blob still hashes to its name (else it is not uploaded,
         so local bit rot is not spread)."""
         try:
-            found, _ = digest_file(self.store.blob_path(digest))
+            found, _ = digest_file(self.store.blobs.path(digest))
         except FileNotFoundError:
             self._count("local_corrupt")
             self._note("local", f"local blob {short(digest)} vanished before upload")
@@ -463,9 +464,9 @@ class RemoteCache:
         if not self.can_push:
             return False
         try:
-            result = self.store.lookup(key)
-            record = self.store.get_action(key) if result is not None else None
-            files = {e.digest for e in self.store.get_tree(result.tree).values()} if result is not None else set()
+            result = self.store.actions.lookup(key)
+            record = self.store.actions.get(key) if result is not None else None
+            files = {e.digest for e in self.store.blobs.get_tree(result.tree).values()} if result is not None else set()
         except StoreError as exc:
             self._count("local_corrupt")
             self._note("local", f"local record {short(key)} not pushed: {exc}")
@@ -487,7 +488,7 @@ class RemoteCache:
         """Push several actions (e.g. every action of a target's plan), in order."""
         summary = PushSummary()
         for key in keys:
-            if self.store.lookup(key) is None:
+            if self.store.actions.lookup(key) is None:
                 summary.not_local.append(key)
             elif self.push_action(key):
                 summary.pushed.append(key)

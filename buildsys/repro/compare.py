@@ -31,7 +31,8 @@ from buildsys.keys.action import change_text, changed_components
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest, is_digest
 from buildsys.store.build_record import read_record
-from buildsys.store.local import LocalStore, StoreError
+from buildsys.store.errors import StoreError
+from buildsys.store.local import LocalStore
 
 SAME, NONDETERMINISM, INPUT, ENVIRONMENT, CHANGED, ONLY_A, ONLY_B = (
     "same", "nondeterminism", "input changed", "environment changed", "changed", "only in A", "only in B",
@@ -114,33 +115,33 @@ def store_side(store: LocalStore, spec: str) -> BuildSide:
 
     def describe(sid: str) -> dict[str, Any] | None:
         d = stages[sid].get("description")
-        if not d or not store.has_blob(d):
+        if not d or not store.blobs.has(d):
             return None
-        return decode(store.read_bytes(d))
+        return decode(store.blobs.read(d))
 
     def has_tree(tree: Digest) -> bool:
         try:
-            return not store.tree_missing(tree)
+            return not store.blobs.tree_missing(tree)
         except StoreError:
             return False
 
     def materialize(tree: Digest, dest: Path) -> None:
-        for rel, entry in store.get_tree(tree).items():
-            store.copy_blob_to(entry.digest, dest / rel, entry.executable)
+        for rel, entry in store.blobs.get_tree(tree).items():
+            store.blobs.copy_out(entry.digest, dest / rel, entry.executable)
 
     meta = {"record": digest, "started": record.get("started"), "producer": record.get("producer"), "targets": record.get("targets")}
     return BuildSide(spec, stages, describe, has_tree, materialize, meta)
 
 
 def _find_record(store: LocalStore, spec: str) -> Digest:
-    records = store.build_records()
+    records = store.builds.listing()
     match = SHORTCUT.match(spec)
     if match:
         target, n = match["target"], int(match["n"])
         found = []
         for _, digest in reversed(records):
             try:
-                record = decode(store.read_bytes(digest))
+                record = decode(store.blobs.read(digest))
             except (StoreError, ValueError):
                 continue
             if isinstance(record, dict) and target in (record.get("targets") or {}):
@@ -150,7 +151,7 @@ def _find_record(store: LocalStore, spec: str) -> Digest:
         raise CompareError(f"{spec}: target {target!r} has {len(found)} build record(s) in {store.root}, not {n}")
     text = spec.lower()
     if is_digest(text):
-        if not store.has_blob(text):
+        if not store.blobs.has(text):
             raise CompareError(f"{spec}: no such build record in {store.root}")
         return text
     if len(text) >= 8 and all(c in "0123456789abcdef" for c in text):

@@ -33,7 +33,8 @@ from buildsys.repro.lock import LOCK, Lock, LockedModel, LockedStage
 from buildsys.repro.verify import plan_targets
 from buildsys.store.atomic import filling_folder, is_new_or_empty_folder
 from buildsys.store.build_record import read_record
-from buildsys.store.local import LocalStore, StoreError
+from buildsys.store.errors import StoreError
+from buildsys.store.local import LocalStore
 
 
 class HandoffError(BuildsysError):
@@ -116,12 +117,12 @@ def _write(session: Session, target: str, out: Path, plans: list, violations: li
     def add_tree(tree: Digest) -> None:
         if tree in trees:
             return
-        manifest = store.get_tree(tree)
+        manifest = store.blobs.get_tree(tree)
         for entry in manifest.values():
             rel = f"blobs/{entry.digest}"
             if rel not in files:
                 dest = out / "blobs" / entry.digest
-                store.copy_blob_to(entry.digest, dest)
+                store.blobs.copy_out(entry.digest, dest)
                 os.chmod(dest, 0o444)
                 files[rel] = (entry.digest, entry.size)
         trees[tree] = manifest
@@ -129,12 +130,12 @@ def _write(session: Session, target: str, out: Path, plans: list, violations: li
     for plan in plans:
         spec = project.stages[plan.stage]
         description = plan.description
-        record = store.get_action(plan.key)
+        record = store.actions.get(plan.key)
         needed = list(description["inputs"].values()) + ([description["model"]["digest"]] if description.get("model") else [])
         why = None
         if plan.mode not in DETERMINISTIC_MODES:
             why = f"mode {plan.mode}: replay would be allowed to differ"
-        elif any(store.tree_missing(t) for t in needed + [plan.recorded_tree]):
+        elif any(store.blobs.tree_missing(t) for t in needed + [plan.recorded_tree]):
             why = "an input tree is missing from the store"
         if why is None:
             for tree in needed + [plan.recorded_tree]:
@@ -175,9 +176,9 @@ def _write(session: Session, target: str, out: Path, plans: list, violations: li
     for stage_name in project.targets[target].outputs:
         tree = stages[f"{target}/{stage_name}"].output
         outputs[stage_name] = tree
-        for rel, entry in store.get_tree(tree).items():
+        for rel, entry in store.blobs.get_tree(tree).items():
             path = f"artifacts/{stage_name}/{rel}"
-            store.copy_blob_to(entry.digest, out.joinpath(*path.split("/")), entry.executable)
+            store.blobs.copy_out(entry.digest, out.joinpath(*path.split("/")), entry.executable)
             files[path] = (entry.digest, entry.size)
 
     validation: dict[str, str] = {}
@@ -185,11 +186,11 @@ def _write(session: Session, target: str, out: Path, plans: list, violations: li
         spec = project.stages[plan.stage]
         if not spec.gate:
             continue
-        report = store.get_tree(plan.recorded_tree).get("report.json")
+        report = store.blobs.get_tree(plan.recorded_tree).get("report.json")
         if report is None:
             continue
         path = f"validation/{spec.target}__{spec.name}.json"
-        store.copy_blob_to(report.digest, out / path)
+        store.blobs.copy_out(report.digest, out / path)
         files[path] = (report.digest, report.size)
         validation[plan.stage] = path
 
@@ -214,7 +215,7 @@ def _write(session: Session, target: str, out: Path, plans: list, violations: li
 def _audit(store: LocalStore, keys: set[Digest], out: Path, files: dict[str, tuple[Digest, int]]) -> list[dict[str, Any]]:
     """The build records that executed or used any of the bundled actions, oldest first."""
     builds = []
-    for _, digest in store.build_records():
+    for _, digest in store.builds.listing():
         try:
             record = read_record(store, digest)
         except (StoreError, ValueError):

@@ -98,7 +98,7 @@ def verify_bundle(bundle_dir: Path, recipe_path: list[Path], trusted: TrustedKey
         store = LocalStore(scratch / "store")
         for stage in replayable:
             for tree in stage.needed_trees():
-                bundle.load_tree(tree, store)
+                bundle.load_tree(tree, store.blobs)
         notes = [f"{len(bundle.files)} bundled files intact (digest and size match the lock)", f"bundle {signed}", code_note]
         skipped = [s.id for s in bundle.lock.stages.values() if not s.replay]
         if skipped:

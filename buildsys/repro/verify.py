@@ -50,7 +50,8 @@ from buildsys.repro.verdicts import (
     VerifyReport,
 )
 from buildsys.store.atomic import remove_tree
-from buildsys.store.local import LocalStore, StoreError
+from buildsys.store.errors import StoreError
+from buildsys.store.local import LocalStore
 
 __all__ = ["VARIATIONS", "StageVerdict", "Variation", "VerifyError", "VerifyReport", "plan_targets", "verify_targets"]
 
@@ -115,13 +116,13 @@ def plan_targets(session: Any, targets: list[str]) -> list[StagePlan]:
         if not entry or not entry.get("key") or not entry.get("tree"):
             raise VerifyError(f"{sid}: no recorded build (run 'buildsys build {spec.target}' first)")
         try:
-            description = decode(store.read_bytes(entry["description"]))
+            description = decode(store.blobs.read(entry["description"]))
         except (StoreError, ValueError) as exc:
             raise VerifyError(f"{sid}: recorded description unreadable: {exc}") from None
         plan = StagePlan(sid, entry["key"], description, entry["tree"], session.threads, spec.budget.seconds, spec.budget.memory_mb)
         if action_key(description) != entry["key"]:
             plan.problem = f"recorded description does not hash to the recorded key {entry['key'][:12]}"
-        record = store.get_action(entry["key"])
+        record = store.actions.get(entry["key"])
         if record is not None and str(record.result.fingerprint.get("threads", "")).isdigit():
             plan.threads = int(record.result.fingerprint["threads"])
         else:
@@ -130,7 +131,7 @@ def plan_targets(session: Any, targets: list[str]) -> list[StagePlan]:
             plan.notes += identity_notes(description["recipe"], session.resolver.identity(description["recipe"]["ref"]), "recorded")
         except Exception as exc:  # noqa: BLE001 - a recipe that cannot be found is reported by the replay
             plan.notes.append(f"recipe code not found here: {exc}")
-        missing = [d for d in _needed_trees(description) if store.tree_missing(d)]
+        missing = [d for d in _needed_trees(description) if store.blobs.tree_missing(d)]
         if missing:
             plan.problem = f"recorded input trees are missing from the store (garbage-collected?): {missing[0][:12]}"
         plans.append(plan)
@@ -274,14 +275,14 @@ class StoreTrees(TreeSource):
 
     def has(self, tree: Digest) -> bool:
         try:
-            return not self.store.tree_missing(tree)
+            return not self.store.blobs.tree_missing(tree)
         except StoreError:
             return False
 
     def materialize(self, tree: Digest, dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
-        for rel, entry in self.store.get_tree(tree).items():
-            self.store.copy_blob_to(entry.digest, dest / rel, entry.executable)
+        for rel, entry in self.store.blobs.get_tree(tree).items():
+            self.store.blobs.copy_out(entry.digest, dest / rel, entry.executable)
 
 
 def replay_all(plans: list[StagePlan], replayer: Replayer, repeat: int = 1, bisect: str | None = None) -> list[StageVerdict]:
@@ -381,7 +382,7 @@ def verify_targets(session: Any, targets: list[str], variation: Variation, jobs:
         locale_path, note = provide_locale(scratch) if "env" in variation.names else (None, None)
         replayer = Replayer(session.store, session.fingerprint, session.project.recipe_path, variation, jobs, assets_dir, locale_path)
         try:
-            with session.store.using():
+            with session.store.locks.using_store():
                 verdicts = replay_all(plans, replayer, repeat, bisect)
         finally:
             replayer.close()

@@ -60,7 +60,7 @@ def create_read_only(path: str | Path) -> int:
     and making its folder if there is none. A file bound for the store is made this way, so
     moving it in needs no chmod (10,000 small blobs: 10,000 syscalls fewer); a download makes
     its shard folder as it lands (so a batch's threads share that work; see
-    ``LocalStore.incoming_paths``)."""
+    ``Downloads.incoming_paths``)."""
     try:
         return os.open(path, _CREATE, READ_ONLY)
     except FileExistsError:

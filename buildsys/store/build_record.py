@@ -34,7 +34,7 @@ CACHED = "cached"
 def read_record(store: LocalStore, digest: Digest) -> Any:
     """A build record with every stage in ``stages`` (its status included), whatever its
     format; what is not a record is returned as decoded."""
-    return expand(store, decode(store.read_bytes(digest)))
+    return expand(store, decode(store.blobs.read(digest)))
 
 
 def expand(store: LocalStore, record: Any) -> Any:
@@ -45,7 +45,7 @@ def expand(store: LocalStore, record: Any) -> Any:
     for table in record["stages"].values():
         if not is_digest(table):
             continue
-        for sid, entry in decode(store.read_bytes(table)).items():
+        for sid, entry in decode(store.blobs.read(table)).items():
             stages[sid] = {**entry, "status": status.get(sid, CACHED)}
     return {**record, "stages": stages}
 

@@ -90,7 +90,7 @@ class StatCache:
         self.entries[str(path)] = [*_signature(st), SEALED, digest, st.st_ctime_ns]
         self.dirty = True
 
-    def forget(self, path: Path) -> None:
+    def forget(self, path: Path | str) -> None:
         if self.entries.pop(str(path), None) is not None:
             self.dirty = True
 

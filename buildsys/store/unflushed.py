@@ -12,7 +12,7 @@ Every open of the store lists this folder (one ``listdir``, usually of nothing).
 earlier boot means its blobs may be torn (zeros or a short file, as a filesystem without a data
 journal leaves them): the store re-hashes each blob it lists, quarantines those that no longer
 match, drops the action records that referenced them, flushes, and only then deletes the
-journal (``LocalStore._recover_unflushed``). No buildsys process reads a torn blob, and no
+journal (recovery.py). No buildsys process reads a torn blob, and no
 record is left pointing at a missing one. Processes opening the store at once take turns by a
 lock on each journal. Within a boot, the next ``syncfs`` of the store (a build's flush) makes the
 blobs durable, and the journals that existed when it began are deleted after it.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import Iterable, Iterator
+from typing import Generator, Iterable
 
 from buildsys.keys.hashing import Digest, is_digest
 from buildsys.store.atomic import fsync_directory, unlink_quietly, write_all
@@ -83,7 +83,7 @@ class Journals:
         for name in names:
             unlink_quietly(f"{self.folder}/{name}")
 
-    def claim(self, names: list[str]) -> Iterator[tuple[str, list[Digest]]]:
+    def claim(self, names: list[str]) -> Generator[tuple[str, list[Digest]], None, None]:
         """Lock each journal in ``names`` and yield it with the digests it lists; one that
         another process has finished with (deleted) while this one waited is skipped. The locks
         are held until the generator is closed."""

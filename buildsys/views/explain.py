@@ -67,9 +67,9 @@ def _explain(session: Session, report: BuildReport, target: str) -> list[StageEx
 
 
 def _description(session: Session, digest: str | None) -> dict[str, Any] | None:
-    if not digest or not session.store.has_blob(digest):
+    if not digest or not session.store.blobs.has(digest):
         return None
-    return decode(session.store.read_bytes(digest))
+    return decode(session.store.blobs.read(digest))
 
 
 def print_explanation(items: list[StageExplanation], json_output: bool) -> None:

@@ -8,21 +8,22 @@ from buildsys.errors import BuildsysError
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import is_digest
 from buildsys.store.build_record import read_record
-from buildsys.store.local import REF_KINDS, LocalStore
+from buildsys.store.local import LocalStore
+from buildsys.store.refs import REF_KINDS
 
 
 def list_store(store: LocalStore, what: str) -> Iterator[str]:
     if what == "refs":
         for kind in REF_KINDS:
-            for name in store.list_refs(kind):
+            for name in store.refs.names(kind):
                 yield f"{kind}/{name}"
     elif what == "actions":
-        yield from store.action_keys()
+        yield from store.actions.keys()
     elif what == "blobs":
-        for path in store.blobs():
+        for path in store.blobs.paths():
             yield f"{path.name} {path.stat().st_size}"
     else:
-        for name, digest in store.build_records():
+        for name, digest in store.builds.listing():
             yield f"{name} {digest}"
 
 
@@ -34,18 +35,18 @@ def cat_object(store: LocalStore, name: str) -> Any:
     """A blob, an action record (by key) or a ref (KIND/NAME); msgpack decoded where it is."""
     if "/" in name:
         kind, _, ref = name.partition("/")
-        value = store.read_ref(kind, ref) if kind in REF_KINDS else None
+        value = store.refs.read(kind, ref) if kind in REF_KINDS else None
         if value is None:
             raise NotInStore(f"no ref {name} in {store.root} (buildsys store ls refs)")
         return value
     if not is_digest(name):
         raise NotInStore(f"{name!r} is neither a digest nor a ref (KIND/NAME)")
-    record = store.get_action(name)
+    record = store.actions.get(name)
     if record is not None:
         return {"result": record.result.to_dict(), "signature": record.signature}
-    if not store.has_blob(name):
+    if not store.blobs.has(name):
         raise NotInStore(f"no blob or action record {name} in {store.root}")
-    data = store.read_bytes(name)
+    data = store.blobs.read(name)
     try:
         decoded = decode(data)
     except Exception:  # not msgpack: an ordinary file blob
@@ -55,7 +56,7 @@ def cat_object(store: LocalStore, name: str) -> Any:
 
 def build_history(store: LocalStore, limit: int) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
-    for _, digest in reversed(store.build_records()):
+    for _, digest in reversed(store.builds.listing()):
         if len(records) >= limit:
             break
         records.append(read_record(store, digest))
@@ -66,7 +67,7 @@ def last_statuses(store: LocalStore, stage_ids: list[str]) -> dict[str, str]:
     """Each stage's status in the newest build record that has it (a ref keeps how a result was
     first obtained, not what the last build did with it)."""
     wanted, found = set(stage_ids), {}
-    for _, digest in reversed(store.build_records()):
+    for _, digest in reversed(store.builds.listing()):
         stages = read_record(store, digest).get("stages", {})
         for sid in wanted & stages.keys():
             found[sid] = stages[sid].get("status")
@@ -79,8 +80,8 @@ def last_statuses(store: LocalStore, stage_ids: list[str]) -> dict[str, str]:
 def stage_log(store: LocalStore, stage_id: str) -> bytes:
     """What the run behind the stage's result in the last build that had one printed (empty
     when it printed nothing: a result records no log then)."""
-    for _, digest in reversed(store.build_records()):
+    for _, digest in reversed(store.builds.listing()):
         stage = read_record(store, digest).get("stages", {}).get(stage_id)
         if stage and (stage.get("log") or stage.get("key")):
-            return store.read_bytes(stage["log"]) if stage.get("log") else b""
+            return store.blobs.read(stage["log"]) if stage.get("log") else b""
     raise BuildsysError(f"no build record holds a log of {stage_id!r}")

@@ -52,7 +52,7 @@ def _status(project: Project, model: ModelSpec, store: LocalStore, stat_cache: S
         current: Digest | None = path_digest(model.path, stat_cache)
     else:
         source = f"target {model.producer}"
-        last = store.read_ref("targets", model.target or "") or {}
+        last = store.refs.read("targets", model.target or "") or {}
         current = last.get("stages", {}).get(model.stage, {}).get("tree")
     if current is None:
         status = NOT_BUILT

@@ -119,20 +119,20 @@ def _stage(store: LocalStore, stage_id: str, entry: dict[str, Any], spec: StageS
     if spec is not None:
         stage.model_name = spec.model
         stage.sources = {name: [str(ref) for ref in refs] for name, refs in spec.inputs.items()}
-    record = store.get_action(entry["key"])
+    record = store.actions.get(entry["key"])
     if record is None:
         stage.missing.append("result")
     else:
         result = record.result
         stage.producer, stage.fingerprint, stage.metrics = result.producer, result.fingerprint, result.metrics
     description = entry.get("description")
-    if description and store.has_blob(description):
-        _describe(stage, decode(store.read_bytes(description)))
+    if description and store.blobs.has(description):
+        _describe(stage, decode(store.blobs.read(description)))
     else:
         stage.missing.append("description")
     tree = entry.get("tree")
-    if tree and store.has_blob(tree):
-        stage.outputs = [OutputFile(rel, e.size, e.digest) for rel, e in sorted(store.get_tree(tree).items())]
+    if tree and store.blobs.has(tree):
+        stage.outputs = [OutputFile(rel, e.size, e.digest) for rel, e in sorted(store.blobs.get_tree(tree).items())]
         if spec is not None and spec.gate:
             stage.gate = gate_verdict(store, tree, stage_id)
     else:

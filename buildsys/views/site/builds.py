@@ -17,7 +17,8 @@ from buildsys.keys.action import changed_components
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest, is_digest
 from buildsys.store.build_record import read_record
-from buildsys.store.local import LocalStore, StoreCorruption, StoreError
+from buildsys.store.errors import StoreCorruption, StoreError
+from buildsys.store.local import LocalStore
 
 RECORDS_READ = 500
 """Build records read, newest first: a site shows recent history, not the store's whole past."""
@@ -62,7 +63,7 @@ class BuildEntry:
 def target_histories(store: LocalStore, targets: dict[str, list[str]]) -> dict[str, list[BuildEntry]]:
     """``targets``: target -> its stage ids in Buildfile order. Newest build first."""
     raw: dict[str, list[tuple[Digest, dict[str, Any]]]] = {t: [] for t in targets}
-    for _, digest in list(reversed(store.build_records()))[:RECORDS_READ]:
+    for _, digest in list(reversed(store.builds.listing()))[:RECORDS_READ]:
         record = _read(store, digest)
         if record is None:
             continue
@@ -156,7 +157,7 @@ class _Descriptions:
             return None
         if digest not in self.cache:
             try:
-                value = decode(self.store.read_bytes(digest)) if self.store.has_blob(digest) else None
+                value = decode(self.store.blobs.read(digest)) if self.store.blobs.has(digest) else None
             except (StoreError, StoreCorruption, ValueError):
                 value = None
             self.cache[digest] = value if isinstance(value, dict) else None

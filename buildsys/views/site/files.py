@@ -65,11 +65,11 @@ class SiteFiles:
         return rel
 
     def blob(self, digest: Digest, name: str) -> str:
-        return self.write(self._name(digest, name), self.store.read_bytes(digest))
+        return self.write(self._name(digest, name), self.store.blobs.read(digest))
 
     def picture(self, digest: Digest, name: str) -> Picture:
         """Copy an image; add an upscaled copy when it is small (see the module docstring)."""
-        data = self.store.read_bytes(digest)
+        data = self.store.blobs.read(digest)
         original = self.write(self._name(digest, name), data)
         readable = upscaled(data)
         if readable.data is None:
@@ -80,7 +80,7 @@ class SiteFiles:
     def model_script(self, digest: Digest, glb: str) -> str:
         """The GLB as a script that hands its bytes to the viewer: a page opened from disk
         (file://) may load scripts, but not fetch files, which is how a viewer reads a model."""
-        encoded = base64.b64encode(self.store.read_bytes(digest)).decode("ascii")
+        encoded = base64.b64encode(self.store.blobs.read(digest)).decode("ascii")
         text = f"buildsysModel({json.dumps(glb)}, \"{encoded}\");\n"
         return self.write(f"{glb}.js", text.encode("ascii"))
 

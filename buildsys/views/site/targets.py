@@ -145,7 +145,7 @@ def target_view(session: Session, spec: TargetSpec, report: TargetReport, histor
                                     budget.iterations if budget else None))
     ref = session.last_build(spec.name) or {}
     trees = {name: entry.get("tree") for name, entry in ref.get("stages", {}).items() if entry.get("tree")}
-    manifests = {name: store.get_tree(tree) for name, tree in trees.items() if not store.tree_missing(tree)}
+    manifests = {name: store.blobs.get_tree(tree) for name, tree in trees.items() if not store.blobs.tree_missing(tree)}
     gate_stages = [n for n, s in spec.stages.items() if s.gate and n in manifests]
     view.gate_stages = [f"{spec.name}/{n}" for n in gate_stages]
     for name in gate_stages:
@@ -159,11 +159,11 @@ def target_view(session: Session, spec: TargetSpec, report: TargetReport, histor
         view.fidelity += _fidelity(store, manifest, f"{spec.name}/{name}")
     view.thumbnail = _thumbnail(view.galleries or view.stage_galleries)
     _find_glb(view, files, spec, manifests)
-    approved = store.read_ref("approved", spec.name) or {}
+    approved = store.refs.read("approved", spec.name) or {}
     for name in gate_stages:
         tree = (approved.get("stages") or {}).get(name)
-        if tree and not store.tree_missing(tree):
-            pictures = _pictures(files, store.get_tree(tree), lambda rel: "renders/" in rel or rel.startswith("renders"))
+        if tree and not store.blobs.tree_missing(tree):
+            pictures = _pictures(files, store.blobs.get_tree(tree), lambda rel: "renders/" in rel or rel.startswith("renders"))
             same = tree == trees.get(name)
             view.reference = Gallery("approved reference" + (" (this build)" if same else ""), pictures)
     return view
@@ -186,7 +186,7 @@ def _read_gates(view: TargetView, store: Any, manifest: Manifest, stage_id: str)
         view.gates.append(Gate("report", "fail", None, None, f"gate stage {stage_id} wrote no readable report.json"))
         return
     try:
-        report = json.loads(store.read_bytes(entry.digest))
+        report = json.loads(store.blobs.read(entry.digest))
         gates = report.get("gates") or {}
     except (ValueError, AttributeError) as exc:
         view.gates.append(Gate("report", "fail", None, None, f"report.json of {stage_id} unreadable: {exc}"))
@@ -237,7 +237,7 @@ def _fidelity(store: Any, manifest: Manifest, stage_id: str) -> list[tuple[str, 
         if "/" in rel or not rel.endswith(".json") or entry.size > REPORT_BYTES:
             continue
         try:
-            body = json.loads(store.read_bytes(entry.digest))
+            body = json.loads(store.blobs.read(entry.digest))
         except ValueError:
             continue
         if isinstance(body, dict) and isinstance(body.get("fidelity"), dict):
