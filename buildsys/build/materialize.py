@@ -1,8 +1,9 @@
 """Materialized outputs: a target's final artifacts copied out of the store for people.
 
-``<outputs>/<target>/<stage>/<path>`` mirrors the stage's output tree. Files are copies, never
-links into the store, so editing or deleting one can never corrupt the store; the next build
-notices (stat cache) and restores it. Each copy gets an mtime one second in the past, so a user
+``<outputs>/<target>/<stage>/<path>`` mirrors the stage's output tree. Files are reflinks where
+the filesystem has them (XFS, Btrfs: copy-on-write, at about the cost of a link) and copies
+elsewhere, never hard links into the store (store/reflink.py says why), so editing, chmod-ing or
+deleting one can never corrupt the store; the next build notices (stat cache) and restores it. Each copy gets an mtime one second in the past, so a user
 edit, even within the same clock tick, always changes the mtime and is seen. Stray files in a
 stage's folder are removed: the folder belongs to buildsys. A file that replaces another is
 written under a temp name and renamed over it, so a reader never sees half of it; a stage folder

@@ -31,6 +31,7 @@ from buildsys.keys.tree import Manifest, TreeError, decode_manifest, encode_mani
 from buildsys.store import diskio
 from buildsys.store.atomic import READ_ONLY, create_read_only_temp, unlink_quietly, write_all, write_atomic
 from buildsys.store.errors import StoreCorruption, StoreError
+from buildsys.store.reflink import clone
 from buildsys.store.statcache import StatCache
 from buildsys.store.unflushed import Journals
 
@@ -236,8 +237,9 @@ class BlobStore:
     def copy_out(
         self, digest: Digest, dest: Path | str, executable: bool = False, mtime_ns: int | None = None, fresh: bool = False
     ) -> os.stat_result:
-        """Copy a blob out as an ordinary writable file: by the kernel when the blob is
-        trusted, else through a buffer that verifies its digest on the way (and seals it).
+        """Copy a blob out as an ordinary writable file, never sharing its inode: when the blob
+        is trusted, a reflink where the filesystem has them (reflink.py), else a copy by the
+        kernel; else through a buffer that verifies its digest on the way (and seals it).
         The copy is written under a temp name and renamed over ``dest``, so a reader of
         ``dest`` sees the old file or the new one. When the caller knows nothing is at ``dest``
         and its folder exists (``fresh``: an output folder it just made), the copy is written
@@ -282,11 +284,13 @@ class BlobStore:
 
     def _copy_bytes_out(self, digest: Digest, blob: str, src: int, dst: int) -> None:
         st = os.fstat(src)
-        diskio.preallocate(dst, st.st_size)
         sealed = self.stat_cache.lookup(blob, st) == digest
         if sealed or digest in self._written:
-            diskio.kernel_copy(src, dst, st.st_size)
+            if not clone(src, dst, os.fstat(dst).st_dev):
+                diskio.preallocate(dst, st.st_size)
+                diskio.kernel_copy(src, dst, st.st_size)
         else:
+            diskio.preallocate(dst, st.st_size)
             with os.fdopen(src, "rb", closefd=False) as reader, os.fdopen(dst, "wb", closefd=False) as writer:
                 copied, _ = diskio.copy_hashing(reader, writer)
             if copied != digest:
