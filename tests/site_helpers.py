@@ -1,6 +1,7 @@
 """The small project the review-site tests share: real finalization of a real scanned mesh (the
 default project's imported pipeline, read from the repository's Buildfile), a target routed to
-review with a history of one changed param, hostile names and messages, a failed build, and a
+review with a history of one changed param and its texture not declared (a warning), one
+approved as it is (``buildsys approve``), hostile names and messages, a failed build, and a
 nondeterministic mesh stage verified here and diffed against a bundle built in a second project
 folder (a second machine)."""
 
@@ -12,12 +13,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from conftest import REPO, TESTS
 from repro_helpers import run
 from site_recipes import HOSTILE
 
-from conftest import REPO, TESTS
-
 BUNNY = "pkg:pymeshlab/tests/sample_meshes/bunny10k_textured.*"
+TEXTURE = "pkg:pymeshlab/tests/sample_meshes/TextureDouble_A.png"
 
 
 @dataclass
@@ -46,7 +47,7 @@ jobs = 2
 pipeline = "imported"
 on_fail = "review"
 [targets.bunny.stages.import.inputs]
-mesh = "{BUNNY}"
+mesh = ["{BUNNY}", "{TEXTURE}"]
 
 [targets.bunny-strict]
 pipeline = "imported"
@@ -55,6 +56,14 @@ on_fail = "review"
 mesh = "{BUNNY}"
 [targets.bunny-strict.stages.validate.params]
 max_edge_ratio = {edge_ratio}
+
+[targets.bunny-signed-off]
+pipeline = "imported"
+on_fail = "review"
+[targets.bunny-signed-off.stages.import.inputs]
+mesh = ["{BUNNY}", "{TEXTURE}"]
+[targets.bunny-signed-off.stages.validate.params]
+max_edge_ratio = 3.0
 
 [targets.hostile]
 on_fail = "review"
@@ -79,10 +88,12 @@ def make_site_project(root: Path) -> SiteProject:
     a, b = root / "a", root / "b"
     for folder in (a, b):
         folder.mkdir(parents=True)
-        (folder / "Buildfile.toml").write_text(buildfile(0.001), encoding="utf-8")
+        (folder / "Buildfile.toml").write_text(buildfile(3.0), encoding="utf-8")
     first = run(["build", "-k", "--json"], a, timeout=600)
     assert first.returncode == 2, first.stdout + first.stderr  # 'broken' refuses its params
-    (a / "Buildfile.toml").write_text(buildfile(0.002), encoding="utf-8")
+    approved = run(["approve", "bunny-signed-off"], a)
+    assert approved.returncode == 0 and "accepting the failed gates edge_length" in approved.stdout, approved.stdout + approved.stderr
+    (a / "Buildfile.toml").write_text(buildfile(3.5), encoding="utf-8")
     second = run(["build", "--json", "bunny-strict"], a, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     verify_html = root / "pages" / "verify.html"

@@ -25,16 +25,21 @@ def _text(page: str) -> str:
 def test_index_gives_every_target_its_status(site_project: SiteProject) -> None:
     index = pages(site_project.site)["index.html"]
     statuses = {name: status for status, name in re.findall(r'<tr data-status="([^"]+)">.*?<strong>([^<]+)</strong>', index, re.S)}
-    assert statuses == {"bunny": "ok", "bunny-strict": "review", "hostile": "review", "broken": "failed", "jitter": "ok"}
-    assert "5 targets: 2 need review, 1 failed, 2 ok." in _text(index)
+    assert statuses == {"bunny": "ok", "bunny-strict": "review", "bunny-signed-off": "approved", "hostile": "review",
+                        "broken": "failed", "jitter": "ok"}
+    assert "6 targets: 2 need review, 1 approved, 1 failed, 2 ok." in _text(index)
     assert 'id="filters" hidden' in index  # the filter appears only with JavaScript
 
 
 def test_review_queue_says_why_and_how_to_approve(site_project: SiteProject) -> None:
     review = _text(pages(site_project.site)["review.html"])
     assert "bunny-strict" in review and "edge_length" in review
-    assert "longest edge is" in review and "0.002" in review  # value, threshold and the gate's message
+    assert "longest edge is 3.9 times the median edge" in review and "3.5" in review  # value, threshold and the gate's message
     assert "buildsys approve bunny-strict" in review
+    # approved as it is: out of the queue, with who approved it and the failures accepted
+    queue, approved = review.split("Approved Gates failed on these builds")
+    assert "bunny-signed-off" not in queue
+    assert re.search(r"bunny-signed-off \S+@\S+ \d{4}-\d\d-\d\d \d\d:\d\d UTC edge_length", approved)
     assert "broken/refuse" in review  # the failed build, apart from the queue
 
 
@@ -53,9 +58,30 @@ def test_target_page_says_what_made_it(site_project: SiteProject) -> None:
     assert re.search(r'<img src="files/[0-9a-f]{32}\.png" width="512" height="512" alt="renders/textured/az000.png"', page)
 
 
+def test_target_page_shows_which_stage_lost_what(site_project: SiteProject) -> None:
+    page = pages(site_project.site)["target-bunny.html"]
+    section = page.split('<section id="fidelity">')[1].split("</section>")[0]
+    text = _text(section)
+    assert re.search(r"bunny/cleanup cleanup\.json its output against its input \d[\d.]*%", text), text
+    assert re.search(r"bunny/validate report\.json the delivered asset against its source \(gated\) \d[\d.]*%", text), text
+    assert "gate threshold" in text and "≤ 2%" in text and "within ±3%" in text  # the hero class's Hausdorff and area
+    assert "What bunny/cleanup did, step by step" in text and "close_holes" in text and "10,098 → 5,000" in text
+    gated = section.split("bunny/validate")[1]
+    assert gated.count('class="v-pass"') == 7 and 'class="v-fail"' not in gated
+
+
+def test_a_stage_warning_reaches_the_pages(site_project: SiteProject) -> None:
+    site = pages(site_project.site)
+    warning = re.search(r"bunny-strict/import : (\S*bunny10k_textured\.mtl: texture 'TextureDouble_A\.png' .*? is missing)",
+                        _text(site["target-bunny-strict.html"]))
+    assert warning, _text(site["target-bunny-strict.html"])[:2000]
+    assert "1 warning: " in _text(site["index.html"])
+    assert "Warnings" not in _text(site["target-bunny.html"])  # its texture is declared
+
+
 def test_history_names_what_changed(site_project: SiteProject) -> None:
     text = _text(pages(site_project.site)["target-bunny-strict.html"])
-    assert re.search(r"bunny-strict/validate ?: changed params\.max_edge_ratio ?: 0\.001 → 0\.002", text)
+    assert re.search(r"bunny-strict/validate ?: changed params\.max_edge_ratio ?: 3(\.0)? → 3\.5", text)
 
 
 def test_verify_page_heads_with_the_first_divergent_stage(site_project: SiteProject) -> None:

@@ -91,15 +91,47 @@ def test_status_filter(browser, site_project: SiteProject) -> None:
     visit = Visit(browser, site_project.site, "index.html")
     try:
         rows = visit.page.locator("#targets tbody tr")
-        assert rows.count() == 5
+        assert rows.count() == 6
         visit.page.click("#filters button[data-filter=review]")
         visible = visit.page.evaluate("() => Array.from(document.querySelectorAll('#targets tbody tr')).filter(r => !r.hidden).map(r => r.dataset.status)")
         assert visible == ["review", "review"]
+        visit.page.click("#filters button[data-filter=approved]")
+        shown = visit.page.evaluate("() => Array.from(document.querySelectorAll('#targets tbody tr:not([hidden]) strong')).map(s => s.textContent)")
+        assert shown == ["bunny-signed-off"]
         visit.page.click("#filters button[data-filter=failed]")
         assert visit.page.evaluate("() => document.querySelectorAll('#targets tbody tr:not([hidden])').length") == 1
         visit.page.click("#filters button[data-filter=all]")
-        assert visit.page.evaluate("() => document.querySelectorAll('#targets tbody tr:not([hidden])').length") == 5
+        assert visit.page.evaluate("() => document.querySelectorAll('#targets tbody tr:not([hidden])').length") == 6
         assert visit.problems == []
+    finally:
+        visit.close()
+
+
+def test_fidelity_table_shows_each_stage(browser, site_project: SiteProject, tmp_path: Path) -> None:
+    visit = Visit(browser, site_project.site, "target-bunny.html")
+    try:
+        table = visit.page.locator("#fidelity table.fidelity")
+        table.scroll_into_view_if_needed()
+        assert table.is_visible()
+        stages = visit.page.evaluate("() => Array.from(document.querySelectorAll('table.fidelity tbody tr td:first-child strong')).map(s => s.textContent)")
+        assert stages == ["bunny/cleanup", "bunny/validate", "gate threshold"]
+        assert visit.page.locator("table.fidelity td.v-pass").count() == 7
+        visit.page.locator("#fidelity").evaluate("e => e.scrollIntoView()")
+        assert visit.problems == []
+        visit.shot("fidelity", tmp_path)
+    finally:
+        visit.close()
+
+
+def test_history_says_what_changed(browser, site_project: SiteProject, tmp_path: Path) -> None:
+    visit = Visit(browser, site_project.site, "target-bunny-strict.html")
+    try:
+        history = visit.page.locator("#history")
+        history.evaluate("e => e.scrollIntoView()")
+        assert history.is_visible()
+        assert "bunny-strict/validate: changed\nparams.max_edge_ratio: 3.0 → 3.5" in history.inner_text()
+        assert visit.problems == []
+        visit.shot("history", tmp_path)
     finally:
         visit.close()
 

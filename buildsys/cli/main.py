@@ -332,12 +332,14 @@ def models(buildfile: Path, json_output: bool) -> None:
 @click.argument("target")
 @handled
 def approve(buildfile: Path, target: str) -> None:
-    """Pin TARGET's current gate-stage outputs (renders) as the reference for render regression."""
+    """Sign off TARGET's last build: its gate-stage renders become the render-regression
+    reference, and the gates failing on it are accepted while the asset stays the same."""
     from buildsys.build.refs import approve_target
 
     with open_session(buildfile) as session:
-        stages = approve_target(session, session.targets([target])[0])
-    click.echo(f"approved {target}: {', '.join(stages)}")
+        approval = approve_target(session, session.targets([target])[0])
+    accepted = f", accepting the failed gates {', '.join(approval.accepted)}" if approval.accepted else ""
+    click.echo(f"approved {target}: {', '.join(sorted(approval.stages))}{accepted} (until the asset changes)")
 
 
 @main.command()

@@ -79,8 +79,9 @@ def build_site(session: Session, out: Path) -> SiteSummary:
     page("index.html", "index.html", title="Targets", targets=targets, statuses=STATUSES, counts=counts, checks=checks,
          summary=_summary_line(counts, len(targets)), gate_summaries={t.name: gate_summary(t) for t in targets},
          nav={**nav, "here": "index"})
-    page("review.html", "review.html", title="Review queue", review=[t for t in targets if t.status == "review"],
-         failed=[t for t in targets if t.status == "failed"], render_gates=RENDER_GATES, nav={**nav, "here": "review"})
+    by_status = {s: [t for t in targets if t.status == s] for s in STATUSES}
+    page("review.html", "review.html", title="Review queue", review=by_status["review"], approved=by_status["approved"],
+         failed=by_status["failed"], render_gates=RENDER_GATES, nav={**nav, "here": "review"})
     page("checks.html", "checks.html", title="Verify and diff", checks=checks, nav={**nav, "here": "checks"})
     for check in checks:
         page(check.page, "check.html", title=f"{check.view.kind} {check.view.subject}", c=check.view, nav={**nav, "here": "checks"})
@@ -141,6 +142,8 @@ def _summary_line(counts: dict[str, int], total: int) -> str:
         return "The Buildfile declares no targets."
     parts = [f"{counts['review']} need{'s' if counts['review'] == 1 else ''} review", f"{counts['failed']} failed",
              f"{counts['ok']} ok"]
+    if counts["approved"]:
+        parts.insert(1, f"{counts['approved']} approved")
     if counts["not built"]:
         parts.append(f"{counts['not built']} not built")
     return f"{total} target{'s' if total != 1 else ''}: " + ", ".join(parts) + "."

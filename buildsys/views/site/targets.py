@@ -1,7 +1,9 @@
 """What the review site says about one target, gathered from the store and the Buildfile.
 
 Status is the verdict of the newest build record that built the target: ``ok``, ``review`` (a
-gate failed and the target routes failures to review), ``failed``, or ``not built``. Everything
+gate failed and the target routes failures to review), ``approved`` (review, but a person signed
+off this very asset and these failures with ``buildsys approve``), ``failed``, or ``not built``.
+Everything
 else (renders, the GLB, gates, fidelity, provenance, cost) comes from the target's last
 successful build (its ref): a build that failed leaves the previous results in place, and the
 page says so.
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from buildsys.build.refs import Approval, read_approval
 from buildsys.build.session import Session
 from buildsys.keys.tree import Manifest
 from buildsys.project.buildfile import TargetSpec
@@ -21,13 +24,13 @@ from buildsys.views.explain import StageExplanation
 from buildsys.views.models import ModelStatus
 from buildsys.views.report import StageProvenance, TargetReport
 from buildsys.views.site.builds import BuildEntry
+from buildsys.views.site.fidelity import REPORT_BYTES, FidelityTable
 from buildsys.views.site.files import IMAGE_SUFFIXES, Picture, SiteFiles
 
-STATUSES = ("review", "failed", "ok", "not built")
+STATUSES = ("review", "approved", "failed", "ok", "not built")
 RENDER_GATES = ("render_max_diff", "render_ssim")
 MAX_PICTURES = 40
 """Pictures shown per stage; the rest are listed by name."""
-REPORT_BYTES = 1 << 20
 
 
 @dataclass
@@ -88,7 +91,7 @@ class TargetView:
     glb: str | None = None
     glb_script: str | None = None
     glb_size: int = 0
-    fidelity: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    fidelity: FidelityTable = field(default_factory=FidelityTable)
     measures: dict[str, Any] = field(default_factory=dict)
     costs: list[StageCost] = field(default_factory=list)
     compute_s: float = 0.0
@@ -96,6 +99,12 @@ class TargetView:
     errors: list[tuple[str, str]] = field(default_factory=list)
     checks: list[Any] = field(default_factory=list)
     gate_stages: list[str] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    """(stage, message) of every warning a stage of the last build gave (a missing texture, an
+    undone cleanup step, a missed face budget)."""
+    approval: Approval | None = None
+    approval_current: bool = False
+    """The approval covers the last build: the same asset, no gate failing that it did not accept."""
 
     @property
     def last(self) -> BuildEntry | None:
@@ -139,6 +148,7 @@ def target_view(session: Session, spec: TargetSpec, report: TargetReport, histor
         stage_spec = spec.stages.get(name)
         budget = stage_spec.budget if stage_spec is not None else None
         m = stage.metrics
+        view.warnings += [(stage.stage, str(w)) for w in m.get("warnings") or []]
         view.costs.append(StageCost(stage.stage, stage.status, _num(m.get("wall_s")), _num(m.get("cpu_s")), _num(m.get("peak_rss_mb")),
                                     int(m["iterations"]) if m.get("iterations") is not None else None,
                                     budget.seconds if budget else None, budget.memory_mb if budget else None,
@@ -156,17 +166,30 @@ def target_view(session: Session, spec: TargetSpec, report: TargetReport, histor
             pictures = _pictures(files, manifest, lambda rel: True)
             if pictures:
                 view.stage_galleries.append(Gallery(f"{spec.name}/{name}", pictures))
-        view.fidelity += _fidelity(store, manifest, f"{spec.name}/{name}")
+    for name in [n for n in manifests if n not in gate_stages] + gate_stages:
+        view.fidelity.add_stage(store.blobs.read, manifests[name], f"{spec.name}/{name}", name in gate_stages)
     view.thumbnail = _thumbnail(view.galleries or view.stage_galleries)
     _find_glb(view, files, spec, manifests)
-    approved = store.refs.read("approved", spec.name) or {}
+    _read_approval(view, store, spec, trees, gate_stages, files)
+    return view
+
+
+def _read_approval(view: TargetView, store: Any, spec: TargetSpec, trees: dict[str, Any], gate_stages: list[str],
+                   files: SiteFiles) -> None:
+    approval = read_approval(store, spec.name)
+    if approval is None:
+        return
+    view.approval = approval
+    asset = {n: t for n, t in trees.items() if n in spec.stages and n not in gate_stages}
+    view.approval_current = approval.covers(asset, {g.name for g in view.failing_gates})
+    if view.status == "review" and view.approval_current:
+        view.status = "approved"
     for name in gate_stages:
-        tree = (approved.get("stages") or {}).get(name)
+        tree = approval.stages.get(name)
         if tree and not store.blobs.tree_missing(tree):
             pictures = _pictures(files, store.blobs.get_tree(tree), lambda rel: "renders/" in rel or rel.startswith("renders"))
             same = tree == trees.get(name)
             view.reference = Gallery("approved reference" + (" (this build)" if same else ""), pictures)
-    return view
 
 
 def page_name(target: str) -> str:
@@ -223,26 +246,13 @@ def _galleries(files: SiteFiles, manifest: Manifest, stage_id: str) -> list[Gall
 
 
 def _thumbnail(galleries: list[Gallery]) -> Picture | None:
-    for gallery in galleries:
-        if gallery.pictures and not gallery.strip:
-            textured = [p for p in gallery.pictures if "textured" in p.name]
-            return (textured or gallery.pictures)[0]
+    """The first textured view of any gallery (what the asset looks like delivered), else the
+    first picture of a gallery that is not a turntable strip."""
+    stills = [p for g in galleries if not g.strip for p in g.pictures]
+    textured = [p for p in stills if "textured" in p.name]
+    if textured or stills:
+        return (textured or stills)[0]
     return galleries[0].pictures[0] if galleries and galleries[0].pictures else None
-
-
-def _fidelity(store: Any, manifest: Manifest, stage_id: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(stage, file, fidelity) of every top-level JSON report with a ``fidelity`` object."""
-    found = []
-    for rel, entry in sorted(manifest.items()):
-        if "/" in rel or not rel.endswith(".json") or entry.size > REPORT_BYTES:
-            continue
-        try:
-            body = json.loads(store.blobs.read(entry.digest))
-        except ValueError:
-            continue
-        if isinstance(body, dict) and isinstance(body.get("fidelity"), dict):
-            found.append((stage_id, rel, body["fidelity"]))
-    return found
 
 
 def _find_glb(view: TargetView, files: SiteFiles, spec: TargetSpec, manifests: dict[str, Manifest]) -> None:
