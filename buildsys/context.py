@@ -35,11 +35,13 @@ class BudgetExceeded(RecipeError):
 @dataclass(frozen=True)
 class Budget:
     """Limits of one stage. ``iterations`` is handed to the recipe (and enters the action key);
-    seconds and memory are enforced by the engine from outside the worker."""
+    seconds and memory are enforced by the engine from outside the worker, ``processes`` (the
+    most processes and threads at once) by the kernel in a confined worker."""
 
     seconds: float | None = None
     memory_mb: int | None = None
     iterations: int | None = None
+    processes: int | None = None
 
 
 def _no_progress(done: int, total: int | None, message: str) -> None:

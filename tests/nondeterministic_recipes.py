@@ -235,9 +235,12 @@ def leak_worker_history(ctx: StageContext) -> None:
 
 def jittery_training(ctx: StageContext) -> None:
     """A small torch model trained for five steps, deterministic but for one layer that, from
-    step 3 on, adds noise seeded by its worker's pid: ``verify --bisect`` must name that layer."""
+    step 3 on, adds noise seeded from the OS's entropy (not the pid: a confined worker's pid is
+    the same on every run): ``verify --bisect`` must name that layer."""
     import numpy as np
     import torch
+
+    noise_seed = int.from_bytes(os.urandom(8), "little")
 
     class Jitter(torch.nn.Module):
         active = False
@@ -245,7 +248,7 @@ def jittery_training(ctx: StageContext) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if not self.active:
                 return x
-            return x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(os.getpid()))
+            return x + 1e-3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(noise_seed))
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:

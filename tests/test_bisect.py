@@ -38,7 +38,7 @@ def test_bisect_names_the_layer_and_step_where_a_torch_stage_diverges(jitter: Pa
     assert first["call"] == report["calls_matched"] == 14
     assert 0 < report["max_abs_diff"] < 0.1 and report["max_ulp_diff"] >= 1, report
     assert report["elements"] == 32 * 16 and report["differing_elements"] > 0 and report["replays"] == 3
-    # pid-seeded noise differs on every run, so the third replay matches neither of the first two
+    # noise seeded from the OS's entropy differs on every run, so the third replay matches neither of the first two
     assert report["note"].startswith("replay C gave a third value"), report
 
 

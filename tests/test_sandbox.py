@@ -39,7 +39,7 @@ def test_an_empty_log_stays_for_the_next_stage(tmp_path: Path) -> None:
     pool.release(first, _stage_files(first))
     second = pool.acquire()
     assert second == first
-    assert sorted(os.listdir(second)) == sorted([*SKELETON, LOG])
+    assert sorted(os.listdir(second)) == sorted(SKELETON)
     assert os.stat(second / LOG).st_ino == log_inode, "no new file for the next stage's log"
     pool.close()
 
@@ -63,14 +63,33 @@ def test_input_folders_stay_for_a_stage_that_needs_them_and_go_for_one_that_does
     pool.close()
 
 
-def test_a_sandbox_with_leftovers_is_removed_not_reused(tmp_path: Path) -> None:
+def test_what_a_stage_leaves_in_its_scratch_folders_is_removed_and_the_sandbox_reused(tmp_path: Path) -> None:
     pool = SandboxPool(tmp_path)
-    litter = {"scratch": lambda s: (s / "work" / "scratch.txt").write_text("left"), "stray top-level file": lambda s: (s / "log").write_text("kept")}
+    litter = {"scratch": lambda s: (s / "work" / "scratch.txt").write_text("left")}
+    litter["a cache folder in tmp"] = lambda s: (s / "tmp" / "torchinductor_root" / "cache").mkdir(parents=True)
+    litter["an empty folder in out"] = lambda s: (s / "out" / "empty").mkdir()
+    litter["unreadable folder"] = lambda s: ((s / "work" / "locked").mkdir(), (s / "work" / "locked" / "f").write_text("x"), os.chmod(s / "work" / "locked", 0))
+    for what, leave in litter.items():
+        sandbox = pool.acquire()
+        files = _stage_files(sandbox)
+        leave(sandbox)
+        pool.release(sandbox, files)
+        again = pool.acquire()
+        assert again == sandbox, what
+        assert all(not os.listdir(again / name) for name in SKELETON), what
+        pool.release(again, [])
+    pool.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_sandbox_with_anything_else_left_is_removed_not_reused(tmp_path: Path) -> None:
+    pool = SandboxPool(tmp_path)
+    litter = {"stray top-level file": lambda s: (s / "stray").write_text("kept")}
+    litter["a second file beside the log"] = lambda s: (s / "log" / "other.log").write_text("kept")
+    litter["a log that is not empty"] = lambda s: (s / LOG).write_text("printed")
     litter["mode changed"] = lambda s: os.chmod(s / "tmp", 0o500)
-    litter["unknown folder"] = lambda s: (s / "work" / "cache").mkdir()
     litter["file beside an input"] = lambda s: (s / "inputs/src/data/extra.txt").write_text("left")
     litter["input folder mode changed"] = lambda s: os.chmod(s / "inputs/src", 0o500)
-    litter["unreadable folder"] = lambda s: ((s / "work" / "locked").mkdir(), (s / "work" / "locked" / "f").write_text("x"), os.chmod(s / "work" / "locked", 0))
     for what, leave in litter.items():
         sandbox = pool.acquire()
         files = _stage_files(sandbox)
@@ -82,3 +101,15 @@ def test_a_sandbox_with_leftovers_is_removed_not_reused(tmp_path: Path) -> None:
         pool.release(fresh, [])
     pool.close()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_free_sandbox_goes_back_to_a_stage_of_the_kind_that_last_used_it(tmp_path: Path) -> None:
+    """Each sandbox has a worker bound to it (confinement binds a worker to one folder): a stage
+    gets the sandbox whose worker it can use, when one is free."""
+    pool = SandboxPool(tmp_path)
+    deterministic, stochastic = pool.acquire(affinity="deterministic"), pool.acquire(affinity="stochastic")
+    pool.release(deterministic, [])
+    pool.release(stochastic, [])
+    assert pool.acquire(affinity="deterministic") == deterministic
+    assert pool.acquire(affinity="strict") == stochastic, "any free sandbox rather than a new one"
+    pool.close()

@@ -150,7 +150,7 @@ def test_a_stage_never_sees_what_an_earlier_stage_left_in_its_sandbox(project: P
     result = project.build()
     assert result.code == 0, result.stderr
     seen = (project.root / "out/t/second/seen.txt").read_text().splitlines()
-    assert seen == ["inputs", "inputs/src", "inputs/src/src", "inputs/src/src/a.txt", "log", "out", "tmp", "work"]
+    assert seen == ["inputs", "inputs/src", "inputs/src/src", "inputs/src/src/a.txt", "log", "log/stage.log", "out", "tmp", "work"]
     assert not list((project.root / "store" / "tmp").iterdir())
 
 

@@ -3,12 +3,18 @@
 ``<outputs>/<target>/<stage>/<path>`` mirrors the stage's output tree. Files are reflinks where
 the filesystem has them (XFS, Btrfs: copy-on-write, at about the cost of a link) and copies
 elsewhere, never hard links into the store (store/reflink.py says why), so editing, chmod-ing or
-deleting one can never corrupt the store; the next build notices (stat cache) and restores it. Each copy gets an mtime one second in the past, so a user
-edit, even within the same clock tick, always changes the mtime and is seen. Stray files in a
-stage's folder are removed: the folder belongs to buildsys. A file that replaces another is
-written under a temp name and renamed over it, so a reader never sees half of it; a stage folder
-that did not exist is written in place (nobody can be reading it). Copies are not flushed: the
-stat cache trusts them only within the boot that wrote them.
+deleting one can never corrupt the store; the next build notices (stat cache) and restores it.
+Each copy gets an mtime one second in the past, so a user edit, even within the same clock tick,
+always changes the mtime and is seen. A file that replaces another is written under a temp name
+and renamed over it, so a reader never sees half of it; a stage folder that did not exist is
+written in place (nobody can be reading it). Copies are not flushed: the stat cache trusts them
+only within the boot that wrote them.
+
+buildsys removes only what it wrote: the files it put in each stage folder are kept in the
+store (a ref of kind ``materialized`` per folder, named by a digest of its path), and a later
+build removes those its new tree no longer has, never a file someone else put there (the
+outputs folder may be a shared delivery folder, see ``[project] allow_outside``). Writes never
+follow a link out of the outputs folder or out of a stage folder.
 """
 
 from __future__ import annotations
@@ -20,12 +26,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildsys.keys.hashing import Digest
+from buildsys.errors import BuildsysError
+from buildsys.keys.hashing import Digest, digest_bytes
 from buildsys.keys.tree import Manifest
+from buildsys.project.places import inside
 from buildsys.store.local import LocalStore
 from buildsys.store.statcache import StatCache
 
 BACKDATE_NS = 1_000_000_000
+WRITTEN = "materialized"
+"""The kind of the store refs that list what buildsys wrote in each stage folder."""
+
+
+class OutputsError(BuildsysError):
+    """A stage folder that buildsys cannot write without touching what is not its own."""
 
 
 @dataclass
@@ -40,34 +54,39 @@ COPY_THREADS = 4
 
 
 def materialize_trees(
-    store: LocalStore, trees: list[tuple[Digest, Path | str]], stat_cache: StatCache, report: MaterializeReport,
+    store: LocalStore, trees: list[tuple[Digest, Path | str]], stat_cache: StatCache, report: MaterializeReport, root: Path,
     manifests: dict[Digest, Manifest] | None = None,
 ) -> None:
-    """Several trees at once: copying is I/O and hashing in C, both outside the GIL, so a few
-    threads keep the disk busy while one verifies what it wrote. ``manifests``: trees the caller
-    knows already (a resolved-graph index), not read from the store again."""
+    """Several trees at once, each into its folder under ``root`` (the outputs folder): copying
+    is I/O and hashing in C, both outside the GIL, so a few threads keep the disk busy while one
+    verifies what it wrote. ``manifests``: trees the caller knows already (a resolved-graph
+    index), not read from the store again."""
     stale = []
     known = manifests or {}
     for tree, dest in trees:
         manifest = known.get(tree) or store.blobs.get_tree(tree)
         unchanged = _unchanged_files(manifest, dest, stat_cache)
         if unchanged is None:
+            if not inside(dest, root):
+                raise OutputsError(f"{dest}: a link leads out of the outputs folder {root}; remove it, buildsys will not write through it")
             stale.append((manifest, Path(dest)))
         else:
             report.unchanged += unchanged
+    written: dict[str, dict] = {}
     if len(stale) <= 1:
         for manifest, dest in stale:
-            materialize_tree(store, manifest, dest, stat_cache, report)
-        return
-    parts = [MaterializeReport() for _ in stale]
-    with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="materialize") as pool:
-        for future in [pool.submit(materialize_tree, store, m, d, stat_cache, r) for (m, d), r in zip(stale, parts)]:
-            future.result()
-    for part in parts:
-        report.written += part.written
-        report.unchanged += part.unchanged
-        report.removed += part.removed
-        report.bytes_written += part.bytes_written
+            written.update(materialize_tree(store, manifest, dest, stat_cache, report))
+    else:
+        parts = [MaterializeReport() for _ in stale]
+        with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="materialize") as pool:
+            for future in [pool.submit(materialize_tree, store, m, d, stat_cache, r) for (m, d), r in zip(stale, parts)]:
+                written.update(future.result())
+        for part in parts:
+            report.written += part.written
+            report.unchanged += part.unchanged
+            report.removed += part.removed
+            report.bytes_written += part.bytes_written
+    store.refs.write_many(WRITTEN, written)
 
 
 def _unchanged_files(manifest: Manifest, dest: Path | str, stat_cache: StatCache) -> int | None:
@@ -84,19 +103,32 @@ def _unchanged_files(manifest: Manifest, dest: Path | str, stat_cache: StatCache
     return len(manifest)
 
 
-def materialize_tree(store: LocalStore, manifest: Manifest, dest: Path, stat_cache: StatCache, report: MaterializeReport) -> None:
+def _written_ref(dest: Path) -> str:
+    return digest_bytes(os.fsencode(os.path.abspath(dest)))
+
+
+def materialize_tree(
+    store: LocalStore, manifest: Manifest, dest: Path, stat_cache: StatCache, report: MaterializeReport
+) -> dict[str, dict]:
+    """Write one tree into ``dest``, replacing what buildsys wrote there before and nothing
+    else; the ref recording what is there now, ``{name: value}`` (empty when unchanged)."""
     fresh = not dest.exists()
+    name = _written_ref(dest)
+    previous = set() if fresh else set((store.refs.read(WRITTEN, name) or {}).get("files", []))
     written_before = report.written
     folders: set[str] = set()
     for rel, entry in manifest.items():
+        path = f"{dest}/{rel}"
+        folder = os.path.dirname(path)
         if fresh:  # nothing there to compare with or to replace atomically: written in place
-            path = f"{dest}/{rel}"
-            folder = os.path.dirname(path)
             if folder not in folders:
                 os.makedirs(folder, exist_ok=True)
                 folders.add(folder)
         else:
-            path = dest / rel
+            if folder not in folders:
+                if not inside(folder, dest):
+                    raise OutputsError(f"{folder}: a link leads out of {dest}; remove it, buildsys will not write through it")
+                folders.add(folder)
             try:
                 st = os.stat(path)
             except FileNotFoundError:
@@ -104,30 +136,46 @@ def materialize_tree(store: LocalStore, manifest: Manifest, dest: Path, stat_cac
             if st is not None and st.st_size == entry.size and stat_cache.lookup(path, st) == entry.digest:
                 report.unchanged += 1
                 continue
-            if st is not None and not os.path.isfile(path):
-                _remove(path)
+            if st is not None and os.path.isdir(path) and not os.path.islink(path):
+                _remove_written_folder(dest, rel, previous, stat_cache)
         written = store.blobs.copy_out(entry.digest, path, entry.executable, time.time_ns() - BACKDATE_NS, fresh=fresh)
         stat_cache.remember(path, written, entry.digest, unflushed=True)
         report.written += 1
         report.bytes_written += entry.size
+    files = set(manifest)
     if not fresh and report.written > written_before:
-        _prune(dest, set(manifest), stat_cache, report)
+        _prune(dest, previous - files, stat_cache, report)
+    if files == previous:
+        return {}
+    return {name: {"folder": os.path.abspath(dest), "files": sorted(files)}}
 
 
-def _prune(dest: Path, keep: set[str], stat_cache: StatCache, report: MaterializeReport) -> None:
-    for path in sorted(dest.rglob("*"), reverse=True):
-        rel = path.relative_to(dest).as_posix()
-        if path.is_file() or path.is_symlink():
-            if rel not in keep:
-                path.unlink()
-                stat_cache.forget(path)
-                report.removed += 1
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
+def _prune(dest: Path, gone: set[str], stat_cache: StatCache, report: MaterializeReport) -> None:
+    """Remove the files buildsys wrote earlier that the new tree no longer has, and the folders
+    that leaves empty."""
+    folders: set[Path] = set()
+    for rel in gone:
+        path = dest / rel
+        if path.is_symlink() or not path.is_file():
+            continue
         path.unlink()
+        stat_cache.forget(path)
+        report.removed += 1
+        folders.update(path.relative_to(dest).parents)
+    for folder in sorted((f for f in folders if f != Path(".")), key=lambda f: len(f.parts), reverse=True):
+        try:
+            (dest / folder).rmdir()
+        except OSError:  # not empty: something else lives there
+            pass
+
+
+def _remove_written_folder(dest: Path, rel: str, previous: set[str], stat_cache: StatCache) -> None:
+    """Make way for a file where buildsys once wrote a folder of files; refuse when the folder
+    holds anything else."""
+    folder = dest / rel
+    others = [p for p in folder.rglob("*") if not p.is_dir() and p.relative_to(dest).as_posix() not in previous]
+    if others:
+        raise OutputsError(f"{folder}: the new output {rel!r} is a file, and this folder holds files buildsys did not write ({others[0]}); move them away")
+    shutil.rmtree(folder)
+    for path in [p for p in previous if p.startswith(rel + "/")]:
+        stat_cache.forget(dest / path)

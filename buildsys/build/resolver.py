@@ -227,6 +227,7 @@ class Resolver:
             device=device,
             iterations=spec.budget.iterations,
             isolate=spec.isolate,
+            network=spec.network,
         )
         return Resolved(spec, description, action_key(description), inputs, model, self.threads, device)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +61,8 @@ class StageReport:
     metrics: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] | None = None
     reason: list[tuple[str, Any, Any]] = field(default_factory=list)
+    confinement: dict[str, str] | None = None
+    """How an executed stage was confined (buildsys.execution.confine.describe)."""
 
     @property
     def ok(self) -> bool:
@@ -107,6 +109,7 @@ class BuildReport:
                 sid: s.gate.get("failures", []) for sid, s in self.stages.items() if s.gate and not s.gate.get("passed", False)
             },
             "warnings": {sid: s.metrics["warnings"] for sid, s in self.stages.items() if s.metrics.get("warnings")},
+            "confinement": dict(Counter(s.confinement.get("level", "unknown") for s in self.stages.values() if s.confinement)),
             "remote": self.remote,
             "record": self.record,
             "wall_s": round(self.wall_s, 3),
@@ -170,9 +173,12 @@ class Builder:
         only one is made): a build that runs nothing (no-op, restore) never imports it, the
         runner or the worker machinery (~5 ms)."""
         if self._executor is None:
+            from buildsys.execution.confine import recipe_code
             from buildsys.execution.executor import LocalExecutor
 
-            self._executor = LocalExecutor(self.session.jobs, on_progress=self._on_progress)
+            project = self.session.project
+            code = recipe_code([s.recipe for s in project.stages.values()], project.recipe_path)
+            self._executor = LocalExecutor(self.session.jobs, on_progress=self._on_progress, code=code)
         return self._executor
 
     def _on_progress(self, key: str, done: int, total: int | None, message: str) -> None:
@@ -349,6 +355,8 @@ class Builder:
             sid, status, key=result.key, description=result.description, tree=result.tree, log=result.log,
             wall_s=float(result.metrics.get("wall_s", 0.0)), metrics=result.metrics,
         )
+        if status == EXECUTED:
+            report.confinement = result.producer.get("confinement")
         if self.session.project.stages[sid].gate:
             report.gate = gate_verdict(self.store, result.tree, sid)
         return report
@@ -411,7 +419,7 @@ class Builder:
                 trees.append((tree, dest))
         make_top_folder(project.outputs)  # its target folders spread over the disk (see topdir.py)
         with self.store.locks.folder_outside(project.outputs):
-            materialize_trees(self.store, trees, self.session.stat_cache, out, self._manifests)
+            materialize_trees(self.store, trees, self.session.stat_cache, out, project.outputs, self._manifests)
 
     def _write_refs(self, target_names: list[str], reports: dict[str, StageReport]) -> None:
         project = self.session.project

@@ -64,8 +64,28 @@ def package_folder(package: str) -> Path:
 GLOB_CHARS = re.compile(r"[*?[]")
 
 
+class _Within:
+    """Checks that paths stay inside ``base`` once links are followed; each folder is resolved
+    once (a no-op build matches every source again)."""
+
+    def __init__(self, base: Path, reference: str, root: str) -> None:
+        self.base = os.path.realpath(base)
+        self.reference, self.root = reference, root
+        self._folders: set[str] = set()
+
+    def check(self, path: str | Path) -> None:
+        path = os.fspath(path)
+        if path in self._folders:
+            return
+        real = os.path.realpath(path)
+        if real != self.base and not real.startswith(self.base + "/"):
+            raise SourceError(f"{self.reference}: {path} leads outside {self.root} (to {real})")
+        self._folders.add(path)
+
+
 def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, Path]]:
-    """(relative path inside the tree, file) for every regular file a reference names."""
+    """(relative path inside the tree, file) for every regular file a reference names; a match
+    that a link carries out of its root (the project, or the package's folder) is an error."""
     if kind == "pkg":
         package, _, inner = pattern.partition("/")
         base = package_folder(package)
@@ -74,12 +94,17 @@ def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, 
     # a plain path (the common case) needs no glob: its one stat below says whether it exists
     matches = sorted(glob.glob(inner, root_dir=base, recursive=True)) if GLOB_CHARS.search(inner) else [inner]
     files: list[tuple[str, Path]] = []
+    within = _Within(base, f"{kind}:{pattern}", "the project" if kind == "src" else f"the folder of package {base.name!r}")
     for rel in matches:
         full = base / rel
         try:
-            mode = os.stat(full).st_mode
+            mode = os.lstat(full).st_mode
+            if stat.S_ISLNK(mode):
+                within.check(full)
+                mode = os.stat(full).st_mode
         except OSError:  # a broken link, or gone since the glob
             continue
+        within.check(os.path.dirname(full))
         if stat.S_ISDIR(mode):
             files.extend(
                 (Path(rel, sub).as_posix(), full / sub)

@@ -26,6 +26,12 @@ def print_summary(report: BuildReport, session: Session, json_output: bool, verb
             tail = session.store.blobs.read(stage.log).decode("utf-8", "replace").splitlines()[-15:]
             click.echo("\n".join(tail), err=True)
         click.echo(f"buildsys: error: {sid}: {stage.error}", err=True)
+    loose = [(sid, s.confinement) for sid, s in report.stages.items() if s.confinement and s.confinement.get("level") != "confined"]
+    if loose:  # once per build: it is a fact about this machine, not about a stage
+        from buildsys.execution.confine import summary as confinement_summary
+
+        sid, words = loose[0]
+        click.echo(f"buildsys: warning: {len(loose)} stage(s) ran {confinement_summary(words)} (e.g. {sid})", err=True)
     for sid, warnings in summary["warnings"].items():
         for warning in warnings:
             click.echo(f"buildsys: warning: {sid}: {warning}", err=True)

@@ -7,6 +7,10 @@ the same jobs elsewhere with the remote store as the data plane.
 Budgets are enforced from outside the worker: wall time by a deadline, memory by sampling the
 worker's resident set (children included). A worker over budget is killed and replaced; its job
 is reported as ``timeout`` or ``memory``, never cached.
+
+Every worker is confined to the sandbox of the first job it runs, for its whole life
+(:mod:`buildsys.execution.confine`): it is reused only for jobs in that sandbox, which the
+sandbox pool hands back to stages of the same kind (``affinity``, :func:`worker_kind`).
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ from typing import Any, Callable, Protocol
 
 from buildsys.determinism import worker_environment
 from buildsys.errors import BAD_INPUT
+from buildsys.execution import cgroups, procfs
+from buildsys.execution.confine import TASKS, Policy, library_paths
 from buildsys.execution.worker import read_frame, write_frame
 
 SAMPLE_INTERVAL_S = 0.05
+START_TIMEOUT_S = 60.0
 ProgressSink = Callable[[str, int, "int | None", str], None]
+
+
+def worker_kind(mode: str, threads: int, network: bool, processes: int | None) -> tuple[Any, ...]:
+    """What a worker is started with besides its sandbox: jobs that differ in it never share one."""
+    return (mode, threads, network, processes or TASKS)
 
 
 @dataclass
@@ -48,12 +60,18 @@ class Job:
     work: str
     tmp: str
     log: str
+    sandbox: str = ""
+    network: bool = False
     umask: int = 0o022
     isolated: bool = False
     trace: dict[str, Any] | None = None
 
     def message(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("action", "isolated")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("action", "isolated", "sandbox", "network")}
+
+    @property
+    def kind(self) -> tuple[Any, ...]:
+        return (*worker_kind(self.mode, self.threads, self.network, self.budget.get("processes")), self.sandbox)
 
 
 @dataclass
@@ -67,6 +85,8 @@ class JobOutcome:
     iterations: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    confinement: dict[str, Any] | None = None
+    """What confined the job's worker (:class:`buildsys.execution.confine.Outcome`); None: nothing."""
 
 
 class Executor(Protocol):
@@ -75,82 +95,57 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_PROC_CHILDREN = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``, from /proc/PID/task/TID/children. psutil's children()
-    reads the parent of every process on the machine, milliseconds per call: once per job that
-    was a fifth of the scheduler's time on a pipeline of small stages."""
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        parent = pending.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{tid}/children", "rb") as handle:
-                    kids = [int(x) for x in handle.read().split()]
-            except (OSError, ValueError):
-                continue
-            found += kids
-            pending += kids
-    return found
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as handle:
-            return int(handle.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _children_rss_psutil(pid: int) -> int:
-    """Where the kernel has no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN off)."""
-    import psutil
-
-    total = 0
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return 0
-    for child in children:
-        try:
-            total += child.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+class WorkerStartError(RuntimeError):
+    """A worker died or said nothing before it was ready for a job."""
 
 
 class _Worker:
-    def __init__(self, env_key: tuple[str, int], env_overrides: dict[str, str] | None = None) -> None:
-        mode, threads = env_key
-        self.env_key = env_key
+    def __init__(self, kind: tuple[Any, ...], env_overrides: dict[str, str], policy: Policy | None) -> None:
+        mode, threads = kind[:2]
+        self.kind = kind
+        self.sandbox = policy.sandbox if policy else None
+        self.confinement: dict[str, Any] | None = None
+        self.waiter = False
         env = worker_environment(mode, threads)
-        env.update(env_overrides or {})
+        env.update(env_overrides)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "buildsys.execution.worker"],
+            [sys.executable, "-P", "-m", "buildsys.execution.worker", *(policy.argv() if policy else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
             env=env,
             start_new_session=True,
         )
+        try:
+            self.confinement = self._ready()
+        except BaseException:
+            self.kill()
+            raise
+        # in its own PID namespace the worker runs as the child of a waiting process (namespaces.py)
+        self.waiter = "pid" in (self.confinement or {}).get("namespaces", ())
+
+    def _ready(self) -> dict[str, Any] | None:
+        """The worker's first frame: what confines it."""
+        stdout = self.process.stdout
+        assert stdout is not None  # started with stdout=PIPE
+        ready, _, _ = select.select([stdout], [], [], START_TIMEOUT_S)
+        frame = read_frame(stdout) if ready else None
+        if frame is None or "confined" not in frame:
+            code = self.process.poll()
+            raise WorkerStartError("no answer" if code is None else f"exit {code}")
+        return frame["confined"]
 
     def rss_mb(self) -> float:
-        """Resident memory of the worker and everything it started."""
+        """Resident memory of the worker and everything it started (not the process that only
+        waits for a worker in its own PID namespace)."""
         pid = self.process.pid
-        total = _rss_bytes(pid)
-        if _PROC_CHILDREN:
-            total += sum(_rss_bytes(child) for child in _descendants(pid))
+        total = 0 if self.waiter else procfs.rss_bytes(pid)
+        if procfs.PROC_CHILDREN:
+            total += sum(procfs.rss_bytes(child) for child in procfs.descendants(pid))
         else:
-            total += _children_rss_psutil(pid)
+            total += procfs.children_rss_psutil(pid)
         return total / (1 << 20)
+
 
     def kill(self) -> None:
         try:
@@ -158,6 +153,9 @@ class _Worker:
         except (ProcessLookupError, PermissionError):
             pass
         self.process.wait()
+        cgroup = (self.confinement or {}).get("cgroup")
+        if cgroup:
+            cgroups.remove(cgroup)
 
     def close(self) -> None:
         """An idle worker has delivered everything (its reply came after its outputs and log
@@ -171,33 +169,58 @@ class _Worker:
 
 
 class LocalExecutor:
-    """At most ``slots`` workers; idle ones are reused for jobs with the same environment.
+    """At most ``slots`` workers; idle ones are reused for jobs of the same kind in the same
+    sandbox.
 
     ``env_overrides`` are laid over the contract's worker environment: ``verify --vary`` uses
-    them to change what must not matter (TZ, LANG, junk variables, PYTHONHASHSEED)."""
+    them to change what must not matter (TZ, LANG, junk variables, PYTHONHASHSEED). ``code``
+    are the recipe sources and package folders workers may read (:func:`confine.recipe_code`);
+    ``read`` are more files or folders they may read (the locale ``verify --vary env`` compiles);
+    ``network=False`` refuses the network even to stages that declare it (code from a bundle
+    not signed by a trusted key); ``confine=False`` runs workers unconfined (recorded so with
+    every result)."""
 
-    def __init__(self, slots: int, on_progress: ProgressSink | None = None, env_overrides: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, slots: int, on_progress: ProgressSink | None = None, env_overrides: dict[str, str] | None = None,
+        code: tuple[str, ...] = (), read: tuple[str, ...] = (), network: bool = True, confine: bool = True,
+    ) -> None:
         self.slots = slots
         self.env_overrides = dict(env_overrides or {})
         self.on_progress = on_progress
+        self.code = code
+        self.read = read
+        self.network = network
+        self.confine = confine
         self._idle: list[_Worker] = []
         self._busy = 0
         self._lock = threading.Condition()
         self.spawned = 0
+        if confine:
+            cgroups.sweep()
 
-    def _checkout(self, env_key: tuple[str, int], fresh: bool = False) -> _Worker:
+    def policy(self, job: Job) -> Policy | None:
+        if not self.confine:
+            return None
+        read = library_paths() + self.read
+        return Policy(job.sandbox, self.code, read, job.network and self.network, job.budget.get("processes") or TASKS)
+
+    def _checkout(self, job: Job) -> _Worker:
         with self._lock:
             while self._busy >= self.slots:
                 self._lock.wait()
             self._busy += 1
-            for worker in [] if fresh else self._idle:
-                if worker.env_key == env_key and worker.process.poll() is None:
+            for worker in list(self._idle):
+                if worker.sandbox is not None and not os.path.isdir(worker.sandbox):  # its sandbox was thrown away
+                    self._idle.remove(worker)
+                    worker.close()
+            for worker in [] if job.isolated else self._idle:
+                if worker.kind == job.kind and worker.process.poll() is None:
                     self._idle.remove(worker)
                     return worker
             while self._idle and len(self._idle) + self._busy > self.slots:
                 self._idle.pop(0).close()
         self.spawned += 1
-        return _Worker(env_key, self.env_overrides)
+        return _Worker(job.kind, self.env_overrides, self.policy(job))
 
     def _checkin(self, worker: _Worker | None) -> None:
         with self._lock:
@@ -209,10 +232,18 @@ class LocalExecutor:
     def run(self, job: Job) -> JobOutcome:
         """Run a job on an idle worker of its environment, or a new one. An isolated job gets a
         fresh worker that is closed afterwards, so no state of an earlier job can reach it."""
-        worker = self._checkout((job.mode, job.threads), fresh=job.isolated)
+        try:
+            worker = self._checkout(job)
+        except (WorkerStartError, OSError) as exc:  # its slot is free again either way
+            self._checkin(None)
+            return JobOutcome(False, "crash", f"worker did not start: {exc}")
+        except BaseException:
+            self._checkin(None)
+            raise
         keep: _Worker | None = worker
         try:
             outcome = self._drive(worker, job)
+            outcome.confinement = worker.confinement
             if outcome.status in ("timeout", "memory", "crash"):
                 worker.kill()
                 keep = None

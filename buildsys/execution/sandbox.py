@@ -2,14 +2,17 @@
 
 A sandbox holds ``inputs/`` (the declared inputs, hard-linked read-only from the store,
 ``inputs/<name>/<path>``), ``out/``, ``work/`` (the recipe's working directory), ``tmp/`` and
-the stage's ``log``. A build hands each stage one from a :class:`SandboxPool`: when a stage is
-over, the files it was given and the files it made (moved into the store by then) are removed
-by name, and the folders of its outputs and model with them; if nothing else is left, the
-sandbox goes to the next stage of the build instead of being removed and made again, with its
-input folders still standing (the next stage removes those it does not need and adds those
-it lacks) and an empty log. A stage never sees another's files: a sandbox holding anything
-unexpected (a recipe's scratch file, a failed stage's outputs, a folder whose mode a recipe
-changed) is removed whole and the next stage gets a new one.
+``log/`` (the stage's log). A build hands each stage one from a :class:`SandboxPool`: when a
+stage is over, the files it was given and the files it made (moved into the store by then) are
+removed by name, and the folders of its model with them; whatever is left in ``out/``,
+``work/`` and ``tmp/`` (a recipe's scratch files, a failed stage's outputs, the cache folder
+torch makes in ``$TMPDIR`` at import) is removed too, and the sandbox goes to the next stage of
+the build instead of being removed and made again, with its input folders still standing (the
+next stage removes those it does not need and adds those it lacks) and an empty log. The worker
+confined to a sandbox is reused with it (:mod:`buildsys.execution.confine`). A stage never sees
+another's files: a sandbox holding anything else (a file beside an input or at the top, a folder
+whose mode a recipe changed, a log that was not taken) is removed whole and the next stage gets
+a new one.
 
 Why reuse: creating and removing a stage's folders and files was most of the inode operations
 of a build of many small stages, and on a journal-less ext4 every inode created within minutes
@@ -24,16 +27,20 @@ import posixpath
 import stat
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from pathlib import Path
 
 from buildsys.store.atomic import remove_tree, unlink_quietly
 
 INPUTS = "inputs"
-SKELETON = (INPUTS, "out", "tmp", "work")
-LOG = "log"
-"""The stage's log file, beside the skeleton. A stage that printed nothing leaves it empty, and
-it stays for the next stage (whose worker appends to it), so a quiet stage creates no file."""
+LOGS = "log"
+SKELETON = (INPUTS, LOGS, "out", "tmp", "work")
+SCRATCH = ("out", "tmp", "work")
+"""The folders a stage writes; emptied after it."""
+LOG = f"{LOGS}/stage.log"
+"""The stage's log file, in a folder of its own (a confined worker may write there, never at the
+top of its sandbox). A stage that printed nothing leaves it empty, and it stays for the next
+stage (whose worker appends to it), so a quiet stage creates no file."""
 
 
 class SandboxPool:
@@ -44,14 +51,17 @@ class SandboxPool:
         self._free: list[Path] = []
         self._modes: dict[Path, dict[str, int]] = {}
         self._kept: dict[Path, set[str]] = {}
+        self._affinity: dict[Path, Hashable] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, input_folders: set[str] | frozenset[str] = frozenset()) -> Path:
+    def acquire(self, input_folders: set[str] | frozenset[str] = frozenset(), affinity: Hashable = None) -> Path:
         """An empty sandbox: one a finished stage left clean, else a new one. ``input_folders``
         (see :func:`input_folders`) are the folders the stage's inputs need: of those an earlier
-        stage left standing, the others are removed."""
+        stage left standing, the others are removed. A free sandbox last taken with the same
+        ``affinity`` is preferred: the executor keeps a worker bound to each sandbox, and a
+        stage that needs another kind of worker would have to start one."""
         with self._lock:
-            sandbox = self._free.pop() if self._free else None
+            sandbox = self._take(affinity)
             kept = self._kept.pop(sandbox, set()) if sandbox is not None else set()
         if sandbox is not None:
             try:
@@ -61,6 +71,7 @@ class SandboxPool:
             except OSError:
                 with self._lock:
                     self._modes.pop(sandbox, None)
+                    self._affinity.pop(sandbox, None)
                 remove_tree(sandbox)
         self.parent.mkdir(parents=True, exist_ok=True)
         sandbox = Path(tempfile.mkdtemp(dir=self.parent, prefix="sbx-"))
@@ -69,6 +80,17 @@ class SandboxPool:
         modes = {name: os.lstat(sandbox / name).st_mode for name in ("", *SKELETON)}
         with self._lock:
             self._modes[sandbox] = modes
+            self._affinity[sandbox] = affinity
+        return sandbox
+
+    def _take(self, affinity: Hashable) -> Path | None:
+        for i in range(len(self._free) - 1, -1, -1):
+            if self._affinity.get(self._free[i]) == affinity:
+                return self._free.pop(i)
+        if not self._free:
+            return None
+        sandbox = self._free.pop()
+        self._affinity[sandbox] = affinity
         return sandbox
 
     def release(self, sandbox: Path, known: list[Path]) -> None:
@@ -82,12 +104,13 @@ class SandboxPool:
             return
         with self._lock:
             self._modes.pop(sandbox, None)
+            self._affinity.pop(sandbox, None)
         remove_tree(sandbox)
 
     def _clean(self, sandbox: Path, known: list[Path]) -> set[str] | None:
-        """Remove ``known`` and the folders of outputs and model; the input folders left
-        standing, or None when anything unexpected is left. Paths as strings: this runs once per
-        stage, and Path arithmetic here was a tenth of a build's Python time."""
+        """Remove ``known``, the folders of the model and everything in the scratch folders; the
+        input folders left standing, or None when anything unexpected is left. Paths as strings:
+        this runs once per stage, and Path arithmetic here was a tenth of a build's Python time."""
         root = os.fspath(sandbox)
         inside = len(root) + 1
         try:
@@ -95,30 +118,33 @@ class SandboxPool:
             for path in known:  # all inside the sandbox
                 path = os.fspath(path)
                 unlink_quietly(path)
-                # the folders of those files; of the top-level ones only those not in the
-                # skeleton (model/); input folders stay for the next stage
+                # the folders of those files outside the skeleton (model/); the scratch folders
+                # are emptied below, input folders stay for the next stage
                 folder = posixpath.dirname(path[inside:])
-                while folder and folder not in folders and folder not in SKELETON and folder != INPUTS:
-                    if not folder.startswith(INPUTS + "/"):
+                while folder and folder not in folders and folder not in SKELETON:
+                    if not folder.startswith((INPUTS + "/", "out/")):
                         folders.add(folder)
                     folder = posixpath.dirname(folder)
             for folder in sorted(folders, key=_depth, reverse=True):
                 os.rmdir(f"{root}/{folder}")
+            for name in SCRATCH:
+                _empty_folder(f"{root}/{name}")
         except OSError:
             return None
         modes = self._modes.get(sandbox)
-        entries = set(os.listdir(root))
-        if LOG in entries:
-            st = os.lstat(f"{root}/{LOG}")
-            if not stat.S_ISREG(st.st_mode) or st.st_size:
-                return None
-            entries.remove(LOG)
-        if modes is None or entries != set(SKELETON):
+        if modes is None or set(os.listdir(root)) != set(SKELETON):
             return None
         for name, mode in modes.items():
             folder = f"{root}/{name}" if name else root
             st = os.lstat(folder)
-            if st.st_mode != mode or (name and name != INPUTS and not _empty(folder)):
+            if st.st_mode != mode or (name not in ("", INPUTS, LOGS) and not _empty(folder)):
+                return None
+        logs = os.listdir(f"{root}/{LOGS}")
+        if logs:
+            if logs != [os.path.basename(LOG)]:
+                return None
+            st = os.lstat(f"{root}/{LOG}")
+            if not stat.S_ISREG(st.st_mode) or st.st_size:
                 return None
         return _empty_folders(root, INPUTS, modes[INPUTS])
 
@@ -127,6 +153,7 @@ class SandboxPool:
             free, self._free = self._free, []
             self._modes.clear()
             self._kept.clear()
+            self._affinity.clear()
         for sandbox in free:
             remove_tree(sandbox)
 
@@ -160,6 +187,19 @@ def _empty_folders(sandbox: str, top: str, mode: int) -> set[str] | None:
                 found.add(child)
                 pending.append(child)
     return found
+
+
+def _empty_folder(folder: str) -> None:
+    """Remove everything in ``folder`` (a stage's scratch), keeping the folder itself."""
+    with os.scandir(folder) as entries:
+        leftovers = [(entry.path, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for path, is_dir in leftovers:
+        if is_dir:
+            remove_tree(path)
+        else:
+            os.unlink(path)
+    if leftovers and not _empty(folder):
+        raise OSError(f"{folder}: could not be emptied")
 
 
 def _depth(folder: str) -> int:

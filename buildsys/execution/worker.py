@@ -1,12 +1,16 @@
 """The worker process: runs recipes, one job at a time, for as long as the build needs it.
 
-Started by :mod:`buildsys.execution.executor` as ``python -m buildsys.execution.worker`` with the scrubbed
-environment of :func:`buildsys.determinism.worker_environment`. Reused across jobs, so a heavy
-import (torch, diffusers) is paid once per worker, not once per stage.
+Started by :mod:`buildsys.execution.executor` as ``python -m buildsys.execution.worker
+[--confine POLICY]`` with the scrubbed environment of
+:func:`buildsys.determinism.worker_environment`. Reused across jobs, so a heavy import (torch,
+diffusers) is paid once per worker, not once per stage. With a policy it confines itself first
+(:func:`buildsys.execution.confine.enter`), before anything starts a thread, and imports recipe
+code only from the folders and files the policy names.
 
 Protocol: frames of a 4-byte big-endian length and a msgpack map. The parent writes job frames
-on the worker's stdin; the worker answers on the file descriptor that was its stdout, with
-``{"progress": [done, total, message]}`` frames and one final ``{"done": ...}`` frame per job.
+on the worker's stdin; the worker answers on the file descriptor that was its stdout: first
+``{"confined": outcome | None}``, then per job ``{"progress": [done, total, message]}`` frames
+and one final ``{"done": ...}`` frame.
 While a job runs, fds 1 and 2 point at the job's log file, so whatever a recipe or a library
 prints lands in the log and can never corrupt the protocol.
 """
@@ -17,12 +21,13 @@ import importlib
 import importlib.abc
 import importlib.util
 import os
+import shutil
 import struct
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import IO, Any, BinaryIO, Callable
 
 import msgpack
 
@@ -34,17 +39,20 @@ from buildsys.determinism import (
     seed_numpy_global,
     seed_torch_global,
 )
+from buildsys.execution.confine import Policy, enter
+from buildsys.execution.namespaces import end_strays
+from buildsys.store.atomic import unlink_quietly
 
 PROGRESS_INTERVAL_S = 0.2
 
 
-def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:
+def write_frame(stream: IO[bytes], message: dict[str, Any]) -> None:
     data = msgpack.packb(message, use_bin_type=True)
     stream.write(struct.pack(">I", len(data)) + data)
     stream.flush()
 
 
-def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
+def _read_exact(stream: IO[bytes], size: int) -> bytes | None:
     """``size`` bytes, looping over short reads (the parent reads an unbuffered pipe: a
     buffered reader could swallow a second frame that ``select`` would then never report)."""
     chunks = []
@@ -57,7 +65,7 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
+def read_frame(stream: IO[bytes]) -> dict[str, Any] | None:
     header = _read_exact(stream, 4)
     if header is None:
         return None
@@ -198,11 +206,46 @@ def _traced(function: Callable[[StageContext], None], context: StageContext, tra
         recorder.stop()
 
 
+class _RecipeCode(importlib.abc.MetaPathFinder):
+    """Finds the top-level packages and modules of a confined worker's recipe code at the paths
+    its policy grants, without listing a recipe path root (the project: not readable)."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self.tops = {os.path.basename(p).removesuffix(".py"): p for p in reversed(paths)}
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        location = self.tops.get(name) if "." not in name else None
+        if location is None:
+            return None
+        if location.endswith(".py"):
+            return importlib.util.spec_from_file_location(name, location)
+        return importlib.util.spec_from_file_location(name, f"{location}/__init__.py", submodule_search_locations=[location])
+
+
+def _after_job(confined: dict[str, Any] | None) -> None:
+    """Nothing of a job outlives it in a confined worker: its processes and its shared memory."""
+    if not confined:
+        return
+    if "pid" in confined["namespaces"]:
+        end_strays()
+    if confined["private_shm"]:
+        for entry in os.scandir("/dev/shm"):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                unlink_quietly(entry.path)
+
+
 def main() -> None:
+    policy = Policy.from_argv(sys.argv[1:])
+    confined = enter(policy).to_dict() if policy is not None else None
+    if policy is not None:
+        sys.meta_path.insert(0, _RecipeCode(policy.code))
     _CONTRACT_ON_IMPORT.install()
     channel = os.fdopen(os.dup(1), "wb")
     requests = sys.stdin.buffer
     _redirect_output(None)
+    write_frame(channel, {"confined": confined})
     while True:
         job = read_frame(requests)
         if job is None:
@@ -221,6 +264,7 @@ def main() -> None:
         reply["wall_s"] = time.perf_counter() - started
         reply["cpu_s"] = time.process_time() - cpu_started
         _redirect_output(None)
+        _after_job(confined)
         write_frame(channel, reply)
 
 

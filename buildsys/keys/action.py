@@ -18,6 +18,7 @@ The description of an action (format ``ACTION_VERSION``) is the map::
     device       the resolved device (cpu, cuda)
     iterations   the iteration budget handed to the recipe, or None
     isolate      true when the stage runs in a fresh worker process of its own
+    network      true, present only when the stage declares it may use the network
 
 ``isolate`` is in the key because it can change bytes: some native libraries keep process-wide
 state (allocator layout, static caches) that leaks from one job into the next in a reused
@@ -56,8 +57,12 @@ def describe(
     device: str,
     iterations: int | None,
     isolate: bool = False,
+    network: bool = False,
 ) -> dict[str, Any]:
-    return {
+    """``network`` is present only when true: the keys of every stage without it stay as they
+    were, and a stage allowed to fetch from the network is never confused with one that ran
+    without (see :mod:`buildsys.execution.confine`)."""
+    description = {
         "v": ACTION_VERSION,
         "stage": stage,
         "recipe": {"ref": recipe, "code": code, "reaches": reaches, "libraries": libraries},
@@ -71,6 +76,9 @@ def describe(
         "iterations": iterations,
         "isolate": isolate,
     }
+    if network:
+        description["network"] = True
+    return description
 
 
 def action_key(description: dict[str, Any]) -> Digest:

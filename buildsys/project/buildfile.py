@@ -2,15 +2,17 @@
 
 Tables (every unknown key is an error, never ignored)::
 
-    [project]            store, outputs, jobs, recipe_path, threads
+    [project]            store, outputs, jobs, recipe_path, threads, allow_outside (folders outside
+                         the project that outputs and model paths may name)
     [remote]             url, read_only, ... (see buildsys.project.config.RemoteSettings)
     [models.NAME]        path | (target, stage), digest, license, production, description
     [pipelines.NAME]     stages.STAGE.*, outputs, on_fail, description
     [targets.NAME]       pipeline, seed, stages.STAGE.* (overrides), outputs, on_fail, description
 
 A stage: recipe ("module:function"), inputs ({name: ref | [ref, ...]}), params, seed, model,
-fingerprint, mode, budget ({seconds, memory_mb, iterations}), device, production, gate,
-isolate (run in a fresh worker process instead of a reused one).
+fingerprint, mode, budget ({seconds, memory_mb, iterations, processes}), device, production,
+gate, isolate (run in a fresh worker process instead of a reused one), network (the stage may
+use the network; without it a stage runs with none, see buildsys.execution.confine).
 Input refs: ``STAGE`` (same target), ``@TARGET/STAGE``, ``src:GLOB`` (project files),
 ``pkg:PACKAGE/PATH`` (a file shipped in an installed package), ``approved:STAGE`` (renders
 pinned by ``buildsys approve``; empty when none).
@@ -20,6 +22,7 @@ Every error names the file, the dotted field and, where it can be found, the lin
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,14 +39,15 @@ from buildsys.keys.hashing import is_digest
 from buildsys.keys.identity import RecipeNotFound, check_recipe
 from buildsys.project.config import RemoteSettings
 from buildsys.project.graph import LazyStages, LazyTargets, TargetShape, shape_of
+from buildsys.project.places import Places, inside, relative_reference
 from buildsys.project.schema import Fields, kind_of
 
-PROJECT_KEYS = {"store", "outputs", "jobs", "recipe_path", "threads", "name", "description"}
+PROJECT_KEYS = {"store", "outputs", "jobs", "recipe_path", "threads", "allow_outside", "name", "description"}
 STAGE_KEYS = {
     "recipe", "inputs", "params", "seed", "model", "fingerprint", "mode", "budget", "device",
-    "production", "gate", "isolate", "description",
+    "production", "gate", "isolate", "network", "description",
 }
-BUDGET_KEYS = {"seconds", "memory_mb", "iterations"}
+BUDGET_KEYS = {"seconds", "memory_mb", "iterations", "processes"}
 MODEL_KEYS = {"path", "target", "stage", "digest", "license", "production", "description"}
 PIPELINE_KEYS = {"stages", "outputs", "on_fail", "description"}
 TARGET_KEYS = {"pipeline", "seed", "stages", "outputs", "on_fail", "description"}
@@ -84,6 +88,7 @@ class StageSpec:
     gate: bool
     where: str
     isolate: bool = False
+    network: bool = False
 
     @property
     def id(self) -> str:
@@ -131,6 +136,7 @@ class Project:
     remote: dict[str, Any] | None = None
     stages: Mapping[str, StageSpec] = field(default_factory=dict)
     shapes: Mapping[str, TargetShape] = field(default_factory=dict)
+    allow_outside: tuple[Path, ...] = ()
     _upstream: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def stage(self, stage_id: str) -> StageSpec:
@@ -248,7 +254,12 @@ class _Expander:
         settings = r.table(self.raw.get("project", {}), "project")
         r.known(settings, PROJECT_KEYS, "project")
         store = self.root / r.get(settings, "store", str, "project", "store")
-        outputs = self.root / r.get(settings, "outputs", str, "project", "out")
+        allowed = r.get(settings, "allow_outside", list, "project", [])
+        for i, entry in enumerate(allowed):
+            if not isinstance(entry, str) or not entry:
+                raise r.error(f"project.allow_outside[{i}]", f"must be a folder (a string), got {kind_of(entry)}")
+        self.places = Places(self.root, tuple((self.root / os.path.expanduser(entry)).absolute() for entry in allowed))
+        outputs = self.outputs_folder(r.get(settings, "outputs", str, "project", "out"), store)
         jobs = r.number(settings, "jobs", "project", integer=True, low=1, default=1)
         threads = r.number(settings, "threads", "project", integer=True, low=1)
         recipe_path = r.get(settings, "recipe_path", list, "project", ["."])
@@ -290,10 +301,22 @@ class _Expander:
         project = Project(
             file=self.path.absolute(), root=self.root, store=store, outputs=outputs, jobs=jobs,
             threads=threads, recipe_path=roots, models=models, targets=targets, remote=remote, stages=stages,
+            allow_outside=self.places.allowed,
         )
         self.cross_check(project)
         project.shapes = {name: shape_of(target, models) for name, target in targets.items()}
         return project
+
+    def outputs_folder(self, value: str, store: Path) -> Path:
+        """The outputs folder: in the project or an allowed folder, and apart from the store
+        (whose folders it would otherwise be written into)."""
+        outputs = self.root / value
+        refusal = self.places.refusal(outputs, "outputs are written")
+        if refusal:
+            raise self.r.error("project.outputs", refusal)
+        if inside(store, outputs) or inside(outputs, store):
+            raise self.r.error("project.outputs", f"{value!r} overlaps the store ({store}): outputs need a folder of their own")
+        return outputs
 
     def target(self, name: str, table: Any, pipelines: dict[str, Any]) -> TargetSpec:
         r = self.r
@@ -377,14 +400,17 @@ class _Expander:
         seconds = r.number(budget_table, "seconds", f"{where}.budget", above=0)
         memory = r.number(budget_table, "memory_mb", f"{where}.budget", integer=True, above=0)
         iterations = r.number(budget_table, "iterations", f"{where}.budget", integer=True, above=0)
+        processes = r.number(budget_table, "processes", f"{where}.budget", integer=True, low=2, high=1 << 22)
         device = r.choice(table, "device", DEVICES, where, "cpu")
         return StageSpec(
             target=target, name=name, recipe=recipe, inputs=inputs, params=params, seed=seed, model=model,
             fingerprint=tuple(fingerprint), mode=mode,
-            budget=Budget(seconds=float(seconds) if seconds is not None else None, memory_mb=memory, iterations=iterations),
+            budget=Budget(
+                seconds=float(seconds) if seconds is not None else None, memory_mb=memory, iterations=iterations, processes=processes,
+            ),
             device=device, production=r.get(table, "production", bool, where, False),
             gate=r.get(table, "gate", bool, where, False), where=where,
-            isolate=r.get(table, "isolate", bool, where, False),
+            isolate=r.get(table, "isolate", bool, where, False), network=r.get(table, "network", bool, where, False),
         )
 
     def input_ref(self, ref: str, target: str, where: str) -> InputRef:
@@ -401,10 +427,9 @@ class _Expander:
         if sep and kind in ("src", "pkg", "approved"):
             if not value:
                 raise r.error(where, f"reference {ref!r} is empty after '{kind}:'")
-            if kind == "src" and (value.startswith("/") or ".." in Path(value).parts):
-                raise r.error(where, f"source pattern {value!r} must be relative to the project, without '..'")
-            if kind == "pkg" and ("/" not in value or ".." in value.split("/")):
-                raise r.error(where, f"package file {value!r} must be 'PACKAGE/PATH'")
+            refusal = relative_reference(kind, value) if kind in ("src", "pkg") else None
+            if refusal:
+                raise r.error(where, refusal)
             return InputRef(kind, value)
         if sep:
             raise r.error(where, f"reference {ref!r}: unknown kind {kind!r} (use src:, pkg:, approved:, @TARGET/STAGE or a stage name)")
@@ -428,9 +453,12 @@ class _Expander:
             raise r.error(f"{where}.digest", f"must be a 64-hex-digit BLAKE3 digest, got {digest!r}")
         resolved = None
         if path is not None:
-            resolved = (self.root / path).absolute()
+            resolved = (self.root / os.path.expanduser(path)).absolute()
             if not resolved.exists():
                 raise r.error(f"{where}.path", f"no such file or directory: {path}")
+            refusal = self.places.refusal(resolved, "checkpoints are read")
+            if refusal:
+                raise r.error(f"{where}.path", refusal)
         return ModelSpec(
             name=name, path=resolved, target=target, stage=stage, digest=digest,
             license=r.get(table, "license", str, where), production=r.get(table, "production", bool, where, False),

@@ -105,7 +105,8 @@ def verify_bundle(bundle_dir: Path, recipe_path: list[Path], trusted: TrustedKey
             notes.append(f"not replayed (inputs not bundled or stochastic): {', '.join(skipped)}")
         locale_path, note = provide_locale(scratch) if "env" in variation.names else (None, None)
         notes += [note] if note else []
-        replayer = Replayer(store, from_environment(), roots, variation, jobs, assets_dir, locale_path)
+        recipes = tuple(plan.description["recipe"]["ref"] for plan in plans)
+        replayer = Replayer(store, from_environment(), roots, variation, jobs, assets_dir, locale_path, recipes)
         try:
             verdicts = replay_all(plans, replayer, repeat, bisect)
         finally:

@@ -30,6 +30,7 @@ from buildsys.artifacts import TreeDiff, diff_directories
 from buildsys.build.resolver import Resolved, closure
 from buildsys.build.runner import run_action
 from buildsys.context import Budget
+from buildsys.execution.confine import recipe_code
 from buildsys.execution.executor import LocalExecutor
 from buildsys.execution.sandbox import SandboxPool
 from buildsys.keys.action import action_key
@@ -97,6 +98,7 @@ def stage_spec(description: dict[str, Any], target: str, seconds: float | None =
         gate=False,
         where=f"recorded action {target}/{description['stage']}",
         isolate=bool(description.get("isolate", False)),
+        network=bool(description.get("network", False)),
     )
 
 
@@ -176,13 +178,23 @@ class Replayer:
     jobs: int = 1
     assets_dir: Path | None = None
     locale_path: Path | None = None
+    recipes: tuple[str, ...] = ()
+    """The recipes the replays run: their code is all a confined worker may read of it."""
+    network: bool = True
+    """False: no stage gets the network, even one that declares it (code not signed by a
+    trusted key)."""
 
     def __post_init__(self) -> None:
-        self.executor = LocalExecutor(self.jobs, env_overrides=self.variation.env_overrides(self.locale_path))
+        code = recipe_code(self.recipes, self.recipe_path)
+        overrides = self.variation.env_overrides(self.locale_path)
+        read = (str(self.locale_path),) if self.locale_path else ()
+        self.executor = LocalExecutor(self.jobs, env_overrides=overrides, code=code, read=read, network=self.network)
+        self.sandboxes = SandboxPool(self.variation.sandbox_parent(self.store.tmp) or self.store.tmp)
         self._siblings: dict[Variation, Replayer] = {}
 
     def close(self) -> None:
         self.executor.close()
+        self.sandboxes.close()
         for sibling in self._siblings.values():
             sibling.close()
 
@@ -191,7 +203,9 @@ class Replayer:
         if variation == self.variation:
             return self
         if variation not in self._siblings:
-            self._siblings[variation] = Replayer(self.store, self.fingerprint, self.recipe_path, variation, 1, self.assets_dir, self.locale_path)
+            self._siblings[variation] = Replayer(
+                self.store, self.fingerprint, self.recipe_path, variation, 1, self.assets_dir, self.locale_path, self.recipes, self.network,
+            )
         return self._siblings[variation]
 
     def run(self, plan: StagePlan, inputs: dict[str, Digest] | None = None, model: Digest | None = None,
@@ -211,14 +225,10 @@ class Replayer:
             threads=self.variation.threads(plan.threads),
             device=description["device"],
         )
-        sandboxes = SandboxPool(self.variation.sandbox_parent(self.store.tmp) or self.store.tmp)
-        try:
-            run = run_action(
-                resolved, self.store, self.executor, self.fingerprint, self.recipe_path,
-                record=False, umask=self.variation.umask, sandboxes=sandboxes, trace=trace,
-            )
-        finally:
-            sandboxes.close()
+        run = run_action(
+            resolved, self.store, self.executor, self.fingerprint, self.recipe_path,
+            record=False, umask=self.variation.umask, sandboxes=self.sandboxes, trace=trace,
+        )
         if run.result is None:
             return None, f"{run.outcome.status}: {run.outcome.error}"
         return run.result.tree, None
@@ -380,7 +390,8 @@ def verify_targets(session: Any, targets: list[str], variation: Variation, jobs:
     scratch = session.store.make_tmp_dir("verify-")
     try:
         locale_path, note = provide_locale(scratch) if "env" in variation.names else (None, None)
-        replayer = Replayer(session.store, session.fingerprint, session.project.recipe_path, variation, jobs, assets_dir, locale_path)
+        recipes = tuple(p.description["recipe"]["ref"] for p in plans)
+        replayer = Replayer(session.store, session.fingerprint, session.project.recipe_path, variation, jobs, assets_dir, locale_path, recipes)
         try:
             with session.store.locks.using_store():
                 verdicts = replay_all(plans, replayer, repeat, bisect)

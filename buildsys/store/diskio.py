@@ -10,6 +10,7 @@ measured to save; where a call is missing (another OS, another filesystem) it is
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
@@ -134,15 +135,33 @@ def fsync_file(path: Path | str) -> None:
         os.close(fd)
 
 
+NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+"""What copy_file_range answers between filesystems (EXDEV: an outputs folder on another
+filesystem than the store, since Linux 5.19) or where a filesystem does not implement it."""
+
+
 def kernel_copy(src: int, dst: int, size: int) -> None:
-    """Copy a whole file of ``size`` bytes inside the kernel (copy_file_range), never through
-    Python buffers."""
+    """Copy a whole file of ``size`` bytes inside the kernel (copy_file_range, else sendfile),
+    never through Python buffers."""
     offset = 0
+    copy: Callable[[int, int, int], int] = os.copy_file_range
     while offset < size:
-        sent = os.copy_file_range(src, dst, size - offset)
+        try:
+            sent = copy(src, dst, size - offset)
+        except OSError as exc:
+            if copy is not os.copy_file_range or exc.errno not in NO_COPY_RANGE:
+                raise
+            copy = _sendfile
+            continue
         if sent == 0:
             raise StoreError(f"blob copy ended early at byte {offset} of {size}")
         offset += sent
+
+
+def _sendfile(src: int, dst: int, count: int) -> int:
+    """copy_file_range's contract (from and to the current offsets) over sendfile, which copies
+    between any two filesystems."""
+    return os.sendfile(dst, src, None, count)
 
 
 def move_in(file: Path | str, path: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from buildsys.build.gate import gate_verdict
 from buildsys.build.session import Session
+from buildsys.execution.confine import summary as confinement_summary
 from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest, short
 from buildsys.project.buildfile import StageSpec
@@ -189,6 +190,8 @@ def _render_stage(stage: StageProvenance) -> list[str]:
         if m.get("iterations"):
             cost += f", {_count(int(m['iterations']), 'iteration')}"
         lines.append(f"  made by {made} (buildsys {stage.producer.get('buildsys', '?')}): {cost}")
+        if stage.producer.get("confinement"):
+            lines.append(f"  ran {confinement_summary(stage.producer['confinement'])}")
         machine = "; ".join(f"{k} {stage.fingerprint[k]}" for k in MACHINE_FIELDS if stage.fingerprint.get(k) not in (None, "", "none"))
         if machine:
             lines.append(f"  on {machine}")
