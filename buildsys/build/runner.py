@@ -86,7 +86,7 @@ def run_action(
     root = os.fspath(sandbox)  # paths as strings: this runs once per stage
     log_path = f"{root}/{LOG}"
     linked: list[tuple[str, Digest, os.stat_result]] = []
-    outputs: list[Path] = []
+    outputs: list[Path | str] = []
     log: Digest | None = None
     try:
         inputs = {}
@@ -223,11 +223,11 @@ def project_paths(text: str, root: str, spec: StageSpec) -> str:
     return text.replace(f"{root}/model/", "model:").replace(f"{root}/", "")
 
 
-def _hash_outputs(out: Path) -> tuple[Manifest, list[tuple[Path, Digest]]]:
+def _hash_outputs(out: Path) -> tuple[Manifest, list[tuple[Path | str, Digest]]]:
     """The manifest of a stage's output folder and its files with their digests, ready for
     one :meth:`BlobStore.install_many` together with the tree, description and log."""
     manifest: Manifest = {}
-    files: list[tuple[Path, Digest]] = []
+    files: list[tuple[Path | str, Digest]] = []
     for rel, path, st in walk_files(out):
         if st.st_nlink > 1 or _open_elsewhere(path):  # never an inode another name or handle reaches
             st = _own_copy(path)

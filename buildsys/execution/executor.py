@@ -28,7 +28,7 @@ from typing import Any, Callable, Protocol
 from buildsys.determinism import worker_environment
 from buildsys.errors import BAD_INPUT
 from buildsys.execution import cgroups, procfs
-from buildsys.execution.confine import TASKS, Policy, library_paths
+from buildsys.execution.confine import TASKS, Policy, describe, library_paths, summary
 from buildsys.execution.worker import read_frame, write_frame
 
 SAMPLE_INTERVAL_S = 0.05
@@ -116,6 +116,8 @@ class _Worker:
             env=env,
             start_new_session=True,
         )
+        assert self.process.stdin is not None and self.process.stdout is not None  # both PIPE
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
         try:
             self.confinement = self._ready()
         except BaseException:
@@ -126,10 +128,8 @@ class _Worker:
 
     def _ready(self) -> dict[str, Any] | None:
         """The worker's first frame: what confines it."""
-        stdout = self.process.stdout
-        assert stdout is not None  # started with stdout=PIPE
-        ready, _, _ = select.select([stdout], [], [], START_TIMEOUT_S)
-        frame = read_frame(stdout) if ready else None
+        ready, _, _ = select.select([self.stdout], [], [], START_TIMEOUT_S)
+        frame = read_frame(self.stdout) if ready else None
         if frame is None or "confined" not in frame:
             code = self.process.poll()
             raise WorkerStartError("no answer" if code is None else f"exit {code}")
@@ -162,7 +162,7 @@ class _Worker:
         were written): end it at once rather than wait for the interpreter's shutdown."""
         if self.process.poll() is None:
             try:
-                self.process.stdin.close()
+                self.stdin.close()
             except OSError:
                 pass
             self.kill()
@@ -177,12 +177,14 @@ class LocalExecutor:
     are the recipe sources and package folders workers may read (:func:`confine.recipe_code`);
     ``read`` are more files or folders they may read (the locale ``verify --vary env`` compiles);
     ``network=False`` refuses the network even to stages that declare it (code from a bundle
-    not signed by a trusted key); ``confine=False`` runs workers unconfined (recorded so with
-    every result)."""
+    not signed by a trusted key); ``confined_only=True`` stops a worker that is not fully
+    confined before it gets a job (that code never runs where the kernel confines less);
+    ``confine=False`` runs workers unconfined (recorded so with every result)."""
 
     def __init__(
         self, slots: int, on_progress: ProgressSink | None = None, env_overrides: dict[str, str] | None = None,
         code: tuple[str, ...] = (), read: tuple[str, ...] = (), network: bool = True, confine: bool = True,
+        confined_only: bool = False,
     ) -> None:
         self.slots = slots
         self.env_overrides = dict(env_overrides or {})
@@ -191,6 +193,7 @@ class LocalExecutor:
         self.read = read
         self.network = network
         self.confine = confine
+        self.confined_only = confined_only
         self._idle: list[_Worker] = []
         self._busy = 0
         self._lock = threading.Condition()
@@ -220,7 +223,12 @@ class LocalExecutor:
             while self._idle and len(self._idle) + self._busy > self.slots:
                 self._idle.pop(0).close()
         self.spawned += 1
-        return _Worker(job.kind, self.env_overrides, self.policy(job))
+        worker = _Worker(job.kind, self.env_overrides, self.policy(job))
+        words = describe(worker.confinement)
+        if self.confined_only and words["level"] != "confined":
+            worker.kill()
+            raise WorkerStartError(f"it is not fully confined ({summary(words)}), and this code runs only fully confined")
+        return worker
 
     def _checkin(self, worker: _Worker | None) -> None:
         with self._lock:
@@ -261,10 +269,10 @@ class LocalExecutor:
     def _drive(self, worker: _Worker, job: Job) -> JobOutcome:
         started = time.monotonic()
         try:
-            write_frame(worker.process.stdin, job.message())
+            write_frame(worker.stdin, job.message())
         except (BrokenPipeError, OSError) as exc:
             return JobOutcome(False, "crash", f"worker did not accept the job: {exc}")
-        stdout = worker.process.stdout
+        stdout = worker.stdout
         deadline = started + job.budget["seconds"] if job.budget.get("seconds") else None
         memory_cap = job.budget.get("memory_mb")
         peak = 0.0

@@ -27,7 +27,7 @@ import posixpath
 import stat
 import tempfile
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from buildsys.store.atomic import remove_tree, unlink_quietly
@@ -93,7 +93,7 @@ class SandboxPool:
         self._affinity[sandbox] = affinity
         return sandbox
 
-    def release(self, sandbox: Path, known: list[Path]) -> None:
+    def release(self, sandbox: Path, known: Sequence[Path | str]) -> None:
         """Take back a sandbox after its stage: ``known`` are the files the stage was given or
         made (missing ones are fine). Kept for the next stage only if nothing else is left."""
         kept = self._clean(sandbox, known)
@@ -107,7 +107,7 @@ class SandboxPool:
             self._affinity.pop(sandbox, None)
         remove_tree(sandbox)
 
-    def _clean(self, sandbox: Path, known: list[Path]) -> set[str] | None:
+    def _clean(self, sandbox: Path, known: Sequence[Path | str]) -> set[str] | None:
         """Remove ``known``, the folders of the model and everything in the scratch folders; the
         input folders left standing, or None when anything unexpected is left. Paths as strings:
         this runs once per stage, and Path arithmetic here was a tenth of a build's Python time."""
@@ -115,8 +115,8 @@ class SandboxPool:
         inside = len(root) + 1
         try:
             folders: set[str] = set()
-            for path in known:  # all inside the sandbox
-                path = os.fspath(path)
+            for known_path in known:  # all inside the sandbox
+                path = os.fspath(known_path)
                 unlink_quietly(path)
                 # the folders of those files outside the skeleton (model/); the scratch folders
                 # are emptied below, input folders stay for the next stage
@@ -158,7 +158,7 @@ class SandboxPool:
             remove_tree(sandbox)
 
 
-def input_folders(layout: dict[str, Iterable[str]]) -> set[str]:
+def input_folders(layout: Mapping[str, Iterable[str]]) -> set[str]:
     """The folders, relative to a sandbox, that inputs laid out as ``{name: [file path, ...]}``
     need under ``inputs/``."""
     folders = set()

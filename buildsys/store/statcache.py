@@ -79,7 +79,7 @@ class StatCache:
         """Whether the file was hashed before (whatever its stat says now)."""
         return str(path) in self.entries
 
-    def remember(self, path: Path, st: os.stat_result, digest: Digest, unflushed: bool = False) -> None:
+    def remember(self, path: Path | str, st: os.stat_result, digest: Digest, unflushed: bool = False) -> None:
         """``unflushed``: buildsys wrote the file and did not flush it (see the module docstring)."""
         entry = [*_signature(st), time.time_ns(), digest, st.st_ctime_ns]
         self.entries[str(path)] = entry + [BOOT_ID] if unflushed else entry
