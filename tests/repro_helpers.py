@@ -52,3 +52,10 @@ def build(buildfile: Path, *targets: str, env: dict[str, str] | None = None) -> 
 
 def files_under(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+def confines_fully(bundle: Path) -> bool:
+    """Whether the machine that built ``bundle`` (this one, in the tests) ran its stages fully
+    confined: a bundle's unvouched code runs only where it does."""
+    lock = json.loads((bundle / "lock.json").read_text())
+    return all(s["producer"]["confinement"]["level"] == "confined" for s in lock["stages"].values())

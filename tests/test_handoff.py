@@ -1,7 +1,8 @@
 """handoff and bundle verify: a round trip to a second machine (empty store, other cwd), the
 model-registry policy, signed bundles and whose code replays them (the code installed here only
-when it is the recorded code, the bundle's own only when a trusted key signed it), and a bundle
-that was tampered with in every way we could think of."""
+when it is the recorded code, else the bundle's own: with the network its stages declare when a
+trusted key signed it, fully confined and offline otherwise), and a bundle that was tampered
+with in every way we could think of."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from repro_helpers import TESTS, build, files_under, run, stage, write_buildfile
+from repro_helpers import TESTS, build, confines_fully, files_under, run, stage, write_buildfile
 
-from buildsys.errors import EXIT_BAD_INPUT
+from buildsys.errors import EXIT_BAD_INPUT, EXIT_NOT_REPRODUCIBLE
 from buildsys.repro.bundle import BundleError, read_bundle
 
 MODELS = """[models.ckpt]
@@ -131,8 +132,8 @@ def test_round_trip_on_a_second_machine(bundle: Path, keys: dict[str, dict[str, 
 
 def test_installed_code_runs_only_when_it_is_the_recorded_code(bundle: Path, keys: dict[str, dict[str, str]], tmp_path: Path) -> None:
     """Recipes installed here that differ from the bundled build's (even by a comment) are not
-    run: the bundle's own code replays it when a trusted key signed it, and reproduces; with no
-    trusted signature nothing runs and the message says what to do."""
+    run: the bundle's own code replays it, and reproduces; with no trusted signature it runs only
+    fully confined, with the network off, and the notes say how to give it more."""
     cosmetic, behavioural = tmp_path / "cosmetic", tmp_path / "behavioural"
     source = (TESTS / "nondeterministic_recipes.py").read_text()
     commented = source.replace("    heights = np.cumsum(", "    # reviewed\n    heights = np.cumsum(")
@@ -145,11 +146,17 @@ def test_installed_code_runs_only_when_it_is_the_recorded_code(bundle: Path, key
         report = json.loads(proc.stdout)
         assert {s["status"] for s in report["stages"]} == {"reproduced"}
         assert any(n.startswith("recipe code: the bundle's own (1 files), as asset/final: the recipe code installed here is not") for n in report["notes"])
-    refused = run(["verify", str(bundle), "--recipe-path", str(behavioural)], tmp_path, env=keys["stranger"])
-    assert refused.returncode == EXIT_BAD_INPUT, refused.stdout + refused.stderr
-    message = refused.stderr.strip()
-    assert len(message.splitlines()) == 1 and "a replay would run the bundle's own code" in message
-    assert "signed by key 'studio', which is not trusted here" in message and "--recipe-path" in message
+    assert any("signed by a trusted key: it runs confined, with the network its stages declare" in n for n in report["notes"])
+    unvouched = run(["verify", str(bundle), "--recipe-path", str(behavioural), "--json"], tmp_path, env=keys["stranger"])
+    report = json.loads(unvouched.stdout)
+    assert "bundle signed by key 'studio', which is not trusted here" in " ".join(report["notes"])
+    assert any("not signed by a trusted key: it runs only fully confined, with the network off" in n and "--recipe-path" in n
+               for n in report["notes"]), report["notes"]
+    if confines_fully(bundle):
+        assert unvouched.returncode == 0, unvouched.stdout + unvouched.stderr
+        assert {s["status"] for s in report["stages"]} == {"reproduced"}
+    else:
+        assert all("not fully confined" in s["error"] for s in report["stages"]), report["stages"]
 
 
 EVIL = """
@@ -165,9 +172,9 @@ def run(ctx):
 @pytest.mark.parametrize("signature", ["stripped", "kept"])
 def test_an_edited_lock_never_runs_an_installed_function(bundle: Path, keys: dict[str, dict[str, str]], tmp_path: Path, signature: str) -> None:
     """The bug: a lock whose description names another installed function, re-keyed to match,
-    ran that function. Now it is refused: its code is not the recorded code, the bundle does not
-    carry it, and (signature stripped) no trusted key vouches for the bundle, or (kept) the
-    signature no longer verifies."""
+    ran that function. Now it never runs: (kept) the signature no longer verifies, and the
+    bundle is refused; (stripped) its code is not the recorded code, and the bundle does not
+    carry it, so that stage is not replayed."""
     from buildsys.keys.action import action_key
 
     installed = tmp_path / "installed"
@@ -185,10 +192,14 @@ def test_an_edited_lock_never_runs_an_installed_function(bundle: Path, keys: dic
     (copy / "lock.json").write_text(json.dumps(lock))
     if signature == "stripped":
         (copy / "lock.sig").unlink()
-    proc = run(["verify", str(copy), "--recipe-path", str(TESTS), "--recipe-path", str(installed)], tmp_path, env=keys["client"])
-    assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr
-    expected = "bundle is not signed" if signature == "stripped" else "does not verify: the bundle changed after it was signed"
-    assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run(["verify", str(copy), "--recipe-path", str(TESTS), "--recipe-path", str(installed), "--json"], tmp_path, env=keys["client"])
+    if signature == "kept":
+        assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr
+        assert "does not verify: the bundle changed after it was signed" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    else:
+        assert proc.returncode == EXIT_NOT_REPRODUCIBLE, proc.stdout + proc.stderr
+        final = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}["asset/final"]
+        assert final["status"] == "error" and "evil_recipes" in final["error"] and final["rebuilt_tree"] is None, final
     assert not marker.exists()
 
 

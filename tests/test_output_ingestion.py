@@ -10,6 +10,7 @@ from conftest import Project
 from buildsys.build.scheduler import Builder
 from buildsys.build.session import Session
 from buildsys.execution.executor import LocalExecutor
+from buildsys.store.build_record import read_record
 
 
 def test_an_output_hard_linked_to_an_outside_file_enters_the_store_as_a_copy(project: Project, tmp_path_factory):
@@ -23,6 +24,8 @@ def test_an_output_hard_linked_to_an_outside_file_enters_the_store_as_a_copy(pro
     assert report.targets == {"t": "ok"}
     assert report.stages["t/s"].confinement["level"] == "unconfined", "recorded as it ran"
     assert report.summary()["confinement"] == {"unconfined": 1}
+    (_, record), *_ = reversed(session.store.builds.listing())
+    assert read_record(session.store, record)["summary"]["confinement"] == {"unconfined": 1}, "the build record says so"
     assert os.stat(victim).st_nlink == 1, "the store kept a link to the owner's file"
     victim.write_text("the owner's edit, made later\n")
     verify = project.cli("store", "verify")

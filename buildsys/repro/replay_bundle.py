@@ -10,8 +10,10 @@ Then the code each replayable stage runs:
    lock can name any installed function, re-keyed to match; none runs unless its code is the
    recorded code;
 2. else the code the bundle carries (:mod:`buildsys.repro.carry`), when it hashes to the recorded
-   code, and only if a trusted key signed the bundle: that code is the sender's, and buildsys
-   runs a bundle's own code only on the word of a key the user trusts.
+   code. Every stage runs confined (:mod:`buildsys.execution.confine`); a bundle's own code gets
+   the network its stages declare only when a trusted key signed the bundle (the code is then
+   the signer's word). Otherwise it runs with the network off, and only in fully confined
+   workers: where the kernel confines less, its stages fail before any of its code runs.
 
 Nothing is written outside a scratch folder, removed at the end.
 """
@@ -33,10 +35,6 @@ from buildsys.repro.verdicts import VerifyReport
 from buildsys.repro.verify import Replayer, StagePlan, identity_notes, replay_all
 from buildsys.store.atomic import remove_tree
 from buildsys.store.local import LocalStore
-
-
-class BundleUntrusted(BundleError):
-    """Replaying the bundle would run its own code, and no trusted key vouches for it."""
 
 
 def signature_verdict(bundle: Bundle, trusted: TrustedKeys) -> tuple[Verdict, str]:
@@ -68,9 +66,8 @@ def _installed(stage: LockedStage, recipe_path: list[Path]) -> tuple[RecipeIdent
 def verify_bundle(bundle_dir: Path, recipe_path: list[Path], trusted: TrustedKeys, variation: Variation, jobs: int = 1,
                   assets_dir: Path | None = None, repeat: int = 1, bisect: str | None = None) -> VerifyReport:
     """Check a bundle, then replay its replayable stages in an empty scratch store with the code
-    they were built with (see the module docstring for whose). Raises BundleError for a bundle
-    that cannot be trusted or read, BundleUntrusted when only its own, unvouched code could
-    replay it."""
+    they were built with (see the module docstring for whose, and how confined). Raises
+    BundleError for a bundle that cannot be trusted or read."""
     bundle = read_bundle(bundle_dir)
     verdict, signed = signature_verdict(bundle, trusted)
     replayable = [s for s in bundle.lock.stages.values() if s.replay]
@@ -79,20 +76,19 @@ def verify_bundle(bundle_dir: Path, recipe_path: list[Path], trusted: TrustedKey
         installed = [_installed(s, recipe_path) for s in replayable]
         problems = [why for _, why in installed if why]
         plans = [StagePlan(s.id, s.key, s.description, s.output, s.threads, s.seconds, s.memory_mb) for s in replayable]
+        vouched = verdict is Verdict.OK
         if not problems:
             roots = recipe_path
             code_note = "recipe code: the code installed here, the code the stages were built with"
             for plan, (identity, _) in zip(plans, installed):
                 plan.notes += identity_notes(plan.description["recipe"], identity, "bundled build's") if identity else []
         else:
-            if verdict is not Verdict.OK:
-                raise BundleUntrusted(
-                    f"{bundle_dir}: {problems[0]}, so a replay would run the bundle's own code, and the bundle is {signed}: "
-                    "buildsys runs a bundle's code only when a trusted key signed it. Trust the signer's key ([trust] keys "
-                    f"in {config_path()}), or install the recipes it was built with (--recipe-path)"
-                )
             roots = [bundle.extract_code(scratch / "code")]
-            code_note = f"recipe code: the bundle's own ({len(bundle.code_files)} files), as {problems[0]}"
+            code_note = f"recipe code: the bundle's own ({len(bundle.code_files)} files), as {problems[0]}; " + (
+                "signed by a trusted key: it runs confined, with the network its stages declare" if vouched else
+                "not signed by a trusted key: it runs only fully confined, with the network off (trust the signer's key, "
+                f"[trust] keys in {config_path()}, or install the recipes it was built with, --recipe-path, to give it the network)"
+            )
             for plan in plans:
                 _carried_plan(plan, roots[0])
         store = LocalStore(scratch / "store")
@@ -106,7 +102,9 @@ def verify_bundle(bundle_dir: Path, recipe_path: list[Path], trusted: TrustedKey
         locale_path, note = provide_locale(scratch) if "env" in variation.names else (None, None)
         notes += [note] if note else []
         recipes = tuple(plan.description["recipe"]["ref"] for plan in plans)
-        replayer = Replayer(store, from_environment(), roots, variation, jobs, assets_dir, locale_path, recipes)
+        own_code = bool(problems) and not vouched
+        replayer = Replayer(store, from_environment(), roots, variation, jobs, assets_dir, locale_path, recipes,
+                            network=not own_code, confined_only=own_code)
         try:
             verdicts = replay_all(plans, replayer, repeat, bisect)
         finally:

@@ -183,12 +183,17 @@ class Replayer:
     network: bool = True
     """False: no stage gets the network, even one that declares it (code not signed by a
     trusted key)."""
+    confined_only: bool = False
+    """True: the replays run only in fully confined workers (a bundle's own code no trusted key
+    vouches for)."""
 
     def __post_init__(self) -> None:
         code = recipe_code(self.recipes, self.recipe_path)
         overrides = self.variation.env_overrides(self.locale_path)
         read = (str(self.locale_path),) if self.locale_path else ()
-        self.executor = LocalExecutor(self.jobs, env_overrides=overrides, code=code, read=read, network=self.network)
+        self.executor = LocalExecutor(
+            self.jobs, env_overrides=overrides, code=code, read=read, network=self.network, confined_only=self.confined_only,
+        )
         self.sandboxes = SandboxPool(self.variation.sandbox_parent(self.store.tmp) or self.store.tmp)
         self._siblings: dict[Variation, Replayer] = {}
 
@@ -204,7 +209,8 @@ class Replayer:
             return self
         if variation not in self._siblings:
             self._siblings[variation] = Replayer(
-                self.store, self.fingerprint, self.recipe_path, variation, 1, self.assets_dir, self.locale_path, self.recipes, self.network,
+                self.store, self.fingerprint, self.recipe_path, variation, 1, self.assets_dir, self.locale_path, self.recipes,
+                self.network, self.confined_only,
             )
         return self._siblings[variation]
 
