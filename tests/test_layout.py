@@ -31,6 +31,7 @@ RANKS = {
     "repro": 8,
     "views": 8,
     "dataset": 8,
+    "cluster": 8,
     "cli": 9,
     "__main__": 10,
 }

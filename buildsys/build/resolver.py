@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from buildsys.build.executors import Placement
 from buildsys.build.identities import IdentityCache
 from buildsys.build.sources import (
     BlobSink,
@@ -24,7 +25,6 @@ from buildsys.build.sources import (
     ingest_path,
     match_files,
 )
-from buildsys.determinism import resolve_device
 from buildsys.errors import BuildsysError
 from buildsys.keys.action import action_key, describe
 from buildsys.keys.fingerprint import Fingerprint
@@ -54,6 +54,8 @@ class Resolved:
     model: Digest | None
     threads: int
     device: str
+    placement: Placement | None = None
+    """Where the key says the stage runs (None: this machine)."""
 
 
 def default_threads(project: Project, jobs: int) -> int:
@@ -203,11 +205,14 @@ class Resolver:
                 merged[path] = entry
         return self.sink.put_tree(merged)
 
-    def resolve(self, spec: StageSpec, trees: dict[str, Digest]) -> Resolved:
-        """Describe a stage whose upstream trees are all known."""
+    def resolve(self, spec: StageSpec, trees: dict[str, Digest], placement: Placement | None = None) -> Resolved:
+        """Describe a stage whose upstream trees are all known, to run at ``placement`` (its
+        declared fingerprint fields and ``auto`` device are that class of machines'; default:
+        this machine's)."""
         inputs = self.input_trees(spec, trees)
         model = self.model_tree(self.project.models[spec.model], trees) if spec.model else None
-        device = resolve_device(spec.device)
+        where = placement or Placement(self.fingerprint)
+        device = where.device(spec.device)
         try:
             identity = self.identity(spec.recipe)
         except RecipeNotFound as exc:
@@ -222,14 +227,14 @@ class Resolver:
             params=spec.params,
             seed=spec.seed,
             model=model,
-            fingerprint=self.fingerprint.select(spec.fingerprint, self.threads),
+            fingerprint=where.fingerprint.select(spec.fingerprint, self.threads),
             mode=spec.mode,
             device=device,
             iterations=spec.budget.iterations,
             isolate=spec.isolate,
             network=spec.network,
         )
-        return Resolved(spec, description, action_key(description), inputs, model, self.threads, device)
+        return Resolved(spec, description, action_key(description), inputs, model, self.threads, device, placement)
 
 
 def closure(project: Project, targets: list[str]) -> list[str]:

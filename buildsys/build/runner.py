@@ -69,13 +69,14 @@ def run_action(
     umask: int = 0o022,
     sandboxes: SandboxPool | None = None,
     trace: dict[str, Any] | None = None,
+    made_by: dict[str, str] | None = None,
 ) -> RunOutcome:
     """Run one action in an empty sandbox from ``sandboxes`` (default: a new one under the
     store's ``tmp/``). ``record=False`` (verify) leaves the action cache untouched and only
     returns the output tree; ``umask`` and ``sandboxes`` (a pool in another folder on the
     store's filesystem) let verify vary what must not matter; ``trace`` asks the worker to record
     the stage's torch calls (``verify --bisect``, :mod:`buildsys.execution.trace`), in a fresh
-    worker."""
+    worker. ``made_by`` is added to the result's producer (a cluster node names itself)."""
     spec = resolved.spec
     pool = sandboxes or SandboxPool(store.tmp)
     layout = {name: store.blobs.get_tree(tree) for name, tree in resolved.inputs.items()}
@@ -169,7 +170,7 @@ def run_action(
                 **({"warnings": outcome.warnings} if outcome.warnings else {}),
             },
             fingerprint=fingerprint.full(resolved.threads),
-            producer={**producer(), "confinement": describe_confinement(outcome.confinement)},
+            producer={**producer(), "confinement": describe_confinement(outcome.confinement), **(made_by or {})},
         )
         if record:
             store.actions.put(ActionRecord(result), blobs)

@@ -21,6 +21,7 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
+from buildsys.build.executors import UNPLACEABLE, PlacementError, depends_on_placement
 from buildsys.build.gate import gate_verdict
 from buildsys.build.graph_index import StageEntry
 from buildsys.build.incremental import entry_for, renew, tokens_of
@@ -40,7 +41,7 @@ from buildsys.store.records import ActionResult
 from buildsys.store.topdir import make_top_folder
 
 if TYPE_CHECKING:
-    from buildsys.execution.executor import Executor
+    from buildsys.build.executors import StageExecutor
 
 EXECUTED, CACHED, PULLED, FAILED, BLOCKED, SKIPPED, WOULD_RUN = (
     "executed", "cached", "pulled", "failed", "blocked", "skipped", "would-run",
@@ -63,6 +64,10 @@ class StageReport:
     reason: list[tuple[str, Any, Any]] = field(default_factory=list)
     confinement: dict[str, str] | None = None
     """How an executed stage was confined (buildsys.execution.confine.describe)."""
+    node_class: str | None = None
+    """The class of cluster nodes the stage's key was computed for (None: this machine)."""
+    node: str | None = None
+    """The cluster node that ran an executed stage (None: this machine)."""
 
     @property
     def ok(self) -> bool:
@@ -83,6 +88,8 @@ class BuildReport:
     wall_s: float = 0.0
     workers_started: int = 0
     index: dict[str, int] | None = None  # stages taken from the resolved-graph index (graph_index.py)
+    cluster: dict[str, Any] | None = None
+    """The executor's nodes and the classes stages were placed in (None: this machine)."""
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.stages.values() if s.status == status)
@@ -115,6 +122,7 @@ class BuildReport:
             "wall_s": round(self.wall_s, 3),
             "workers_started": self.workers_started,
             "index": self.index,
+            **({"cluster": self.cluster} if self.cluster else {}),
             "exit_code": self.exit_code,
         }
 
@@ -139,7 +147,7 @@ class Builder:
         self,
         session: Session,
         reporter: Reporter | None = None,
-        executor: Executor | None = None,
+        executor: StageExecutor | None = None,
         remote: Any = None,
         keep_going: bool = False,
         execute: bool = True,
@@ -162,24 +170,25 @@ class Builder:
         self._resolved_by: dict[str, tuple[tuple[str, ...], tuple[Digest, ...]]] = {}
         self._entries: dict[str, StageEntry] = {}
         self._from_index: set[str] = set()
+        self._unindexed: set[str] = set()  # placed by a cluster (see _try_cache)
         self._by_key = 0
         self._manifests: dict[Digest, Manifest] = {}
         self._tables: dict[str, Digest] = {}  # stage tables of targets built whole (build_record.py)
         if not execute and remote is None:
             session.plan_only()  # a plan writes nothing (one that may pull from a remote stores what it pulls)
 
-    def _executor_for_build(self) -> Executor:
-        """The executor, made when the first stage is about to run (in the scheduler's thread, so
-        only one is made): a build that runs nothing (no-op, restore) never imports it, the
-        runner or the worker machinery (~5 ms)."""
+    def _stage_executor(self) -> StageExecutor:
+        """The executor the build was given, else this machine's (its worker pool made only
+        when a stage runs: a no-op build starts no process)."""
         if self._executor is None:
-            from buildsys.execution.confine import recipe_code
-            from buildsys.execution.executor import LocalExecutor
+            from buildsys.build.executors import LocalStageExecutor
 
-            project = self.session.project
-            code = recipe_code([s.recipe for s in project.stages.values()], project.recipe_path)
-            self._executor = LocalExecutor(self.session.jobs, on_progress=self._on_progress, code=code)
+            self._executor = LocalStageExecutor(self.session, self._sandboxes, on_progress=self._on_progress)
         return self._executor
+
+    def _cluster_view(self) -> dict[str, Any] | None:
+        describe = getattr(self._executor, "describe", None)
+        return describe() if describe is not None else None
 
     def _on_progress(self, key: str, done: int, total: int | None, message: str) -> None:
         stage_id = self._key_to_stage.get(key)
@@ -207,7 +216,7 @@ class Builder:
             }
             report = BuildReport(
                 targets, reports, materialized, remote=self._remote_stats(), wall_s=time.time() - started,
-                workers_started=getattr(self._executor, "spawned", 0), index=index,
+                workers_started=getattr(self._executor, "spawned", 0), index=index, cluster=self._cluster_view(),
             )
             if self.execute:
                 report.record = self._record(target_names, report, started)
@@ -217,7 +226,7 @@ class Builder:
     def _index_entries(self, reports: dict[str, StageReport]) -> dict[str, StageEntry]:
         entries = dict(self._entries)
         for sid, report in reports.items():
-            if sid in entries or report.tree is None or not report.ok or sid not in self._resolved_by:
+            if sid in entries or report.tree is None or not report.ok or sid not in self._resolved_by or sid in self._unindexed:
                 continue
             tokens, upstream = self._resolved_by[sid]
             manifest = self._manifests.get(report.tree) or self.store.blobs.get_tree(report.tree)
@@ -242,7 +251,7 @@ class Builder:
         completed: SimpleQueue[Future] = SimpleQueue()
         stop = False
         self.reporter.begin(len(order))
-        pool = ThreadPoolExecutor(max_workers=self.session.jobs, thread_name_prefix="stage")
+        pool: ThreadPoolExecutor | None = None  # made for the first stage that runs
         try:
             while ready or running:
                 while ready and not stop:
@@ -252,7 +261,10 @@ class Builder:
                         assert resolved is not None
                         self.reporter.started(sid)
                         self._key_to_stage[resolved.key] = sid
-                        future = pool.submit(self._run, resolved, self._executor_for_build())
+                        executor = self._stage_executor()
+                        if pool is None:
+                            pool = ThreadPoolExecutor(max_workers=executor.slots, thread_name_prefix="stage")
+                        future = pool.submit(self._run, resolved, executor)
                         running[future] = sid
                         future.add_done_callback(completed.put)
                         continue
@@ -272,7 +284,8 @@ class Builder:
                     report = StageReport(sid, FAILED, error=str(exc))
                 stop |= self._finish(report, trees, reports, dependents, waiting, ready)
         finally:
-            pool.shutdown(wait=True)
+            if pool is not None:
+                pool.shutdown(wait=True)
             self.reporter.end()
         for sid in order:
             if sid not in reports:
@@ -280,9 +293,17 @@ class Builder:
         return reports
 
     def _try_cache(self, sid: str, trees: dict[str, Digest]) -> tuple[StageReport | None, Resolved | None]:
+        """The stage's result from the resolved-graph index or the store, under the key of any
+        place the executor may run it (the first place is where it runs on a miss), or None and
+        how it would run."""
         project = self.session.project
         upstream = project.upstream(sid)
-        if self.index is not None:
+        # the index keeps this machine's fingerprint: a stage whose key depends on where it runs
+        # takes nothing from it unchecked when it runs elsewhere, and leaves nothing in it (a
+        # local build never expands the stage here: the lazy project stays unexpanded)
+        if not self._stage_executor().local and depends_on_placement(project.stages[sid]):
+            self._unindexed.add(sid)
+        elif self.index is not None:
             entry = self.index.fresh(sid, trees, upstream)
             if entry is not None:
                 self._entries[sid] = entry
@@ -290,32 +311,50 @@ class Builder:
                 self._manifests[entry.tree] = entry.manifest
                 return self._indexed_report(sid, entry), None
         spec = project.stages[sid]
-        resolved = self.resolver.resolve(spec, trees)
+        try:
+            placements = self._stage_executor().placements(spec)
+        except PlacementError as exc:
+            return StageReport(sid, FAILED, error=str(exc), outcome=UNPLACEABLE), None
         self._resolved_by[sid] = (tokens_of(spec, project), tuple(trees[d] for d in upstream))
-        entry = self.index.result_for(sid, resolved.key) if self.index is not None else None
-        if entry is not None:
-            self._by_key += 1
-            self._manifests[entry.tree] = entry.manifest
-            return self._indexed_report(sid, entry), resolved
-        result = self.store.actions.lookup(resolved.key)
-        if result is not None:
-            return self._report(sid, CACHED, result), resolved
-        return None, resolved
+        first: Resolved | None = None
+        for placement in placements:
+            resolved = self.resolver.resolve(spec, trees, placement)
+            first = first or resolved
+            entry = self.index.result_for(sid, resolved.key) if self.index is not None else None
+            if entry is not None:
+                self._by_key += 1
+                self._manifests[entry.tree] = entry.manifest
+                return self._indexed_report(sid, entry, resolved), resolved
+            result = self.store.actions.lookup(resolved.key)
+            if result is not None:
+                return self._report(sid, CACHED, result, resolved), resolved
+        return None, first
 
-    def _indexed_report(self, sid: str, entry: StageEntry) -> StageReport:
+    def _indexed_report(self, sid: str, entry: StageEntry, resolved: Resolved | None = None) -> StageReport:
         return StageReport(
             sid, CACHED, key=entry.key, description=entry.description, tree=entry.tree, log=entry.log,
             wall_s=float(entry.metrics.get("wall_s", 0.0)), metrics=entry.metrics, gate=entry.gate,
+            node_class=resolved.placement.node_class if resolved and resolved.placement else None,
         )
 
     def _would_run(self, sid: str, resolved: Resolved) -> StageReport:
         if self.remote is not None:
             result = self.remote.pull_action(resolved.key)
             if result is not None:
-                return self._report(sid, PULLED, result)
+                return self._report(sid, PULLED, result, resolved)
         spec = self.session.project.stages[sid]
         previous = self._previous_description(spec.target, spec.name)
-        return StageReport(sid, WOULD_RUN, key=resolved.key, reason=changed_components(previous, resolved.description))
+        return StageReport(
+            sid, WOULD_RUN, key=resolved.key, reason=changed_components(previous, resolved.description),
+            node_class=resolved.placement.node_class if resolved.placement else None,
+        )
+
+    def _node_class(self, sid: str) -> str | None:
+        """Where a stage would run, known before its key (its inputs are not built yet)."""
+        try:
+            return self._stage_executor().placements(self.session.project.stages[sid])[0].node_class
+        except PlacementError:
+            return None
 
     def _previous_description(self, target: str, stage: str) -> dict[str, Any] | None:
         ref = self.session.last_build(target) or {}
@@ -324,36 +363,33 @@ class Builder:
             return None
         return decode(self.store.blobs.read(entry["description"]))
 
-    def _run(self, resolved: Resolved, executor: Executor) -> StageReport:
-        from buildsys.build.runner import run_action  # see _executor_for_build
-
+    def _run(self, resolved: Resolved, executor: StageExecutor) -> StageReport:
         sid = resolved.spec.id
         if self.remote is not None:
             result = self.remote.pull_action(resolved.key)
             if result is not None:
-                return self._report(sid, PULLED, result)
+                return self._report(sid, PULLED, result, resolved)
         with self.store.locks.action(resolved.key):
             result = self.store.actions.lookup(resolved.key)
             if result is not None:
-                return self._report(sid, CACHED, result)
-            run = run_action(
-                resolved, self.store, executor, self.session.fingerprint, self.session.project.recipe_path,
-                sandboxes=self._sandboxes,
-            )
+                return self._report(sid, CACHED, result, resolved)
+            run = executor.run(resolved)
         if run.result is None:
             error = run.outcome.error if run.outcome.status == BAD_INPUT else f"{run.outcome.status}: {run.outcome.error}"
             return StageReport(
-                sid, FAILED, key=resolved.key, log=run.log, error=error,
-                outcome=run.outcome.status, wall_s=run.outcome.wall_s,
+                sid, FAILED, key=resolved.key, log=run.log, error=error, outcome=run.outcome.status, wall_s=run.outcome.wall_s,
+                node_class=resolved.placement.node_class if resolved.placement else None, node=run.outcome.extra.get("node"),
             )
         if self.remote is not None:
             self.remote.push_action(resolved.key)
-        return self._report(sid, EXECUTED, run.result)
+        return self._report(sid, EXECUTED, run.result, resolved)
 
-    def _report(self, sid: str, status: str, result: ActionResult) -> StageReport:
+    def _report(self, sid: str, status: str, result: ActionResult, resolved: Resolved | None = None) -> StageReport:
         report = StageReport(
             sid, status, key=result.key, description=result.description, tree=result.tree, log=result.log,
             wall_s=float(result.metrics.get("wall_s", 0.0)), metrics=result.metrics,
+            node_class=resolved.placement.node_class if resolved and resolved.placement else None,
+            node=result.producer.get("node"),
         )
         if status == EXECUTED:
             report.confinement = result.producer.get("confinement")
@@ -371,7 +407,8 @@ class Builder:
                 waiting[child] -= 1
                 if waiting[child] == 0:
                     if report.status == WOULD_RUN or any(reports.get(d) and reports[d].status == WOULD_RUN for d in self.session.project.upstream(child)):
-                        self._finish(StageReport(child, WOULD_RUN, error=f"upstream stage {report.id} will run"), trees, reports, dependents, waiting, ready)
+                        later = StageReport(child, WOULD_RUN, error=f"upstream stage {report.id} will run", node_class=self._node_class(child))
+                        self._finish(later, trees, reports, dependents, waiting, ready)
                     else:
                         ready.append(child)
             return False

@@ -57,6 +57,8 @@ def print_summary(report: BuildReport, session: Session, json_output: bool, verb
     )
     if summary["review"]:
         click.echo(f"routed to review: {', '.join(summary['review'])}", err=True)
+    if report.cluster and verbose:
+        click.echo(cluster_text(report.cluster), err=True)
     click.echo(verdicts, err=True)
     for advice in (remote or {}).get("advice", []):
         click.echo(f"buildsys: remote: {advice}", err=True)
@@ -71,12 +73,16 @@ def print_plan(report: BuildReport, json_output: bool) -> None:
     if json_output:
         click.echo(json.dumps({
             "targets": report.targets,
-            "stages": {sid: {"status": s.status, "key": s.key, "reason": [list(r) for r in s.reason], "note": s.error} for sid, s in report.stages.items()},
+            "stages": {
+                sid: {"status": s.status, "key": s.key, "reason": [list(r) for r in s.reason], "note": s.error, "node_class": s.node_class}
+                for sid, s in report.stages.items()
+            },
+            **({"cluster": report.cluster} if report.cluster else {}),
         }, sort_keys=True, default=str))
         return
     for sid, stage in report.stages.items():
         if stage.status == WOULD_RUN:
-            click.echo(f"would run  {sid}")
+            click.echo(f"would run  {sid}" + (f"  on {stage.node_class}" if stage.node_class else ""))
             if stage.error:
                 click.echo(f"    {stage.error}")
             for path, old, new in stage.reason:
@@ -87,3 +93,14 @@ def print_plan(report: BuildReport, json_output: bool) -> None:
             click.echo(f"{stage.status:<10} {sid}")
     pending = sum(1 for s in report.stages.values() if s.status == WOULD_RUN)
     click.echo(f"{pending} of {len(report.stages)} stages would run")
+    if report.cluster:
+        click.echo(cluster_text(report.cluster))
+
+
+def cluster_text(cluster: dict) -> str:
+    """The node classes of a cluster build, one line each: what defines it and its nodes."""
+    lines = [f"cluster {cluster['address']}: {len(cluster['nodes'])} node(s)"]
+    for name, found in sorted(cluster["classes"].items()):
+        fields = ", ".join(f"{k} {v}" for k, v in found["fields"].items()) or "every node"
+        lines.append(f"  {name}: {fields}: {', '.join(found['nodes']) or 'no node'}")
+    return "\n".join(lines)

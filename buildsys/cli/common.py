@@ -16,6 +16,10 @@ BUILDFILE_OPTION = click.option(
     "-f", "--buildfile", type=click.Path(path_type=Path), default=Path("Buildfile.toml"), show_default=True,
     help="The Buildfile to read.",
 )
+EXECUTOR_OPTION = click.option(
+    "--executor", type=click.Choice(["local", "ray"]),
+    help="Where stages run: this machine, or the Ray cluster of [executor] address / RAY_ADDRESS (default: [executor] kind, else local).",
+)
 
 
 def fail(message: str, code: int) -> None:
@@ -80,3 +84,27 @@ def open_remote_cache(session, url: str | None, required: bool = False):
             raise
         warn(f"remote {settings.url} skipped: {exc}")
         return None
+
+
+def open_stage_executor(session, kind: str | None, jobs: int | None = None, remote_url: str | None = None):
+    """The executor that ``--executor``, the user config's and the Buildfile's ``[executor]``
+    name; None for this machine's (the scheduler's default). ``jobs`` (``-j``) bounds the stages
+    in flight on a cluster (default: two per CPU of its nodes)."""
+    from buildsys.project.config import load_settings, load_user_config
+    from buildsys.project.executor import ExecutorConfigError, executor_settings
+
+    user = load_user_config()
+    project = session.project
+    settings = executor_settings(project.executor, str(project.file), user.executor, str(user.path), kind)
+    if settings.kind == "local":
+        return None
+    remote = None
+    if settings.data_plane == "remote":
+        remote = load_settings(project.remote, remote_url, buildfile_where=str(project.file), user=user)
+        if not remote.enabled:
+            raise ExecutorConfigError(
+                f"{settings.where('data_plane')}: [executor] field 'data_plane': 'remote' needs a remote cache ([remote] url or --remote)"
+            )
+    from buildsys.cluster.executor import RayStageExecutor
+
+    return RayStageExecutor(session, settings, remote, slots=jobs, warn=warn)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from buildsys.cli.common import BUILDFILE_OPTION, handled, open_session
+from buildsys.cli.common import BUILDFILE_OPTION, EXECUTOR_OPTION, handled, open_session
 from buildsys.errors import EXIT_STORE
 
 # On its way out the interpreter runs the cycle collector over every object a command made
@@ -68,20 +68,23 @@ def main() -> None:
 @click.option("--no-remote", is_flag=True, help="Use no remote cache, whatever the config says.")
 @click.option("--json", "json_output", is_flag=True, help="No progress; end with one JSON summary line.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the end of a failed stage's log (its traceback).")
+@EXECUTOR_OPTION
 @handled
 def build(buildfile: Path, targets: tuple[str, ...], jobs: int | None, keep_going: bool, remote_url: str | None, no_remote: bool,
-          json_output: bool, verbose: bool) -> None:
+          json_output: bool, verbose: bool, executor: str | None) -> None:
     """Build TARGETS (all targets when none is named), using and filling the caches."""
     from buildsys.build.progress import reporter_for
     from buildsys.build.scheduler import Builder
     from buildsys.build.summary import print_summary
-    from buildsys.cli.common import open_remote_cache
+    from buildsys.cli.common import open_remote_cache, open_stage_executor
 
     with open_session(buildfile, jobs, use_index=True) as session:
         names = session.targets(targets)
         remote = None if no_remote else open_remote_cache(session, remote_url)
         try:
-            report = Builder(session, reporter=reporter_for(json_output), remote=remote, keep_going=keep_going).build(names)
+            stage_executor = open_stage_executor(session, executor, jobs, remote_url)
+            builder = Builder(session, reporter=reporter_for(json_output), executor=stage_executor, remote=remote, keep_going=keep_going)
+            report = builder.build(names)
         finally:
             if remote is not None:
                 remote.close()
@@ -93,14 +96,18 @@ def build(buildfile: Path, targets: tuple[str, ...], jobs: int | None, keep_goin
 @BUILDFILE_OPTION
 @click.argument("targets", nargs=-1)
 @click.option("--json", "json_output", is_flag=True)
+@EXECUTOR_OPTION
 @handled
-def plan(buildfile: Path, targets: tuple[str, ...], json_output: bool) -> None:
-    """What a build would run and why, running nothing."""
+def plan(buildfile: Path, targets: tuple[str, ...], json_output: bool, executor: str | None) -> None:
+    """What a build would run and why, running nothing; on a cluster, the class of nodes each
+    stage goes to."""
     from buildsys.build.scheduler import Builder
     from buildsys.build.summary import print_plan
+    from buildsys.cli.common import open_stage_executor
 
     with open_session(buildfile, use_index=True, writes=False) as session:
-        report = Builder(session, execute=False).build(session.targets(targets))
+        stage_executor = open_stage_executor(session, executor)
+        report = Builder(session, executor=stage_executor, execute=False).build(session.targets(targets))
         print_plan(report, json_output)
 
 

@@ -5,6 +5,7 @@ Tables (every unknown key is an error, never ignored)::
     [project]            store, outputs, jobs, recipe_path, threads, allow_outside (folders outside
                          the project that outputs and model paths may name)
     [remote]             url, read_only, ... (see buildsys.project.config.RemoteSettings)
+    [executor]           kind, address, data_plane, ... (see buildsys.project.executor)
     [models.NAME]        path | (target, stage), digest, license, production, description
     [pipelines.NAME]     stages.STAGE.*, outputs, on_fail, description
     [targets.NAME]       pipeline, seed, stages.STAGE.* (overrides), outputs, on_fail, description
@@ -12,7 +13,9 @@ Tables (every unknown key is an error, never ignored)::
 A stage: recipe ("module:function"), inputs ({name: ref | [ref, ...]}), params, seed, model,
 fingerprint, mode, budget ({seconds, memory_mb, iterations, processes}), device, production,
 gate, isolate (run in a fresh worker process instead of a reused one), network (the stage may
-use the network; without it a stage runs with none, see buildsys.execution.confine).
+use the network; without it a stage runs with none, see buildsys.execution.confine), resources
+(custom resources a node must offer on a cluster, ``{vram_gb = 40}``; not part of the key: they
+choose where).
 Input refs: ``STAGE`` (same target), ``@TARGET/STAGE``, ``src:GLOB`` (project files),
 ``pkg:PACKAGE/PATH`` (a file shipped in an installed package), ``approved:STAGE`` (renders
 pinned by ``buildsys approve``; empty when none).
@@ -38,6 +41,7 @@ from buildsys.keys.fingerprint import FIELDS as FINGERPRINT_FIELDS
 from buildsys.keys.hashing import is_digest
 from buildsys.keys.identity import RecipeNotFound, check_recipe
 from buildsys.project.config import RemoteSettings
+from buildsys.project.executor import ExecutorSettings
 from buildsys.project.graph import LazyStages, LazyTargets, TargetShape, shape_of
 from buildsys.project.places import Places, inside, relative_reference
 from buildsys.project.schema import Fields, kind_of
@@ -45,16 +49,18 @@ from buildsys.project.schema import Fields, kind_of
 PROJECT_KEYS = {"store", "outputs", "jobs", "recipe_path", "threads", "allow_outside", "name", "description"}
 STAGE_KEYS = {
     "recipe", "inputs", "params", "seed", "model", "fingerprint", "mode", "budget", "device",
-    "production", "gate", "isolate", "network", "description",
+    "production", "gate", "isolate", "network", "description", "resources",
 }
 BUDGET_KEYS = {"seconds", "memory_mb", "iterations", "processes"}
 MODEL_KEYS = {"path", "target", "stage", "digest", "license", "production", "description"}
 PIPELINE_KEYS = {"stages", "outputs", "on_fail", "description"}
 TARGET_KEYS = {"pipeline", "seed", "stages", "outputs", "on_fail", "description"}
-TOP_KEYS = {"project", "remote", "models", "pipelines", "targets"}
+TOP_KEYS = {"project", "remote", "executor", "models", "pipelines", "targets"}
 ON_FAIL = ("fail", "review")
 DEVICES = ("cpu", "cuda", "auto")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+RESOURCE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+RESERVED_RESOURCES = {"CPU": "threads", "GPU": 'device = "cuda"', "memory": "budget.memory_mb", "object_store_memory": None}
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,8 @@ class StageSpec:
     where: str
     isolate: bool = False
     network: bool = False
+    resources: tuple[tuple[str, float], ...] = ()
+    """Custom resources a cluster node must offer, sorted by name."""
 
     @property
     def id(self) -> str:
@@ -137,6 +145,8 @@ class Project:
     stages: Mapping[str, StageSpec] = field(default_factory=dict)
     shapes: Mapping[str, TargetShape] = field(default_factory=dict)
     allow_outside: tuple[Path, ...] = ()
+    executor: dict[str, Any] | None = None
+    """The raw ``[executor]`` table (checked; see buildsys.project.executor)."""
     _upstream: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def stage(self, stage_id: str) -> StageSpec:
@@ -275,6 +285,9 @@ class _Expander:
         remote = self.raw.get("remote")
         if remote is not None:
             RemoteSettings.from_table(r.table(remote, "remote"), f"{self.path}: [remote]")
+        executor = self.raw.get("executor")
+        if executor is not None:
+            ExecutorSettings.from_table(r.table(executor, "executor"), str(self.path))
         pipelines = r.table(self.raw.get("pipelines", {}), "pipelines")
         for name, table in pipelines.items():
             r.name(name, f"pipelines.{name}")
@@ -290,7 +303,7 @@ class _Expander:
             return Project(
                 file=self.path.absolute(), root=self.root, store=store, outputs=outputs, jobs=jobs, threads=threads,
                 recipe_path=roots, models=models, targets=lazy_targets, remote=remote,
-                stages=LazyStages(lazy_targets, shapes), shapes=shapes,
+                stages=LazyStages(lazy_targets, shapes), shapes=shapes, executor=executor,
             )
         targets_raw = r.table(self.raw.get("targets", {}), "targets")
         if not targets_raw:
@@ -302,6 +315,7 @@ class _Expander:
             file=self.path.absolute(), root=self.root, store=store, outputs=outputs, jobs=jobs,
             threads=threads, recipe_path=roots, models=models, targets=targets, remote=remote, stages=stages,
             allow_outside=self.places.allowed,
+            executor=executor,
         )
         self.cross_check(project)
         project.shapes = {name: shape_of(target, models) for name, target in targets.items()}
@@ -411,7 +425,21 @@ class _Expander:
             device=device, production=r.get(table, "production", bool, where, False),
             gate=r.get(table, "gate", bool, where, False), where=where,
             isolate=r.get(table, "isolate", bool, where, False), network=r.get(table, "network", bool, where, False),
+            resources=self.resources(table, where),
         )
+
+    def resources(self, table: dict[str, Any], where: str) -> tuple[tuple[str, float], ...]:
+        r = self.r
+        found = []
+        for name, _ in r.table(table.get("resources", {}), f"{where}.resources").items():
+            dotted = f"{where}.resources.{name}"
+            if name in RESERVED_RESOURCES:
+                instead = RESERVED_RESOURCES[name]
+                raise r.error(dotted, f"is Ray's own resource; declare it with {instead}" if instead else "is Ray's own resource")
+            r.matching(name, RESOURCE_RE, dotted, "is not a resource name (a letter, then letters, digits, _ . -; at most 63)")
+            amount = r.number(table["resources"], name, f"{where}.resources", above=0)
+            found.append((name, float(amount)))
+        return tuple(sorted(found))
 
     def input_ref(self, ref: str, target: str, where: str) -> InputRef:
         r = self.r
@@ -495,7 +523,7 @@ class _Expander:
 def _merge_stage(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        if key in ("params", "inputs", "budget") and isinstance(value, dict) and isinstance(base.get(key), dict):
+        if key in ("params", "inputs", "budget", "resources") and isinstance(value, dict) and isinstance(base.get(key), dict):
             merged[key] = {**base[key], **value}
         else:
             merged[key] = value

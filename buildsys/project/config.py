@@ -1,7 +1,8 @@
 """User configuration and remote settings.
 
 The user config is TOML at ``$BUILDSYS_CONFIG``, else ``$XDG_CONFIG_HOME/buildsys/config.toml``
-(``~/.config/buildsys/config.toml``). This module owns three tables and ignores any other::
+(``~/.config/buildsys/config.toml``). This module owns three tables, checks a fourth
+(``[executor]``, :mod:`buildsys.project.executor`) and ignores any other::
 
     [remote]
     url = "https://cache.example:8080/buildsys"   # file:///mnt/cache, http(s)://..., s3://bucket/prefix
@@ -164,6 +165,8 @@ class UserConfig:
     signing_key: str | None = None
     trusted: dict[str, str] = field(default_factory=dict)
     """key name -> base64 Ed25519 public key (32 bytes)."""
+    executor: dict[str, Any] | None = None
+    """The ``[executor]`` table, checked (:class:`buildsys.project.executor.ExecutorSettings`)."""
 
 
 def _user_path(variable: str, name: str) -> Path:
@@ -199,7 +202,14 @@ def load_user_config(path: Path | None = None) -> UserConfig:
     except tomli.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
     remote = RemoteSettings.from_table(raw.get("remote", {}), str(path))
-    return UserConfig(path=path, remote=remote, signing_key=_signing_key(raw, path), trusted=_trusted(raw, path))
+    executor = raw.get("executor")
+    if executor is not None:
+        from buildsys.project.executor import ExecutorSettings
+
+        ExecutorSettings.from_table(executor, str(path))
+    return UserConfig(
+        path=path, remote=remote, signing_key=_signing_key(raw, path), trusted=_trusted(raw, path), executor=executor,
+    )
 
 
 def _signing_key(raw: dict[str, Any], path: Path) -> str | None:

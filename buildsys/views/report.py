@@ -1,14 +1,15 @@
 """``report``: the provenance and cost of each target's last build, read from the store.
 
 For every stage of a target's last successful build (its ref), the report answers what made the
-result, from what, on which machine and at what cost (DESIGN.md, invariant 7): the recipe and
-the digest of its code, the versions of the libraries it imports, params, seed, mode, device,
-model and input trees (from the action's description); who produced it, on what hardware and
-software (the result's producer and fingerprint); wall and CPU seconds, peak memory and
-iterations of the run that made it; the output files with their sizes and digests; and a gate
-stage's verdict. The result may have been made by an earlier build or another machine (a remote
-cache): the report names that producer, not the build that last used it. Nothing is built or
-hashed; the Buildfile only names the targets and stages.
+result, from what, on which machine (on a cluster: which node, of which class) and at what cost
+(DESIGN.md, invariant 7): the recipe and the digest of its code, the versions of the libraries
+it imports, params, seed, mode, device, model and input trees (from the action's description);
+who produced it, on what hardware and software (the result's producer and fingerprint); wall
+and CPU seconds, peak memory and iterations of the run that made it; the output files with
+their sizes and digests; and a gate stage's verdict. The result may have been made by an
+earlier build or another machine (a remote cache): the report names that producer, not the
+build that last used it. Nothing is built or hashed; the Buildfile only names the targets and
+stages.
 """
 
 from __future__ import annotations
@@ -186,6 +187,9 @@ def _render_stage(stage: StageProvenance) -> list[str]:
     if stage.producer:
         m = stage.metrics
         made = f"{stage.producer.get('user', '?')}@{stage.producer.get('host', '?')}"
+        if stage.producer.get("node"):  # a cluster node (buildsys.cluster): which one, and its class
+            node_class = stage.producer.get("node_class")
+            made += f" on node {stage.producer['node']}" + (f" (class {node_class})" if node_class else "")
         cost = f"{float(m.get('wall_s', 0)):.2f} s wall, {float(m.get('cpu_s', 0)):.2f} s CPU, {float(m.get('peak_rss_mb', 0)):.0f} MB peak"
         if m.get("iterations"):
             cost += f", {_count(int(m['iterations']), 'iteration')}"
