@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[3d,test]'
+	$(PY) -m pip install -q -e '.[3d,test,ray]'
 	$(PY) -m compileall -q -j 0 buildsys recipes  # byte-compiled whatever PYTHONDONTWRITEBYTECODE says (CI, containers)
 	rm -f $(VENV)/.installed-*
 	touch $@

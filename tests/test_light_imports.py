@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 from conftest import Project
 
-HEAVY = ("torch", "diffusers", "pymeshlab", "transformers", "trimesh", "xatlas", "skimage", "pxr")
+HEAVY = ("torch", "diffusers", "pymeshlab", "transformers", "trimesh", "xatlas", "skimage", "pxr", "ray")
 
 PROBE = """
 import sys
@@ -20,8 +21,12 @@ print(" ".join(sorted(m for m in {heavy!r} if m in sys.modules)) or "-")
 """
 
 
-def _heavy_after(args: list[str], cwd) -> str:
-    out = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], cwd=cwd, capture_output=True, text=True)
+def _heavy_after(args: list[str], cwd, env: dict[str, str] | None = None) -> str:
+    """The heavy modules a CLI command imports (``-`` for none), run in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], cwd=cwd, capture_output=True, text=True,
+        env={**os.environ, **(env or {})},
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
 

@@ -1,0 +1,270 @@
+"""Stages on a real Ray cluster (``--executor ray``): three raylets on this machine, each with its
+own temp folder and node store, one of them a "GPU class" (a GPU and 40 GB of VRAM as Ray
+resources, another GPU model and driver in its fingerprint). One cluster for the module; the
+test that removes a node runs last."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TESTS, Project, run_cli
+from test_light_imports import _heavy_after
+
+ray = pytest.importorskip("ray")
+
+from ray_cluster import GPU_CLASS, three_nodes  # noqa: E402
+from ray_cluster import start as start_cluster  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = start_cluster(three_nodes())
+    yield started
+    started.shutdown()
+
+
+def _env(cluster) -> dict[str, str]:
+    return {"RAY_ADDRESS": cluster.address}
+
+
+def _records(store: Path) -> list[dict]:
+    from buildsys.store.build_record import read_record
+    from buildsys.store.local import LocalStore
+
+    local = LocalStore(store)
+    return [read_record(local, digest) for _, digest in local.build_records()]
+
+
+def _buildfile(project: Project, body: str) -> None:
+    """A Buildfile whose stages fit a node of one CPU (one thread each, whatever this machine has)."""
+    header = f'[project]\nrecipe_path = [".", "{REPO}", "{TESTS}"]\njobs = 2\nthreads = 1\n\n'
+    project.write("Buildfile.toml", header + textwrap.dedent(body))
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_bunny_builds_on_the_cluster_bitwise_as_locally(cluster, tmp_path: Path):
+    """The default project's imported asset (pymeshlab import, cleanup, xatlas unwrap, bake,
+    GLB, USD, gates) built on the cluster and on this machine: same keys, same bytes, every
+    stage recorded with the node that ran it, and each node's store holding what it ran."""
+    roots = {}
+    for where in ("ray", "local"):
+        root = tmp_path / where
+        root.mkdir()
+        text = (REPO / "Buildfile.toml").read_text().replace("jobs = 2\n", "jobs = 2\nthreads = 1\n", 1)
+        (root / "Buildfile.toml").write_text(text)  # stages of one thread: a node of the test cluster has one CPU
+        shutil.copytree(REPO / "recipes", root / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
+        args = ["build", "--json", "bunny", *(["--executor", "ray"] if where == "ray" else [])]
+        done = run_cli(*args, cwd=root, env=_env(cluster))
+        assert done.code == 0, done.stderr
+        assert done.summary["executed"] == 6, done.summary
+        roots[where] = root
+    remote, local = (_tree_bytes(roots[w] / "out") for w in ("ray", "local"))
+    assert remote.keys() == local.keys() and len(remote) > 10
+    assert [p for p in remote if remote[p] != local[p]] == []
+    from buildsys.store.local import LocalStore
+
+    refs = [LocalStore(roots[w] / "store").read_ref("targets", "bunny") for w in ("ray", "local")]
+    assert {s: e["key"] for s, e in refs[0]["stages"].items()} == {s: e["key"] for s, e in refs[1]["stages"].items()}
+    record = _records(roots["ray"] / "store")[-1]
+    nodes = {sid: stage.get("node") for sid, stage in record["stages"].items()}
+    assert all(nodes.values()), nodes
+    assert record["summary"]["cluster"]["classes"]["any"]["nodes"] and record["summary"]["cluster"]["moved"]["bytes_to_node"] > 0
+    report = run_cli("report", "bunny", cwd=roots["ray"])
+    assert report.code == 0 and report.stdout.count(" on node ") == 6, report.stdout
+    stored_somewhere = [name for name, store in cluster.stores.items() if list((store / "store" / "ac").rglob("*"))]
+    assert stored_somewhere, "no node store holds an action result"
+
+
+def test_keys_carry_the_executing_nodes_fingerprint(cluster, project: Project):
+    """A stage declaring the GPU model is keyed with the node's, not the client's: a CUDA stage
+    goes to the GPU class and its key says that class's GPU and driver; built on this machine
+    the same stage has another key (no cache hit across classes), while a stage whose declared
+    field is the same here as on the CPU class shares its result. A stage asking for VRAM runs
+    on the only node offering it. plan names the classes before anything runs."""
+    _buildfile(project, '''
+        [targets.t.stages.cuda]
+        recipe = "cluster_recipes:machine"
+        device = "cuda"
+        fingerprint = ["gpu", "driver"]
+        [targets.t.stages.cpu]
+        recipe = "cluster_recipes:machine"
+        fingerprint = ["gpu"]
+        [targets.t.stages.vram]
+        recipe = "cluster_recipes:machine"
+        resources = { vram_gb = 24 }
+    ''')
+    plan = project.cli("plan", "--executor", "ray", "--json", env=_env(cluster))
+    assert plan.code == 0, plan.stderr
+    planned = json.loads(plan.stdout)
+    classes = planned["cluster"]["classes"]
+    gpu_class = planned["stages"]["t/cuda"]["node_class"]
+    assert classes[gpu_class]["fields"] == GPU_CLASS and len(classes[gpu_class]["nodes"]) == 1
+    cpu_class = planned["stages"]["t/cpu"]["node_class"]
+    assert classes[cpu_class]["fields"] == {"gpu": "none"} and len(classes[cpu_class]["nodes"]) == 2
+    built = project.cli("build", "--json", "--executor", "ray", env=_env(cluster))
+    assert built.code == 0, built.stderr
+    from buildsys.keys.encoding import decode
+    from buildsys.store.local import LocalStore
+
+    store = LocalStore(project.root / "store")
+    ref = store.read_ref("targets", "t")["stages"]
+    cuda = store.get_action(ref["cuda"]["key"]).result
+    assert decode(store.read_bytes(cuda.description))["fingerprint"] == {**GPU_CLASS}
+    assert cuda.fingerprint["gpu"] == GPU_CLASS["gpu"] and cuda.producer["node_class"] == gpu_class
+    assert json.loads((project.root / "out/t/cuda/machine.json").read_text())["device"] == "cuda"
+    vram = store.get_action(ref["vram"]["key"]).result
+    assert vram.producer["node"] == cuda.producer["node"], "only the GPU node offers vram_gb"
+    cpu = store.get_action(ref["cpu"]["key"]).result
+    assert cpu.producer["node"] != cuda.producer["node"]
+    local = project.cli("build", "--json", "t", env={"RAY_ADDRESS": ""})
+    assert local.code == 0, local.stderr
+    # this machine has no GPU: the CPU class's results are its own too; the GPU class's are not
+    assert local.summary["executed"] == 1 and local.summary["cached"] == 2, local.summary
+    assert store.read_ref("targets", "t")["stages"]["cuda"]["key"] != cuda.key
+
+
+def test_a_stage_asking_for_what_no_node_has_fails_at_once(cluster, project: Project):
+    _buildfile(project, '''
+        [targets.t.stages.big]
+        recipe = "cluster_recipes:machine"
+        resources = { tpu_v5 = 8 }
+        [targets.t.stages.fine]
+        recipe = "cluster_recipes:machine"
+    ''')
+    started = time.monotonic()
+    built = project.cli("build", "--json", "-k", "--executor", "ray", env=_env(cluster))
+    assert built.code == 1, built.stderr
+    failure = built.summary["failures"]["t/big"]
+    assert failure["status"] == "unplaceable"
+    assert "targets.t.stages.big: stage t/big needs CPU 1, tpu_v5 8; no node of the cluster offers that" in failure["error"]
+    assert "tpu_v5 0" in failure["error"]
+    assert built.summary["executed"] == 1
+    assert time.monotonic() - started < 120
+
+
+def test_a_stage_over_budget_is_killed_on_its_node(cluster, project: Project):
+    _buildfile(project, '''
+        [targets.t.stages.slow]
+        recipe = "engine_recipes:sleep"
+        params = { seconds = 120 }
+        budget = { seconds = 2 }
+    ''')
+    started = time.monotonic()
+    built = project.cli("build", "--json", "--executor", "ray", env=_env(cluster))
+    assert built.code == 1
+    failure = built.summary["failures"]["t/slow"]
+    assert failure["status"] == "timeout" and "over its time budget" in failure["error"], failure
+    assert time.monotonic() - started < 90
+    record = _records(project.root / "store")[-1]
+    assert record["stages"]["t/slow"]["node"]
+
+
+def test_a_checkpoint_crosses_once_per_node_through_a_folder_remote(cluster, project: Project, tmp_path: Path):
+    """The remote data plane (a folder remote): six stages read one 2 MB checkpoint; it
+    reaches each node at most once, and the outputs come back through the remote."""
+    (project.root / "ckpt").mkdir()
+    (project.root / "ckpt" / "weights.bin").write_bytes(os.urandom(2 << 20))
+    shared = tmp_path / "shared-remote"
+    shared.mkdir()
+    stages = "".join(
+        f'[targets.t{i}.stages.weigh]\nrecipe = "cluster_recipes:weigh"\nmodel = "ckpt"\ninputs = {{ src = "src:in{i}.txt" }}\n'
+        for i in range(6)
+    )
+    for i in range(6):
+        project.write(f"in{i}.txt", f"input {i}\n" * (i + 1))
+    _buildfile(project, f'[models.ckpt]\npath = "ckpt"\n\n[remote]\nurl = "file://{shared}"\n\n[executor]\ndata_plane = "remote"\n\n{stages}')
+    built = project.cli("build", "--json", "--executor", "ray", env=_env(cluster))
+    assert built.code == 0, built.stderr
+    moved = built.summary["cluster"]["moved"]
+    assert moved["bytes_to_node"] < 3 * (2 << 20) + (1 << 20), moved
+    assert moved["blobs_from_node"] >= 6
+    assert (shared / "cas").is_dir() and len(list((shared / "cas").rglob("*"))) >= 13
+    sizes = json.loads((project.root / "out/t5/weigh/sizes.json").read_text())
+    assert sizes == {"weights.bin": 2 << 20, "in5.txt": len("input 5\n" * 6)}
+
+
+def test_ray_unreachable_is_one_line(project: Project):
+    _buildfile(project, '''
+        [targets.t.stages.s]
+        recipe = "cluster_recipes:machine"
+    ''')
+    built = project.cli("build", "--executor", "ray", env={"RAY_ADDRESS": "127.0.0.1:9"})
+    assert built.code == 2
+    assert built.stderr.strip().splitlines() == [
+        "buildsys: error: Ray cluster at 127.0.0.1:9 ($RAY_ADDRESS) is unreachable: Connection refused"
+    ]
+    nothing = project.cli("build", "--executor", "ray", env={"RAY_ADDRESS": ""})
+    assert nothing.code == 2 and "no cluster address" in nothing.stderr
+
+
+def test_the_client_killed_mid_build_leaves_nothing_half_ingested(cluster, project: Project):
+    stages = "".join(
+        f'[targets.t{i}.stages.s]\nrecipe = "cluster_recipes:started_then_sleep"\nparams = {{ seconds = {1 + i % 3} }}\n' for i in range(8)
+    )
+    _buildfile(project, stages)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "buildsys", "build", "--json", "--executor", "ray", "-f", str(project.buildfile)],
+        cwd=project.root, env={**os.environ, **_env(cluster)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    ac = project.root / "store" / "ac"
+    while time.monotonic() < deadline and not (ac.is_dir() and any(p.is_file() for p in ac.rglob("*"))):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    verify = project.cli("store", "verify")
+    assert verify.code == 0, verify.stdout + verify.stderr
+    again = project.cli("build", "--json", "--executor", "ray", env=_env(cluster))
+    assert again.code == 0, again.stderr
+    assert again.summary["cached"] >= 1 and again.summary["executed"] + again.summary["cached"] == 8
+    for i in range(8):
+        assert (project.root / f"out/t{i}/s/result.txt").read_text() == f"slept {float(1 + i % 3)}\n"
+    # stages that declare no fingerprint field have one key on every node: a no-op build of
+    # them on the cluster never joins it, so never imports Ray
+    assert _heavy_after(["build", "-f", str(project.buildfile), "--executor", "ray"], project.root, _env(cluster)) == "-"
+
+
+def test_a_node_removed_mid_stage_is_retried_elsewhere(cluster, project: Project):
+    """Runs last: it takes a node out of the module's cluster. The stage asks for a resource
+    both workers offer; whichever starts it is killed with its raylet, and Ray runs the stage
+    again on the other."""
+    _buildfile(project, '''
+        [targets.t.stages.s]
+        recipe = "cluster_recipes:started_then_sleep"
+        params = { seconds = 6 }
+        resources = { worker = 1 }
+    ''')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "buildsys", "build", "--json", "--executor", "ray", "-f", str(project.buildfile)],
+        cwd=project.root, env={**os.environ, **_env(cluster)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline:
+        for name in ("cpu1", "gpu1"):
+            if list((cluster.stores[name] / "store" / "tmp").glob("sbx-*/out/started")):
+                victim = name
+        time.sleep(0.05)
+    assert victim is not None, "the stage never started on a worker node"
+    cluster.remove(victim)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["executed"] == 1
+    assert (project.root / "out/t/s/result.txt").read_text() == "slept 6.0\n"
+    survivor = "gpu1" if victim == "cpu1" else "cpu1"
+    record = _records(project.root / "store")[-1]
+    ran_on = record["stages"]["t/s"]["node"]
+    assert list((cluster.stores[survivor] / "store" / "ac").rglob("*")), f"ran on {ran_on}, not on the surviving {survivor}"
