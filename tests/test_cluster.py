@@ -1,7 +1,8 @@
 """Stages on a real Ray cluster (``--executor ray``): three raylets on this machine, each with its
 own temp folder and node store, one of them a "GPU class" (a GPU and 40 GB of VRAM as Ray
 resources, another GPU model and driver in its fingerprint). One cluster for the module; the
-test that removes a node runs last."""
+test that removes a node runs last. Every test on the cluster is ``slow`` (about 90 s together,
+5 s of it starting the cluster)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_the_bunny_builds_on_the_cluster_bitwise_as_locally(cluster, tmp_path: Path):
     """The default project's imported asset (pymeshlab import, cleanup, xatlas unwrap, bake,
     GLB, USD, gates) built on the cluster and on this machine: same keys, same bytes, every
@@ -87,6 +89,7 @@ def test_the_bunny_builds_on_the_cluster_bitwise_as_locally(cluster, tmp_path: P
     assert stored_somewhere, "no node store holds an action result"
 
 
+@pytest.mark.slow
 def test_keys_carry_the_executing_nodes_fingerprint(cluster, project: Project):
     """A stage declaring the GPU model is keyed with the node's, not the client's: a CUDA stage
     goes to the GPU class and its key says that class's GPU and driver; built on this machine
@@ -135,6 +138,7 @@ def test_keys_carry_the_executing_nodes_fingerprint(cluster, project: Project):
     assert store.read_ref("targets", "t")["stages"]["cuda"]["key"] != cuda.key
 
 
+@pytest.mark.slow
 def test_a_stage_asking_for_what_no_node_has_fails_at_once(cluster, project: Project):
     _buildfile(project, '''
         [targets.t.stages.big]
@@ -154,6 +158,7 @@ def test_a_stage_asking_for_what_no_node_has_fails_at_once(cluster, project: Pro
     assert time.monotonic() - started < 120
 
 
+@pytest.mark.slow
 def test_a_stage_over_budget_is_killed_on_its_node(cluster, project: Project):
     _buildfile(project, '''
         [targets.t.stages.slow]
@@ -171,6 +176,7 @@ def test_a_stage_over_budget_is_killed_on_its_node(cluster, project: Project):
     assert record["stages"]["t/slow"]["node"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_crosses_once_per_node_through_a_folder_remote(cluster, project: Project, tmp_path: Path):
     """The remote data plane (a folder remote): six stages read one 2 MB checkpoint; it
     reaches each node at most once, and the outputs come back through the remote."""
@@ -209,6 +215,7 @@ def test_ray_unreachable_is_one_line(project: Project):
     assert nothing.code == 2 and "no cluster address" in nothing.stderr
 
 
+@pytest.mark.slow
 def test_the_client_killed_mid_build_leaves_nothing_half_ingested(cluster, project: Project):
     stages = "".join(
         f'[targets.t{i}.stages.s]\nrecipe = "cluster_recipes:started_then_sleep"\nparams = {{ seconds = {1 + i % 3} }}\n' for i in range(8)
@@ -236,6 +243,7 @@ def test_the_client_killed_mid_build_leaves_nothing_half_ingested(cluster, proje
     assert _heavy_after(["build", "-f", str(project.buildfile), "--executor", "ray"], project.root, _env(cluster)) == "-"
 
 
+@pytest.mark.slow
 def test_a_node_removed_mid_stage_is_retried_elsewhere(cluster, project: Project):
     """Runs last: it takes a node out of the module's cluster. The stage asks for a resource
     both workers offer; whichever starts it is killed with its raylet, and Ray runs the stage
