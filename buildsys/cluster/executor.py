@@ -68,6 +68,11 @@ class RayStageExecutor:
         self._objects = ClientObjects() if remote is None else None
         self._plane: Remote | None = None
         self._plane_cache: RemoteCache | None = None
+        self._sent: set[Digest] = set()
+        """Blobs already on the data plane in this build: not stat'ed, probed or sent again."""
+        self._task: Any = None
+        """The Ray remote function of :func:`run_stage`, made once (each made anew is exported
+        to the cluster anew)."""
         self._lock = threading.Lock()
         self._unsurveyed = [Placement(Fingerprint({}), ANY)]
         self.moved: dict[str, int] = {}
@@ -118,9 +123,14 @@ class RayStageExecutor:
         code = self._code_tree()
         plane = self._data_plane()
         needed = self._blobs_read(resolved, code)
-        if not plane.push_blobs(needed):
-            stats = plane.stats
-            return _failed("crash", f"data plane: inputs not sent: {stats.disabled_reason or stats.push_disabled_reason or '; '.join(stats.notes[:2])}")
+        with self._lock:
+            unsent = [d for d in needed if d not in self._sent]
+        if unsent:
+            if not plane.push_blobs(unsent):
+                stats = plane.stats
+                return _failed("crash", f"data plane: inputs not sent: {stats.disabled_reason or stats.push_disabled_reason or '; '.join(stats.notes[:2])}")
+            with self._lock:
+                self._sent.update(unsent)
         handles = self._objects.handles(needed) if self._objects is not None else {}
         request = StageRequest(
             resolved, code, len(self.session.project.recipe_path), name, self.settings.node_store, self.remote,
@@ -178,7 +188,10 @@ class RayStageExecutor:
         cluster = self.cluster()
         if set(nodes) != {n.id for n in cluster.nodes}:
             options["label_selector"] = {"ray.io/node-id": f"in({','.join(nodes)})"}
-        ref = ray.remote(run_stage).options(**options).remote(request, handles)
+        with self._lock:
+            if self._task is None:
+                self._task = ray.remote(run_stage)
+        ref = self._task.options(**options).remote(request, handles)
         while not ray.wait([ref], timeout=LIVENESS_S)[0]:
             if not cluster.alive(nodes):
                 ray.cancel(ref, force=True)
