@@ -42,7 +42,7 @@ def _records(store: Path) -> list[dict]:
     from buildsys.store.local import LocalStore
 
     local = LocalStore(store)
-    return [read_record(local, digest) for _, digest in local.build_records()]
+    return [read_record(local, digest) for _, digest in local.builds.listing()]
 
 
 def _buildfile(project: Project, body: str) -> None:
@@ -77,7 +77,7 @@ def test_the_bunny_builds_on_the_cluster_bitwise_as_locally(cluster, tmp_path: P
     assert [p for p in remote if remote[p] != local[p]] == []
     from buildsys.store.local import LocalStore
 
-    refs = [LocalStore(roots[w] / "store").read_ref("targets", "bunny") for w in ("ray", "local")]
+    refs = [LocalStore(roots[w] / "store").refs.read("targets", "bunny") for w in ("ray", "local")]
     assert {s: e["key"] for s, e in refs[0]["stages"].items()} == {s: e["key"] for s, e in refs[1]["stages"].items()}
     record = _records(roots["ray"] / "store")[-1]
     nodes = {sid: stage.get("node") for sid, stage in record["stages"].items()}
@@ -122,20 +122,20 @@ def test_keys_carry_the_executing_nodes_fingerprint(cluster, project: Project):
     from buildsys.store.local import LocalStore
 
     store = LocalStore(project.root / "store")
-    ref = store.read_ref("targets", "t")["stages"]
-    cuda = store.get_action(ref["cuda"]["key"]).result
-    assert decode(store.read_bytes(cuda.description))["fingerprint"] == {**GPU_CLASS}
+    ref = store.refs.read("targets", "t")["stages"]
+    cuda = store.actions.get(ref["cuda"]["key"]).result
+    assert decode(store.blobs.read(cuda.description))["fingerprint"] == {**GPU_CLASS}
     assert cuda.fingerprint["gpu"] == GPU_CLASS["gpu"] and cuda.producer["node_class"] == gpu_class
     assert json.loads((project.root / "out/t/cuda/machine.json").read_text())["device"] == "cuda"
-    vram = store.get_action(ref["vram"]["key"]).result
+    vram = store.actions.get(ref["vram"]["key"]).result
     assert vram.producer["node"] == cuda.producer["node"], "only the GPU node offers vram_gb"
-    cpu = store.get_action(ref["cpu"]["key"]).result
+    cpu = store.actions.get(ref["cpu"]["key"]).result
     assert cpu.producer["node"] != cuda.producer["node"]
     local = project.cli("build", "--json", "t", env={"RAY_ADDRESS": ""})
     assert local.code == 0, local.stderr
     # this machine has no GPU: the CPU class's results are its own too; the GPU class's are not
     assert local.summary["executed"] == 1 and local.summary["cached"] == 2, local.summary
-    assert store.read_ref("targets", "t")["stages"]["cuda"]["key"] != cuda.key
+    assert store.refs.read("targets", "t")["stages"]["cuda"]["key"] != cuda.key
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def _package_files(root: Path, package: Path, skip: set[Path]) -> list[tuple[str
 
 def code_tree(project: Project, store: LocalStore, stat_cache: StatCache) -> Digest:
     """The tree of the project's recipe code, in ``store`` (files hashed through the stat cache)."""
-    return ingest_files(code_files(project), store, stat_cache)[0]
+    return ingest_files(code_files(project), store.blobs, stat_cache)[0]
 
 
 def lay_out(store: LocalStore, tree: Digest, roots: int, folder: Path) -> list[Path]:
@@ -68,8 +68,8 @@ def lay_out(store: LocalStore, tree: Digest, roots: int, folder: Path) -> list[P
         try:
             for index in range(roots):
                 (scratch / str(index)).mkdir()
-            for rel, entry in store.get_tree(tree).items():
-                store.link_blob_to(entry.digest, scratch / rel)
+            for rel, entry in store.blobs.get_tree(tree).items():
+                store.blobs.link_into(entry.digest, scratch / rel)
             try:
                 os.rename(scratch, home)
             except OSError:

@@ -170,7 +170,7 @@ class RayStageExecutor:
         wanted: dict[Digest, None] = {}
         for tree in trees:
             if tree not in self._files:
-                self._files[tree] = sorted({e.digest for e in self.session.store.get_tree(tree).values()})
+                self._files[tree] = sorted({e.digest for e in self.session.store.blobs.get_tree(tree).values()})
             wanted[tree] = None
             wanted.update(dict.fromkeys(self._files[tree]))
         return list(wanted)
@@ -232,7 +232,7 @@ class RayStageExecutor:
             stats = carrier.stats
             why = stats.disabled_reason or "; ".join(stats.notes[:2]) or "missing"
             return _failed("crash", f"outputs from node {node} did not arrive intact: {why}", node=node)
-        store.put_action(ActionRecord(result))
+        store.actions.put(ActionRecord(result))
         metrics = result.metrics
         outcome = JobOutcome(
             True, "ok", None, float(metrics.get("wall_s", 0.0)), float(metrics.get("cpu_s", 0.0)), float(metrics.get("peak_rss_mb", 0.0)),

@@ -92,12 +92,15 @@ class NodeRuntime:
 
     def workers(self, recipe_path: list[Path]) -> LocalExecutor:
         """One worker slot (Ray runs one task at a time in this process), reused while the GPUs
-        Ray gives this process and the recipe code stay the same."""
+        Ray gives this process and the recipe code stay the same. Its workers are confined as a
+        workstation's are; the code they may read is the build's code tree laid out here, which
+        holds the project's recipe sources only."""
         kind = (os.environ.get("CUDA_VISIBLE_DEVICES"), tuple(recipe_path))
         if self._workers is None or self._workers[0] != kind:
             if self._workers is not None:
                 self._workers[1].close()
-            self._workers = (kind, LocalExecutor(1))
+            code = tuple(os.path.realpath(root) for root in recipe_path)
+            self._workers = (kind, LocalExecutor(1, code=code))
         return self._workers[1]
 
 
@@ -139,7 +142,7 @@ def run_stage(request: StageRequest, handles: dict[Digest, Any]) -> dict[str, An
             if failure.get("log"):
                 cache.push_blobs([failure["log"]])
             return {**reply, **failure, "blobs": _outgoing(plane), "moved": _moved(cache)}
-        files = {entry.digest for entry in here.store.get_tree(result.tree).values()}
+        files = {entry.digest for entry in here.store.blobs.get_tree(result.tree).values()}
         if not cache.push_blobs(set(result.blobs()) | files):
             why = cache.stats.disabled_reason or cache.stats.push_disabled_reason or "; ".join(cache.stats.notes[:2])
             return {**reply, "ok": False, "status": "crash", "error": f"data plane: outputs not sent from node {here.name}: {why}"}
@@ -156,8 +159,8 @@ def _moved(cache: RemoteCache) -> dict[str, int]:
 
 def _result(here: NodeRuntime, resolved: Resolved, recipe_path: list[Path], node_class: str | None) -> tuple[Any, dict[str, Any] | None]:
     """The stage's result from this node's store, or run now; or what went wrong."""
-    with here.store.action_lock(resolved.key):
-        cached = here.store.lookup(resolved.key)
+    with here.store.locks.action(resolved.key):
+        cached = here.store.actions.lookup(resolved.key)
         if cached is not None:
             return cached, None
         made_by = {"executor": "ray", "node": here.name, **({"node_class": node_class} if node_class else {})}
