@@ -83,7 +83,7 @@ def test_code_allowed_only_confined_never_runs_in_a_worker_that_is_not(project: 
     marker = tmp_path / "ran.txt"
     project.buildfile_text(f'[targets.t.stages.s]\nrecipe = "hostile_recipes:write_outside"\nparams = {{ path = "{marker}" }}\n')
     with Session(project.buildfile) as session:
-        report = Builder(session, executor=LocalExecutor(1, confine=False, confined_only=True)).build(["t"])
+        report = Builder(session, workers=LocalExecutor(1, confine=False, confined_only=True)).build(["t"])
     assert report.targets == {"t": "failed"}
     error = report.stages["t/s"].error or ""
     assert "not fully confined" in error and "unconfined" in error, error

@@ -20,7 +20,7 @@ def test_an_output_hard_linked_to_an_outside_file_enters_the_store_as_a_copy(pro
     victim.write_text("the owner's first version\n")
     project.buildfile_text(f'[targets.t.stages.s]\nrecipe = "hostile_recipes:hard_link"\nparams = {{ path = "{victim}" }}\n')
     with Session(project.buildfile) as session:
-        report = Builder(session, executor=LocalExecutor(1, confine=False)).build(["t"])
+        report = Builder(session, workers=LocalExecutor(1, confine=False)).build(["t"])
     assert report.targets == {"t": "ok"}
     assert report.stages["t/s"].confinement["level"] == "unconfined", "recorded as it ran"
     assert report.summary()["confinement"] == {"unconfined": 1}

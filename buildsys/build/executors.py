@@ -97,13 +97,17 @@ class LocalStageExecutor:
 
     local = True
 
-    def __init__(self, session: Session, sandboxes: SandboxPool, on_progress: ProgressSink | None = None) -> None:
+    def __init__(
+        self, session: Session, sandboxes: SandboxPool, on_progress: ProgressSink | None = None, workers: Executor | None = None,
+    ) -> None:
+        """``workers``: the worker pool to run stages in (default: one made for the build, its
+        workers confined to the project's recipe code)."""
         self.session = session
         self.slots = session.jobs
         self.sandboxes = sandboxes
         self.on_progress = on_progress
         self._here = [Placement(session.fingerprint)]
-        self._workers: Executor | None = None
+        self._workers: Executor | None = workers
         self._lock = threading.Lock()
 
     @property

@@ -42,6 +42,7 @@ from buildsys.store.topdir import make_top_folder
 
 if TYPE_CHECKING:
     from buildsys.build.executors import StageExecutor
+    from buildsys.execution.executor import Executor
 
 EXECUTED, CACHED, PULLED, FAILED, BLOCKED, SKIPPED, WOULD_RUN = (
     "executed", "cached", "pulled", "failed", "blocked", "skipped", "would-run",
@@ -152,12 +153,16 @@ class Builder:
         keep_going: bool = False,
         execute: bool = True,
         materialize: bool = True,
+        workers: Executor | None = None,
     ) -> None:
+        """``executor``: where stages run (default: this machine, in ``workers``, a worker pool
+        made for the build unless given)."""
         self.session = session
         self.store = session.store
         self.resolver = session.resolver
         self.reporter = reporter or Reporter()
         self._executor = executor
+        self._workers = workers
         self.remote = remote
         self.keep_going = keep_going
         self.execute = execute
@@ -183,7 +188,7 @@ class Builder:
         if self._executor is None:
             from buildsys.build.executors import LocalStageExecutor
 
-            self._executor = LocalStageExecutor(self.session, self._sandboxes, on_progress=self._on_progress)
+            self._executor = LocalStageExecutor(self.session, self._sandboxes, on_progress=self._on_progress, workers=self._workers)
         return self._executor
 
     def _cluster_view(self) -> dict[str, Any] | None:
