@@ -45,7 +45,7 @@ with Session(sys.argv[1]) as session:
     recipes = [spec.recipe for spec in session.project.stages.values()]
     code = recipe_code(recipes, session.project.recipe_path)
     executor = LocalExecutor(session.jobs, code=code, confine=confine)
-    report = Builder(session, executor=executor).build(list(session.project.targets))
+    report = Builder(session, workers=executor).build(list(session.project.targets))
     print(json.dumps(report.summary()))
 """
 
