@@ -13,13 +13,16 @@ start, in the CLI and in each worker, up to ~0.1 s a build; and versions sharing
 folder share its block group, whose freed inodes slow every create on a journal-less ext4
 (see BENCHMARKS.md). So each version gets its own fresh top-level folder and its own inputs.
 Folder placement still differs between versions: run twice, the second time in reverse order,
-and trust what holds in both.
+and trust what holds in both. On a machine with other load, wall times swing by 2x from round to
+round; the CPU seconds of each build (its process and its workers, user + system) swing far
+less, and each version's median ratio to the first one's, round by round, is printed for both.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -53,14 +56,21 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def timed_build(root: Path, code: Path) -> float:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_build(root: Path, code: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the build and its workers)."""
     os.sync()
+    cpu_started = _children_cpu()
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "buildsys", "build", "--json"], cwd=root, env=_env(PYTHONPATH=str(code)),
         check=True, stdout=subprocess.DEVNULL,
     )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _children_cpu() - cpu_started
 
 
 def main() -> int:
@@ -77,11 +87,11 @@ def main() -> int:
     projects = {rev: Path(tempfile.mkdtemp(prefix=f"ab-{rev.replace('/', '_')}-", dir=args.parent)) for rev in args.revisions}
     try:
         code = {rev: export(rev, scratch) for rev in args.revisions}
-        for rev, root in projects.items():
+        for root in projects.values():
             write_inputs(root, args.stages, args.mib)
             write_buildfile(root, args.stages, jobs=2)
         measures = [m.strip() for m in args.measure.split(",")]
-        times: dict[str, dict[str, list[float]]] = {rev: {m: [] for m in measures} for rev in args.revisions}
+        times: dict[str, dict[str, list[tuple[float, float]]]] = {rev: {m: [] for m in measures} for rev in args.revisions}
         for _ in range(args.rounds if "first" in measures else 1):
             for rev, root in projects.items():
                 for name in ("store", "out"):
@@ -98,8 +108,16 @@ def main() -> int:
             for rev, root in projects.items():
                 times[rev]["noop"].append(timed_build(root, code[rev]))
         print(f"{args.stages} stages of {args.mib:g} MiB, {args.rounds} rounds; medians (every round)")
+        base = args.revisions[0]
         for rev in args.revisions:
-            cells = [f"{kind} {statistics.median(values):.3f} s ({' '.join(f'{v:.3f}' for v in values)})" for kind, values in times[rev].items()]
+            cells = []
+            for kind, runs in times[rev].items():
+                walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+                cell = f"{kind} {statistics.median(walls):.3f} s ({' '.join(f'{v:.2f}' for v in walls)}), cpu {statistics.median(cpus):.3f} s"
+                if rev != base:
+                    ratios = [(w / bw, c / bc) for (w, c), (bw, bc) in zip(runs, times[base][kind])]
+                    cell += f", x{statistics.median(r for r, _ in ratios):.3f} wall x{statistics.median(r for _, r in ratios):.3f} cpu vs {base}"
+                cells.append(cell)
             print(f"{rev}: " + "; ".join(cells))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
