@@ -57,6 +57,11 @@ CASES = [
     ("outputs names unknown stage", ('pipeline = "p"', 'pipeline = "p"\noutputs = ["third"]'), ["targets.t.outputs", "unknown stage 'third'"]),
     ("bad on_fail", ('pipeline = "p"', 'pipeline = "p"\non_fail = "ignore"'), ["targets.t.on_fail", "fail, review"]),
     ("path traversal in source", ('src:data/*.txt', 'src:../secret.txt'), ["inputs.src", "without '..'"]),
+    ("300-character target name", ("[targets.t]", f"[targets.{'t' * 300}]"),
+     ["targets." + "t" * 40 + "...", "300 characters long, at most 100"]),
+    ("300-character stage name", ("[pipelines.p.stages.second]", f"[pipelines.p.stages.{'s' * 300}]"), ["stages." + "s" * 40 + "...", "at most 100"]),
+    ("input name that is a path", ('inputs = { prev = "first" }', 'inputs = { "../up" = "first" }'),
+     ["pipelines.p.stages.second.inputs.../up", "may hold only"]),
     ("date in params", ('inputs = { prev = "first" }', 'inputs = { prev = "first" }\nparams = { when = 2026-01-01 }'), ["params.when", "not allowed"]),
 ]
 
@@ -112,6 +117,13 @@ def test_good_build_survives_a_bad_edit(built: Project):
     again = built.build()
     assert again.code == 0 and again.summary["executed"] == 0 and again.summary["cached"] == 2
     assert (built.root / "out/t/second/prev/src/data/a.txt").read_text() == "alpha"
+
+
+def test_a_name_too_long_for_a_file_is_refused_by_plan_too(built: Project):
+    """It used to pass ``plan`` and fail in ``build`` writing ``refs/targets/NAME``."""
+    built.buildfile.write_text(built.buildfile.read_text().replace("[targets.t]", f"[targets.{'t' * 300}]"))
+    result = built.cli("plan")
+    assert result.code == 2 and "at most 100" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_unknown_target_on_the_command_line(built: Project):

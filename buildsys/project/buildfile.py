@@ -61,6 +61,10 @@ DEVICES = ("cpu", "cuda", "auto")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESOURCE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 RESERVED_RESOURCES = {"CPU": "threads", "GPU": 'device = "cuda"', "memory": "budget.memory_mb", "object_store_memory": None}
+MAX_NAME = 100
+"""The longest name of a target, stage, pipeline, model or input. Names become file and folder
+names (``refs/targets/TARGET``, ``out/TARGET/STAGE``, ``in/INPUT`` in a sandbox,
+``validation/TARGET__STAGE.json`` in a hand-off), and a file name holds at most 255 bytes."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,9 @@ class _Reader(Fields):
         return None
 
     def name(self, name: str, dotted: str) -> str:
+        if len(name) > MAX_NAME:
+            shown = dotted.removesuffix(name) + name[:40] + "..."
+            raise self.error(shown, f"name is {len(name)} characters long, at most {MAX_NAME} (names become file names)")
         return self.matching(name, NAME_RE, dotted, "may hold only letters, digits, '_', '-', '.'")
 
 
@@ -391,6 +398,7 @@ class _Expander:
             self._checked_recipes.add(recipe)  # hundreds of stages share a few recipes
         inputs: dict[str, tuple[InputRef, ...]] = {}
         for input_name, value in r.table(table.get("inputs", {}), f"{where}.inputs").items():
+            r.name(input_name, f"{where}.inputs.{input_name}")
             refs = value if isinstance(value, list) else [value]
             parsed = []
             for i, ref in enumerate(refs):
