@@ -11,6 +11,7 @@ from PIL import Image
 
 from buildsys.artifacts import (
     LabeledTreeDiff,
+    TreeDiff,
     diff_directories,
     render_html,
     render_text,
@@ -127,3 +128,15 @@ def test_write_html_links_assets_relatively(tmp_path: Path) -> None:
     assert f'src="../assets/{heat}"' in page
     assert (page_path.parent / "../assets" / heat).resolve().is_file()
     assert "data:image" not in page and str(tmp_path) not in page
+
+
+def test_a_section_whose_outputs_were_not_compared_is_never_identical() -> None:
+    """verify and diff sections with no file-by-file diff (trees gone, --no-artifacts, a stage on
+    one side only) used to read as 'all identical' in the page while the command exited 4."""
+    reason = "the output trees differ by digest; not compared file by file"
+    sections = [LabeledTreeDiff("t/a", TreeDiff(), "same"), LabeledTreeDiff("t/nd", TreeDiff(), "nondeterminism", reason)]
+    page = render_html(sections)
+    assert "all identical" not in page and "differences found" in page and reason in page
+    assert f"tree: {reason}" in render_text(sections)
+    assert to_json_dict(sections)["identical"] is False
+    assert render_html(sections[:1]).count("all identical") == 1

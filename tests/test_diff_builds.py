@@ -140,3 +140,38 @@ def test_unknown_sides_are_refused(builds) -> None:
             store_side(session.store, "no such thing")
     proc = run(["diff", "-f", str(buildfile), "t@-1", "f" * 64], buildfile.parent)
     assert proc.returncode == EXIT_BAD_INPUT and "no such build record" in proc.stderr
+
+
+def test_log_prints_the_record_digests_that_diff_takes(builds) -> None:
+    _, buildfile = builds("nondeterminism")
+    proc = run(["log", "-f", str(buildfile)], buildfile.parent)
+    assert proc.returncode == 0, proc.stderr
+    newest, older = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert run(["diff", "-f", str(buildfile), older, newest], buildfile.parent).returncode == EXIT_NOT_REPRODUCIBLE
+    listed = [json.loads(line)["digest"] for line in run(["log", "-f", str(buildfile), "--json"], buildfile.parent).stdout.splitlines()]
+    with Session(buildfile, check_recipes=False) as session:
+        assert listed == [d for _, d in reversed(session.store.builds.listing())]
+    assert [d[:12] for d in listed] == [newest, older]
+
+
+def test_a_stage_built_on_one_side_only_claims_no_key_or_output_difference(tmp_path: Path) -> None:
+    buildfile = write_buildfile(tmp_path, stage("t", "a", "echo_params", params={"size": 1}))
+    build(buildfile, "t")
+    buildfile.write_text(buildfile.read_text() + stage("t", "extra", "echo_params", params={"size": 2}))
+    build(buildfile, "t")
+    proc = run(["diff", "-f", str(buildfile), "t@-2", "t@-1"], buildfile.parent)
+    assert proc.returncode == 0, proc.stderr
+    [line] = [line for line in proc.stdout.splitlines() if "t/extra" in line]
+    assert line.split()[:4] == ["only", "in", "B", "t/extra"] and "differs" not in line and "same" not in line
+
+
+def test_html_of_a_diff_that_exits_4_never_says_all_identical(builds, tmp_path: Path) -> None:
+    """Without artifact diffs (--no-artifacts, or trees no longer in the store) the page used to
+    read the empty file lists as 'all identical' while the command exited 4."""
+    _, buildfile = builds("nondeterminism")
+    page = tmp_path / "diff.html"
+    proc = run(["diff", "-f", str(buildfile), "t@-2", "t@-1", "--no-artifacts", "--html", str(page)], buildfile.parent)
+    assert proc.returncode == EXIT_NOT_REPRODUCIBLE, proc.stderr
+    html = page.read_text()
+    assert "all identical" not in html and "differences found" in html
+    assert "differ by digest; not compared file by file" in html

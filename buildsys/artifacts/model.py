@@ -161,6 +161,18 @@ class LabeledTreeDiff:
     label: str
     tree: TreeDiff
     verdict: str = ""
+    not_compared: str = ""
+    """Why outputs that are not known to be identical have no file-by-file diff in ``tree`` (they
+    differ by digest but are not available, a stage ran on one side only, a replay failed); a
+    section with a reason is never called identical, and shows the reason as its summary."""
+
+    @property
+    def identical(self) -> bool:
+        return self.tree.identical and not self.not_compared
+
+    @property
+    def summary(self) -> str:
+        return self.not_compared if self.not_compared and self.tree.identical else self.tree.summary
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "verdict": self.verdict, **self.tree.to_json_dict()}
+        return {"label": self.label, "verdict": self.verdict, **self.tree.to_json_dict(), "identical": self.identical, "summary": self.summary}

@@ -39,7 +39,7 @@ def to_json_dict(result: Result) -> dict[str, Any]:
     secs = sections(result)
     return {
         "kind": "report",
-        "identical": all(s.tree.identical for s in secs),
+        "identical": all(s.identical for s in secs),
         "sections": [s.to_json_dict() for s in secs],
     }
 
@@ -100,7 +100,7 @@ def render_text(result: Result, *, details: bool = True) -> str:
             head += f": {sec.verdict}"
         out.append(f"{head} ==")
         tree = sec.tree
-        out.append(f"tree: {tree.summary}")
+        out.append(f"tree: {sec.summary}")
         for rel in tree.only_in_a:
             out.append(f"  - {rel}  (only in A)")
         for rel in tree.only_in_b:
@@ -217,7 +217,7 @@ def render_html(
     is given (a relative URL), else embedded from ``assets_dir`` as data URIs, else listed."""
     assets = _Assets(Path(assets_dir) if assets_dir is not None else None, link_base)
     secs = sections(result)
-    identical = all(s.tree.identical for s in secs)
+    identical = all(s.identical for s in secs)
     body = [
         f"<h1>{_e(title)}</h1>",
         f'<p class="{"ok" if identical else "bad"}">{"all identical" if identical else "differences found"}</p>',
@@ -226,7 +226,7 @@ def render_html(
         tree = sec.tree
         heading = _e(sec.label) if sec.label else "output tree"
         verdict = f' <span class="verdict">{_e(sec.verdict)}</span>' if sec.verdict else ""
-        body.append(f"<section><h2>{heading}{verdict}</h2><p>{_e(tree.summary)}</p>")
+        body.append(f"<section><h2>{heading}{verdict}</h2><p>{_e(sec.summary)}</p>")
         rows = [(rel, "only in A") for rel in tree.only_in_a] + [(rel, "only in B") for rel in tree.only_in_b]
         rows += [(fd.name, fd.kind + (" (equal content)" if fd.equivalent else "")) for fd in tree.differing]
         if rows:

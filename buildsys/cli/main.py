@@ -244,20 +244,20 @@ def gc(buildfile: Path, dry_run: bool) -> None:
 @click.option("--json", "json_output", is_flag=True)
 @handled
 def log(buildfile: Path, limit: int, stage_id: str | None, json_output: bool) -> None:
-    """Build records, newest first; or one stage's captured log."""
+    """Build records, newest first, each led by its digest (what `diff` takes); or one stage's captured log."""
     from buildsys.views.history import build_history, stage_log
 
     with open_session(buildfile) as session:
         if stage_id:
             sys.stdout.buffer.write(stage_log(session.store, stage_id))
             return
-        for record in build_history(session.store, limit):
+        for digest, record in build_history(session.store, limit):
             if json_output:
-                click.echo(json.dumps(record, sort_keys=True))
+                click.echo(json.dumps({**record, "digest": digest}, sort_keys=True))
             else:
                 summary = record.get("summary", {})
                 click.echo(
-                    f"{record['started']}  {record['producer'].get('user')}@{record['producer'].get('host')}  "
+                    f"{digest[:12]}  {record['started']}  {record['producer'].get('user')}@{record['producer'].get('host')}  "
                     f"targets={','.join(record['targets'])}  executed={summary.get('executed')} cached={summary.get('cached')} "
                     f"pulled={summary.get('pulled')} failed={summary.get('failed')}  {summary.get('wall_s')} s"
                 )

@@ -89,7 +89,7 @@ class BuildComparison:
         return {s.stage: s.verdict for s in self.stages}
 
     def labeled(self) -> list[LabeledTreeDiff]:
-        return [LabeledTreeDiff(s.stage, s.diff if s.diff is not None else TreeDiff(), s.verdict) for s in self.stages]
+        return [LabeledTreeDiff(s.stage, s.diff or TreeDiff(), s.verdict, _not_compared(s)) for s in self.stages]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +97,14 @@ class BuildComparison:
             "stages": [s.to_dict() for s in self.stages],
             "counts": {v: sum(1 for s in self.stages if s.verdict == v) for v in (SAME, NONDETERMINISM, INPUT, ENVIRONMENT, CHANGED, ONLY_A, ONLY_B)},
         }
+
+
+def _not_compared(s: StageComparison) -> str:
+    if s.diff is not None or s.tree_a == s.tree_b:
+        return ""
+    if s.verdict in (ONLY_A, ONLY_B):
+        return f"built {s.verdict}"
+    return "the output trees differ by digest; not compared file by file"
 
 
 # --------------------------------------------------------------------------- sides
@@ -247,6 +255,9 @@ def render_comparison(result: BuildComparison) -> str:
 
     lines = [f"A: {result.a.label}", f"B: {result.b.label}"]
     for s in result.stages:
+        if s.verdict in (ONLY_A, ONLY_B):
+            lines.append(f"  {s.verdict:<20} {s.stage}  (key {(s.key_a or s.key_b or '')[:12]})")
+            continue
         key = "same key" if s.key_a == s.key_b else "key differs"
         out = "same output" if s.tree_a == s.tree_b else "output differs"
         lines.append(f"  {s.verdict:<20} {s.stage}  ({key}, {out})")

@@ -95,7 +95,10 @@ class VerifyReport:
         out = []
         for v in self.stages:
             tree = v.diff if v.diff is not None else TreeDiff()
-            out.append(LabeledTreeDiff(v.stage, tree, verdict_text(v)))
+            reason = ""
+            if v.diff is None and v.status != REPRODUCED:
+                reason = "not replayed" if v.status == ERROR else "the output trees differ by digest; not compared file by file"
+            out.append(LabeledTreeDiff(v.stage, tree, verdict_text(v), reason))
         return out
 
     def to_dict(self) -> dict[str, Any]:

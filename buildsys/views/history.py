@@ -54,12 +54,14 @@ def cat_object(store: LocalStore, name: str) -> Any:
     return decoded if isinstance(decoded, (dict, list)) else data
 
 
-def build_history(store: LocalStore, limit: int) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
+def build_history(store: LocalStore, limit: int) -> list[tuple[str, dict[str, Any]]]:
+    """(digest, record) of the last ``limit`` builds, newest first; the digest is what ``diff``
+    takes (or any unique prefix of 8 digits or more)."""
+    records: list[tuple[str, dict[str, Any]]] = []
     for _, digest in reversed(store.builds.listing()):
         if len(records) >= limit:
             break
-        records.append(read_record(store, digest))
+        records.append((digest, read_record(store, digest)))
     return records
 
 
