@@ -20,6 +20,7 @@ from buildsys.cli.common import (
     open_remote_cache,
     open_session,
 )
+from buildsys.errors import BuildsysError
 from buildsys.project.config import (
     ConfigError,
     RemoteSettings,
@@ -165,8 +166,6 @@ def remote_status(ctx: click.Context, buildfile: Path, cli_url: str | None, as_j
 
 
 def _required_cache(session, url: str | None):
-    from buildsys.errors import BuildsysError
-
     cache = open_remote_cache(session, url, required=True)
     if cache is None:
         raise BuildsysError("no remote configured: set [remote] url in the Buildfile or user config, or pass --remote URL")
@@ -186,7 +185,7 @@ def remote_push(buildfile: Path, targets: tuple[str, ...], cli_url: str | None) 
         for name in session.targets(targets):
             ref = session.last_build(name)
             if ref is None:
-                raise click.ClickException(f"target {name!r} has not been built here yet")
+                raise BuildsysError(f"target {name!r} has not been built here yet")
             keys += [entry["key"] for entry in ref["stages"].values()]
         settings = load_settings(session.project.remote, cli_url, buildfile_where=str(session.project.file), user=load_user_config())
         if settings.enabled and settings.read_only:
