@@ -4,17 +4,31 @@ Exit codes (documented in the README):
     0  success
     1  a build ran and something failed: a stage, a gate, a budget
     2  bad invocation or bad input: Buildfile, bundle, mesh, config
-    3  the store is unusable or corrupt
+    3  the store is unusable or corrupt, or a disk filled up
     4  verify found a deterministic stage that did not reproduce
 """
 
 from __future__ import annotations
+
+import errno
 
 EXIT_OK = 0
 EXIT_BUILD_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STORE = 3
 EXIT_NOT_REPRODUCIBLE = 4
+
+NO_SPACE = "no-space"
+"""The outcome of a stage whose recipe ran out of disk space (its sandbox is on the store's
+filesystem): the build exits with EXIT_STORE, as it does when the store's own writes or the
+materialized copies run out of space (:func:`out_of_space`)."""
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """A write refused for lack of space or quota: nothing half-written is left visible (every
+    write is a temp file renamed in), so what was built before stays usable."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
 
 BAD_INPUT = "bad-input"
 """The outcome of a stage whose recipe rejected its inputs or params (a RecipeError other than a

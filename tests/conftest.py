@@ -95,3 +95,30 @@ def site_project(tmp_path_factory: pytest.TempPathFactory):
     from site_helpers import make_site_project
 
     return make_site_project(tmp_path_factory.mktemp("site-project"))
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path):
+    """A real filesystem of a few MiB: a tmpfs mounted for the test (root only). Yields a function
+    ``(size_mib) -> mount point``: the first call mounts it, later calls resize it in place
+    (files kept)."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root (and mount(8))")
+    point = tmp_path / "small-fs"
+    point.mkdir()
+    mounted = False
+
+    def mount(size_mib: int) -> Path:
+        nonlocal mounted
+        options = f"size={size_mib}m" if not mounted else f"remount,size={size_mib}m"
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted = True
+        return point
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)

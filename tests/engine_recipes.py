@@ -57,3 +57,10 @@ def warn_about_inputs(ctx: StageContext) -> None:
     for path in ctx.input_files("src"):
         ctx.warn(f"{path}: looked at")
         shutil.copyfile(path, ctx.out / path.name)
+
+
+def random_bytes(ctx: StageContext) -> None:
+    """Write ``params.kib`` KiB of bytes drawn from a generator seeded by the stage's seed."""
+    import random
+
+    (ctx.out / "data.bin").write_bytes(random.Random(ctx.seed).randbytes(ctx.param("kib", 64, int) << 10))

@@ -28,7 +28,7 @@ from buildsys.build.incremental import entry_for, renew, tokens_of
 from buildsys.build.materialize import MaterializeReport, materialize_trees
 from buildsys.build.resolver import Resolved, closure
 from buildsys.build.session import Session
-from buildsys.errors import BAD_INPUT, EXIT_BAD_INPUT, EXIT_BUILD_FAILED, EXIT_OK, BuildsysError
+from buildsys.errors import BAD_INPUT, EXIT_BAD_INPUT, EXIT_BUILD_FAILED, EXIT_OK, EXIT_STORE, NO_SPACE, BuildsysError
 from buildsys.execution.producer import producer
 from buildsys.execution.sandbox import SandboxPool
 from buildsys.keys.action import changed_components
@@ -97,6 +97,8 @@ class BuildReport:
 
     @property
     def exit_code(self) -> int:
+        if any(s.outcome == NO_SPACE for s in self.stages.values()):
+            return EXIT_STORE
         if any(s.outcome == BAD_INPUT for s in self.stages.values()):
             return EXIT_BAD_INPUT
         return EXIT_OK if all(v in ("ok", "review") for v in self.targets.values()) else EXIT_BUILD_FAILED
@@ -381,6 +383,8 @@ class Builder:
             run = executor.run(resolved)
         if run.result is None:
             error = run.outcome.error if run.outcome.status == BAD_INPUT else f"{run.outcome.status}: {run.outcome.error}"
+            if run.outcome.status == NO_SPACE:
+                error = f"{run.outcome.error} (the store's filesystem, {self.store.root}, is full: free space and build again)"
             return StageReport(
                 sid, FAILED, key=resolved.key, log=run.log, error=error, outcome=run.outcome.status, wall_s=run.outcome.wall_s,
                 node_class=resolved.placement.node_class if resolved.placement else None, node=run.outcome.extra.get("node"),

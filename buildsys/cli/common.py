@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from buildsys.errors import EXIT_BAD_INPUT, EXIT_STORE, BuildsysError
+from buildsys.errors import EXIT_BAD_INPUT, EXIT_STORE, BuildsysError, out_of_space
 
 BUILDFILE_OPTION = click.option(
     "-f", "--buildfile", type=click.Path(path_type=Path), default=Path("Buildfile.toml"), show_default=True,
@@ -43,6 +43,13 @@ def handled(function: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc), EXIT_STORE)
         except EncodingError as exc:
             fail(f"cannot encode: {exc}", EXIT_BAD_INPUT)
+        except OSError as exc:
+            if not out_of_space(exc):
+                raise
+            what = (exc.strerror or "no space left on device").lower()
+            where = f" writing {exc.filename}" if exc.filename else ""
+            fail(f"{what}{where}: free some space (buildsys gc removes what no ref keeps) and run again; "
+                 "what was built before is kept", EXIT_STORE)
 
     return wrapper
 

@@ -54,7 +54,7 @@ def main() -> None:
 
     \b
     Exit codes: 0 ok, 1 build failed (stage, gate or budget), 2 bad input
-    (Buildfile, bundle, config), 3 store unusable or corrupt, 4 verify found
+    (Buildfile, bundle, config), 3 store unusable or corrupt (or a disk full), 4 verify found
     a deterministic stage that did not reproduce.
     """
 

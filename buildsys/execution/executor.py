@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from buildsys.determinism import worker_environment
-from buildsys.errors import BAD_INPUT
+from buildsys.errors import BAD_INPUT, NO_SPACE
 from buildsys.execution import cgroups, procfs
 from buildsys.execution.confine import TASKS, Policy, describe, library_paths, summary
 from buildsys.execution.worker import read_frame, write_frame
@@ -252,7 +252,7 @@ class LocalExecutor:
         try:
             outcome = self._drive(worker, job)
             outcome.confinement = worker.confinement
-            if outcome.status in ("timeout", "memory", "crash"):
+            if outcome.status in ("timeout", "memory", "crash", NO_SPACE):  # NO_SPACE: its log may hold unwritten bytes
                 worker.kill()
                 keep = None
             elif job.isolated:
@@ -302,7 +302,7 @@ class LocalExecutor:
             if frame["ok"]:
                 return JobOutcome(True, "ok", None, frame["wall_s"], frame["cpu_s"], peak, frame.get("iterations", 0),
                                   warnings=frame.get("warnings") or [])
-            status = BAD_INPUT if frame.get("bad_input") else "failed"
+            status = BAD_INPUT if frame.get("bad_input") else NO_SPACE if frame.get("no_space") else "failed"
             return JobOutcome(False, status, frame["error"], frame["wall_s"], frame["cpu_s"], peak)
 
     def close(self) -> None:

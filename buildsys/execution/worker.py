@@ -39,6 +39,7 @@ from buildsys.determinism import (
     seed_numpy_global,
     seed_torch_global,
 )
+from buildsys.errors import out_of_space
 from buildsys.execution.confine import Policy, enter
 from buildsys.execution.namespaces import end_strays
 from buildsys.store.atomic import unlink_quietly
@@ -93,8 +94,11 @@ class _Progress:
 
 
 def _redirect_output(path: str | None) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # the log's filesystem is full: the reply must still go out (the executor then ends this worker)
+            pass
     fd = os.open(path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -257,10 +261,14 @@ def main() -> None:
             extra = run_job(job, channel)
             reply: dict[str, Any] = {"done": True, "ok": True, **extra}
         except BaseException as exc:  # everything a recipe raises is reported, never fatal
-            traceback.print_exc()
+            try:
+                traceback.print_exc()
+            except OSError:  # into a log on a full filesystem: the reply below still says what happened
+                pass
             bad_input = isinstance(exc, RecipeError) and not isinstance(exc, BudgetExceeded)
             error = str(exc) if bad_input else f"{type(exc).__name__}: {exc}{failure_hint(exc, job['mode'])}"
-            reply = {"done": True, "ok": False, "error": error, "error_type": type(exc).__name__, "bad_input": bad_input}
+            reply = {"done": True, "ok": False, "error": error, "error_type": type(exc).__name__, "bad_input": bad_input,
+                     "no_space": out_of_space(exc)}
         reply["wall_s"] = time.perf_counter() - started
         reply["cpu_s"] = time.process_time() - cpu_started
         _redirect_output(None)

@@ -131,6 +131,9 @@ class BlobStore:
         fd, tmp = create_read_only_temp(self._staging_folder(digest), ".s-")
         try:
             write_all(fd, data)
+        except BaseException:
+            unlink_quietly(tmp)  # a disk full: its partial bytes would hold space until gc
+            raise
         finally:
             os.close(fd)
         return tmp
@@ -275,9 +278,11 @@ class BlobStore:
                 os.close(dst)
             os.replace(temp, dest)
             return os.stat(dest)  # after the rename, which changes the inode's ctime
-        except BaseException:
+        except BaseException as exc:
             if written is not None:
                 unlink_quietly(written)
+            if isinstance(exc, OSError) and exc.filename is None:
+                exc.filename = str(dest)  # a write to the descriptor (a disk full): name the file
             raise
         finally:
             os.close(src)
