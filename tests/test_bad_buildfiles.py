@@ -62,6 +62,8 @@ CASES = [
     ("300-character stage name", ("[pipelines.p.stages.second]", f"[pipelines.p.stages.{'s' * 300}]"), ["stages." + "s" * 40 + "...", "at most 100"]),
     ("input name that is a path", ('inputs = { prev = "first" }', 'inputs = { "../up" = "first" }'),
      ["pipelines.p.stages.second.inputs.../up", "may hold only"]),
+    ("params nested 500 deep", ('inputs = { prev = "first" }', 'inputs = { prev = "first" }\nparams = { x = ' + "[" * 500 + "]" * 500 + " }"),
+     ["nested too deeply"]),
     ("date in params", ('inputs = { prev = "first" }', 'inputs = { prev = "first" }\nparams = { when = 2026-01-01 }'), ["params.when", "not allowed"]),
 ]
 

@@ -79,6 +79,7 @@ def test_user_config_tables(user_config: Path) -> None:
         ('[signing]\nkey = "has space"\n', "\\[signing\\] field 'key'"),
         ('[signing]\nname = "x"\n', "field 'name': unknown field"),
         ('[remote]\ntimeout = 3\n', "field 'timeout': unknown field \\(did you mean 'timeout_s'"),
+        ("[remote]\nurl = " + "[" * 500 + "]" * 500 + "\n", "nested too deeply"),
     ],
 )
 def test_user_config_errors_name_file_and_field(user_config: Path, text: str, message: str) -> None:

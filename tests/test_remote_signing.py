@@ -50,6 +50,11 @@ def test_verdicts_and_rotation(tmp_path: Path) -> None:
     assert both.verify(ActionRecord(RESULT, {"key": "ci-2024", "sig": by_new.signature["sig"]})) is Verdict.BAD_SIGNATURE
     for junk in ({"key": 7}, {"key": "ci-2025"}, {"key": "ci-2025", "sig": "%%%"}, {"key": "ci-2025", "sig": "AAAA"}):
         assert both.verify(ActionRecord(RESULT, junk)) is Verdict.BAD_SIGNATURE
+    # decodable but with no canonical bytes (found by bench/fuzz_inputs.py: it raised EncodingError in a pull)
+    for odd in ({"wall_s": float("inf")}, {b"bytes key": 1}):
+        unencodable = ActionResult(**{**RESULT.__dict__, "metrics": odd})
+        assert both.verify(ActionRecord(unencodable, by_new.signature)) is Verdict.BAD_SIGNATURE
+        assert both.verify_in_place(ActionRecord(unencodable, by_new.signature), new.key_id) is Verdict.BAD_SIGNATURE
 
 
 def test_loading_refuses_bad_key_files(tmp_path: Path) -> None:

@@ -238,6 +238,8 @@ def parse(path: Path, data: bytes) -> tuple[str, dict[str, Any]]:
         return text, tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
         raise BuildfileError(str(path), "", f"TOML syntax error: {exc}", exc.lineno) from None
+    except RecursionError:  # tomli's own limit on nested arrays and inline tables (400)
+        raise BuildfileError(str(path), "", "TOML nested too deeply to be a Buildfile") from None
 
 
 def expand(path: Path, text: str, raw: dict[str, Any], check_recipes: bool = True) -> Project:

@@ -201,6 +201,8 @@ def load_user_config(path: Path | None = None) -> UserConfig:
         raise ConfigError(f"{path}: cannot read config ({exc})") from None
     except tomli.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    except RecursionError:  # tomli's own limit on nested arrays and inline tables (400)
+        raise ConfigError(f"{path}: invalid TOML (nested too deeply)") from None
     remote = RemoteSettings.from_table(raw.get("remote", {}), str(path))
     executor = raw.get("executor")
     if executor is not None:

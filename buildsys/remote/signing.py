@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from buildsys.errors import BuildsysError
+from buildsys.keys.encoding import EncodingError
 from buildsys.project.config import KEY_NAME
 from buildsys.store.records import ActionRecord, ActionResult
 
@@ -181,7 +182,7 @@ class TrustedKeys:
         key = self.keys.get(name)
         if key is None:
             return Verdict.UNTRUSTED
-        return _check(key, sig, DOMAIN + record.result.encode())
+        return _check(key, sig, _signed_bytes(record))
 
     def verify_in_place(self, record: ActionRecord, place: str) -> Verdict:
         """Whether the record found in the place of the key with id ``place`` was signed by that
@@ -191,7 +192,7 @@ class TrustedKeys:
             return Verdict.UNTRUSTED
         if record.signature is None:
             return Verdict.UNSIGNED
-        return _check(key, record.signature, DOMAIN + record.result.encode())
+        return _check(key, record.signature, _signed_bytes(record))
 
     def verify_message(self, signature: object, message: bytes) -> tuple[Verdict, str | None]:
         """(verdict, the signing key's name) of a detached ``{"key", "sig"}`` over ``message``;
@@ -208,9 +209,18 @@ class TrustedKeys:
         return _check(key, signature, message), name
 
 
-def _check(key: Ed25519PublicKey, signature: dict, message: bytes) -> Verdict:
+def _signed_bytes(record: ActionRecord) -> bytes | None:
+    """What a record's signature covers; None for a result with no canonical bytes (an inf, a
+    bytes map key: decoded from a remote, never signed by anyone)."""
+    try:
+        return DOMAIN + record.result.encode()
+    except EncodingError:
+        return None
+
+
+def _check(key: Ed25519PublicKey, signature: dict, message: bytes | None) -> Verdict:
     raw = signature.get("sig")
-    if not isinstance(raw, str):
+    if not isinstance(raw, str) or message is None:
         return Verdict.BAD_SIGNATURE
     try:
         key.verify(base64.b64decode(raw, validate=True), message)
