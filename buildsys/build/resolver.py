@@ -80,6 +80,14 @@ class Resolver:
         self._tree_manifests: dict[Digest, Manifest] = {}  # source trees, which a plan does not store
         self.writes = True
 
+    def forget_trees(self) -> None:
+        """Resolve sources and models afresh (a build starting over after a corrupt blob: one of
+        theirs may be the one that went)."""
+        self._sources.clear()
+        self._models.clear()
+        self.source_manifests.clear()
+        self._tree_manifests.clear()
+
     def plan_only(self) -> None:
         """Resolve without writing: sources, models and merged trees are hashed, never copied
         into the store (``buildsys plan`` writes nothing)."""

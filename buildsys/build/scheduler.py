@@ -36,9 +36,12 @@ from buildsys.keys.encoding import canonical_bytes, decode
 from buildsys.keys.hashing import Digest
 from buildsys.keys.tree import Manifest
 from buildsys.store.build_record import RECORD_VERSION
-from buildsys.store.errors import StoreError
+from buildsys.store.errors import StoreCorruption, StoreError
 from buildsys.store.records import ActionResult
 from buildsys.store.topdir import make_top_folder
+
+HEALS = 2
+"""How many times a build starts over after finding a corrupt blob (see :meth:`Builder.build`)."""
 
 if TYPE_CHECKING:
     from buildsys.build.executors import StageExecutor
@@ -91,6 +94,7 @@ class BuildReport:
     index: dict[str, int] | None = None  # stages taken from the resolved-graph index (graph_index.py)
     cluster: dict[str, Any] | None = None
     """The executor's nodes and the classes stages were placed in (None: this machine)."""
+    store_warnings: list[str] = field(default_factory=list)  # damage the build found and worked around
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.stages.values() if s.status == status)
@@ -125,6 +129,7 @@ class BuildReport:
             "wall_s": round(self.wall_s, 3),
             "workers_started": self.workers_started,
             "index": self.index,
+            "store_warnings": self.store_warnings,
             **({"cluster": self.cluster} if self.cluster else {}),
             "exit_code": self.exit_code,
         }
@@ -164,6 +169,7 @@ class Builder:
         self.resolver = session.resolver
         self.reporter = reporter or Reporter()
         self._executor = executor
+        self._local_executor = executor is None  # made here, so it can be made again (see build)
         self._workers = workers
         self.remote = remote
         self.keep_going = keep_going
@@ -181,6 +187,7 @@ class Builder:
         self._by_key = 0
         self._manifests: dict[Digest, Manifest] = {}
         self._tables: dict[str, Digest] = {}  # stage tables of targets built whole (build_record.py)
+        self.healed: list[str] = []  # corrupt blobs this build found, and started over for
         if not execute and remote is None:
             session.plan_only()  # a plan writes nothing (one that may pull from a remote stores what it pulls)
 
@@ -203,31 +210,62 @@ class Builder:
             self.reporter.progress(stage_id, done, total, message)
 
     def build(self, target_names: list[str]) -> BuildReport:
+        """Walk, materialize and record; a blob found corrupt on the way (quarantined by the
+        store, so now missing) makes the build start over, without the resolved-graph index,
+        and the stages that produced it run again in this same run (at most ``HEALS`` times,
+        and only while each try finds another corrupt blob; not with an executor the caller
+        gave, which the walk closed)."""
         started = time.time()
         with self.store.locks.using_store():
-            try:
-                reports = self._walk(target_names)
-            finally:
-                if self._executor is not None:
-                    self._executor.close()
-                self._sandboxes.close()
-            targets = self._target_verdicts(target_names, reports)
-            materialized = MaterializeReport()
-            if self.execute:
-                # refs first: their flush then does not also write out the materialized copies
-                self._write_refs(target_names, reports)
-                if self.materialize:
-                    self._materialize(target_names, reports, materialized)
-            index = None if self.index is None else {
-                "fresh": len(self._from_index), "by_key": self._by_key, "watched": self.session.watch_changed is not None,
-            }
-            report = BuildReport(
-                targets, reports, materialized, remote=self._remote_stats(), wall_s=time.time() - started,
-                workers_started=getattr(self._executor, "spawned", 0), index=index, cluster=self._cluster_view(),
-            )
-            if self.execute:
-                report.record = self._record(target_names, report, started)
-                renew(self.session, self.index, self._index_entries(reports), set(reports), self._tables)
+            for attempt in range(HEALS + 1):
+                found = len(self.store.blobs.found_corrupt)
+                try:
+                    return self._build(target_names, started)
+                except StoreCorruption as exc:
+                    if attempt == HEALS or len(self.store.blobs.found_corrupt) == found or not self._local_executor:
+                        raise
+                    self.healed.append(f"{exc}: the stages that made it run again")
+                    self._start_over()
+        raise AssertionError("unreachable")
+
+    def _start_over(self) -> None:
+        self.index = None
+        self._executor = None  # closed by the walk
+        self._sandboxes = SandboxPool(self.store.tmp)
+        self._resolved_by.clear()
+        self._entries.clear()
+        self._from_index.clear()
+        self._unindexed.clear()
+        self._by_key = 0
+        self._manifests.clear()
+        self._tables.clear()
+        self.resolver.forget_trees()
+
+    def _build(self, target_names: list[str], started: float) -> BuildReport:
+        try:
+            reports = self._walk(target_names)
+        finally:
+            if self._executor is not None:
+                self._executor.close()
+            self._sandboxes.close()
+        targets = self._target_verdicts(target_names, reports)
+        materialized = MaterializeReport()
+        if self.execute:
+            # refs first: their flush then does not also write out the materialized copies
+            self._write_refs(target_names, reports)
+            if self.materialize:
+                self._materialize(target_names, reports, materialized)
+        index = None if self.index is None else {
+            "fresh": len(self._from_index), "by_key": self._by_key, "watched": self.session.watch_changed is not None,
+        }
+        report = BuildReport(
+            targets, reports, materialized, remote=self._remote_stats(), wall_s=time.time() - started,
+            workers_started=getattr(self._executor, "spawned", 0), index=index, cluster=self._cluster_view(),
+            store_warnings=self.healed + self.store.actions.repairs,
+        )
+        if self.execute:
+            report.record = self._record(target_names, report, started)
+            renew(self.session, self.index, self._index_entries(reports), set(reports), self._tables)
         return report
 
     def _index_entries(self, reports: dict[str, StageReport]) -> dict[str, StageEntry]:

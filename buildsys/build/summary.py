@@ -32,6 +32,8 @@ def print_summary(report: BuildReport, session: Session, json_output: bool, verb
 
         sid, words = loose[0]
         click.echo(f"buildsys: warning: {len(loose)} stage(s) ran {confinement_summary(words)} (e.g. {sid})", err=True)
+    for warning in summary["store_warnings"]:
+        click.echo(f"buildsys: warning: store: {warning}", err=True)
     for sid, warnings in summary["warnings"].items():
         for warning in warnings:
             click.echo(f"buildsys: warning: {sid}: {warning}", err=True)

@@ -7,7 +7,8 @@ On disk::
 A record is written only after every blob it references is durable, and refused if any is
 missing, so no record ever points at a missing blob; a record's bytes are staged in ``cas/``
 read-only like a blob and made writable only once moved out of it. A lookup answers only when
-every blob the record references (its tree's files included) is present.
+every blob the record references (its tree's files included) is present; a damaged record is
+a miss, moved to ``quarantine/action-<key>``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class ActionCache:
         self.folder = folder
         self.blobs = blobs
         self._ac = str(folder)
+        self.repairs: list[str] = []
+        """What lookups found damaged and set aside, for the build to warn about."""
 
     def get(self, key: Digest) -> ActionRecord | None:
         path = diskio.shard(self._ac, key)
@@ -45,11 +48,32 @@ class ActionCache:
             raise StoreCorruption(str(exc)) from None
 
     def lookup(self, key: Digest) -> ActionResult | None:
-        """The cached result of an action, only if every blob it references is present."""
-        record = self.get(key)
-        if record is None or record.result.key != key:
+        """The cached result of an action, only if every blob it references is present. A
+        record that cannot be read, or that names another key, is a miss: it is moved to
+        ``quarantine/`` (so the action runs again and records itself anew) and said in
+        :attr:`repairs`; a corrupt tree is quarantined by the blob store, and then missing."""
+        try:
+            record = self.get(key)
+            if record is not None and record.result.key != key:
+                raise StoreCorruption(f"{diskio.shard(self._ac, key)}: record names key {record.result.key}")
+        except StoreCorruption as exc:
+            self._quarantine(key)
+            self.repairs.append(f"{exc}; moved to quarantine, the action runs again")
             return None
-        return None if self.missing_for(record.result) else record.result
+        if record is None:
+            return None
+        try:
+            return None if self.missing_for(record.result) else record.result
+        except StoreCorruption as exc:
+            self.repairs.append(f"{exc}; the action runs again")
+            return None
+
+    def _quarantine(self, key: Digest) -> None:
+        self.blobs.quarantined.mkdir(exist_ok=True)
+        try:
+            os.replace(diskio.shard(self._ac, key), self.blobs.quarantined / f"action-{key}")
+        except FileNotFoundError:
+            pass  # another build moved it first
 
     def put(self, record: ActionRecord, blobs: list[tuple[Path | str, Digest]] | None = None) -> None:
         """Record an action. With ``blobs`` (files staged for the blob store, see

@@ -5,7 +5,8 @@ On disk (under the store's root)::
     cas/ab/<digest>              a blob: a read-only file whose bytes hash to its name
     cas/ab/.s-*, cas/ab/.b-*     a file staged for the store, not yet moved in (garbage after a
                                  crash; gc removes it)
-    quarantine/<digest>          a blob whose bytes no longer matched its name
+    quarantine/<digest>          a blob whose bytes no longer matched its name (the action cache
+                                 keeps damaged records there too: actions.py)
 
 A tree is a blob holding a manifest (keys/tree.py). Every blob is made read-only in a temp file
 in a shard folder, made durable, then renamed in, so a crash at any instant leaves no partial
@@ -26,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from buildsys.keys.hashing import Digest, digest_bytes, is_digest
+from buildsys.keys.hashing import Digest, digest_bytes, digest_file, is_digest
 from buildsys.keys.tree import Manifest, TreeError, decode_manifest, encode_manifest
 from buildsys.store import diskio
 from buildsys.store.atomic import READ_ONLY, create_read_only_temp, unlink_quietly, write_all, write_atomic
@@ -54,6 +55,8 @@ class BlobStore:
         self._trees: dict[Digest, Manifest] = {}
         # blobs whose bytes this process hashed as it wrote them in
         self._written: set[Digest] = set()
+        # blobs this process found corrupt and moved to quarantine/, oldest first
+        self.found_corrupt: list[Digest] = []
 
     # naming and presence -------------------------------------------------------------------
 
@@ -306,8 +309,20 @@ class BlobStore:
 
     def link_into(self, digest: Digest, dest: Path | str) -> None:
         """Hard-link a blob into a sandbox (read-only; falls back to a copy across
-        filesystems), making the folder on the way if it is missing."""
+        filesystems), making the folder on the way if it is missing. A blob that is not
+        trusted is re-hashed first (a corrupt one is quarantined and refused: a stage never
+        runs on damaged input), and sealed again after the link, whose new inode change time
+        would otherwise void its seal."""
         blob = self._checked_path(digest)
+        try:
+            st = os.stat(blob)
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from {self.folder.parent}") from None
+        if not self.trusted(digest, st):
+            found, _ = digest_file(blob)
+            if found != digest:
+                self.quarantine(digest)
+                raise StoreCorruption(f"blob {digest} in {self.folder.parent} is corrupt (moved to quarantine)")
         try:
             try:
                 os.link(blob, dest)
@@ -317,6 +332,9 @@ class BlobStore:
         except OSError:  # another filesystem
             shutil.copyfile(blob, dest)
             os.chmod(dest, READ_ONLY)
+            return
+        if digest not in self._written:
+            self.stat_cache.seal(blob, os.stat(blob), digest)
 
     # damage and leftovers ------------------------------------------------------------------
 
@@ -324,6 +342,7 @@ class BlobStore:
         """Move a blob whose bytes do not match its name out of ``cas/``."""
         self._trees.pop(digest, None)
         self._written.discard(digest)
+        self.found_corrupt.append(digest)
         self.stat_cache.forget(diskio.shard(self._cas, digest))
         self.quarantined.mkdir(exist_ok=True)
         try:

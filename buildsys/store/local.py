@@ -6,7 +6,8 @@ its crash-safety are written down::
     FORMAT                  "buildsys-store 1"
     cas/ab/<digest>         blobs and trees, read-only files named by their BLAKE3 digest (blobs.py)
     cas/ab/.in-*, cas/.in-* downloads not yet moved in (downloads.py)
-    quarantine/<digest>     blobs whose bytes no longer matched their name (blobs.py)
+    quarantine/<digest>     blobs whose bytes no longer matched their name (blobs.py), and
+    quarantine/action-<key> action records that could not be read (actions.py)
     ac/ab/<key>             action-cache entries (actions.py; their format: records.py)
     refs/<kind>/<name>      named roots: targets/<target>, pins/<name>, approved/<target>,
                             checks/<kind>-<subject> (the last verify/diff report) (refs.py)
