@@ -14,7 +14,6 @@ import copy
 import datetime
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -355,11 +354,11 @@ class RecordCheck:
         self.path.parent.mkdir(exist_ok=True)
         self.path.write_bytes(data)
         try:
-            self.store.actions.lookup(self.key)  # a malformed record: StoreCorruption, exit 3
+            self.store.actions.lookup(self.key)  # a malformed record: a miss, set aside in quarantine/
         except StoreError:
             record = None
         finally:
-            os.unlink(self.path)
+            self.path.unlink(missing_ok=True)
         if record is None:
             return REFUSED
         self.trusted.verify(record)  # what a pull does with it: any verdict, never an exception
