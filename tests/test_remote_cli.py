@@ -140,6 +140,13 @@ def test_remote_push_prints_counts_and_says_when_a_remote_is_read_only(tmp_path:
                     "is read-only here (read_only = true, from", "config.toml [remote]", "nothing pushed")
 
 
+def test_remote_push_of_a_target_never_built_is_one_line_exit_2(tmp_path: Path, home: dict[str, str]) -> None:
+    """It was click's own 'Error:' line and exit 1, as if a build had failed."""
+    (tmp_path / "share").mkdir()
+    _one_error_line(_cli(tmp_path, home, "remote", "push", "t", "--remote", f"file://{tmp_path / 'share'}"), 2,
+                    "target 't' has not been built here yet")
+
+
 def test_store_cat(tmp_path: Path, home: dict[str, str]) -> None:
     built = run_cli("build", "--json", "--no-remote", cwd=tmp_path / "p", env=home)
     assert built.code == 0, built.stderr
