@@ -42,6 +42,46 @@ def orbit_camera(azimuth_deg: float, elevation_deg: float, distance: float, fov_
     return Camera(eye=eye, fov_deg=fov_deg)
 
 
+CAMERA_FEATURES = 16
+"""How many numbers :func:`camera_features` gives: the width of a camera-conditioned UNet's
+class embedding input."""
+
+
+def camera_to_world(camera: Camera) -> np.ndarray:
+    """The 4x4 camera-to-world matrix, OpenGL axes (x right, y up, the camera looking down -z)."""
+    right, up, forward = camera.basis()
+    matrix = np.eye(4)
+    matrix[:3, 0], matrix[:3, 1], matrix[:3, 2] = right, up, -forward
+    matrix[:3, 3] = camera.eye
+    return matrix
+
+
+def camera_features(camera: Camera) -> np.ndarray:
+    """What a camera-conditioned prior receives as ``class_labels``: the camera-to-world matrix
+    flattened row by row (16 float32), the encoding MVDream feeds its camera embedding. Objects
+    live in [-1, 1]^3, world y is up; the field of view is the prior's (40 degrees here)."""
+    return camera_to_world(camera).reshape(16).astype(np.float32)
+
+
+RAY_CHANNELS = 6
+"""A ray map's channels: the world direction of each pixel's ray and its moment (eye x
+direction), the Plücker coordinates of the ray."""
+
+
+def ray_map(features: np.ndarray, fov_deg: float, size: int) -> np.ndarray:
+    """(6, size, size) float32 Plücker coordinates of the rays through the pixel centres of the
+    camera whose :func:`camera_features` are ``features`` (row 0 at the top of the image)."""
+    matrix = np.asarray(features, np.float64).reshape(4, 4)
+    focal = 1.0 / math.tan(math.radians(fov_deg) / 2.0)
+    centres = (np.arange(size, dtype=np.float64) + 0.5) / size * 2.0 - 1.0
+    ys, xs = np.meshgrid(-centres, centres, indexing="ij")
+    local = np.stack([xs / focal, ys / focal, -np.ones_like(xs)], axis=-1)
+    directions = local @ matrix[:3, :3].T
+    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+    moments = np.cross(np.broadcast_to(matrix[:3, 3], directions.shape), directions)
+    return np.concatenate([directions, moments], axis=-1).transpose(2, 0, 1).astype(np.float32)
+
+
 def standard_cameras(count: int = 4, elevation_deg: float = 20.0, distance: float = 3.2) -> list[Camera]:
     """Fixed cameras evenly spaced in azimuth: the views of previews and render regression."""
     return [orbit_camera(360.0 * i / count + 30.0, elevation_deg, distance) for i in range(count)]

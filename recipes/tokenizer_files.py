@@ -10,6 +10,7 @@ from pathlib import Path
 
 WORDS = (
     "a an the of and with red green blue yellow white black orange purple sphere blob cube "
+    "cylinder cone capsule "
     "torus rock stone tree house chair mug vase apple shiny matte smooth rough small large "
     "round soft glowing wooden metal glass photo render"
 ).split()
@@ -28,17 +29,29 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
+def _apply(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word: merge the adjacent pair of lowest rank until none is left."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2:]
+    return symbols
+
+
 def _merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
-    """Merge each word left to right into one symbol (ending in ``</w>``)."""
+    """Merges that make every word one token (ending in ``</w>``): each word is encoded with the
+    merges so far, and what is left of it is merged left to right by new merges, which rank after
+    every earlier one and so never change how an earlier word is encoded."""
     merges: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
+    ranks: dict[tuple[str, str], int] = {}
     for word in words:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        symbols = _apply(list(word[:-1]) + [word[-1] + "</w>"], ranks)
         while len(symbols) > 1:
             pair = (symbols[0], symbols[1])
-            if pair not in seen:
-                seen.add(pair)
-                merges.append(pair)
+            ranks[pair] = len(merges)
+            merges.append(pair)
             symbols = [symbols[0] + symbols[1]] + symbols[2:]
     return merges
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -84,6 +85,25 @@ def _graph_index_folder(tmp_path_factory: pytest.TempPathFactory):
     os.environ.pop("BUILDSYS_INDEX_DIR", None)
 
 
+TEST_SIZED = (("views = 32 }", "views = 2 }"), ("steps = 2500,", "steps = 20,"),
+              ("iterations = 150,", "iterations = 15,"), ("iterations = 150,", "iterations = 15,"),
+              ("max_splats = 3000, iterations = 150,", "max_splats = 3000, iterations = 15,"))
+"""The default project's creative stages cut to test size (a minute instead of minutes): the same
+stages, recipes and graph, fewer training steps, views and iterations."""
+
+
+def copy_default_project(root: Path) -> Path:
+    """A checkout of the default project in ``root`` (its Buildfile test-sized, its recipes)."""
+    root.mkdir(parents=True, exist_ok=True)
+    text = (REPO / "Buildfile.toml").read_text()
+    for old, new in TEST_SIZED:
+        assert old in text, f"Buildfile.toml no longer holds {old!r}: update conftest.TEST_SIZED"
+        text = text.replace(old, new, 1)
+    (root / "Buildfile.toml").write_text(text)
+    shutil.copytree(REPO / "recipes", root / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return Project(tmp_path)
@@ -122,3 +142,11 @@ def small_filesystem(tmp_path: Path):
     yield mount
     if mounted:
         subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture(scope="session")
+def trained_prior(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test prior (``recipe_helpers.TEST_PRIOR``), trained once per session: a minute of CPU."""
+    from recipe_helpers import train_test_prior
+
+    return train_test_prior(tmp_path_factory.mktemp("trained-prior"))

@@ -74,6 +74,28 @@ def _main(spec_path: str) -> None:
         call(s["recipe"], ctx)
 
 
+# --- a prior trained in seconds, whose preferences are known by construction ------------------
+
+TEST_DATASET = {"resolution": 16, "supersample": 2, "views": 16, "shapes": ["capsule", "torus"],
+                "colours": ["red", "blue"]}
+"""Two shapes told apart by their proportions (a standing pill, a flat ring) in two colours far
+apart: a prior trained on these for a minute has to prefer the prompted colour and shape."""
+
+TEST_PRIOR = {"resolution": 16, "levels": 2, "width": 16, "steps": 150, "batch": 16,
+              "prediction_type": "v_prediction", "lr": 0.003, "warmup": 10}
+
+
+def train_test_prior(root: Path, steps: int | None = None, report=None) -> Path:
+    """The test dataset and a prior trained on it (``recipes.train_prior``), under ``root``."""
+    from recipes.dataset import multiview_dataset
+    from recipes.train_prior import train_prior
+
+    multiview_dataset(make_ctx(root / "dataset", "dataset", params=TEST_DATASET))
+    params = dict(TEST_PRIOR) if steps is None else {**TEST_PRIOR, "steps": steps}
+    train_prior(make_ctx(root / "prior", "prior", {"dataset": root / "dataset"}, params, report=report))
+    return root / "prior"
+
+
 # --- meshes built to pass or break gates -----------------------------------------------------
 
 def icosphere(subdivisions: int = 2, radius: float = 1.0, center=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:

@@ -110,7 +110,7 @@ def test_a_cuda_stage_and_a_cpu_stage_never_share_a_cache_entry(project: Project
     assert json.loads((project.root / "out/t/train/settings.json").read_text())["device"] == "cpu"
 
 
-SDS = {"grid": 20, "resolution": 16, "samples": 16, "iterations": 6, "previews": 0, "prompt": "a red blob"}
+SDS = {"grid": 20, "resolution": 16, "samples": 16, "iterations": 6, "previews": 0, "prompt": "a red cube"}
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +148,15 @@ def test_sds_on_cuda_follows_the_cpu_run(tmp_path, prior_dir):
 
 
 def sds_project(device: str, mode: str, sds_params: dict) -> str:
-    """Buildfile tables (no ``[project]``) for the default project's tiny prior and one SDS stage
+    """Buildfile tables (no ``[project]``) for a prior of the default project's architecture
+    (untrained: these tests check devices and replay, not what it makes) and one SDS stage
     (target ``blob``) on ``device`` in ``mode``; the prior runs in the same mode, so both share
     a worker. `bench/gpu_sds.py` builds the same."""
+    from recipes.prior import PriorArchitecture
+
     default = tomli.loads((REPO / "Buildfile.toml").read_text())
-    prior_params = default["targets"]["tiny-prior"]["stages"]["prior"]["params"]
+    train_params = default["targets"]["tiny-prior"]["stages"]["train"]["params"]
+    prior_params = {k: v for k, v in train_params.items() if k in PriorArchitecture.__dataclass_fields__}
 
     def inline(table: dict) -> str:
         return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in table.items()) + " }"
