@@ -1,10 +1,17 @@
 """``distill``: score distillation sampling (SDS) of a density + colour voxel grid.
 
-Each iteration renders the grid from a random camera on a sphere, maps the image to the prior's
-space, noises it at a random timestep, asks the prior for the noise with classifier-free
-guidance, and pushes the grid along ``w(t) * (eps_pred - eps)`` (DreamFusion's gradient, the
-UNet Jacobian skipped). The grid starts from a soft sphere (params ``init_*``) so that even a
-prior that knows nothing still ends as one closed blob after marching cubes.
+Each iteration renders the grid from ``views`` random cameras on a band of the sphere over
+random background colours, maps the images to the prior's space, noises them at random
+timesteps, asks the prior for the noise with classifier-free guidance, and pushes the grid along
+``w(t) * (eps_pred - eps)`` (DreamFusion's gradient, the UNet Jacobian skipped). A
+camera-conditioned prior (``recipes.diffusion``) is told the camera of every view, and the views
+are rendered with its camera model (distance, field of view); a plain text-to-image prior gets
+no camera. The grid starts from a soft sphere (params ``init_*``).
+
+A probe measures what SDS minimizes: the conditional prior's denoising loss on renders from four
+fixed cameras, at fixed timesteps and with fixed noise. It falls as the field comes to look
+like the prompt to the prior (``sds.json``: ``probe_loss`` at the start, at every preview and at
+the end); a gradient of the wrong sign makes it rise.
 
 Randomness: cameras, timesteps, noise, background and ray jitter each draw from their own
 ``ctx.torch_generator`` stream, on the CPU, and the draws move to the stage's device: the same
@@ -12,8 +19,14 @@ seed picks the same cameras, timesteps and noise on a CPU and on a GPU (CUDA gen
 other streams), so the two runs differ only by floating-point arithmetic.
 
 Outputs: ``field.npz`` (``density`` (X,Y,Z) float32 >= 0, ``color`` (X,Y,Z,3) float32 in [0,1],
-``bounds`` [-1, 1]), ``renders/view_NN.png`` (final, fixed cameras),
-``renders/progress_NNNN.png`` (one fixed view during training) and ``sds.json``.
+``bounds`` [-1, 1]), ``renders/view_NN.png`` (final, fixed cameras, ``preview_size`` pixels, with
+``renders/cameras.json``), ``renders/progress_NNNN.png`` (one fixed view during training) and
+``sds.json``. Params: ``prompt``, ``negative_prompt``, ``grid`` (32), ``resolution`` (of the
+renders the prior sees; default its image size), ``views`` (per iteration, 4), ``iterations``
+(150, capped by the budget), ``samples`` (per ray, 48), ``lr`` (colour, 0.03), ``density_lr``
+(1.0), ``guidance_scale`` (7.5), ``t_min``/``t_max``/``schedule``, ``init_*``, ``tv_weight``,
+``elevation_min``/``elevation_max`` (-20/70), ``distance``/``fov_deg`` (a plain prior's cameras;
+a camera-conditioned prior brings its own), ``previews`` (4), ``preview_size`` (128).
 """
 
 from __future__ import annotations
@@ -21,12 +34,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from buildsys.context import RecipeError, StageContext
-from recipes.cameras import orbit_camera, standard_cameras
+from recipes.camera_list import write_camera_list
+from recipes.cameras import Camera, camera_features, orbit_camera
 from recipes.meshio import save_npz, write_png
+
+PROBE_AZIMUTHS = (30.0, 120.0, 210.0, 300.0)
+PROBE_TIMESTEPS = (0.2, 0.4, 0.6, 0.8)
 
 
 @dataclass(frozen=True)
@@ -36,8 +54,10 @@ class SDSParams:
     grid: int
     resolution: int
     iterations: int
+    views: int
     samples: int
     lr: float
+    density_lr: float
     guidance_scale: float
     t_min: float
     t_max: float
@@ -47,9 +67,11 @@ class SDSParams:
     init_density: float
     tv_weight: float
     distance: float
+    fov_deg: float
     elevation_min: float
     elevation_max: float
     previews: int
+    preview_size: int
 
     @classmethod
     def from_context(cls, ctx: StageContext) -> "SDSParams":
@@ -59,10 +81,12 @@ class SDSParams:
             prompt=ctx.param("prompt", "", str),
             negative_prompt=ctx.param("negative_prompt", "", str),
             grid=ctx.param("grid", 32, int),
-            resolution=ctx.param("resolution", 32, int),
+            resolution=ctx.param("resolution", 0, int),
             iterations=min(requested, cap) if cap is not None else requested,
+            views=ctx.param("views", 4, int),
             samples=ctx.param("samples", 48, int),
             lr=float(ctx.param("lr", 0.03, float)),
+            density_lr=float(ctx.param("density_lr", 1.0, float)),
             guidance_scale=float(ctx.param("guidance_scale", 7.5, float)),
             t_min=float(ctx.param("t_min", 0.02, float)),
             t_max=float(ctx.param("t_max", 0.98, float)),
@@ -72,35 +96,50 @@ class SDSParams:
             init_density=float(ctx.param("init_density", 20.0, float)),
             tv_weight=float(ctx.param("tv_weight", 0.01, float)),
             distance=float(ctx.param("distance", 3.0, float)),
-            elevation_min=float(ctx.param("elevation_min", -10.0, float)),
-            elevation_max=float(ctx.param("elevation_max", 45.0, float)),
+            fov_deg=float(ctx.param("fov_deg", 40.0, float)),
+            elevation_min=float(ctx.param("elevation_min", -20.0, float)),
+            elevation_max=float(ctx.param("elevation_max", 70.0, float)),
             previews=ctx.param("previews", 4, int),
+            preview_size=ctx.param("preview_size", 128, int),
         )
         where = f"stage {ctx.stage!r}: params"
         if not 8 <= p.grid <= 256:
             raise RecipeError(f"{where}.grid must be in [8, 256], got {p.grid}")
-        if not 8 <= p.resolution <= 512:
-            raise RecipeError(f"{where}.resolution must be in [8, 512], got {p.resolution}")
-        if p.iterations < 0 or p.samples < 4:
-            raise RecipeError(f"{where}.iterations must be >= 0 and params.samples >= 4")
+        if p.resolution != 0 and not 8 <= p.resolution <= 512:
+            raise RecipeError(f"{where}.resolution must be in [8, 512] (or 0: the prior's image size), got {p.resolution}")
+        if not 16 <= p.preview_size <= 1024:
+            raise RecipeError(f"{where}.preview_size must be in [16, 1024], got {p.preview_size}")
+        if p.iterations < 0 or p.samples < 4 or not 1 <= p.views <= 64:
+            raise RecipeError(f"{where}.iterations must be >= 0, params.samples >= 4 and params.views in [1, 64]")
         if not 0.0 <= p.t_min < p.t_max <= 1.0:
             raise RecipeError(f"{where}.t_min/t_max must satisfy 0 <= t_min < t_max <= 1")
         if p.schedule not in ("random", "anneal"):
             raise RecipeError(f"{where}.schedule must be 'random' or 'anneal', got {p.schedule!r}")
         if not 0.0 < p.init_radius < 1.0 or p.init_density <= 0 or p.init_softness <= 0:
             raise RecipeError(f"{where}.init_radius must be in (0, 1), init_density and init_softness > 0")
+        if not -90.0 <= p.elevation_min <= p.elevation_max <= 90.0:
+            raise RecipeError(f"{where}.elevation_min/elevation_max must satisfy -90 <= min <= max <= 90")
         return p
 
+    def for_prior(self, prior: Any) -> "SDSParams":
+        """The params with what the prior decides: its camera model, and its image size as the
+        render resolution unless one is given."""
+        from dataclasses import replace
 
-def _timestep(p: SDSParams, step: int, total_steps: int, gen, num_train: int):
-    """Integer timestep: uniform in [t_min, t_max] ('random'), or with the upper bound annealed
-    linearly towards the middle of the range ('anneal', coarse shape first, detail later)."""
+        p = replace(self, resolution=self.resolution or prior.image_size)
+        return p if prior.camera is None else replace(p, distance=prior.camera.distance, fov_deg=prior.camera.fov_deg)
+
+
+def _timesteps(p: SDSParams, step: int, gen: Any, num_train: int) -> Any:
+    """Integer timesteps, one per view: uniform in [t_min, t_max] ('random'), or with the upper
+    bound annealed linearly towards the middle of the range ('anneal', coarse shape first,
+    detail later)."""
     import torch
 
     hi = p.t_max
-    if p.schedule == "anneal" and total_steps > 1:
-        hi = p.t_max - (p.t_max - (p.t_min + p.t_max) / 2.0) * step / (total_steps - 1)
-    u = torch.rand((1,), generator=gen)
+    if p.schedule == "anneal" and p.iterations > 1:
+        hi = p.t_max - (p.t_max - (p.t_min + p.t_max) / 2.0) * step / (p.iterations - 1)
+    u = torch.rand((p.views,), generator=gen)
     t = (p.t_min + (hi - p.t_min) * u) * (num_train - 1)
     return t.round().long().clamp(0, num_train - 1)
 
@@ -110,77 +149,165 @@ def _inverse_softplus(x: np.ndarray) -> np.ndarray:
     return np.where(x > 20.0, x, np.log(np.expm1(x))).astype(np.float32)
 
 
+class Field:
+    """The optimized grids: density through softplus, colour through a sigmoid of a colour
+    shared by the whole grid plus a per-voxel detail. The shared part is what lets the field
+    grow: a voxel that gains density shows the object's colour at once instead of the grey
+    its own colour was never moved from while it was empty (and had no gradient)."""
+
+    def __init__(self, p: SDSParams, device: Any) -> None:
+        import torch
+
+        from recipes.volume import soft_sphere
+
+        blob = soft_sphere(p.grid, p.init_radius, p.init_softness, p.init_density)
+        self.raw_density = torch.nn.Parameter(torch.from_numpy(_inverse_softplus(blob)).to(device))
+        self.base_color = torch.nn.Parameter(torch.zeros((3, 1, 1, 1), dtype=torch.float32, device=device))
+        self.raw_color = torch.nn.Parameter(torch.zeros((3, p.grid, p.grid, p.grid), dtype=torch.float32, device=device))
+
+    def param_groups(self, p: SDSParams) -> list[dict[str, Any]]:
+        return [{"params": [self.raw_density], "lr": p.density_lr},
+                {"params": [self.base_color, self.raw_color], "lr": p.lr}]
+
+    def grids(self) -> tuple[Any, Any]:
+        import torch.nn.functional as F
+
+        return F.softplus(self.raw_density), (self.base_color + self.raw_color).sigmoid()
+
+
+class Views:
+    """Renders of the field in the prior's space, with the camera features it is conditioned on."""
+
+    def __init__(self, p: SDSParams, prior: Any, device: Any) -> None:
+        self.p, self.prior, self.device = p, prior, device
+
+    def camera(self, azimuth: float, elevation: float) -> Camera:
+        return orbit_camera(azimuth, elevation, self.p.distance, self.p.fov_deg)
+
+    def features(self, cameras: list[Camera]) -> Any:
+        import torch
+
+        return torch.from_numpy(np.stack([camera_features(c) for c in cameras])).to(self.device)
+
+    def render(self, field: Field, cameras: list[Camera], backgrounds: Any, jitter: Any | None) -> Any:
+        """(V,C,h,w) model-space inputs of the field seen from ``cameras`` over ``backgrounds`` (V,3)."""
+        import torch
+        import torch.nn.functional as F
+
+        from recipes.volume import render_volume
+
+        density, color = field.grids()
+        images = torch.stack([
+            render_volume(density, color, cam, self.p.resolution, self.p.samples, backgrounds[i],
+                          None if jitter is None else jitter[i])
+            for i, cam in enumerate(cameras)
+        ])
+        size = self.prior.image_size
+        if self.p.resolution != size:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        return self.prior.to_model_space(images)
+
+
+class Probe:
+    """What SDS descends, measured at fixed renders, timesteps and noise: the weighted denoising
+    loss ``w(t) |eps_hat - eps|^2`` with the guided prediction ``eps_hat`` SDS itself uses."""
+
+    def __init__(self, views: Views, embeddings: Any, guidance_scale: float, gen: Any) -> None:
+        import torch
+
+        self.views = views
+        self.cameras = [views.camera(az, 20.0) for az in PROBE_AZIMUTHS]
+        self.features = views.features(self.cameras)
+        self.background = torch.rand((len(self.cameras), 3), generator=gen).to(views.device)
+        prior = views.prior
+        self.timesteps = [torch.full((len(self.cameras),), round(f * (prior.num_train_timesteps - 1)),
+                                     dtype=torch.long, device=views.device) for f in PROBE_TIMESTEPS]
+        shape = (len(self.cameras), prior.unet.config.out_channels, prior.unet.config.sample_size,
+                 prior.unet.config.sample_size)
+        self.noise = [torch.randn(shape, generator=gen).to(views.device) for _ in PROBE_TIMESTEPS]
+        uncond, cond = embeddings.chunk(2)
+        self.embeddings = torch.cat([uncond.expand(len(self.cameras), -1, -1), cond.expand(len(self.cameras), -1, -1)])
+        self.guidance_scale = guidance_scale
+
+    def loss(self, field: Field) -> float:
+        import torch
+
+        prior = self.views.prior
+        with torch.no_grad():
+            x0 = self.views.render(field, self.cameras, self.background, None)
+            total = 0.0
+            for t, noise in zip(self.timesteps, self.noise):
+                a = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+                x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+                eps_uncond, eps_cond = prior.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), self.embeddings,
+                                                 torch.cat([self.features, self.features])).chunk(2)
+                eps_hat = eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
+                total += float(((1 - a) * (eps_hat - noise).pow(2)).mean())
+        return total / len(self.timesteps)
+
+
 def distill(ctx: StageContext) -> None:
     import torch
-    import torch.nn.functional as F
 
     from recipes.diffusion import load_prior
-    from recipes.volume import render_volume, soft_sphere
 
     if ctx.model is None:
         raise RecipeError(f"stage {ctx.stage!r}: sds needs a model (a diffusers prior folder); declare model = ...")
     p = SDSParams.from_context(ctx)
-    gens = {name: ctx.torch_generator(name) for name in ("camera", "timestep", "noise", "background", "jitter")}
+    gens = {name: ctx.torch_generator(name) for name in ("camera", "timestep", "noise", "background", "jitter", "probe")}
     device = ctx.torch_device()
     prior = load_prior(ctx.model, ctx.device)
-    size = prior.image_size
-
+    p = p.for_prior(prior)
     with torch.no_grad():
-        embeddings = prior.encode_prompts([p.negative_prompt, p.prompt])
-    blob = soft_sphere(p.grid, p.init_radius, p.init_softness, p.init_density)
-    raw_density = torch.nn.Parameter(torch.from_numpy(_inverse_softplus(blob)).to(device))
-    raw_color = torch.nn.Parameter(torch.zeros((3, p.grid, p.grid, p.grid), dtype=torch.float32, device=device))
-    white = torch.ones(3, device=device)
-    optimizer = torch.optim.Adam([raw_density, raw_color], lr=p.lr, betas=(0.9, 0.99), eps=1e-15)
+        uncond, cond = prior.encode_prompts([p.negative_prompt, p.prompt]).chunk(2)
+    embeddings = torch.cat([uncond.expand(p.views, -1, -1), cond.expand(p.views, -1, -1)])
+    field = Field(p, device)
+    views = Views(p, prior, device)
+    probe = Probe(views, torch.cat([uncond, cond]), p.guidance_scale, gens["probe"])
+    optimizer = torch.optim.Adam(field.param_groups(p), betas=(0.9, 0.99), eps=1e-15)
     (ctx.out / "renders").mkdir()
-    preview_camera = orbit_camera(30.0, 20.0, p.distance)
     preview_every = max(1, p.iterations // max(p.previews, 1)) if p.previews else 0
-    losses: list[float] = []
-
-    def fields():
-        return F.softplus(raw_density), torch.sigmoid(raw_color)
+    probe_log = [probe.loss(field)]
+    lo, hi = math.sin(math.radians(p.elevation_min)), math.sin(math.radians(p.elevation_max))
 
     for step in range(p.iterations):
-        density, color = fields()
         gc = gens["camera"]
-        azimuth = float(torch.rand((1,), generator=gc)) * 360.0
-        elevation = p.elevation_min + float(torch.rand((1,), generator=gc)) * (p.elevation_max - p.elevation_min)
-        camera = orbit_camera(azimuth, elevation, p.distance)
-        background = torch.rand((3,), generator=gens["background"]).to(device)
-        jitter = torch.rand((p.samples,), generator=gens["jitter"]).to(device)
-        image = render_volume(density, color, camera, p.resolution, p.samples, background, jitter)[None]
-        if p.resolution != size:
-            image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-        x0 = prior.to_model_space(image)
-        t = _timestep(p, step, p.iterations, gens["timestep"], prior.num_train_timesteps).to(device)
+        azimuth = torch.rand((p.views,), generator=gc) * 360.0
+        elevation = torch.rad2deg(torch.asin(lo + (hi - lo) * torch.rand((p.views,), generator=gc)))
+        cameras = [views.camera(float(a), float(e)) for a, e in zip(azimuth, elevation)]
+        background = torch.rand((p.views, 3), generator=gens["background"]).to(device)
+        jitter = torch.rand((p.views, p.samples), generator=gens["jitter"]).to(device)
+        x0 = views.render(field, cameras, background, jitter)
+        t = _timesteps(p, step, gens["timestep"], prior.num_train_timesteps).to(device)
         noise = torch.randn(x0.shape, generator=gens["noise"]).to(device)
-        a = prior.alphas_cumprod[t].view(1, 1, 1, 1)
+        a = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+        features = views.features(cameras)
         with torch.no_grad():
             x_t = a.sqrt() * x0.detach() + (1 - a).sqrt() * noise
-            eps = prior.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), embeddings)
+            eps = prior.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), embeddings, torch.cat([features, features]))
             eps_uncond, eps_cond = eps.chunk(2)
             eps_hat = eps_uncond + p.guidance_scale * (eps_cond - eps_uncond)
-            grad = torch.nan_to_num((1 - a) * (eps_hat - noise))
-        loss_sds = (grad * x0).sum()
-        tv = (density[1:] - density[:-1]).abs().mean() + (density[:, 1:] - density[:, :-1]).abs().mean() \
-            + (density[:, :, 1:] - density[:, :, :-1]).abs().mean()
-        loss = loss_sds + p.tv_weight * tv
+            grad = sds_gradient(eps_hat, noise, a)
+        density, _ = field.grids()
+        loss = (grad * x0).sum() / p.views + p.tv_weight * _total_variation(density)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(grad.pow(2).mean()))
         if preview_every and (step + 1) % preview_every == 0:
-            with torch.no_grad():
-                d, c = fields()
-                img = render_volume(d, c, preview_camera, 2 * p.resolution, 2 * p.samples, white)
-            write_png(ctx.out / "renders" / f"progress_{step + 1:04d}.png", _to_uint8(img))
-        ctx.progress(step + 1, p.iterations, f"t={int(t)}")
+            probe_log.append(probe.loss(field))
+            _write_render(ctx.out / "renders" / f"progress_{step + 1:04d}.png", field, views.camera(30.0, 20.0), p)
+        ctx.progress(step + 1, p.iterations, f"t={int(t[0])}")
 
+    if not preview_every or p.iterations % preview_every:
+        probe_log.append(probe.loss(field))
+    final_views = [(90.0 * i + 30.0, 20.0) for i in range(4)]
+    for i, (azimuth, elevation) in enumerate(final_views):
+        _write_render(ctx.out / "renders" / f"view_{i:02d}.png", field, views.camera(azimuth, elevation), p)
+    write_camera_list(ctx.out / "renders" / "cameras.json", final_views, p.distance, p.fov_deg, p.preview_size)
+    if device.type == "cuda":
+        ctx.log.info("cuda peak memory %.0f MiB", torch.cuda.max_memory_allocated(device) / 2**20)
     with torch.no_grad():
-        density, color = fields()
-        for i, cam in enumerate(standard_cameras(4, distance=p.distance)):
-            img = render_volume(density, color, cam, 2 * p.resolution, 2 * p.samples, white)
-            write_png(ctx.out / "renders" / f"view_{i:02d}.png", _to_uint8(img))
+        density, color = field.grids()
         save_npz(
             ctx.out / "field.npz",
             density=density.cpu().numpy().astype(np.float32),
@@ -191,23 +318,50 @@ def distill(ctx: StageContext) -> None:
         "prompt": p.prompt,
         "negative_prompt": p.negative_prompt,
         "iterations": p.iterations,
+        "views": p.views,
         "grid": p.grid,
         "resolution": p.resolution,
-        "prior_image_size": size,
+        "camera": {"distance": p.distance, "fov_deg": p.fov_deg, "conditioned": prior.camera is not None},
+        "prior_image_size": prior.image_size,
         "prior_prediction_type": prior.prediction_type,
         "prior_latent": prior.latent,
         "guidance_scale": p.guidance_scale,
         "init_density_threshold_hint": p.init_density / 2.0,
-        "grad_mse_first": _round(losses[0]) if losses else None,
-        "grad_mse_last": _round(losses[-1]) if losses else None,
+        "probe_loss": [_round(v) for v in probe_log],
     }
     (ctx.out / "sds.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def sds_gradient(eps_hat: Any, noise: Any, alphas_cumprod: Any) -> Any:
+    """DreamFusion's gradient on the rendered images: ``w(t) (eps_hat - eps)`` with
+    ``w(t) = 1 - alpha_bar(t)``; descending it moves the renders the way the prior denoises."""
+    import torch
+
+    return torch.nan_to_num((1 - alphas_cumprod) * (eps_hat - noise))
+
+
+def _total_variation(density: Any) -> Any:
+    return (density[1:] - density[:-1]).abs().mean() + (density[:, 1:] - density[:, :-1]).abs().mean() \
+        + (density[:, :, 1:] - density[:, :, :-1]).abs().mean()
+
+
+def _write_render(path: Any, field: Field, camera: Camera, p: SDSParams) -> None:
+    """A preview over white, ``preview_size`` pixels square."""
+    import torch
+
+    from recipes.volume import render_volume
+
+    with torch.no_grad():
+        density, color = field.grids()
+        white = torch.ones(3, device=density.device)
+        image = render_volume(density, color, camera, p.preview_size, 2 * p.samples, white)
+    write_png(path, _to_uint8(image))
 
 
 def _round(x: float) -> float | None:
     return float(f"{x:.6g}") if math.isfinite(x) else None
 
 
-def _to_uint8(image) -> np.ndarray:
+def _to_uint8(image: Any) -> np.ndarray:
     arr = image.clamp(0, 1).permute(1, 2, 0).cpu().numpy().astype(np.float64)
     return np.round(arr * 255.0).astype(np.uint8)
