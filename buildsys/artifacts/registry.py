@@ -4,6 +4,10 @@ Kinds are discovered from the modules of ``buildsys.artifacts.kinds``: adding a 
 one module there. Kind modules are imported on first use; they keep their heavy imports
 (trimesh, scipy, PIL, ...) inside functions, so dispatching never loads those libraries
 for files of other kinds.
+
+A kind that shares a suffix with another (Gaussian splats and meshes are both ``.ply``) defines
+``claims(path) -> bool``, which looks at the file's content; a kind with ``claims`` takes the
+files it claims, whatever kind owns their suffix.
 """
 
 from __future__ import annotations
@@ -27,14 +31,24 @@ class RegistryError(RuntimeError):
 
 
 @lru_cache(maxsize=1)
-def _table() -> dict[str, ModuleType]:
-    table: dict[str, ModuleType] = {}
+def _modules() -> tuple[ModuleType, ...]:
+    modules = []
     for info in sorted(pkgutil.iter_modules(_kinds_pkg.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{_kinds_pkg.__name__}.{info.name}")
         if not hasattr(module, "KIND") or not hasattr(module, "SUFFIXES") or not hasattr(module, "diff"):
             raise RegistryError(f"kind module {module.__name__} must define KIND, SUFFIXES and diff")
+        modules.append(module)
+    return tuple(modules)
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict[str, ModuleType]:
+    table: dict[str, ModuleType] = {}
+    for module in _modules():
+        if hasattr(module, "claims"):
+            continue
         for suffix in module.SUFFIXES:
             suffix = suffix.lower()
             if suffix in table:
@@ -50,16 +64,22 @@ def kinds() -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {binary.KIND: []}
     for suffix, module in sorted(_table().items()):
         out.setdefault(module.KIND, []).append(suffix)
+    for module in _modules():
+        if hasattr(module, "claims"):
+            out.setdefault(module.KIND, []).extend(module.SUFFIXES)
     return {k: tuple(v) for k, v in sorted(out.items())}
 
 
-def kind_for(name: str | Path) -> str:
-    """The kind a file of this name is compared as."""
-    return _module_for(name).KIND
+def kind_for(name: str | Path, path: Path | None = None) -> str:
+    """The kind a file of this name is compared as (``path``: its content, for shared suffixes)."""
+    return _module_for(name, () if path is None else (Path(path),)).KIND
 
 
-def _module_for(name: str | Path) -> ModuleType:
+def _module_for(name: str | Path, paths: tuple[Path, ...] = ()) -> ModuleType:
     suffix = Path(name).suffix.lower()
+    for module in _modules():
+        if hasattr(module, "claims") and suffix in module.SUFFIXES and any(module.claims(p) for p in paths):
+            return module
     return _table().get(suffix, binary)
 
 
@@ -74,7 +94,7 @@ def diff_files(
     relative to ``assets_dir``.
     """
     a, b = Path(a), Path(b)
-    module = _module_for(name)
+    module = _module_for(name, (a, b))
     if binary.streams_equal(a, b):
         size = a.stat().st_size
         return FileDiff(name, module.KIND, True, f"identical ({size} bytes)", {"size_a": size, "size_b": size})
