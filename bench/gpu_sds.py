@@ -1,4 +1,4 @@
-"""Score distillation of the default project (red-blob's `sds` stage, its params as in
+"""Score distillation of the default project (red-cube's `sds` stage, its params as in
 Buildfile.toml) on the CPU and on a CUDA device, through the real engine, each variant built twice
 in fresh stores: the stage's wall time from the build record, and whether the two builds gave
 the same bytes. The prior stage runs in the same mode as the SDS stage, so both share a worker

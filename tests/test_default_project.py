@@ -1,41 +1,42 @@
-"""The embedded default project, as a user meets it: a cold build of every target, a no-op
-second build, `verify` replaying every deterministic stage bitwise, and render regression
-against renders pinned with `approve`."""
+"""The embedded default project, as a user meets it (its creative stages test-sized:
+``conftest.TEST_SIZED``): a cold build of every target, a no-op second build, `verify` replaying
+every deterministic stage bitwise (the prior's training included), and render regression against
+renders pinned with `approve`."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import copy_default_project, run_cli
 
 pytestmark = pytest.mark.slow
+
+STAGES = 24
 
 
 @pytest.fixture(scope="module")
 def default_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("default")
-    shutil.copy(REPO / "Buildfile.toml", root / "Buildfile.toml")
-    shutil.copytree(REPO / "recipes", root / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
+    root = copy_default_project(tmp_path_factory.mktemp("default"))
     first = run_cli("build", "--json", cwd=root)
     assert first.code == 0, first.stderr
     summary = first.summary
-    assert summary["executed"] == 21 and summary["failed"] == 0
-    assert summary["targets"] == {"tiny-prior": "ok", "red-blob": "ok", "blue-rock": "ok", "bunny": "ok"}
+    assert summary["executed"] == STAGES and summary["failed"] == 0
+    assert summary["targets"] == {"tiny-prior": "ok", "red-cube": "ok", "blue-torus": "ok", "blue-torus-splats": "ok",
+                                  "bunny": "ok"}
     return root
 
 
 def test_second_build_is_a_noop(default_project: Path):
     again = run_cli("build", "--json", cwd=default_project)
     assert again.code == 0
-    assert again.summary["executed"] == 0 and again.summary["cached"] == 21
+    assert again.summary["executed"] == 0 and again.summary["cached"] == STAGES
     assert again.summary["workers_started"] == 0
 
 
 def test_artifacts_are_materialized(default_project: Path):
-    for target in ("red-blob", "blue-rock", "bunny"):
+    for target in ("red-cube", "blue-torus", "bunny"):
         export = default_project / "out" / target / "export"
         assert {"model.glb", "model.obj", "model.mtl", "model.png"} <= {p.name for p in export.iterdir()}
         report = json.loads((default_project / "out" / target / "validate" / "report.json").read_text())
@@ -74,7 +75,7 @@ def test_the_usd_of_every_asset_draws_like_its_glb(default_project: Path):
     from recipes.cameras import review_cameras
     from recipes.render import Framing, render_view
 
-    for target in ("red-blob", "blue-rock", "bunny"):
+    for target in ("red-cube", "blue-torus", "bunny"):
         ours = usd_surface(default_project / "out" / target / "usd" / "model.usdz")
         theirs = glb_surface(default_project / "out" / target / "export" / "model.glb")
         framing = Framing.of(theirs.vertices)
@@ -89,21 +90,21 @@ def test_the_default_project_exports_a_training_dataset(default_project: Path, t
     result = run_cli("export", "dataset", "-o", str(tmp_path / "dataset"), "--json", cwd=default_project)
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["samples"] == 3 and list(report["skipped"]) == ["tiny-prior"]
+    assert report["samples"] == 3 and set(report["skipped"]) == {"tiny-prior", "blue-torus-splats"}
     manifest = json.loads((tmp_path / "dataset" / "manifest.json").read_text())
     samples = {s["__key__"]: s for s in wds.WebDataset([str(tmp_path / "dataset" / s["file"]) for s in manifest["shards"]], shardshuffle=False)}
-    assert set(samples) == {"red-blob", "blue-rock", "bunny"}
+    assert set(samples) == {"red-cube", "blue-torus", "bunny"}
     views = [f"view_{i:02d}.png" for i in range(4)]
     review = [f"textured.{v}.png" for v in ("az000", "az060", "az120", "az180", "az240", "az300", "top", "bottom")]
-    for key in ("red-blob", "blue-rock"):
-        assert samples[key]["txt"].decode() == {"red-blob": "a red blob", "blue-rock": "a rough blue rock"}[key]
+    for key in ("red-cube", "blue-torus"):
+        assert samples[key]["txt"].decode() == {"red-cube": "a red cube", "blue-torus": "a blue torus"}[key]
         assert {f"creative.{v}" for v in views} | {f"render.{v}" for v in review} | {"mesh.glb", "gates.json"} <= set(samples[key])
     assert "txt" not in samples["bunny"] and json.loads(samples["bunny"]["json"])["creative"] is None
     assert samples["bunny"]["mesh.glb"] == (default_project / "out" / "bunny" / "export" / "model.glb").read_bytes()
 
 
 def test_default_targets_verify_bitwise(default_project: Path):
-    result = run_cli("verify", "--json", "bunny", "red-blob", "blue-rock", "tiny-prior", cwd=default_project)
+    result = run_cli("verify", "--json", "bunny", "red-cube", "blue-torus", "blue-torus-splats", "tiny-prior", cwd=default_project)
     assert result.code == 0, result.stdout + result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["first_divergent"] is None

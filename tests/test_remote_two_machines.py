@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import filecmp
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, CliResult, run_cli
+from conftest import REPO, CliResult, copy_default_project, run_cli
 
 from buildsys.remote.signing import generate_key
 from tests.remote_servers import (  # noqa: F401
@@ -27,11 +26,8 @@ from tests.remote_servers import (  # noqa: F401
 
 
 def _machine(root: Path) -> Path:
-    """A checkout of the default project on another machine."""
-    root.mkdir(parents=True)
-    shutil.copy(REPO / "Buildfile.toml", root / "Buildfile.toml")
-    shutil.copytree(REPO / "recipes", root / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
-    return root
+    """A checkout of the (test-sized) default project on another machine."""
+    return copy_default_project(root)
 
 
 def _config(path: Path, keys: Path, trusted: str, signing: str | None) -> dict[str, str]:
