@@ -125,6 +125,10 @@ def litter(ctx: StageContext) -> None:
     tempfile.mkstemp()  # in the sandbox's tmp/
     (ctx.out / "a.txt").write_text("a")
 
+def scratch(ctx: StageContext) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        (ctx.out / "tmp.txt").write_text(str(Path(tmp).parent.relative_to(Path.cwd().parent)))
+
 def look(ctx: StageContext) -> None:
     sandbox = Path.cwd().parent
     seen = sorted(str(p.relative_to(sandbox)) for p in sandbox.rglob("*"))
@@ -152,6 +156,26 @@ def test_a_stage_never_sees_what_an_earlier_stage_left_in_its_sandbox(project: P
     seen = (project.root / "out/t/second/seen.txt").read_text().splitlines()
     assert seen == ["inputs", "inputs/src", "inputs/src/src", "inputs/src/src/a.txt", "log", "log/stage.log", "out", "tmp", "work"]
     assert not list((project.root / "store" / "tmp").iterdir())
+
+
+def test_tempfile_in_a_reused_worker_writes_to_the_current_sandbox(project: Project):
+    """Python's tempfile remembers the first TMPDIR it read: an earlier stage's sandbox, removed
+    since. A later stage in the same worker gets its own."""
+    project.write("probe.py", SANDBOX_PROBE)
+    project.buildfile_text(
+        """
+        [targets.t.stages.first]
+        recipe = "probe:litter"
+        [targets.t.stages.second]
+        recipe = "probe:scratch"
+        inputs = { src = "first" }
+        """
+    )
+    project.buildfile.write_text(project.buildfile.read_text().replace("jobs = 2", "jobs = 1"))
+    result = project.build()
+    assert result.code == 0, result.stderr
+    assert result.summary["workers_started"] == 1
+    assert (project.root / "out/t/second/tmp.txt").read_text() == "tmp"
 
 
 DEVICE_RECIPES = '''

@@ -24,6 +24,7 @@ import os
 import shutil
 import struct
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -169,6 +170,7 @@ def _run_recipe(job: dict[str, Any], channel: BinaryIO) -> dict[str, Any]:
     os.umask(job.get("umask", 0o022))
     os.chdir(job["work"])
     os.environ["TMPDIR"] = job["tmp"]
+    tempfile.tempdir = job["tmp"]  # tempfile caches the first TMPDIR it saw: an earlier job's sandbox
     os.environ["HOME"] = job["work"]
     module_name, function_name = job["recipe"].split(":")
     module = importlib.import_module(module_name)
