@@ -32,7 +32,9 @@ def gates(ctx: StageContext) -> None:
     from recipes.cameras import orbit_camera
     from recipes.gaussians import Gaussians, render
     from recipes.meshio import write_png
-    from recipes.validate import Report, _render_regression
+    from recipes.reporting import GateReport
+    from recipes.thresholds import thresholds_for
+    from recipes.validate import _render_regression
 
     p = ctx.param
     skip = set(p("skip", [], list))
@@ -44,12 +46,14 @@ def gates(ctx: StageContext) -> None:
         s = decoded(read_splats(path))
     except SplatFormatError as exc:
         raise RecipeError(str(exc)) from None
-    report = Report(skip)
+    report = GateReport(skip)
+    regression = thresholds_for(ctx.stage, {"max_pixel_diff": p("max_pixel_diff", 8, int),
+                                            "min_ssim": float(p("min_ssim", 0.98, float))})
     m = report.measures
     n = len(s["centres"])
     m["splats"] = n
     lo, hi = p("min_splats", 100, int), p("max_splats", 1_000_000, int)
-    report.check("count", n, [lo, hi], lo <= n <= hi, f"{n} splats, outside [{lo}, {hi}]")
+    report.check("count", n, f"[{lo}, {hi}]", lo <= n <= hi, f"{n} splats, outside [{lo}, {hi}]")
     finite = all(np.isfinite(v).all() for v in s.values())
     report.check("finite", int(not finite), 0, finite, "NaN or infinite attributes")
     if not finite or n == 0:
@@ -87,6 +91,6 @@ def gates(ctx: StageContext) -> None:
     m["min_coverage"] = least
     t = float(p("min_coverage", 0.02, float))
     report.check("coverage", least, t, least >= t, f"a view shows only {least:.2%} covered pixels")
-    _render_regression(ctx, report, renders)
+    _render_regression(ctx, report, renders, regression)
     ctx.progress(3, 3, "report")
     report.write(ctx.out / "report.json")

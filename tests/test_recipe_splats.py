@@ -123,3 +123,27 @@ def test_bad_fields_and_params_are_named(tmp_path):
         fit_splats(make_ctx(tmp_path / "x", "splats", {"field": empty}, FIT))
     with pytest.raises(RecipeError, match="params.views"):
         fit_splats(make_ctx(tmp_path / "y", "splats", {"field": empty}, {**FIT, "views": 99}))
+
+
+def test_splat_gates_pass_clean_splats_and_fail_damaged_ones(tmp_path):
+    from buildsys.artifacts.kinds.splat import decoded, read_splats, write_splats
+    from recipes.splat_gates import gates
+    from recipes.splats import fit_splats
+
+    fit_splats(make_ctx(tmp_path / "s", "splats", {"field": field_of(tmp_path, "cube", "red")}, {**FIT, "iterations": 10}))
+    gates(make_ctx(tmp_path / "g", "validate", {"splats": tmp_path / "s"}))
+    clean = json.loads((tmp_path / "g" / "report.json").read_text())
+    assert clean["passed"] is True and clean["gates"]["render_ssim"]["status"] == "skipped", clean
+    gates(make_ctx(tmp_path / "again", "validate", {"splats": tmp_path / "s", "reference": tmp_path / "g"}))
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["passed"] is True and again["gates"]["render_ssim"]["value"] == 1.0, again
+
+    s = decoded(read_splats(tmp_path / "s" / "splats.ply"))
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    scales = s["scales"].copy()
+    scales[0] = 0.8  # one splat smeared over the whole asset
+    write_splats(damaged / "splats.ply", s["centres"], s["colours"], s["alphas"], scales, s["quaternions"])
+    gates(make_ctx(tmp_path / "bad", "validate", {"splats": damaged, "reference": tmp_path / "g"}))
+    bad = json.loads((tmp_path / "bad" / "report.json").read_text())
+    assert bad["passed"] is False and {f["gate"] for f in bad["failures"]} >= {"scale", "render_ssim"}, bad
