@@ -24,6 +24,9 @@ from tests.remote_servers import (  # noqa: F401
     nginx_binary,
 )
 
+DEFAULT_STAGES = 24
+"""The default project's stages (as tests/test_default_project.py counts them): all cacheable."""
+
 
 def _machine(root: Path) -> Path:
     """A checkout of the (test-sized) default project on another machine."""
@@ -70,8 +73,8 @@ def farm(tmp_path_factory: pytest.TempPathFactory, moto_session: MotoServer):
     env_b.update(aws)
     machine_a = _machine(base / "a")
     first = _build(machine_a, env_a, "--remote", remotes["file"])
-    assert first.summary["executed"] == 21
-    assert first.summary["remote"]["pushed_actions"] == 21
+    assert first.summary["executed"] == DEFAULT_STAGES
+    assert first.summary["remote"]["pushed_actions"] == DEFAULT_STAGES
     try:
         yield base, machine_a, remotes, env_a, env_b, moto_session, nginx
     finally:
@@ -90,7 +93,7 @@ def test_second_machine_executes_nothing(farm, backend):
     machine_b = _machine(base / f"b-{backend}")
     result = _build(machine_b, env_b, "--remote", url)
     assert result.summary["executed"] == 0
-    assert result.summary["pulled"] == 21
+    assert result.summary["pulled"] == DEFAULT_STAGES
     assert result.summary["remote"]["ignored_unsigned"] == 0
     comparison = filecmp.dircmp(machine_a / "out", machine_b / "out")
     _assert_same_tree(comparison)
