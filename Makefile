@@ -66,6 +66,8 @@ browser:
 	  echo "chromium is not installed: the review-site browser tests will be skipped"
 
 test: install servers browser validator
+	$(PY) -m ruff check buildsys recipes tests bench
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 clean:

@@ -169,7 +169,8 @@ def fmt(x, spec=".4f"):
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| mesh | source faces | faces | Hausdorff | Chamfer | lost | added | min IoU | verdict | failed gates / error | steps undone | glTF errors | s (import/cleanup/unwrap/export/validate) |",
+    lines = ["| mesh | source faces | faces | Hausdorff | Chamfer | lost | added | min IoU | verdict | failed gates / error | steps undone"
+             " | glTF errors | s (import/cleanup/unwrap/export/validate) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---|"]
     for r in rows:
         t = r["times"]

@@ -204,9 +204,11 @@ class Bench:
         f3 = timed(lambda: (run(curl_par + ["-I", "-K", str(head_cfg)]), run(curl_par + ["-S", "-f", "-K", str(up_cfg)])))
         out = self.fresh("curl-out")
         down_cfg.write_text("".join(f'url = "{plain_url}/cas/{d}"\noutput = "{out / d}"\n' for d in self.small))
-        f2 = timed(lambda: (run(["curl", "-sS", "-f", "-o", str(out / "large"), f"{plain_url}/large"]), run(["sync", str(out / "large")])), warm=served / "plain" / "large")
+        f2 = timed(lambda: (run(["curl", "-sS", "-f", "-o", str(out / "large"), f"{plain_url}/large"]), run(["sync", str(out / "large")])),
+                   warm=served / "plain" / "large")
         f4 = timed(lambda: (run(curl_par + ["-S", "-f", "-K", str(down_cfg)]), self._sync([str(out / d) for d in self.small])))
-        self.record("http (nginx WebDAV)", ours, (t1, t2, t3, t4), f"curl, --parallel-max {p}", (f1, f2, f3, f4), ("curl -I + -T", "curl + sync", "curl -I + -T", "curl + sync"))
+        self.record("http (nginx WebDAV)", ours, (t1, t2, t3, t4), f"curl, --parallel-max {p}", (f1, f2, f3, f4),
+                    ("curl -I + -T", "curl + sync", "curl -I + -T", "curl + sync"))
 
     def _sync(self, paths: list[str]) -> None:
         subprocess.run(["xargs", "-P", str(self.args.parallel), "-n", "500", "sync"], input="\n".join(paths), text=True, check=True)
@@ -254,9 +256,11 @@ class Bench:
         (fair_back / "cas").mkdir()
         f1 = timed(lambda: (run(["cp", large_path, str(fair / "large")]), run(["sync", str(fair / "large")])), warm=large_path)
         f2 = timed(lambda: (run(["cp", str(fair / "large"), str(fair_back / "large")]), run(["sync", str(fair_back / "large")])), warm=fair / "large")
-        f3 = timed(lambda: (subprocess.run(xargs + [str(fair / "cas")], input=small_paths, text=True, check=True), self._sync([str(fair / "cas" / d) for d in self.small])))
+        f3 = timed(lambda: (subprocess.run(xargs + [str(fair / "cas")], input=small_paths, text=True, check=True),
+                            self._sync([str(fair / "cas" / d) for d in self.small])))
         fair_copied = "\n".join(str(fair / "cas" / d) for d in self.small)
-        f4 = timed(lambda: (subprocess.run(xargs + [str(fair_back / "cas")], input=fair_copied, text=True, check=True), self._sync([str(fair_back / "cas" / d) for d in self.small])))
+        f4 = timed(lambda: (subprocess.run(xargs + [str(fair_back / "cas")], input=fair_copied, text=True, check=True),
+                            self._sync([str(fair_back / "cas" / d) for d in self.small])))
         self.record("file (local folder)", ours, (t1, t2, t3, t4), "cp (xargs -P for many)", (f1, f2, f3, f4), ("cp + sync",) * 4)
 
     def table(self) -> str:

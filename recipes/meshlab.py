@@ -48,13 +48,13 @@ def _pymeshlab() -> Any:
 
 def percentage(value: float) -> Any:
     pml = _pymeshlab()
-    cls = getattr(pml, "PercentageValue", None) or getattr(pml, "Percentage")
+    cls = getattr(pml, "PercentageValue", None) or pml.Percentage
     return cls(float(value))
 
 
 def absolute(value: float) -> Any:
     pml = _pymeshlab()
-    cls = getattr(pml, "PureValue", None) or getattr(pml, "AbsoluteValue")
+    cls = getattr(pml, "PureValue", None) or pml.AbsoluteValue
     return cls(float(value))
 
 

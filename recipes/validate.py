@@ -97,8 +97,8 @@ def _stage_reports(ctx: StageContext) -> dict[str, dict]:
 
 
 def _topology(report: GateReport, welded: Mesh, source: Mesh | None, t: Thresholds) -> None:
-    from recipes.geometry import closed_components, edge_lengths, edge_stats, face_components, triangle_quality
     from recipes.fidelity import is_closed
+    from recipes.geometry import closed_components, edge_lengths, edge_stats, face_components, triangle_quality
     from recipes.measures import meshlab_measures
     from recipes.repair import self_intersections_within_components
 

@@ -8,7 +8,6 @@ import struct
 
 import numpy as np
 import pytest
-
 from conftest import Project
 
 GOOD_OBJ = "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n"

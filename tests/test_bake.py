@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recipe_helpers import make_ctx, sample_meshes
 
 import recipes.bake
-from recipe_helpers import make_ctx, sample_meshes
 from recipes.cleanup import cleanup
 from recipes.export import export
 from recipes.io import import_mesh

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from recipe_helpers import icosphere, make_ctx, sample_meshes, write_mesh_dir
+
 from recipes.fidelity import compare
 from recipes.geometry import face_areas, face_components
 from recipes.meshfiles import load_external

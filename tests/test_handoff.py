@@ -96,7 +96,8 @@ def test_bundle_layout_and_lock(bundle: Path, project: Path) -> None:
     assert final["description"]["params"] == {"scale": 2.0} and final["recipe"]["code"] == final["description"]["recipe"]["code"]
     assert final["fingerprint"]["python"] and "numpy" in final["fingerprint"] and final["metrics"]["wall_s"] >= 0
     assert final["producer"]["confinement"]["level"] in ("confined", "partly confined", "unconfined"), "how the stage was confined"
-    assert stages["asset/weights"]["model"] == {"name": "ckpt", "digest": stages["asset/weights"]["description"]["model"]["digest"], "license": "CC-BY-4.0", "production": True}
+    model_digest = stages["asset/weights"]["description"]["model"]["digest"]
+    assert stages["asset/weights"]["model"] == {"name": "ckpt", "digest": model_digest, "license": "CC-BY-4.0", "production": True}
     assert lock["policy"] == {"violations": [], "forced": False}
     assert lock["order"] == ["asset/source", "asset/dream", "asset/final", "asset/check", "asset/weights"]
     assert lock["builds"] and all(b["file"] in files and b["producer"]["user"] for b in lock["builds"])

@@ -230,7 +230,7 @@ def _distribution(site, name: str, version: str, files: dict[str, str], requires
     for rel, text in files.items():
         (site / rel).parent.mkdir(parents=True, exist_ok=True)
         (site / rel).write_text(text)
-    headers = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)]
+    headers = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)]
     (meta / "METADATA").write_text("\n".join(headers) + "\n\nA long description.\nRequires-Dist: not-a-header\n")
     (meta / "RECORD").write_text("".join(f"{rel},,\n" for rel in [*files, f"{meta.name}/METADATA", f"{meta.name}/RECORD"]))
     if top_level:

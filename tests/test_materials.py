@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from recipe_helpers import make_ctx, sample_meshes
+
 from recipes.io import import_mesh
 from recipes.materials import load_surface
 

@@ -11,10 +11,10 @@ import pytest
 from recipe_helpers import digests, make_ctx, sample_meshes
 
 from buildsys.context import RecipeError
-from recipes.export import export
 from recipes.cleanup import cleanup
-from recipes.unwrap import unwrap
+from recipes.export import export
 from recipes.io import import_mesh
+from recipes.unwrap import unwrap
 from recipes.validate import gates
 
 

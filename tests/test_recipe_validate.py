@@ -14,7 +14,6 @@ from recipe_helpers import digests, icosphere, make_ctx, write_mesh_dir
 
 from recipes.validate import gates
 
-
 FAST = {"render_size": 64, "turntable_frames": 0, "fidelity_samples": 8000}
 
 
@@ -134,6 +133,7 @@ def test_degenerate_triangle_fails_quality(tmp_path, sphere):
 
 def test_edge_length_is_relative_to_the_median_edge(tmp_path, sphere):
     from recipe_helpers import sample_meshes
+
     from recipes.meshfiles import load_external
 
     cube = load_external(sample_meshes() / "cube.obj")

@@ -20,7 +20,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ def keep_check(store: LocalStore, kind: str, subject: str, report: dict[str, Any
             manifest[ASSETS + rel] = Entry(digest, size, False)
     tree = store.blobs.put_tree(dict(sorted(manifest.items())))
     name = check_name(kind, subject)
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     store.refs.write(CHECKS, name, {"kind": kind, "subject": subject, "when": when, "exit_code": exit_code, "tree": tree, "trees": [tree]})
     return name
 

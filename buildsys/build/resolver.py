@@ -117,7 +117,7 @@ class Resolver:
         """Hash and store every source the stages read, several files at once (a cold build
         of many small stages otherwise waits on one file at a time in the scheduler thread),
         made durable together by one flush."""
-        pending = {}
+        pending: dict[InputRef, str] = {}
         for sid in stage_ids:
             spec = self.project.stages[sid]
             for name, refs in spec.inputs.items():
@@ -180,6 +180,7 @@ class Resolver:
             except SourceError as exc:
                 raise InputError(f"{self.project.file}: {model.where}.path: {exc}") from None
         else:
+            assert model.producer is not None  # a model has a path or a producer: the Buildfile reader checks it
             digest = trees[model.producer]
         if model.digest and digest != model.digest:
             raise InputError(

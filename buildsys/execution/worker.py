@@ -128,8 +128,9 @@ class _ContractOnImport(importlib.abc.MetaPathFinder):
             sys.meta_path.insert(0, self)
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        apply = self.pending.get(name) if self.job is not None else None
-        if apply is None:
+        job = self.job
+        apply = self.pending.get(name) if job is not None else None
+        if job is None or apply is None:
             return None
         del self.pending[name]
         if not self.pending:
@@ -137,7 +138,7 @@ class _ContractOnImport(importlib.abc.MetaPathFinder):
         spec = importlib.util.find_spec(name)  # asks the other finders: ``name`` is no longer pending
         if spec is None or spec.loader is None:
             return spec
-        job, load = self.job, spec.loader.exec_module
+        load = spec.loader.exec_module
 
         def exec_module(module: Any) -> None:
             load(module)

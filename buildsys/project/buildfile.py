@@ -359,7 +359,8 @@ class _Expander:
             base = r.table(defaults.get("stages", {}), f"pipelines.{pipeline_name}.stages")
         merged: dict[str, tuple[dict[str, Any], str]] = {}
         for stage_name, stage_table in base.items():
-            merged[stage_name] = (dict(r.table(stage_table, f"pipelines.{pipeline_name}.stages.{stage_name}")), f"pipelines.{pipeline_name}.stages.{stage_name}")
+            place = f"pipelines.{pipeline_name}.stages.{stage_name}"
+            merged[stage_name] = (dict(r.table(stage_table, place)), place)
         for stage_name, override in overrides.items():
             override = r.table(override, f"{where}.stages.{stage_name}")
             if stage_name in merged:
@@ -403,7 +404,7 @@ class _Expander:
             r.name(input_name, f"{where}.inputs.{input_name}")
             refs = value if isinstance(value, list) else [value]
             parsed = []
-            for i, ref in enumerate(refs):
+            for ref in refs:
                 if not isinstance(ref, str):
                     raise r.error(f"{where}.inputs.{input_name}", f"must be a string or an array of strings, got {kind_of(ref)}")
                 parsed.append(self.input_ref(ref, target, f"{where}.inputs.{input_name}"))
@@ -516,17 +517,17 @@ class _Expander:
                     if ref.kind == "approved" and ref.value not in project.targets[spec.target].stages:
                         raise r.error(f"{spec.where}.inputs.{name}", f"approved:{ref.value} names no stage of target {spec.target!r}")
             if spec.model is not None:
-                model = project.models.get(spec.model)
-                if model is None:
+                used = project.models.get(spec.model)
+                if used is None:
                     raise r.error(f"{spec.where}.model", f"unknown model {spec.model!r}; declared: {sorted(project.models)}")
                 if spec.production:
                     problems = []
-                    if not model.production:
+                    if not used.production:
                         problems.append("is not marked production-ready")
-                    if not model.license:
+                    if not used.license:
                         problems.append("has no licence")
                     if problems:
-                        raise r.error(f"{spec.where}.model", f"production stage refuses model {model.name!r}: it {' and '.join(problems)}")
+                        raise r.error(f"{spec.where}.model", f"production stage refuses model {used.name!r}: it {' and '.join(problems)}")
         _check_cycles(r, project)
 
 
@@ -558,8 +559,8 @@ def _check_param_values(r: _Reader, value: Any, dotted: str) -> None:
 def _check_cycles(r: _Reader, project: Project) -> None:
     graph = {sid: set(spec.upstream()) for sid, spec in project.stages.items()}
     for sid, spec in project.stages.items():
-        if spec.model is not None and project.models[spec.model].producer:
-            graph[sid].add(project.models[spec.model].producer)
+        if spec.model is not None and (producer := project.models[spec.model].producer):
+            graph[sid].add(producer)
     state: dict[str, int] = {}
     for start in sorted(graph):
         if state.get(start):
