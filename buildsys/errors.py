@@ -53,10 +53,6 @@ class BuildfileError(BuildsysError):
         super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
 
 
-class BuildFailed(BuildsysError):
-    exit_code = EXIT_BUILD_FAILED
-
-
 class SourceChanged(BuildsysError):
     """A source file changed while it was being hashed: nothing was cached from it."""
 

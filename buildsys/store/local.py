@@ -51,7 +51,7 @@ from buildsys.store.refs import BuildRecords, Refs
 from buildsys.store.statcache import StatCache
 from buildsys.store.topdir import make_top_folder
 from buildsys.store.unflushed import Journals
-from buildsys.store.verify import VerifyReport, verify_store
+from buildsys.store.verify import IntegrityReport, verify_store
 
 FORMAT = "buildsys-store 1"
 
@@ -101,7 +101,7 @@ class LocalStore:
     def make_tmp_dir(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(dir=self.tmp, prefix=prefix))
 
-    def verify(self, repair: bool = False) -> VerifyReport:
+    def verify(self, repair: bool = False) -> IntegrityReport:
         """Re-hash every blob, check that none is writable and check every action record's
         references and every ref (verify.py); ``repair`` removes what is wrong."""
         return verify_store(self.blobs, self.actions, self.refs, repair)

@@ -18,7 +18,9 @@ from buildsys.store.refs import REF_KINDS, Refs
 
 
 @dataclass
-class VerifyReport:
+    """What ``store verify`` found: corrupt or writable blobs, unreadable records and refs
+    (a check of the store's integrity, not of reproduction: see :mod:`buildsys.repro.verdicts`)."""
+class IntegrityReport:
     blobs: int = 0
     actions: int = 0
     bytes: int = 0
@@ -32,8 +34,8 @@ class VerifyReport:
         return not (self.corrupt_blobs or self.writable_blobs or self.bad_actions or self.bad_refs)
 
 
-def verify_store(blobs: BlobStore, actions: ActionCache, refs: Refs, repair: bool = False) -> VerifyReport:
-    report = VerifyReport()
+def verify_store(blobs: BlobStore, actions: ActionCache, refs: Refs, repair: bool = False) -> IntegrityReport:
+    report = IntegrityReport()
     for path in blobs.paths():
         digest, size = digest_file(path)
         report.blobs += 1
