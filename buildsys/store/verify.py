@@ -18,9 +18,10 @@ from buildsys.store.refs import REF_KINDS, Refs
 
 
 @dataclass
+class IntegrityReport:
     """What ``store verify`` found: corrupt or writable blobs, unreadable records and refs
     (a check of the store's integrity, not of reproduction: see :mod:`buildsys.repro.verdicts`)."""
-class IntegrityReport:
+
     blobs: int = 0
     actions: int = 0
     bytes: int = 0
