@@ -41,9 +41,7 @@ def blob_carrier(store: LocalStore, plane: Remote, parallel: int, warn: Callable
     """``store``'s end of a data plane: a remote cache that moves blobs only, each re-hashed on
     arrival. It needs no signing key: a blob is named by its digest and checked against it, and
     no action record ever crosses a data plane (the client writes its own)."""
-    carrier = RemoteCache(store, plane, TrustedKeys(), None, read_only=False, parallel=parallel, warn=warn)
-    carrier.stats.push_disabled_reason = None
-    return carrier
+    return RemoteCache(store, plane, TrustedKeys(), None, read_only=False, parallel=parallel, warn=warn, records=False)
 
 class _ObjectsBase:
     """What the object-store views share: no action records (the client keeps those)."""

@@ -164,7 +164,11 @@ class RemoteCache:
         read_only: bool,
         parallel: int,
         warn: Callable[[str], None],
+        *,
+        records: bool = True,
     ) -> None:
+        """``records=False``: a cache that moves blobs only (a data plane), which needs no
+        signing key: a blob is named by its digest and checked against it on arrival."""
         self.store = store
         self.remote = remote
         self.trusted = trusted
@@ -173,7 +177,7 @@ class RemoteCache:
         self.parallel = max(1, parallel)
         self.warn = warn
         self.stats = RemoteStats(trusted_keys=len(trusted), signing_key=signer.name if signer else None)
-        if signer is None:
+        if signer is None and records:
             self.stats.push_disabled_reason = NO_SIGNING_KEY
         names = trusted.ids()
         own = signer.key_id if signer is not None else None
