@@ -26,6 +26,7 @@ from buildsys.build.gate import gate_verdict
 from buildsys.build.graph_index import StageEntry
 from buildsys.build.incremental import entry_for, renew, tokens_of
 from buildsys.build.materialize import MaterializeReport, materialize_trees
+from buildsys.build.refs import read_approval
 from buildsys.build.resolver import Resolved, closure
 from buildsys.build.session import Session
 from buildsys.errors import BAD_INPUT, EXIT_BAD_INPUT, EXIT_BUILD_FAILED, EXIT_OK, EXIT_STORE, NO_SPACE, BuildsysError
@@ -105,7 +106,7 @@ class BuildReport:
             return EXIT_STORE
         if any(s.outcome == BAD_INPUT for s in self.stages.values()):
             return EXIT_BAD_INPUT
-        return EXIT_OK if all(v in ("ok", "review") for v in self.targets.values()) else EXIT_BUILD_FAILED
+        return EXIT_OK if all(v in ("ok", "review", "approved") for v in self.targets.values()) else EXIT_BUILD_FAILED
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -116,6 +117,7 @@ class BuildReport:
             "failed": self.count(FAILED),
             "blocked": self.count(BLOCKED) + self.count(SKIPPED),
             "review": sorted(t for t, v in self.targets.items() if v == "review"),
+            "approved": sorted(t for t, v in self.targets.items() if v == "approved"),
             "failures": {
                 sid: {"status": s.outcome or FAILED, "error": s.error} for sid, s in self.stages.items() if s.status == FAILED
             },
@@ -481,10 +483,20 @@ class Builder:
             elif not all(r.ok for r in stage_reports):
                 verdicts[name] = "failed"
             elif any(r.gate and not r.gate["passed"] for r in stage_reports):
-                verdicts[name] = "review" if project.shapes[name].on_fail == "review" else "failed"
+                verdicts[name] = self._review_verdict(name, stage_reports) if project.shapes[name].on_fail == "review" else "failed"
             else:
                 verdicts[name] = "ok"
         return verdicts
+
+    def _review_verdict(self, target: str, stage_reports: list[StageReport]) -> str:
+        """``approved`` where a person's sign-off covers this very asset and these gate failures
+        (``buildsys approve``), else ``review``."""
+        approval = read_approval(self.session.store, target)
+        if approval is None:
+            return "review"
+        trees = {r.id.split("/", 1)[1]: r.tree for r in stage_reports if r.tree}
+        failing = {str(f.get("gate")) for r in stage_reports if r.gate for f in r.gate.get("failures", [])}
+        return "approved" if approval.covers_build(self.session.project.targets[target], trees, failing) else "review"
 
     def _materialize(self, target_names: list[str], reports: dict[str, StageReport], out: MaterializeReport) -> None:
         project = self.session.project
