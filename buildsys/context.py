@@ -9,7 +9,6 @@ draw the same numbers and two streams of one stage never share a sequence.
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from buildsys.keys.seeds import derive_seed
 
 if TYPE_CHECKING:
+    import logging
+
     import numpy
     import torch
 
@@ -30,6 +31,12 @@ class RecipeError(Exception):
 
 class BudgetExceeded(RecipeError):
     """A recipe stopped itself because its declared budget ran out."""
+
+
+def _recipe_log() -> logging.Logger:
+    import logging  # only where a recipe runs: the CLI imports this module for Budget alone
+
+    return logging.getLogger("buildsys.recipe")
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class StageContext:
     device: str = "cpu"
     threads: int = 1
     report: ProgressFn = _no_progress
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("buildsys.recipe"))
+    log: logging.Logger = field(default_factory=_recipe_log)
     warnings: list[str] = field(default_factory=list)
 
     @property

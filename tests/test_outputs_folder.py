@@ -83,3 +83,25 @@ def test_outputs_inside_the_project_still_replace_what_an_earlier_build_wrote(pr
     out.write_text("edited by hand\n")
     assert project.build().code == 0
     assert out.read_text() == "a\n"
+
+
+def test_a_link_at_any_depth_of_the_outputs_is_checked_and_one_that_stays_inside_is_followed(project: Project, tmp_path_factory):
+    """Many targets, one of them behind a linked target folder: a link out of the outputs folder
+    stops the build with nothing written through it; a link to a folder inside the outputs folder
+    is written through (materialize.py checks only the folders below the outputs folder)."""
+    victim = tmp_path_factory.mktemp("victim")
+    project.write("data/a.txt", "a\n")
+    project.buildfile_text("".join(STAGE.replace("targets.t.", f"targets.t{i}.") for i in range(4)))
+    (project.root / "out").mkdir()
+    (project.root / "out/t2").symlink_to(victim)
+    refused = project.build()
+    assert refused.code == 2, refused.stdout + refused.stderr
+    assert "a link leads out of the outputs folder" in refused.stderr and "t2" in refused.stderr, refused.stderr
+    assert list(victim.iterdir()) == [], "materialized through a link out of the outputs folder"
+    (project.root / "out/t2").unlink()
+    (project.root / "out/elsewhere").mkdir()
+    (project.root / "out/t2").symlink_to(project.root / "out/elsewhere")
+    built = project.build()
+    assert built.code == 0, built.stdout + built.stderr
+    assert (project.root / "out/elsewhere/s/data/a.txt").read_text() == "a\n"
+    assert all((project.root / f"out/t{i}/s/data/a.txt").read_text() == "a\n" for i in range(4))

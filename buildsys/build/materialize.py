@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from buildsys.keys.hashing import Digest, digest_bytes
 from buildsys.keys.tree import Manifest
 from buildsys.project.places import inside
 from buildsys.store.local import LocalStore
+from buildsys.store.reflink import reflinks_refused
 from buildsys.store.statcache import StatCache
 
 BACKDATE_NS = 1_000_000_000
@@ -57,36 +58,76 @@ def materialize_trees(
     store: LocalStore, trees: list[tuple[Digest, Path | str]], stat_cache: StatCache, report: MaterializeReport, root: Path,
     manifests: dict[Digest, Manifest] | None = None,
 ) -> None:
-    """Several trees at once, each into its folder under ``root`` (the outputs folder): copying
-    is I/O and hashing in C, both outside the GIL, so a few threads keep the disk busy while one
-    verifies what it wrote. ``manifests``: trees the caller knows already (a resolved-graph
-    index), not read from the store again."""
+    """Several trees at once, each into its folder under ``root`` (the outputs folder).
+    ``manifests``: trees the caller knows already (a resolved-graph index), not read from the
+    store again.
+
+    Reflinks are a few metadata calls each: the trees are written one after another, as a pool
+    of threads spends more handing them over than they take (and a no-op starts none). Where
+    the first tree's files had to be copied byte by byte (no reflinks to that filesystem), the
+    rest go through a few threads, as copying is I/O and hashing in C, both outside the GIL."""
     stale = []
     known = manifests or {}
+    real_root = os.path.realpath(root)
+    checked: set[str] = set()
     for tree, dest in trees:
         manifest = known.get(tree) or store.blobs.get_tree(tree)
         unchanged = _unchanged_files(manifest, dest, stat_cache)
         if unchanged is None:
-            if not inside(dest, root):
+            if not _stays_inside(str(dest), str(root), real_root, checked):
                 raise OutputsError(f"{dest}: a link leads out of the outputs folder {root}; remove it, buildsys will not write through it")
             stale.append((manifest, Path(dest)))
         else:
             report.unchanged += unchanged
     written: dict[str, dict] = {}
-    if len(stale) <= 1:
-        for manifest, dest in stale:
-            written.update(materialize_tree(store, manifest, dest, stat_cache, report))
-    else:
-        parts = [MaterializeReport() for _ in stale]
-        with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="materialize") as pool:
-            for future in [pool.submit(materialize_tree, store, m, d, stat_cache, r) for (m, d), r in zip(stale, parts)]:
-                written.update(future.result())
-        for part in parts:
-            report.written += part.written
-            report.unchanged += part.unchanged
-            report.removed += part.removed
-            report.bytes_written += part.bytes_written
+    for done, (manifest, dest) in enumerate(stale, start=1):
+        written.update(materialize_tree(store, manifest, dest, stat_cache, report))
+        if report.bytes_written and reflinks_refused(os.stat(dest).st_dev):
+            _materialize_on_threads(store, stale[done:], stat_cache, report, written)
+            break
     store.refs.write_many(WRITTEN, written)
+
+
+def _materialize_on_threads(
+    store: LocalStore, stale: list[tuple[Manifest, Path]], stat_cache: StatCache, report: MaterializeReport, written: dict[str, dict]
+) -> None:
+    if not stale:
+        return
+    from concurrent.futures import ThreadPoolExecutor  # only when bytes are copied: a no-op starts no thread
+
+    parts = [MaterializeReport() for _ in stale]
+    with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="materialize") as pool:
+        for future in [pool.submit(materialize_tree, store, m, d, stat_cache, r) for (m, d), r in zip(stale, parts)]:
+            written.update(future.result())
+    for part in parts:
+        report.written += part.written
+        report.unchanged += part.unchanged
+        report.removed += part.removed
+        report.bytes_written += part.bytes_written
+
+
+def _stays_inside(dest: str, root: str, real_root: str, checked: set[str]) -> bool:
+    """Whether ``dest`` resolves inside ``root`` (``project.places.inside``), at the cost of one
+    ``lstat`` per folder below ``root`` not seen before (``checked``) instead of resolving both
+    paths whole for every tree: only a link below ``root`` can lead out of it, and a folder
+    that does not exist yet is made by buildsys, never a link."""
+    if not dest.startswith(root.rstrip("/") + "/"):
+        return inside(dest, real_root)
+    prefix = root.rstrip("/")
+    for part in dest[len(prefix) + 1:].split("/"):
+        prefix = f"{prefix}/{part}"
+        if prefix in checked:
+            continue
+        if part in ("", ".", ".."):
+            return inside(dest, real_root)
+        try:
+            st = os.lstat(prefix)
+        except FileNotFoundError:
+            return True
+        if stat.S_ISLNK(st.st_mode):
+            return inside(dest, real_root)
+        checked.add(prefix)
+    return True
 
 
 def _unchanged_files(manifest: Manifest, dest: Path | str, stat_cache: StatCache) -> int | None:

@@ -10,7 +10,6 @@ it never imports a heavy library.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +126,8 @@ class Resolver:
         pending = {ref: where for ref, where in pending.items() if not self._source_from_stat_cache(ref)}
         if not pending or not self.writes:
             return
+        from concurrent.futures import ThreadPoolExecutor  # not imported by a build whose sources are all known
+
         try:
             with BlobBatch(self.store.blobs) as batch, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sources") as pool:
                 for future in [pool.submit(self.source_tree, ref, where, batch) for ref, where in pending.items()]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,6 @@ from buildsys.build.gate import gate_verdict
 from buildsys.build.graph_index import StageEntry
 from buildsys.build.incremental import entry_for, renew, tokens_of
 from buildsys.build.materialize import MaterializeReport, materialize_trees
-from buildsys.build.refs import read_approval
 from buildsys.build.resolver import Resolved, closure
 from buildsys.build.session import Session
 from buildsys.errors import BAD_INPUT, EXIT_BAD_INPUT, EXIT_BUILD_FAILED, EXIT_OK, EXIT_STORE, NO_SPACE, BuildsysError
@@ -45,6 +43,8 @@ HEALS = 2
 """How many times a build starts over after finding a corrupt blob (see :meth:`Builder.build`)."""
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from buildsys.build.executors import StageExecutor
     from buildsys.execution.executor import Executor
 
@@ -106,7 +106,7 @@ class BuildReport:
             return EXIT_STORE
         if any(s.outcome == BAD_INPUT for s in self.stages.values()):
             return EXIT_BAD_INPUT
-        return EXIT_OK if all(v in ("ok", "review", "approved") for v in self.targets.values()) else EXIT_BUILD_FAILED
+        return EXIT_OK if all(v in ("ok", "review") for v in self.targets.values()) else EXIT_BUILD_FAILED
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -117,7 +117,6 @@ class BuildReport:
             "failed": self.count(FAILED),
             "blocked": self.count(BLOCKED) + self.count(SKIPPED),
             "review": sorted(t for t, v in self.targets.items() if v == "review"),
-            "approved": sorted(t for t, v in self.targets.items() if v == "approved"),
             "failures": {
                 sid: {"status": s.outcome or FAILED, "error": s.error} for sid, s in self.stages.items() if s.status == FAILED
             },
@@ -310,6 +309,8 @@ class Builder:
                         self._key_to_stage[resolved.key] = sid
                         executor = self._stage_executor()
                         if pool is None:
+                            from concurrent.futures import ThreadPoolExecutor  # a no-op runs nothing, starts no thread
+
                             pool = ThreadPoolExecutor(max_workers=executor.slots, thread_name_prefix="stage")
                         future = pool.submit(self._run, resolved, executor)
                         running[future] = sid
@@ -483,20 +484,10 @@ class Builder:
             elif not all(r.ok for r in stage_reports):
                 verdicts[name] = "failed"
             elif any(r.gate and not r.gate["passed"] for r in stage_reports):
-                verdicts[name] = self._review_verdict(name, stage_reports) if project.shapes[name].on_fail == "review" else "failed"
+                verdicts[name] = "review" if project.shapes[name].on_fail == "review" else "failed"
             else:
                 verdicts[name] = "ok"
         return verdicts
-
-    def _review_verdict(self, target: str, stage_reports: list[StageReport]) -> str:
-        """``approved`` where a person's sign-off covers this very asset and these gate failures
-        (``buildsys approve``), else ``review``."""
-        approval = read_approval(self.session.store, target)
-        if approval is None:
-            return "review"
-        trees = {r.id.split("/", 1)[1]: r.tree for r in stage_reports if r.tree}
-        failing = {str(f.get("gate")) for r in stage_reports if r.gate for f in r.gate.get("failures", [])}
-        return "approved" if approval.covers_build(self.session.project.targets[target], trees, failing) else "review"
 
     def _materialize(self, target_names: list[str], reports: dict[str, StageReport], out: MaterializeReport) -> None:
         project = self.session.project

@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import tomli
-
 from buildsys.errors import BuildsysError
 from buildsys.project.schema import Fields
 
@@ -192,13 +190,17 @@ def load_user_config(path: Path | None = None) -> UserConfig:
     explicit = path is not None or bool(os.environ.get("BUILDSYS_CONFIG"))
     path = path or config_path()
     try:
-        raw = tomli.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{path}: config file does not exist") from None
         return UserConfig(path=None)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    import tomli  # only where there is a config to parse
+
+    try:
+        raw = tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
     except RecursionError:  # tomli's own limit on nested arrays and inline tables (400)

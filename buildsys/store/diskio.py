@@ -14,7 +14,6 @@ import errno
 import functools
 import io
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -186,6 +185,8 @@ def parallel_moves(moves: list[tuple[Path | str, str]]) -> None:
     if len(moves) < PARALLEL_MOVES:
         _moves(moves)
         return
+    from concurrent.futures import ThreadPoolExecutor  # its import (logging, traceback) is not every command's
+
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="move-in") as pool:
         for future in [pool.submit(_moves, moves[i::2]) for i in range(2)]:
             future.result()

@@ -35,3 +35,8 @@ def clone(src: int, dst: int, dst_device: int) -> bool:
         _no_clone_devices.add(dst_device)
         return False
     return True
+
+
+def reflinks_refused(device: int) -> bool:
+    """Whether a clone onto ``device`` was refused in this process (its copies move bytes)."""
+    return device in _no_clone_devices
