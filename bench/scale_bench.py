@@ -52,9 +52,14 @@ class TimedOut(Exception):
     pass
 
 
+CPU: dict[str, list[float]] = {}
+"""CPU seconds (user + system) of the commands timed, by what they timed (see :func:`run`)."""
+
+
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None, timeout: float) -> float:
-    """Wall seconds of one command, which must succeed."""
+    """Wall seconds of one command, which must succeed; its CPU seconds go to ``CPU["last"]``."""
     os.sync()
+    before = os.times()
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -64,6 +69,8 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None, timeout: float) -
         proc.communicate()
         raise TimedOut(" ".join(cmd)) from None
     elapsed = time.perf_counter() - started
+    after = os.times()
+    CPU["last"] = [after.children_user - before.children_user + after.children_system - before.children_system]
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} (in {cwd}) failed with exit {proc.returncode}:\n{out.decode(errors='replace')[-3000:]}")
     return elapsed
@@ -172,13 +179,18 @@ TOOLS = {"buildsys": Buildsys, "snakemake": Snakemake, "dvc": Dvc}
 def bench_size(args: argparse.Namespace, work: Path, alive: set[str]) -> list[dict]:
     n, assets = args.size, library.asset_names(args.size)
     base = work / f"n{n}-{args.mib:g}mib"
-    shutil.rmtree(base, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
     tools: dict[str, Tool] = {}
+    built: set[str] = set()
     for name in args.tools:
         if name not in alive:
             continue
         root = base / name
-        library.write_inputs(root, n, args.mib)
+        if args.keep and (root / "inputs").is_dir():
+            built.add(name)  # kept from an earlier run (--keep): its cold build is not timed again
+        else:
+            library.write_inputs(root, n, args.mib)
         tools[name] = TOOLS[name](root, args)
     rows = {name: {"tool": name, "stages": n, "assets": len(assets), "mib": args.mib, "load": os.getloadavg()[0]} for name in tools}
     log = lambda what: print(f"  N={n} {args.mib:g} MiB: {what}", file=sys.stderr, flush=True)  # noqa: E731
@@ -188,6 +200,7 @@ def bench_size(args: argparse.Namespace, work: Path, alive: set[str]) -> list[di
             return
         try:
             rows[name].setdefault(key, []).append(round(measure(), 4))
+            rows[name].setdefault(key + "_cpu", []).append(round(CPU["last"][0], 4))
         except TimedOut:
             log(f"{name} timed out at {key}: skipped from here on")
             rows[name][key] = "timeout"
@@ -195,7 +208,7 @@ def bench_size(args: argparse.Namespace, work: Path, alive: set[str]) -> list[di
 
     for name, tool in tools.items():
         log(f"{name}: cold build")
-        step(name, "cold", tool.build)
+        step(name, "cold" if name not in built else "warm_up", tool.build)
         step(name, "noop_first", tool.build)
     for r in range(args.rounds):
         order = list(tools) if r % 2 == 0 else list(reversed(tools))
@@ -234,9 +247,10 @@ def bench_size(args: argparse.Namespace, work: Path, alive: set[str]) -> list[di
             step(name, "restore_all", tools[name].restore)
     if "buildsys" in alive:
         rows["buildsys"].update(tools["buildsys"].memory())
-    shutil.rmtree(base, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
     for row in rows.values():
-        for key in STEPS:
+        for key in [k for step in STEPS for k in (step, step + "_cpu")]:
             if isinstance(row.get(key), list):
                 row[key + "_runs"] = row[key]
                 row[key] = statistics.median(row[key])
@@ -257,7 +271,7 @@ def report() -> None:
     for (tool, stages, mib), row in sorted(latest.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         lines.append(
             f"| {'1 MiB' if mib else 'tiny'} | {stages} | {tool} | "
-            + " | ".join(cell(row.get(k)) for k in STEPS)
+            + " | ".join(cell(row.get(k)) + (f" ({row[k + '_cpu']:.2f})" if isinstance(row.get(k + "_cpu"), float) else "") for k in STEPS)
             + f" | {row.get('load', 0):.1f} |"
         )
     memory = [
@@ -278,9 +292,9 @@ def plot(latest: dict[tuple, dict]) -> None:
     import matplotlib.pyplot as plt
 
     panels = [("noop", "no-op (steady)"), ("changed", "one asset changed"), ("cold", "cold build"), ("restore_all", "restore of all")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.2))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(20, 4.2))
     styles = {"buildsys": "o-", "snakemake": "s--", "dvc": "^:"}
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title) in zip(axes[:-1], panels):
         for tool in ("buildsys", "snakemake", "dvc"):
             points = sorted((s, r[key]) for (t, s, m), r in latest.items() if t == tool and m == 0 and isinstance(r.get(key), (int, float)))
             if points:
@@ -297,6 +311,18 @@ def plot(latest: dict[tuple, dict]) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("wall seconds")
     axes[0].legend(fontsize=8)
+    cpu = axes[-1]  # CPU seconds: what the machine's load disturbs least
+    for key, style, label in (("noop_no_index_cpu", "o:", "no-op, no index"), ("noop_cpu", "o-", "no-op"), ("noop_watch_cpu", "o-.", "no-op, watcher"),
+                              ("changed_cpu", "s-", "one asset changed"), ("plan_cpu", "^--", "plan, one changed")):
+        points = sorted((s, r[key]) for (t, s, m), r in latest.items() if t == "buildsys" and m == 0 and isinstance(r.get(key), (int, float)))
+        if points:
+            cpu.plot(*zip(*points), style, label=label)
+    cpu.set_xscale("log")
+    cpu.set_yscale("log")
+    cpu.set_title("buildsys, CPU seconds")
+    cpu.set_xlabel("stages in the library")
+    cpu.grid(True, which="both", alpha=0.3)
+    cpu.legend(fontsize=8)
     fig.suptitle("Cost against library size (tiny inputs; six-stage pipelines; 2 shared cores)")
     fig.tight_layout()
     fig.savefig(RESULTS / "scale.png", dpi=110)
@@ -314,6 +340,8 @@ def main() -> int:
     parser.add_argument("--buildsys", default=str(REPO / ".venv" / "bin" / "buildsys"))
     parser.add_argument("--bench-venv", default=str(HERE / ".venv-dvc"))
     parser.add_argument("--work", type=Path)
+    parser.add_argument("--keep", action="store_true", help="keep each size's library in --work, and reuse one found there "
+                        "(no cold build: a 60,000-stage one takes minutes)")
     parser.add_argument("--report", action="store_true", help="only turn results/scale.jsonl into the table and plot")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,17 @@
 """The resolved-graph index: what the last build of a Buildfile resolved, so that the next build
 does work in proportion to what changed. An unchanged Buildfile is not parsed or expanded again
-(targets are expanded one at a time, when a stage of theirs must be resolved), and a stage none
-of whose inputs changed is not described, keyed or looked up again: its result comes from here.
+(targets are expanded one at a time, when a stage of theirs must be resolved); a target none of
+whose inputs, results or materialized outputs changed is *settled*: the build takes its verdict,
+stage table and outputs as recorded and does no per-stage work for it (build/settled.py); and in
+a target that is walked, a stage none of whose inputs changed is not described, keyed or looked
+up again: its result comes from here.
 
-One file per Buildfile, found before the Buildfile is read (its store is named inside it):
+Three files per Buildfile, found before the Buildfile is read (its store is named inside them):
 ``$BUILDSYS_INDEX_DIR``, else ``$XDG_CACHE_HOME/buildsys/graphs`` (``~/.cache/...``), then
-``<first 32 hex digits of the BLAKE3 of the Buildfile's absolute path>``; it names the store it
-describes, and is ignored for any other. Format version ``INDEX_VERSION``, checked on open; the file is the
-32-byte BLAKE3 digest of the body, then the body, msgpack (not canonical: nothing is keyed by it)::
+``<first 32 hex digits of the BLAKE3 of the Buildfile's absolute path>`` (the *head*), with
+``.stages.<digest>`` (the stage entries) and ``.stamp`` beside it. Each file is the 32-byte BLAKE3
+digest of its body, then the body, msgpack (not canonical: nothing is keyed by it). The head,
+format version ``INDEX_VERSION``, checked on open::
 
     v           INDEX_VERSION
     action      ACTION_VERSION of the keys below
@@ -22,20 +26,33 @@ describes, and is ignored for any other. Format version ``INDEX_VERSION``, check
     values      [value, ...]: what each token was worth (a digest, a field's value, a device)
     files       {token number: [path, digest, size, executable]}: a plain ``src:`` path (one file),
                 checked by one ``stat``
-    stages      {stage id: [entry, shards, record shard]}: entry is the msgpack bytes of
-                [key, description, tree, log, manifest, metrics, gate, [token number...],
-                [upstream tree...]] (decoded only for a stage the build looks at): digests as 32
-                raw bytes, log None when there is none; manifest [[path, digest, size,
-                executable], ...]; gate: the verdict or None; upstream trees in the order of the
-                stage's upstream stages. shards: 32 bytes, bit i set when a blob of the entry
-                lies in ``cas/<i as hex>``; record shard: the first byte of the key
+    records     {target: [verdict, [token number...], cas mask, ac numbers, outputs, extras]}: one
+                per target with stages here (build/settled.py): verdict "ok" or "review" when
+                the target was built whole, else None (never settled); cas mask: 32 bytes, bit i
+                set when a blob of its stages lies in ``cas/<i as hex>``; ac numbers: bytes, the
+                first byte of each stage's key; outputs: [[path, dev, ino, size, mtime_ns,
+                ctime_ns], ...] of every materialized file, as the stat cache vouched for it, or
+                None; extras: {stage id: {"gate": failed verdict, "warnings": [...]}}
+    stages      BLAKE3 (hex) of the stages file's body
     stage_tables  {target: digest of its stage table}: the table a build record names for the target
                 while its stages stay as recorded here (store/build_record.py)
-    shards      {"cas/ab" | "ac/ab": [mtime_ns, ctime_ns, inode]} of the store's shard folders
-    refs        the same of ``refs/targets``
-    observed    when those folders were read (ns)
-    watch       [watcher id, sequence number] taken before the build checked anything, or None
-                (watcher.py: a build asks it what changed since)
+    record      the last build record that walked (a no-op's record repeats it), or None
+    built       the targets that record covers
+    boot        the boot the outputs' stat records were taken in (store/boot.py)
+
+The stages file, ``{stage id: [entry, shards, record shard]}``: entry is the msgpack bytes of
+[key, description, tree, log, manifest, metrics, gate, [token number...], [upstream tree...]]
+(decoded only for a stage the build looks at): digests as 32 raw bytes, log None when there is
+none; manifest [[path, digest, size, executable], ...]; gate: the verdict or None; upstream trees
+in the order of the stage's upstream stages. shards: 32 bytes, bit i set when a blob of the entry
+lies in ``cas/<i as hex>``; record shard: the first byte of the key. It is read only when a
+stage must be looked at: a settled no-op never reads it.
+
+The stamp, rewritten by any build that finds the store moved (a no-op's own record moves one
+shard folder): ``{"head": digest of the head's body, "shards": {"cas/ab" | "ac/ab": [mtime_ns,
+ctime_ns, inode] or None}, "refs": the same of ``refs/targets``, "observed": when those were
+read (ns), "watch": [watcher id, sequence number] or None}``. A stamp naming another head is
+ignored (every shard folder then counts as moved).
 
 Nothing here is trusted without a check against the present; a missing, torn, foreign or stale
 file means the full walk (:meth:`GraphIndex.load` returns None), never a wrong build:
@@ -48,14 +65,18 @@ file means the full walk (:meth:`GraphIndex.load` returns None), never a wrong b
 - a result is used only while its blobs and action record are in the store: a shard folder
   whose mtime, ctime or inode moved since (a blob or record removed, or added) has the
   entries' files in it checked again; a folder touched within ``RACY_NS`` of being read is
-  treated as moved (its timestamp could hide a later change in the same tick).
+  recorded as unknown (its timestamp could hide a later change in the same tick).
 
-The body's digest catches a torn file, so the index is written without a flush: after a crash
-the old index, or none, is read, and either only costs a longer walk.
+Writes go stages file (named by its digest, so the head it replaces still finds its own), head,
+stamp, each atomically by rename and without a flush: a crash (or SIGKILL) between them leaves
+the old head with its old stages file, or the new head with a stamp naming the old one (ignored:
+the store is checked in full), and a torn file fails its digest and is ignored; each costs only a
+longer walk.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from pathlib import Path
@@ -68,14 +89,14 @@ from buildsys.keys.action import ACTION_VERSION
 from buildsys.keys.hashing import Digest, digest_bytes
 from buildsys.keys.tree import Entry, Manifest
 from buildsys.store.atomic import unlink_quietly
+from buildsys.store.boot import BOOT_ID
 from buildsys.store.statcache import RACY_NS, StatCache
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 _HEADER = 32
-MOVED_SHARDS_KEPT = 4
 _FIELDS = {
-    "buildfile", "store", "tables", "targets", "shapes", "tokens", "values", "files", "stages", "stage_tables", "shards", "refs",
-    "observed", "watch",
+    "buildfile", "store", "tables", "targets", "shapes", "tokens", "values", "files", "records", "stages", "stage_tables",
+    "record", "built", "boot",
 }
 
 
@@ -87,7 +108,56 @@ def index_file(buildfile: Path) -> Path:
     return Path(folder) / digest_bytes(os.fsencode(os.path.abspath(buildfile)))[:32]
 
 
-def _folder_signature(path: str) -> list[int] | None:
+def stages_file(head: Path, digest: str) -> Path:
+    return Path(f"{head}.stages.{digest[:32]}")
+
+
+def stamp_file(head: Path) -> Path:
+    return Path(f"{head}.stamp")
+
+
+def read_sealed(path: Path) -> tuple[Any, str] | None:
+    """(decoded body, its BLAKE3 in hex) of a file written by :func:`write_sealed`, or None when it
+    is missing, torn or not msgpack."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    digest = blake3.blake3(memoryview(data)[_HEADER:]).digest()
+    if len(data) <= _HEADER or digest != data[:_HEADER]:
+        return None
+    collecting = gc.isenabled()
+    gc.disable()  # unpacking makes tens of thousands of containers: no cycle collection meanwhile
+    try:
+        return msgpack.unpackb(memoryview(data)[_HEADER:], raw=False, strict_map_key=False), digest.hex()
+    except Exception:  # msgpack raises several unrelated types for malformed input
+        return None
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def seal(body: Any) -> tuple[bytes, bytes]:
+    """(BLAKE3 digest, msgpack bytes) of a body."""
+    data = msgpack.packb(body, use_bin_type=True)
+    return blake3.blake3(data).digest(), data
+
+
+def write_sealed(path: Path, sealed: tuple[bytes, bytes]) -> None:
+    """Write a sealed body atomically (rename), without a flush."""
+    digest, data = sealed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(digest)
+            handle.write(data)
+        os.replace(tmp, path)
+    finally:
+        unlink_quietly(tmp)
+
+
+def folder_signature(path: str) -> list[int] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -98,7 +168,11 @@ def _folder_signature(path: str) -> list[int] | None:
 def shard_signatures(store_root: Path) -> dict[str, list[int] | None]:
     """The signature of every shard folder of blobs and action records (512 ``stat`` calls)."""
     root = os.fspath(store_root)
-    return {f"{part}/{i:02x}": _folder_signature(f"{root}/{part}/{i:02x}") for part in ("cas", "ac") for i in range(256)}
+    return {f"{part}/{i:02x}": folder_signature(f"{root}/{part}/{i:02x}") for part in ("cas", "ac") for i in range(256)}
+
+
+def stage_ids_of(shape: list[Any], target: str) -> list[str]:
+    return [f"{target}/{name}" for name in shape[0]]
 
 
 class StageEntry:
@@ -157,42 +231,40 @@ class StageEntry:
 class GraphIndex:
     """A loaded index: the recorded graph, and what a build found still true of it."""
 
-    def __init__(self, path: Path, body: dict[str, Any]) -> None:
+    def __init__(self, path: Path, body: dict[str, Any], head: str, stamp: dict[str, Any] | None) -> None:
         self.path = path
         self.body = body
+        self.head = head  # the BLAKE3 of the head's body: what a stamp names
+        self.stamp = stamp
         self.tokens: list[str] = body["tokens"]
         self.values: dict[str, Any] = dict(zip(self.tokens, body["values"]))
-        self._stages: dict[str, list[Any]] = body["stages"]
+        self.records: dict[str, list[Any]] = body["records"]
+        self._stages: dict[str, list[Any]] | None = None
         self._decoded: dict[str, StageEntry] = {}
         self.dirty_tokens: set[str] = set()
         self.unverified: set[str] = set()  # stages whose blobs or record may be gone
         self._moved_cas: set[str] = set()
         self._has_blob: Callable[[Digest], bool] = lambda digest: True
-        self._refs_racy = False
         self.same_buildfile = False
 
     @classmethod
     def load(cls, buildfile: Path) -> "GraphIndex | None":
         """The index of ``buildfile``, or None when there is none, or it is torn, of another
-        format or of another Buildfile."""
+        format or of another Buildfile. Its stamp is read too; its stages file when first needed."""
         path = index_file(buildfile)
-        try:
-            data = path.read_bytes()
-        except OSError:
+        sealed = read_sealed(path)
+        if sealed is None:
             return None
-        if len(data) <= _HEADER or blake3.blake3(data[_HEADER:]).digest() != data[:_HEADER]:
-            return None
-        try:
-            body = msgpack.unpackb(data[_HEADER:], raw=False, strict_map_key=False)
-        except Exception:  # msgpack raises several unrelated types for malformed input
-            return None
+        body, head = sealed
         if not isinstance(body, dict) or body.get("v") != INDEX_VERSION or body.get("action") != ACTION_VERSION:
             return None
         if not _FIELDS <= body.keys():
             return None
         if body.get("buildfile", [None])[0] != os.path.abspath(buildfile):
             return None
-        return cls(path, body)
+        stamp = read_sealed(stamp_file(path))
+        usable = stamp is not None and isinstance(stamp[0], dict) and stamp[0].get("head") == head
+        return cls(path, body, head, stamp[0] if usable and stamp is not None else None)
 
     # what the Buildfile was ---------------------------------------------------------------
 
@@ -215,12 +287,26 @@ class GraphIndex:
     def shapes(self) -> dict[str, list[Any]]:
         return self.body["shapes"]
 
+    def target_stages(self, target: str) -> list[str]:
+        shape = self.shapes.get(target)
+        return stage_ids_of(shape, target) if shape is not None else []
+
     # stages -------------------------------------------------------------------------------
+
+    @property
+    def stages(self) -> dict[str, list[Any]]:
+        """The raw stage entries, read when first asked for; a missing or torn stages file
+        leaves none (every stage is then resolved as usual)."""
+        if self._stages is None:
+            sealed = read_sealed(stages_file(self.path, self.body["stages"]))
+            ok = sealed is not None and sealed[1] == self.body["stages"] and isinstance(sealed[0], dict)
+            self._stages = sealed[0] if ok and sealed is not None else {}
+        return self._stages
 
     def entry(self, stage_id: str) -> StageEntry | None:
         entry = self._decoded.get(stage_id)
         if entry is None:
-            raw = self._stages.get(stage_id)
+            raw = self.stages.get(stage_id)
             if raw is None:
                 return None
             try:
@@ -230,9 +316,6 @@ class GraphIndex:
                 return None
             self._decoded[stage_id] = entry
         return entry
-
-    def stage_ids(self) -> Iterable[str]:
-        return self._stages.keys()
 
     def fresh(self, stage_id: str, trees: dict[str, Digest], upstream: Iterable[str]) -> StageEntry | None:
         """The recorded result of a stage whose key cannot have changed: the Buildfile is the
@@ -254,7 +337,7 @@ class GraphIndex:
     def may_resolve(self, stage_id: str) -> bool:
         """Whether the build may have to resolve this stage (false when only an upstream change
         could make it, whose sources are then known from the check already)."""
-        if not self.same_buildfile or stage_id in self.unverified or stage_id not in self._stages:
+        if not self.same_buildfile or stage_id in self.unverified or stage_id not in self.stages:
             return True
         if not self.dirty_tokens:
             return False
@@ -272,7 +355,7 @@ class GraphIndex:
 
     @property
     def watch_token(self) -> tuple[str, int] | None:
-        token = self.body["watch"]
+        token = (self.stamp or {}).get("watch")
         return (token[0], token[1]) if token else None
 
     def check_files(self, stat_cache: StatCache, only: set[str] | None = None) -> set[str]:
@@ -296,48 +379,41 @@ class GraphIndex:
     def plain_files(self) -> dict[str, tuple[str, Digest, int, bool]]:
         return {self.tokens[n]: (item[0], item[1], item[2], item[3]) for n, item in self.body["files"].items()}
 
+    def moved_shards(self, store_root: Path) -> set[str]:
+        """The shard folders whose signature differs from the stamp's (all, without a stamp)."""
+        recorded = (self.stamp or {}).get("shards") or {}
+        return {name for name, signature in shard_signatures(store_root).items() if recorded.get(name) != signature or signature is None}
+
     def check_store(self, store_root: Path, has_blob: Callable[[Digest], bool], has_action: Callable[[Digest], bool]) -> None:
-        """Mark the stages whose blobs or action record may have left the store: those with a
-        file in a shard folder that moved since the index was written, and a file there that
-        is missing now. A plain source whose blob went the same way counts as changed."""
-        recorded = self.body["shards"]
-        observed = self.body["observed"]
-        moved = set()
-        for name, signature in shard_signatures(store_root).items():
-            old = recorded.get(name)
-            if old != signature or (old is not None and old[0] + RACY_NS >= observed):
-                moved.add(name)
+        """Mark the stages whose blobs or action record may have left the store: those of a
+        target with a file in a shard folder that moved since the stamp was written, and a
+        file there that is missing now. A plain source whose blob went the same way counts as
+        changed. Targets none of whose shards moved are not looked at, stage by stage."""
         self._has_blob = has_blob
+        moved = self.moved_shards(store_root)
         if not moved:
             return
         moved_cas = self._moved_cas = {name[4:] for name in moved if name.startswith("cas/")}
         cas_mask = sum(1 << int(name, 16) for name in moved_cas)
         ac_moved = {int(name[3:], 16) for name in moved if name.startswith("ac/")}
-        for stage_id, (_, shards, ac) in self._stages.items():
-            if ac in ac_moved:
-                entry = self.entry(stage_id)
-                if entry is not None and not has_action(entry.key):
-                    self.unverified.add(stage_id)
+        for target, record in self.records.items():
+            if not (int.from_bytes(record[2], "little") & cas_mask or ac_moved.intersection(record[3])):
+                continue
+            for stage_id in self.target_stages(target):
+                raw = self.stages.get(stage_id)
+                if raw is None:
                     continue
-            if int.from_bytes(shards, "little") & cas_mask:
                 entry = self.entry(stage_id)
-                if entry is not None and not all(has_blob(d) for d in entry.blobs() if d[:2] in moved_cas):
+                if entry is None:
+                    continue
+                if raw[2] in ac_moved and not has_action(entry.key):
+                    self.unverified.add(stage_id)
+                elif int.from_bytes(raw[1], "little") & cas_mask and not all(has_blob(d) for d in entry.blobs() if d[:2] in moved_cas):
                     self.unverified.add(stage_id)
         for token, (_, digest, *_) in self.plain_files().items():
             tree = self.values.get(token)
             if any(d[:2] in moved_cas and not has_blob(d) for d in (digest, tree) if isinstance(d, str)):
                 self.dirty_tokens.add(token)
-
-    def unchanged_by(self, entries: dict[str, StageEntry], tables: dict[str, Digest], watch: tuple[str, int] | None) -> bool:
-        """Whether a build left everything as recorded: the same stages, each read from here,
-        no token changed and no result doubted, the same stage tables, and few enough shard
-        folders moved (each one costs the next build a look at the entries in it) that
-        rewriting the index would save less than it costs."""
-        return (
-            not self.dirty_tokens and not self.unverified and len(self._moved_cas) <= MOVED_SHARDS_KEPT and not self._refs_racy
-            and entries.keys() == self._stages.keys() and all(e._raw is not None for e in entries.values())
-            and tables == self.tables_by_target() and (watch is None or watch[0] == (self.watch_token or ("",))[0])
-        )
 
     def tables_by_target(self) -> dict[str, Digest]:
         return {target: digest.hex() for target, digest in self.body["stage_tables"].items()}
@@ -353,63 +429,65 @@ class GraphIndex:
         return digest
 
     def refs_unchanged(self, store_root: Path) -> bool:
-        """Whether no ref of a target was written since the index recorded them. Refs written
-        within ``RACY_NS`` of that record cannot be vouched for; the index is then written again
-        (:meth:`unchanged_by`), so the next build can."""
-        old = self.body.get("refs")
-        now = _folder_signature(os.path.join(store_root, "refs", "targets"))
-        self._refs_racy = old is not None and old[0] + RACY_NS >= self.body["observed"]
-        return old is not None and old == now and not self._refs_racy
+        """Whether no ref of a target was written since the stamp recorded them."""
+        old = (self.stamp or {}).get("refs")
+        return old is not None and old == folder_signature(os.path.join(store_root, "refs", "targets"))
+
+    @property
+    def record(self) -> Digest | None:
+        """The last build record that walked, and the targets it covers (a no-op repeats it)."""
+        return self.body["record"]
+
+    @property
+    def built(self) -> list[str]:
+        return self.body["built"]
 
 
-def write_index(
-    path: Path,
-    buildfile: tuple[str, Digest],
-    store_root: Path,
-    buildfile_tables: dict[str, Any],
-    target_tables: dict[str, bytes],
-    shapes: dict[str, list[Any]],
-    values: dict[str, Any],
-    files: dict[str, tuple[str, Digest, int, bool]],
-    stages: dict[str, StageEntry],
-    stage_tables: dict[str, Digest],
-    old_tokens: list[str] | None = None,
-    watch: tuple[str, int] | None = None,
+PATIENT_TARGETS = 100
+"""From how many targets a build waits out the racy window of the folders it just wrote before
+stamping them (at most ``RACY_NS``), rather than leave them unknown: each unknown shard folder
+costs the next build a look at the entries of every target with a blob in it, and an unknown
+refs folder settles no target."""
+
+
+def write_stamp(
+    head_path: Path, head: str, store_root: Path, watch: tuple[str, int] | None, old: dict[str, Any] | None = None, patient: bool = False,
 ) -> None:
-    """Write the index atomically, without a flush (see the module docstring). ``values`` gives
-    every token the stages name its value; ``files`` the plain source paths among them.
-    ``old_tokens``: the token list of the index being renewed, whose numbering is kept (its
-    unchanged entries are written back as read)."""
-    names = list(old_tokens or [])
-    names += sorted({t for entry in stages.values() for t in entry.tokens} - set(names))
-    number = {name: i for i, name in enumerate(names)}
-    same_numbers = old_tokens is not None
+    """Record the store's shard folders and refs as they are now, for the head ``head``; a
+    folder touched within ``RACY_NS`` is recorded as unknown, unless ``patient`` (see
+    ``PATIENT_TARGETS``). Nothing is written when the stamp would say what ``old`` says."""
+    refs_folder = os.path.join(store_root, "refs", "targets")
     observed = time.time_ns()
-    body = {
-        "v": INDEX_VERSION,
-        "action": ACTION_VERSION,
-        "buildfile": list(buildfile),
-        "store": os.path.abspath(store_root),
-        "tables": buildfile_tables,
-        "targets": target_tables,
-        "shapes": shapes,
-        "tokens": names,
-        "values": [values.get(n) for n in names],
-        "files": {number[t]: list(v) for t, v in files.items() if t in number},
-        "stages": {sid: entry.raw(number, same_numbers) for sid, entry in stages.items()},
-        "stage_tables": {target: bytes.fromhex(digest) for target, digest in stage_tables.items()},
-        "shards": shard_signatures(store_root),
-        "refs": _folder_signature(os.path.join(store_root, "refs", "targets")),
-        "observed": observed,
-        "watch": list(watch) if watch else None,
-    }
-    data = msgpack.packb(body, use_bin_type=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(blake3.blake3(data).digest())
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        unlink_quietly(tmp)
+    signatures = shard_signatures(store_root)
+    refs = folder_signature(refs_folder)
+    newest = max([sig[0] for sig in [*signatures.values(), refs] if sig is not None], default=0)
+    if patient and newest + RACY_NS >= observed:
+        time.sleep(min(RACY_NS, newest + RACY_NS - observed) / 1e9 + 0.001)
+        observed = time.time_ns()
+        signatures = shard_signatures(store_root)
+        refs = folder_signature(refs_folder)
+    shards = {name: sig if sig is None or sig[0] + RACY_NS < observed else None for name, sig in signatures.items()}
+    if refs is not None and refs[0] + RACY_NS >= observed:
+        refs = None
+    stamp = {"head": head, "shards": shards, "refs": refs, "watch": list(watch) if watch else None}
+    if old is not None and all(old.get(k) == v for k, v in stamp.items()):
+        return
+    write_sealed(stamp_file(head_path), seal({**stamp, "observed": observed}))
+
+
+def write_index(path: Path, head: dict[str, Any], stages: dict[str, list[Any]], old_stages: str | None, watch: tuple[str, int] | None) -> None:
+    """Write the stages file (unless it is ``old_stages``, the digest of the one in place), the
+    head, then the stamp, each atomically and without a flush (see the module docstring);
+    ``head`` holds every head field but ``v``, ``action``, ``stages`` and ``boot``."""
+    sealed = seal(stages)
+    digest = sealed[0].hex()
+    if digest != old_stages or not stages_file(path, digest).exists():
+        write_sealed(stages_file(path, digest), sealed)
+    body = {**head, "v": INDEX_VERSION, "action": ACTION_VERSION, "stages": digest, "boot": BOOT_ID}
+    sealed_head = seal(body)
+    write_sealed(path, sealed_head)
+    keep = stages_file(path, digest).name
+    for other in path.parent.glob(f"{path.name}.stages.*"):
+        if other.name != keep and not other.name.endswith(".tmp"):
+            unlink_quietly(other)
+    write_stamp(path, sealed_head[0].hex(), Path(head["store"]), watch, patient=len(head["records"]) > PATIENT_TARGETS)

@@ -2,22 +2,30 @@
 
 Opening: when the index was written for these very Buildfile bytes and this store, the project
 is expanded lazily from its tables; then every token is worked out again (plain source paths by
-one ``stat`` each), and the store's shard folders are compared. Whatever changed marks its stages
-for the ordinary path; the scheduler takes every other stage's result from the index
-(:meth:`GraphIndex.fresh`), and a stage resolved the ordinary way whose key equals the recorded
-one takes its recorded result instead of a look-up (:meth:`GraphIndex.result_for`).
+one ``stat`` each, or only those a watcher saw change), and the store's shard folders are
+compared with the stamp. Whatever changed marks its tokens dirty and its stages unverified; a
+target none of whose tokens or stages that touches, with its outputs as recorded, is settled
+(settled.py) and not walked at all; in the targets walked, the scheduler takes every other
+stage's result from the index (:meth:`GraphIndex.fresh`), and a stage resolved the ordinary way
+whose key equals the recorded one takes its recorded result instead of a look-up
+(:meth:`GraphIndex.result_for`).
 
-Renewing, after a build that executed: the stages it resolved, and the recorded ones it did
-not touch whose tokens did not change, are written back with the tokens' present values.
+Renewing, after a build that executed: a build that settled every target writes at most the
+stamp; any other writes the head and stages file again, with the entries and target records it
+walked, and the recorded ones it did not walk carried over undecoded (a target whose tokens
+changed keeps only those of its entries whose own tokens did not).
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from buildsys.build.graph_index import GraphIndex, StageEntry, index_file, write_index
+from buildsys.build.graph_index import PATIENT_TARGETS, GraphIndex, StageEntry, index_file, write_index, write_stamp
+from buildsys.build.settled import target_record
 from buildsys.build.sources import GLOB_CHARS
 from buildsys.determinism import resolve_device
 from buildsys.keys.hashing import Digest, digest_value
@@ -84,13 +92,13 @@ def check(session: Session, index: GraphIndex) -> None:
         return
     dirty = index.check_files(session.stat_cache, session.watch_changed) | index.dirty_tokens
     plain = index.plain_files()
+    offered = {}
+    for token, (_, digest, size, executable) in plain.items():
+        if token not in dirty:
+            offered[token] = (index.values[token], {token[4:]: Entry(digest, size, executable)})
+    session.resolver.offer_sources(offered)
     for token in index.tokens:
-        if token in dirty:
-            continue
-        if token in plain:
-            _, digest, size, executable = plain[token]
-            name = token.partition(":")[2]
-            session.resolver.known_source(InputRef("src", name), index.values[token], {name: Entry(digest, size, executable)})
+        if token in dirty or token in plain:
             continue
         try:
             value = token_value(session, token, compute=True)
@@ -108,28 +116,69 @@ def plain_source(token: str) -> bool:
     return kind == "src" and not GLOB_CHARS.search(name)
 
 
-def renew(
-    session: Session,
-    index: GraphIndex | None,
-    entries: dict[str, StageEntry],
-    touched: set[str],
-    tables: dict[str, Digest],
-) -> None:
-    """Write the index after a build: ``entries`` are the stages it resolved (or took from the
-    index), ``touched`` every stage it walked, ``tables`` the stage tables of the targets it
-    built whole (store/build_record.py)."""
+@dataclass
+class Renewal:
+    """What a build gives back to the index: ``entries``, the stages it resolved or took from the
+    index; ``walked``, every stage it walked; ``settled``, the targets it took whole from the
+    index, with their records; of each requested target built whole, ``verdicts``, ``outputs``
+    (settled.output_records) and ``extras``; ``tables``, the stage tables of the targets
+    covered whole (store/build_record.py); ``record`` and ``targets``, its build record and
+    the targets it was asked for."""
+
+    entries: dict[str, StageEntry]
+    walked: set[str]
+    settled: dict[str, list[Any]]
+    verdicts: dict[str, str]
+    outputs: dict[str, list[list[Any]] | None]
+    extras: dict[str, dict[str, Any]]
+    tables: dict[str, Digest]
+    record: Digest | None
+    targets: list[str]
+
+
+def renew(session: Session, index: GraphIndex | None, renewal: Renewal) -> None:
+    """Write the index after a build (graph_index.py). A build that settled every target it
+    was asked for writes at most the stamp; otherwise the head and the stages file are written
+    again, the recorded entries of stages it did not walk carried over as read (not decoded)."""
+    renewed = index if index is not None and index.same_buildfile else None
+    try:
+        if renewed is not None and not renewal.walked:
+            patient = len(renewed.records) > PATIENT_TARGETS
+            write_stamp(renewed.path, renewed.head, session.store.root, session.watch_token, renewed.stamp, patient)
+            return
+        _rewrite(session, renewed, renewal)
+    except OSError:
+        pass  # an index is a shortcut: a read-only cache folder costs only the next walk
+
+
+def _carried(index: GraphIndex, renewal: Renewal) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """The raw entries and target records of the index that still hold and that the build did
+    not walk: a target whose tokens changed, or whose results the store may have lost, loses
+    its unwalked entries and its verdict."""
+    number = {token: i for i, token in enumerate(index.tokens)}
+    dirty = {number[t] for t in index.dirty_tokens if t in number}
+    doubtful = {sid.partition("/")[0] for sid in index.unverified}
+    stages: dict[str, list[Any]] = {}
+    records: dict[str, list[Any]] = {}
+    for target, record in index.records.items():
+        stage_ids = index.target_stages(target)
+        if target not in renewal.settled and (target in doubtful or not dirty.isdisjoint(record[1])):
+            kept = [sid for sid in stage_ids if sid not in index.unverified and sid not in renewal.walked]
+            kept = [sid for sid in kept if (e := index.entry(sid)) is not None and index.dirty_tokens.isdisjoint(e.tokens)]
+            stages.update((sid, index.stages[sid]) for sid in kept)
+            records[target] = [None, *record[1:4], None, {}]
+            continue
+        stages.update((sid, index.stages[sid]) for sid in stage_ids if sid in index.stages and sid not in renewal.walked)
+        records[target] = record
+    return stages, records
+
+
+def _rewrite(session: Session, index: GraphIndex | None, renewal: Renewal) -> None:
     project = session.project
-    if index is not None and index.same_buildfile:
-        for sid in index.stage_ids():
-            if sid in touched or sid in index.unverified:
-                continue
-            entry = index.entry(sid)
-            if entry is not None and index.dirty_tokens.isdisjoint(entry.tokens):
-                entries.setdefault(sid, entry)
-        for target, digest in index.tables_by_target().items():
-            if target not in tables and all(sid in entries for sid in project.stage_ids(target)):
-                tables[target] = digest
+    if index is not None:
         tables_raw, target_tables, shapes = index.tables, index.target_tables, index.shapes
+        stages, records = _carried(index, renewal)
+        old_tables = index.tables_by_target()
     else:
         raw = session.tables
         if raw is None:
@@ -141,33 +190,68 @@ def renew(
         except (TypeError, ValueError, OverflowError):  # a TOML date somewhere: no index
             return
         shapes = {name: shape.to_list() for name, shape in project.shapes.items()}
-    renewed = index if index is not None and index.same_buildfile else None
-    if renewed is not None and renewed.unchanged_by(entries, tables, session.watch_token):
-        return  # the index still says all it said (a no-op): nothing to write
-    known = renewed.values if renewed is not None else {}
-    dirty = renewed.dirty_tokens if renewed is not None else set()
-    values: dict[str, Any] = {}
-    for token in {t for entry in entries.values() for t in entry.tokens}:
-        value = known.get(token) if token in known and token not in dirty else None
-        values[token] = value if value is not None else token_value(session, token, compute=False)
-    kept = {sid: e for sid, e in entries.items() if all(values[t] is not None for t in e.tokens)}
+        stages, records, old_tables = {}, {}, {}
+    names = list(index.tokens) if index is not None else []
+    names += sorted({t for entry in renewal.entries.values() for t in entry.tokens} - set(names))
+    number = {name: i for i, name in enumerate(names)}
+    for sid, entry in renewal.entries.items():
+        stages[sid] = entry.raw(number, index is not None)
+    walked_targets = {sid.partition("/")[0] for sid in renewal.walked}
+    for target in walked_targets:
+        stage_ids = project.stage_ids(target)
+        tokens: set[int] = set()
+        for sid in stage_ids:
+            found = renewal.entries.get(sid) or (index.entry(sid) if index is not None and sid in stages else None)
+            if found is not None:
+                tokens.update(number[t] for t in found.tokens)
+        raws = [stages[sid] for sid in stage_ids if sid in stages]
+        whole = len(raws) == len(stage_ids) and target in renewal.outputs
+        records[target] = target_record(
+            renewal.verdicts.get(target) if whole else None, tokens, raws, renewal.outputs.get(target), renewal.extras.get(target, {}),
+        )
+    values = _values(session, index, {names[n] for record in records.values() for n in record[1]})
+    for target, record in list(records.items()):  # a token no longer worth anything: the target is resolved again
+        if any(values[names[n]] is None for n in record[1]):
+            del records[target]
+            for sid in project.stage_ids(target):
+                stages.pop(sid, None)
     files = {}
-    for token in values:
-        if plain_source(token) and values[token] is not None:
+    carried = {t: f for t, f in index.plain_files().items() if t not in index.dirty_tokens} if index is not None else {}
+    for token, value in values.items():
+        if plain_source(token) and value is not None:
             name = token.partition(":")[2]
             manifest = session.resolver.source_manifests.get(InputRef("src", name))
             if manifest is not None and list(manifest) == [name]:
                 file = manifest[name]
-                files[token] = (str(project.root / name), file.digest, file.size, file.executable)
-    try:
-        write_index(
-            index_file(project.file), (str(project.file), session.buildfile_digest), session.store.root,
-            tables_raw, target_tables, shapes, values, files, kept,
-            {t: d for t, d in tables.items() if all(sid in kept for sid in project.stage_ids(t))},
-            renewed.tokens if renewed is not None else None, session.watch_token,
-        )
-    except OSError:
-        pass  # an index is a shortcut: a read-only cache folder costs only the next walk
+                files[number[token]] = [str(project.root / name), file.digest, file.size, file.executable]
+            elif token in carried:
+                files[number[token]] = list(carried[token])
+    tables = {**old_tables, **renewal.tables}
+    head = {
+        "buildfile": [str(project.file), session.buildfile_digest],
+        "store": os.path.abspath(session.store.root),
+        "tables": tables_raw,
+        "targets": target_tables,
+        "shapes": shapes,
+        "tokens": names,
+        "values": [values.get(n) for n in names],
+        "files": files,
+        "records": records,
+        "stage_tables": {t: bytes.fromhex(d) for t, d in tables.items() if t in records and all(s in stages for s in project.stage_ids(t))},
+        "record": renewal.record if renewal.record is not None else (index.record if index is not None else None),
+        "built": renewal.targets if renewal.record is not None else (index.built if index is not None else []),
+    }
+    write_index(index_file(project.file), head, stages, index.body["stages"] if index is not None else None, session.watch_token)
+
+
+def _values(session: Session, index: GraphIndex | None, tokens: set[str]) -> dict[str, Any]:
+    known = index.values if index is not None else {}
+    dirty = index.dirty_tokens if index is not None else set()
+    values: dict[str, Any] = {}
+    for token in tokens:
+        value = known.get(token) if token in known and token not in dirty else None
+        values[token] = value if value is not None else token_value(session, token, compute=False)
+    return values
 
 
 def entry_for(report: Any, manifest: dict[str, Entry], tokens: tuple[str, ...], upstream: tuple[Digest, ...]) -> StageEntry:

@@ -74,6 +74,7 @@ class Resolver:
         self.threads = threads
         self._identities: dict[str, RecipeIdentity] = {}
         self._sources: dict[InputRef, Digest] = {}
+        self._offered: dict[str, tuple[Digest, Manifest]] = {}  # see offer_sources
         self._models: dict[str, Digest] = {}
         self.source_manifests: dict[InputRef, Manifest] = {}
         self._tree_manifests: dict[Digest, Manifest] = {}  # source trees, which a plan does not store
@@ -83,6 +84,7 @@ class Resolver:
         """Resolve sources and models afresh (a build starting over after a corrupt blob: one of
         theirs may be the one that went)."""
         self._sources.clear()
+        self._offered.clear()
         self._models.clear()
         self.source_manifests.clear()
         self._tree_manifests.clear()
@@ -102,7 +104,7 @@ class Resolver:
         return self._identities[recipe]
 
     def source_tree(self, ref: InputRef, where: str, batch: BlobBatch | None = None) -> Digest:
-        if ref not in self._sources:
+        if not self._known(ref):
             try:
                 files = match_files(ref.kind, ref.value, self.project.root)
             except SourceError as exc:
@@ -121,7 +123,7 @@ class Resolver:
             spec = self.project.stages[sid]
             for name, refs in spec.inputs.items():
                 for ref in refs:
-                    if ref.kind in ("src", "pkg") and ref not in self._sources:
+                    if ref.kind in ("src", "pkg") and not self._known(ref):
                         pending.setdefault(ref, f"{spec.where}.inputs.{name}")
         pending = {ref: where for ref, where in pending.items() if not self._source_from_stat_cache(ref)}
         if not pending or not self.writes:
@@ -152,9 +154,24 @@ class Resolver:
 
     def cached_source(self, ref: InputRef) -> Digest | None:
         """A source's tree when no file of it needs reading (see :meth:`prefetch_sources`)."""
-        if ref in self._sources or self._source_from_stat_cache(ref):
+        if self._known(ref) or self._source_from_stat_cache(ref):
             return self._sources[ref]
         return None
+
+    def offer_sources(self, sources: dict[str, tuple[Digest, Manifest]]) -> None:
+        """Sources the caller has checked to be current ({"src:PATH": (tree, manifest)}: a
+        resolved-graph index), taken when a stage asks for one: a build that resolves few
+        stages does nothing for the others' sources."""
+        self._offered = sources
+
+    def _known(self, ref: InputRef) -> bool:
+        if ref in self._sources:
+            return True
+        offered = self._offered.pop(str(ref), None) if ref.kind == "src" else None
+        if offered is None:
+            return False
+        self.known_source(ref, *offered)
+        return True
 
     def known_source(self, ref: InputRef, tree: Digest, manifest: Manifest) -> None:
         """A source whose tree the caller has checked to be current (a resolved-graph index)."""
@@ -162,7 +179,7 @@ class Resolver:
         self.source_manifests[ref] = self._tree_manifests[tree] = manifest
 
     def source_value(self, ref: InputRef) -> Digest | None:
-        return self._sources.get(ref)
+        return self._sources[ref] if self._known(ref) else None
 
     def model_value(self, name: str) -> Digest | None:
         return self._models.get(name)

@@ -11,11 +11,8 @@ running finishes cleanly.
 
 from __future__ import annotations
 
-import sys
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections import deque
 from pathlib import Path
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
@@ -23,19 +20,31 @@ from typing import TYPE_CHECKING, Any
 from buildsys.build.executors import UNPLACEABLE, PlacementError, depends_on_placement
 from buildsys.build.gate import gate_verdict
 from buildsys.build.graph_index import StageEntry
-from buildsys.build.incremental import entry_for, renew, tokens_of
+from buildsys.build.incremental import Renewal, entry_for, renew, tokens_of
 from buildsys.build.materialize import MaterializeReport, materialize_trees
+from buildsys.build.recording import write_record, write_repeat
+from buildsys.build.reports import (  # noqa: F401 (the scheduler's names for its callers)
+    BLOCKED,
+    CACHED,
+    EXECUTED,
+    FAILED,
+    PULLED,
+    SKIPPED,
+    WOULD_RUN,
+    BuildReport,
+    Reporter,
+    StageReport,
+)
 from buildsys.build.resolver import Resolved, closure
 from buildsys.build.session import Session
-from buildsys.errors import BAD_INPUT, EXIT_BAD_INPUT, EXIT_BUILD_FAILED, EXIT_OK, EXIT_STORE, NO_SPACE, BuildsysError
-from buildsys.execution.producer import producer
+from buildsys.build.settled import output_records, settled_targets
+from buildsys.errors import BAD_INPUT, NO_SPACE, BuildsysError
 from buildsys.execution.sandbox import SandboxPool
 from buildsys.keys.action import changed_components
-from buildsys.keys.encoding import canonical_bytes, decode
+from buildsys.keys.encoding import decode
 from buildsys.keys.hashing import Digest
 from buildsys.keys.tree import Manifest
-from buildsys.store.build_record import RECORD_VERSION
-from buildsys.store.errors import StoreCorruption, StoreError
+from buildsys.store.errors import StoreCorruption
 from buildsys.store.records import ActionResult
 from buildsys.store.topdir import make_top_folder
 
@@ -47,109 +56,6 @@ if TYPE_CHECKING:
 
     from buildsys.build.executors import StageExecutor
     from buildsys.execution.executor import Executor
-
-EXECUTED, CACHED, PULLED, FAILED, BLOCKED, SKIPPED, WOULD_RUN = (
-    "executed", "cached", "pulled", "failed", "blocked", "skipped", "would-run",
-)
-
-
-@dataclass
-class StageReport:
-    id: str
-    status: str
-    key: Digest | None = None
-    description: Digest | None = None
-    tree: Digest | None = None
-    log: Digest | None = None
-    error: str | None = None
-    outcome: str | None = None  # why a failed stage failed: failed, timeout, memory, crash
-    wall_s: float = 0.0
-    metrics: dict[str, Any] = field(default_factory=dict)
-    gate: dict[str, Any] | None = None
-    reason: list[tuple[str, Any, Any]] = field(default_factory=list)
-    confinement: dict[str, str] | None = None
-    """How an executed stage was confined (buildsys.execution.confine.describe)."""
-    node_class: str | None = None
-    """The class of cluster nodes the stage's key was computed for (None: this machine)."""
-    node: str | None = None
-    """The cluster node that ran an executed stage (None: this machine)."""
-
-    @property
-    def ok(self) -> bool:
-        return self.status in (EXECUTED, CACHED, PULLED)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("reason",) and v not in (None, {}, [])}
-        return out
-
-
-@dataclass
-class BuildReport:
-    targets: dict[str, str]
-    stages: dict[str, StageReport]
-    materialized: MaterializeReport
-    record: Digest | None = None
-    remote: dict[str, Any] | None = None
-    wall_s: float = 0.0
-    workers_started: int = 0
-    index: dict[str, int] | None = None  # stages taken from the resolved-graph index (graph_index.py)
-    cluster: dict[str, Any] | None = None
-    """The executor's nodes and the classes stages were placed in (None: this machine)."""
-    store_warnings: list[str] = field(default_factory=list)  # damage the build found and worked around
-
-    def count(self, status: str) -> int:
-        return sum(1 for s in self.stages.values() if s.status == status)
-
-    @property
-    def exit_code(self) -> int:
-        if any(s.outcome == NO_SPACE for s in self.stages.values()):
-            return EXIT_STORE
-        if any(s.outcome == BAD_INPUT for s in self.stages.values()):
-            return EXIT_BAD_INPUT
-        return EXIT_OK if all(v in ("ok", "review") for v in self.targets.values()) else EXIT_BUILD_FAILED
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "targets": self.targets,
-            "executed": self.count(EXECUTED),
-            "cached": self.count(CACHED),
-            "pulled": self.count(PULLED),
-            "failed": self.count(FAILED),
-            "blocked": self.count(BLOCKED) + self.count(SKIPPED),
-            "review": sorted(t for t, v in self.targets.items() if v == "review"),
-            "failures": {
-                sid: {"status": s.outcome or FAILED, "error": s.error} for sid, s in self.stages.items() if s.status == FAILED
-            },
-            "gate_failures": {
-                sid: s.gate.get("failures", []) for sid, s in self.stages.items() if s.gate and not s.gate.get("passed", False)
-            },
-            "warnings": {sid: s.metrics["warnings"] for sid, s in self.stages.items() if s.metrics.get("warnings")},
-            "confinement": dict(Counter(s.confinement.get("level", "unknown") for s in self.stages.values() if s.confinement)),
-            "remote": self.remote,
-            "record": self.record,
-            "wall_s": round(self.wall_s, 3),
-            "workers_started": self.workers_started,
-            "index": self.index,
-            "store_warnings": self.store_warnings,
-            **({"cluster": self.cluster} if self.cluster else {}),
-            "exit_code": self.exit_code,
-        }
-
-
-class Reporter:
-    """What the scheduler tells about a build as it goes; this base says nothing (``--json``),
-    the terminal reporters in :mod:`buildsys.build.progress` override what they show."""
-
-    def begin(self, total: int) -> None: ...
-
-    def started(self, stage_id: str) -> None: ...
-
-    def progress(self, stage_id: str, done: int, total: int | None, message: str) -> None: ...
-
-    def finished(self, report: StageReport) -> None: ...
-
-    def end(self) -> None: ...
-
 
 class Builder:
     def __init__(
@@ -188,6 +94,8 @@ class Builder:
         self._by_key = 0
         self._manifests: dict[Digest, Manifest] = {}
         self._tables: dict[str, Digest] = {}  # stage tables of targets built whole (build_record.py)
+        self._settled: dict[str, list[Any]] = {}  # targets taken whole from the index (settled.py)
+        self._settled_stages = 0
         self.healed: list[str] = []  # corrupt blobs this build found, and started over for
         if not execute and remote is None:
             session.plan_only()  # a plan writes nothing (one that may pull from a remote stores what it pulls)
@@ -240,9 +148,13 @@ class Builder:
         self._by_key = 0
         self._manifests.clear()
         self._tables.clear()
+        self._settled.clear()
+        self._settled_stages = 0
         self.resolver.forget_trees()
 
     def _build(self, target_names: list[str], started: float) -> BuildReport:
+        if self.index is not None and self._stage_executor().local:
+            self._settled = settled_targets(self.session, self.index, target_names)
         try:
             reports = self._walk(target_names)
         finally:
@@ -258,16 +170,55 @@ class Builder:
                 self._materialize(target_names, reports, materialized)
         index = None if self.index is None else {
             "fresh": len(self._from_index), "by_key": self._by_key, "watched": self.session.watch_changed is not None,
+            "settled": len(self._settled),
         }
+        if index is not None:
+            index["fresh"] += self._settled_stages
         report = BuildReport(
             targets, reports, materialized, remote=self._remote_stats(), wall_s=time.time() - started,
             workers_started=getattr(self._executor, "spawned", 0), index=index, cluster=self._cluster_view(),
             store_warnings=self.healed + self.store.actions.repairs,
+            settled={target: record[5] for target, record in self._settled.items()}, settled_stages=self._settled_stages,
         )
         if self.execute:
-            report.record = self._record(target_names, report, started)
-            renew(self.session, self.index, self._index_entries(reports), set(reports), self._tables)
+            walked = list(reports)
+            if not walked and self.index is not None and self.index.record and set(target_names) == set(self.index.built):
+                report.record = write_repeat(self.session, self.index.record, report, started)
+            else:
+                report.record = write_record(self.session, self.index, report, started, self._from_index, self._tables, self._settled)
+            renew(self.session, self.index, self._renewal(target_names, report, walked))
         return report
+
+    def _renewal(self, target_names: list[str], report: BuildReport, walked: list[str]) -> Renewal:
+        """What the index gets back (incremental.py): the walked stages' entries, and of each
+        requested target built whole its verdict, materialized files and stage extras."""
+        project = self.session.project
+        outputs: dict[str, list[list[Any]] | None] = {}
+        extras: dict[str, dict[str, Any]] = {}
+        for target in target_names:
+            if target in self._settled:
+                continue
+            stage_ids = project.stage_ids(target)
+            if not all(report.stages[sid].ok for sid in stage_ids):
+                continue
+            folders = {}
+            for stage in project.shapes[target].outputs:
+                tree = report.stages[f"{target}/{stage}"].tree
+                assert tree is not None
+                folders[f"{project.outputs}/{target}/{stage}"] = self._manifests.get(tree) or self.store.blobs.get_tree(tree)
+            outputs[target] = output_records(folders, self.session.stat_cache) if self.materialize else None
+            extras[target] = {}
+            for sid in stage_ids:
+                found = report.stages[sid]
+                extra: dict[str, Any] = {"gate": found.gate} if found.gate and not found.gate.get("passed", False) else {}
+                if found.metrics.get("warnings"):
+                    extra["warnings"] = found.metrics["warnings"]
+                if extra:
+                    extras[target][sid] = extra
+        return Renewal(
+            self._index_entries(report.stages), set(walked), self._settled, report.targets, outputs, extras, self._tables, report.record,
+            target_names,
+        )
 
     def _index_entries(self, reports: dict[str, StageReport]) -> dict[str, StageEntry]:
         entries = dict(self._entries)
@@ -281,7 +232,7 @@ class Builder:
 
     def _walk(self, target_names: list[str]) -> dict[str, StageReport]:
         project = self.session.project
-        order = closure(project, target_names)
+        order = closure(project, [name for name in target_names if name not in self._settled])
         index = self.index
         self.resolver.prefetch_sources([sid for sid in order if index is None or index.may_resolve(sid)])
         deps = {sid: set(project.upstream(sid)) for sid in order}
@@ -338,6 +289,12 @@ class Builder:
         for sid in order:
             if sid not in reports:
                 reports[sid] = StageReport(sid, SKIPPED, error="not started: an earlier stage failed")
+        # a settled target's stages get no report (BuildReport.settled), unless an unsettled
+        # target read from them: then they were walked, from the index
+        for target in list(self._settled):
+            if any(sid in reports for sid in project.stage_ids(target)):
+                del self._settled[target]
+        self._settled_stages = sum(len(project.shapes[target].stages) for target in self._settled)
         return reports
 
     def _try_cache(self, sid: str, trees: dict[str, Digest]) -> tuple[StageReport | None, Resolved | None]:
@@ -478,6 +435,9 @@ class Builder:
         verdicts = {}
         project = self.session.project
         for name in target_names:
+            if name in self._settled:
+                verdicts[name] = self._settled[name][0] if self.execute else "up-to-date"
+                continue
             stage_reports = [reports[sid] for sid in project.stage_ids(name)]
             if not self.execute:
                 verdicts[name] = "up-to-date" if all(r.ok for r in stage_reports) else "would-run"
@@ -496,6 +456,8 @@ class Builder:
         outputs = str(project.outputs)
         trees: list[tuple[Digest, Path | str]] = []
         for name in target_names:
+            if name in self._settled:
+                continue  # its outputs were found as the index recorded them (settled.py)
             for stage in project.shapes[name].outputs:
                 sid, dest = f"{name}/{stage}", f"{outputs}/{name}/{stage}"
                 tree = reports[sid].tree
@@ -515,6 +477,8 @@ class Builder:
         vouched = self.index is not None and self.index.same_buildfile and self.index.refs_unchanged(self.store.root)
         refs = {}
         for name in target_names:
+            if name in self._settled:
+                continue
             stage_ids = project.stage_ids(name)
             if not all(reports[sid].ok for sid in stage_ids):
                 continue
@@ -547,48 +511,3 @@ class Builder:
         if self.remote is None:
             return None
         return self.remote.stats.to_dict()
-
-    def _record(self, target_names: list[str], report: BuildReport, started: float) -> Digest | None:
-        """The build record (format: store/build_record.py): a stage table per target, a target
-        whose stages all came unchanged from the index naming the table it had before."""
-        record = {
-            "v": RECORD_VERSION,
-            "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds"),
-            "finished": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "buildfile": str(self.session.project.file),
-            "argv": sys.argv[1:],
-            "producer": producer(),
-            "jobs": self.session.jobs,
-            "threads": self.session.threads,
-            "targets": report.targets,
-            "stages": {},
-            "status": {sid: s.status for sid, s in report.stages.items() if s.status != CACHED},
-            "summary": {k: v for k, v in report.summary().items() if k not in ("record",)},
-        }
-        try:
-            record["stages"] = self._stage_tables(report.stages)
-            return self.store.builds.add(record, int(started * 1e9))
-        except StoreError:
-            return None
-
-    def _stage_tables(self, stages: dict[str, StageReport]) -> dict[str, Digest]:
-        project = self.session.project
-        groups: dict[str, dict[str, StageReport]] = {}
-        for sid, report in stages.items():
-            groups.setdefault(sid.partition("/")[0], {})[sid] = report
-        tables: dict[str, Digest] = {}
-        staged: list[tuple[Path | str, Digest]] = []
-        for target, group in groups.items():
-            whole = len(group) == len(project.shapes[target].stages) and all(r.ok for r in group.values())
-            known = self.index.table(target) if self.index is not None else None
-            if known is not None and whole and all(sid in self._from_index for sid in group):
-                tables[target] = known
-            else:
-                table = {sid: {k: v for k, v in r.to_dict().items() if k != "status"} for sid, r in group.items()}
-                tmp, tables[target] = self.store.blobs.stage_bytes(canonical_bytes(table))
-                if tmp is not None:
-                    staged.append((tmp, tables[target]))
-            if whole:
-                self._tables[target] = tables[target]
-        self.store.blobs.install_many(staged)  # durable before the record that names them
-        return tables

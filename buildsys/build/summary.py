@@ -52,7 +52,7 @@ def print_summary(report: BuildReport, session: Session, json_output: bool, verb
             remote_text += f" (remote skipped: {remote['disabled_reason']})"
     verdicts = ", ".join(f"{t}: {v}" for t, v in report.targets.items())
     click.echo(
-        f"{len(report.stages)} stages: {summary['executed']} executed, {summary['cached']} cached, "
+        f"{report.stage_count} stages: {summary['executed']} executed, {summary['cached']} cached, "
         f"{summary['pulled']} pulled, {summary['failed']} failed, {summary['blocked']} blocked{remote_text} "
         f"in {report.wall_s:.2f} s",
         err=True,
@@ -79,6 +79,7 @@ def print_plan(report: BuildReport, json_output: bool) -> None:
                 sid: {"status": s.status, "key": s.key, "reason": [list(r) for r in s.reason], "note": s.error, "node_class": s.node_class}
                 for sid, s in report.stages.items()
             },
+            "settled": sorted(report.settled),
             **({"cluster": report.cluster} if report.cluster else {}),
         }, sort_keys=True, default=str))
         return
@@ -93,8 +94,10 @@ def print_plan(report: BuildReport, json_output: bool) -> None:
             click.echo(f"error      {sid}: {stage.error}")
         else:
             click.echo(f"{stage.status:<10} {sid}")
+    if report.settled:
+        click.echo(f"up-to-date {len(report.settled)} targets ({report.settled_stages} stages) as the last build left them")
     pending = sum(1 for s in report.stages.values() if s.status == WOULD_RUN)
-    click.echo(f"{pending} of {len(report.stages)} stages would run")
+    click.echo(f"{pending} of {report.stage_count} stages would run")
     if report.cluster:
         click.echo(cluster_text(report.cluster))
 

@@ -79,6 +79,7 @@ def build(buildfile: Path, targets: tuple[str, ...], jobs: int | None, keep_goin
     from buildsys.cli.common import open_remote_cache, open_stage_executor
 
     with open_session(buildfile, jobs, use_index=True) as session:
+        collector.freeze()  # the index and project live as long as the command: no collection scans them again
         names = session.targets(targets)
         remote = None if no_remote else open_remote_cache(session, remote_url)
         try:
@@ -106,6 +107,7 @@ def plan(buildfile: Path, targets: tuple[str, ...], json_output: bool, executor:
     from buildsys.cli.common import open_stage_executor
 
     with open_session(buildfile, use_index=True, writes=False) as session:
+        collector.freeze()
         stage_executor = open_stage_executor(session, executor)
         report = Builder(session, executor=stage_executor, execute=False).build(session.targets(targets))
         print_plan(report, json_output)
