@@ -210,3 +210,32 @@ def test_a_build_that_ran_stages_unconfined_says_so_once(capsys):
     print_summary(BuildReport({"t": "ok"}, stages, MaterializeReport()), session=None, json_output=False)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "unconfined" in line]
     assert warnings == ["buildsys: warning: 3 stage(s) ran unconfined: filesystem none: confinement was off (e.g. t/s0)"]
+
+
+@needs_landlock
+def test_a_project_in_dev_shm_builds_confined_and_its_stages_cannot_write_the_machine_s_shm():
+    """A worker's private /dev/shm hid a store that lies in the machine's: every build of a
+    project in /dev/shm failed with 'worker died (exit 1)'. The worker now keeps the machine's
+    /dev/shm, says so, and is given no access to it beyond its sandbox."""
+    if not os.access("/dev/shm", os.W_OK):
+        pytest.skip("/dev/shm is not a writable folder here")
+    root = Path(tempfile.mkdtemp(prefix="buildsys-shm-project-", dir="/dev/shm"))
+    planted = Path("/dev/shm") / f"planted-by-{root.name}.txt"
+    try:
+        project = Project(root)
+        project.write("data.txt", "x\n")
+        project.buildfile_text(
+            '[targets.t.stages.s]\nrecipe = "engine_recipes:copy_through"\ninputs = { src = "src:data.txt" }\n\n'
+            f'[targets.w.stages.s]\nrecipe = "hostile_recipes:write_outside"\nparams = {{ path = "{planted}" }}\n'
+        )
+        built = project.build("t")
+        assert built.code == 0, built.stdout + built.stderr
+        assert built.summary["confinement"] == {"confined": 1}
+        words = json.loads(project.cli("report", "t", "--json").stdout)["stages"][0]["producer"]["confinement"]
+        assert "no /dev/shm of its own" in words["problems"], words
+        hostile = project.build("w")
+        assert hostile.code == 1 and "Permission denied" in hostile.summary["failures"]["w/s"]["error"], hostile.stdout
+        assert not planted.exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        planted.unlink(missing_ok=True)

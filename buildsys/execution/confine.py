@@ -7,8 +7,9 @@ another stage's folders, so a sandbox and its worker are reused together, see
 ``inputs/`` and ``model/`` and writes ``out/``, ``work/``, ``tmp/`` and its log; beyond it, it
 reads the interpreter and libraries, the recipe code the executor was given, ``/proc``,
 ``/sys``, a short list of files under ``/etc`` and the harmless devices (``/dev/null``,
-``urandom``, GPUs), and writes its own ``/dev/shm``. Nothing else: not the project, not the
-store, not the user's home, not another stage's sandbox.
+``urandom``, GPUs), and writes its own ``/dev/shm`` (none at all when the store or the recipe
+code lies in the machine's ``/dev/shm``: a private one would hide them). Nothing else: not the
+project, not the store, not the user's home, not another stage's sandbox.
 
 :func:`enter` applies a policy from inside the worker, before it starts any thread: the
 namespaces of :mod:`buildsys.execution.namespaces` (no network unless the stage declares it; own
@@ -38,6 +39,7 @@ from typing import Any
 
 from buildsys.execution import cgroups, landlock, namespaces
 from buildsys.keys.identity import RecipeNotFound, recipe_identity
+from buildsys.project.places import inside
 
 WRITABLE = ("out", "work", "tmp", "log")
 """The folders of a sandbox a stage writes (see :mod:`buildsys.execution.sandbox`)."""
@@ -55,6 +57,8 @@ SYSTEM_FOLDERS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "kfd")
 DEVICE_GLOBS = ("nvidia[0-9]*", "dri", "nvidia-caps")
 NO_LANDLOCK = "none: the kernel offers no Landlock"
+SHARED_MEMORY = "/dev/shm"
+SHARED_MEMORY_KEPT = "no /dev/shm of its own: the store or the recipe code lies in the machine's /dev/shm, which a private one would hide"
 
 
 @dataclass(frozen=True)
@@ -147,10 +151,12 @@ def enter(policy: Policy) -> Outcome:
     """Confine the calling process (single-threaded, see :mod:`namespaces`) to ``policy``.
     Returns in process 1 of the new PID namespace when the kernel allows one."""
     cgroup = cgroups.limit_tasks(policy.tasks) if os.geteuid() == 0 else None
-    ns = namespaces.enter(policy.network)
+    shm_holds_the_sandbox = any(inside(path, SHARED_MEMORY) for path in (policy.sandbox, *policy.code, *policy.read))
+    ns = namespaces.enter(policy.network, private_shm=not shm_holds_the_sandbox)
+    problems = tuple(ns.problems) + ((SHARED_MEMORY_KEPT,) if shm_holds_the_sandbox else ())
     outcome = Outcome(
         namespaces=tuple(sorted(ns.entered)), private_proc=ns.private_proc, private_shm=ns.private_shm,
-        network=policy.network, cgroup=cgroup, problems=tuple(ns.problems),
+        network=policy.network, cgroup=cgroup, problems=problems,
     )
     if cgroup:
         outcome.tasks = policy.tasks
@@ -160,18 +166,21 @@ def enter(policy: Policy) -> Outcome:
     _drop_capabilities()
     abi = landlock.abi_version()
     if abi:
-        landlock.restrict_self(abi, rules(policy, abi), network=policy.network or "network" in ns.entered, scoped=True)
+        landlock.restrict_self(abi, rules(policy, abi, ns.private_shm), network=policy.network or "network" in ns.entered, scoped=True)
         outcome.landlock = abi
     return outcome
 
 
-def rules(policy: Policy, abi: int) -> list[landlock.Rule]:
+def rules(policy: Policy, abi: int, private_shm: bool = True) -> list[landlock.Rule]:
+    """What the worker may reach; its ``/dev/shm`` only when it is its own (the machine's is
+    shared with every other process)."""
     everything = landlock.fs_rights(abi)
     device = landlock.READ_FILE | landlock.WRITE_FILE | landlock.IOCTL_DEV
     found = [landlock.Rule(p, landlock.READ) for p in (*policy.read, *policy.code, policy.sandbox)]
     found += [landlock.Rule(f"{policy.sandbox}/{name}", everything) for name in WRITABLE]
     found.append(landlock.Rule("/dev", landlock.READ_DIR))
-    found.append(landlock.Rule("/dev/shm", everything))
+    if private_shm:
+        found.append(landlock.Rule(SHARED_MEMORY, everything))
     found += [landlock.Rule(f"/dev/{name}", device) for name in DEVICES]
     found += [landlock.Rule(p, device | landlock.READ_DIR) for pattern in DEVICE_GLOBS for p in glob.glob(f"/dev/{pattern}")]
     return found

@@ -5,8 +5,8 @@ with ``unshare`` (``ctypes``; no setuid helper), as an ordinary user or as root.
 - user: the worker keeps its uid and gid (mapped to themselves), and the capabilities it holds
   in the new namespace are over that namespace only: it can never join the machine's network
   namespace again, and root's per-user process limit no longer exempts it;
-- mount: private mounts, so the worker gets its own empty ``/dev/shm`` and a ``/proc`` that
-  shows only its own processes;
+- mount: private mounts, so the worker gets its own empty ``/dev/shm`` (unless its sandbox lies
+  in the machine's) and a ``/proc`` that shows only its own processes;
 - PID: the worker forks once; the child is process 1 of the namespace and runs the jobs. When
   it dies, the kernel kills every process left in the namespace, however it detached itself
   (``setsid``, double fork), so a budget kill ends a fork bomb whole; processes outside cannot
@@ -73,11 +73,12 @@ def _unshare(network: bool) -> tuple[set[str], str | None]:
     return set(), f"user namespaces refused: {refusal}"
 
 
-def enter(network: bool) -> Namespaces:
+def enter(network: bool, private_shm: bool = True) -> Namespaces:
     """Move this (single-threaded) process into new namespaces and fork: the caller returns in
     the child, process 1 of the new PID namespace; the parent stays behind, waits for it and
     exits with its status. Whatever the kernel refuses is listed in ``problems``, and the
-    process goes on without it."""
+    process goes on without it. ``private_shm=False``: keep the machine's ``/dev/shm`` (a
+    private one would hide a sandbox that lies in it)."""
     result = Namespaces()
     uid, gid = os.getuid(), os.getgid()
     entered, refusal = _unshare(network)
@@ -91,8 +92,9 @@ def enter(network: bool) -> Namespaces:
         _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
     try:
         _check(_libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "private mounts")
-        _check(_libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777"), "/dev/shm")
-        result.private_shm = True
+        if private_shm:
+            _check(_libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777"), "/dev/shm")
+            result.private_shm = True
     except OSError as exc:
         result.problems.append(str(exc))
     try:
