@@ -20,11 +20,16 @@ except SystemExit as exit:
 print(" ".join(sorted(m for m in {heavy!r} if m in sys.modules)) or "-")
 """
 
+START_UP = ("concurrent.futures", "logging", "tomli")
+"""What a no-op need not import (issue 21: every no-op and restore pays its start-up): it parses
+no Buildfile when the resolved-graph index is fresh, and runs no stage, so starts no thread pool
+(whose module imports logging and traceback)."""
 
-def _heavy_after(args: list[str], cwd, env: dict[str, str] | None = None) -> str:
-    """The heavy modules a CLI command imports (``-`` for none), run in a fresh interpreter."""
+
+def _heavy_after(args: list[str], cwd, env: dict[str, str] | None = None, modules: tuple[str, ...] = HEAVY) -> str:
+    """Which of ``modules`` a CLI command imports (``-`` for none), run in a fresh interpreter."""
     out = subprocess.run(
-        [sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-c", PROBE.format(args=args, heavy=modules)], cwd=cwd, capture_output=True, text=True,
         env={**os.environ, **(env or {})},
     )
     assert out.returncode == 0, out.stderr
@@ -57,3 +62,24 @@ def test_noop_build_of_torch_stages_imports_nothing_heavy(project: Project):
     assert _heavy_after(["build", "-f", str(project.buildfile), "--json"], project.root) == "-"
     assert _heavy_after(["plan", "-f", str(project.buildfile)], project.root) == "-"
     assert _heavy_after(["report", "-f", str(project.buildfile)], project.root) == "-"
+
+
+def test_a_noop_build_starts_no_thread_pool_and_parses_no_toml(project: Project, tmp_path):
+    project.write("data/a.txt", "a\n")
+    project.write("data/b.txt", "b\n")
+    project.buildfile_text("""
+        [targets.a.stages.s]
+        recipe = "engine_recipes:copy_through"
+        inputs = { src = "src:data/a.txt" }
+
+        [targets.b.stages.s]
+        recipe = "engine_recipes:copy_through"
+        inputs = { src = "src:data/b.txt" }
+    """)
+    no_user_config = {"XDG_CONFIG_HOME": str(tmp_path / "no-config"), "BUILDSYS_CONFIG": ""}
+    first = project.build(env=no_user_config)
+    assert first.code == 0 and first.summary["executed"] == 2, first.stderr
+    assert _heavy_after(["build", "-f", str(project.buildfile), "--json"], project.root, no_user_config, START_UP) == "-"
+    project.write("data/a.txt", "a, changed\n")
+    changed = _heavy_after(["build", "-f", str(project.buildfile), "--json"], project.root, no_user_config, START_UP)
+    assert changed == "concurrent.futures logging", "the probe no longer sees a build that runs stages import its pool"
