@@ -8,7 +8,9 @@ and the cluster build round by round (ratios are medians of per-round ratios):
   round so no node store answers from an earlier round), first build, local ``-j 2`` against
   the cluster; per-stage overhead of the Ray executor = (cluster - local) / N;
 - **sleep**: S stages that each sleep T seconds, on the cluster only: wall time against the
-  ideal S * T / slots (slots = the cluster's CPUs), i.e. its scheduling efficiency;
+  ideal S * T / slots (slots = the cluster's CPUs), i.e. its scheduling efficiency; with
+  ``--lease-baseline`` each round also runs under Ray's default worker lease (500 ms), in
+  alternating order, the setting before buildsys chose its own (:mod:`buildsys.cluster.connect`);
 - **default**: a cold build of the default project (``Buildfile.toml``), local against the
   cluster, each node store new (the cluster is started again for each round, not timed).
 
@@ -17,7 +19,7 @@ what crossed the data plane (the summary's ``cluster.moved``) are recorded: the 
 10,000-asset estimate in BENCHMARKS.md is made from.
 
     flock /tmp/buildsys-bench.lock .venv/bin/python bench/cluster_bench.py \\
-        --copies 300 --sleeps 1000 --sleep-s 0.5 --nodes 4 --cpus 2 --rounds 3
+        --copies 300 --sleeps 1000 --sleep-s 0.5 --nodes 4 --cpus 2 --rounds 3 --lease-baseline
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from ray_cluster import LocalCluster, NodeSpec, start  # noqa: E402
 
 CLI = [sys.executable, "-m", "buildsys"]
+RAY_DEFAULT_LEASE_MS = "500"
 
 
 def build(root: Path, args: list[str], env: dict[str, str], executed: int | None) -> dict[str, Any]:
@@ -109,6 +112,9 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs (Ray slots) per simulated node")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--default-rounds", type=int, default=2)
+    parser.add_argument("--sleep-rounds", type=int, default=2)
+    parser.add_argument("--lease-baseline", action="store_true",
+                        help="alternate each sleep round with one under Ray's default worker lease (500 ms), as before buildsys set it")
     parser.add_argument("--skip", default="", help="comma-separated: copy, sleep, default")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "cluster.json")
@@ -143,14 +149,18 @@ def main() -> None:
                 if "sleep" not in skip:
                     slots = args.nodes * args.cpus
                     ideal = args.sleeps * args.sleep_s / slots
+                    leases = [None, *([RAY_DEFAULT_LEASE_MS] if args.lease_baseline else [])]
                     rows = []
-                    for r in range(max(1, args.rounds - 1)):
-                        root = work / f"sleep-{r}"
-                        sleep_project(root, args.sleeps, args.sleep_s, f"{os.getpid()}-{r}")
-                        row = build(root, ["--executor", "ray"], ray_env, args.sleeps)
-                        row["efficiency"] = ideal / row["wall"]
-                        print(f"sleep round {r}: {row['wall']:.1f} s against ideal {ideal:.1f} s ({row['efficiency']:.0%})", flush=True)
-                        rows.append(row)
+                    for r in range(args.sleep_rounds):
+                        for lease in leases if r % 2 == 0 else leases[::-1]:
+                            root = work / f"sleep-{r}-{lease or 'buildsys'}"
+                            sleep_project(root, args.sleeps, args.sleep_s, f"{os.getpid()}-{r}-{lease}")
+                            env = {**ray_env, **({"RAY_worker_lease_timeout_milliseconds": lease} if lease else {})}
+                            row = build(root, ["--executor", "ray"], env, args.sleeps)
+                            row.update(efficiency=ideal / row["wall"], lease_ms=lease or "buildsys", load=os.getloadavg())
+                            print(f"sleep round {r} (lease {row['lease_ms']}): {row['wall']:.1f} s against ideal {ideal:.1f} s "
+                                  f"({row['efficiency']:.0%}), client CPU {row['client_cpu']:.1f} s, load {row['load'][0]:.1f}", flush=True)
+                            rows.append(row)
                     results["sleep"] = {"n": args.sleeps, "seconds": args.sleep_s, "slots": slots, "ideal": ideal, "rounds": rows}
             finally:
                 cluster.shutdown()

@@ -51,6 +51,18 @@ def _buildfile(project: Project, body: str) -> None:
     project.write("Buildfile.toml", header + textwrap.dedent(body))
 
 
+CLASS_STAGES = '''
+        [targets.t.stages.cuda]
+        recipe = "cluster_recipes:machine"
+        device = "cuda"
+        fingerprint = ["gpu", "driver"]
+        [targets.t.stages.cpu]
+        recipe = "cluster_recipes:machine"
+        fingerprint = ["gpu"]
+'''
+"""A stage for the GPU class (its GPU and driver in its key) and one keyed by the GPU model only."""
+
+
 def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -96,14 +108,7 @@ def test_keys_carry_the_executing_nodes_fingerprint(cluster, project: Project):
     the same stage has another key (no cache hit across classes), while a stage whose declared
     field is the same here as on the CPU class shares its result. A stage asking for VRAM runs
     on the only node offering it. plan names the classes before anything runs."""
-    _buildfile(project, '''
-        [targets.t.stages.cuda]
-        recipe = "cluster_recipes:machine"
-        device = "cuda"
-        fingerprint = ["gpu", "driver"]
-        [targets.t.stages.cpu]
-        recipe = "cluster_recipes:machine"
-        fingerprint = ["gpu"]
+    _buildfile(project, CLASS_STAGES + '''
         [targets.t.stages.vram]
         recipe = "cluster_recipes:machine"
         resources = { vram_gb = 24 }
@@ -156,6 +161,71 @@ def test_a_stage_asking_for_what_no_node_has_fails_at_once(cluster, project: Pro
     assert "tpu_v5 0" in failure["error"]
     assert built.summary["executed"] == 1
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.slow
+def test_a_stages_memory_budget_is_what_it_asks_ray_for(cluster, project: Project):
+    """budget.memory_mb is Ray's ``memory`` resource: a stage asking more than any node has
+    fails at once, naming the most a node offers; one that fits runs, and the node records
+    that Ray reserved that memory (and its one CPU) for it."""
+    _buildfile(project, '''
+        [targets.u.stages.huge]
+        recipe = "cluster_recipes:machine"
+        budget = { memory_mb = 100000000 }
+        [targets.t.stages.fits]
+        recipe = "cluster_recipes:machine"
+        budget = { memory_mb = 300 }
+    ''')
+    built = project.cli("build", "--json", "-k", "--executor", "ray", env=_env(cluster))
+    assert built.code == 1, built.stderr
+    failure = built.summary["failures"]["u/huge"]
+    assert failure["status"] == "unplaceable", failure
+    assert "stage u/huge needs CPU 1, memory 100000000 MB; no node of the cluster offers that" in failure["error"], failure
+    most = int(failure["error"].rpartition("memory ")[2].split(" MB")[0])
+    assert 0 < most < 100000000
+    assert built.summary["executed"] == 1
+    from buildsys.store.local import LocalStore
+
+    store = LocalStore(project.root / "store")
+    fits = store.actions.get(store.refs.read("targets", "t")["stages"]["fits"]["key"]).result
+    assert fits.producer["reserved"] == "CPU 1, memory 300 MB", fits.producer
+    report = project.cli("report", "t")
+    assert "Ray reserved CPU 1, memory 300 MB" in report.stdout, report.stdout
+
+
+@pytest.mark.slow
+def test_verify_replays_each_stage_on_a_node_of_the_class_that_made_it(cluster, project: Project):
+    """verify --executor ray: a stage made on the GPU class is replayed on its (only) node, one
+    of the CPU class on a CPU node, each run again (a clock-reading stage diverges) rather than
+    read from a node's cache; a stage recorded by a machine of a class no node is of is an error
+    naming that class, never a replay on another class; --vary is this machine's and refused."""
+    _buildfile(project, CLASS_STAGES + '''
+        [targets.t.stages.clock]
+        recipe = "nondeterministic_recipes:leak_clock"
+        [targets.odd.stages.s]
+        recipe = "cluster_recipes:machine"
+        fingerprint = ["gpu"]
+    ''')
+    assert project.cli("build", "--json", "--executor", "ray", "t", env=_env(cluster)).code == 0
+    odd = project.cli("build", "--json", "odd", env={"RAY_ADDRESS": "", "BUILDSYS_FINGERPRINT_OVERRIDE": "gpu=Imaginary GPU"})
+    assert odd.code == 0, odd.stderr
+    from buildsys.store.local import LocalStore
+
+    store = LocalStore(project.root / "store")
+    ref = store.refs.read("targets", "t")["stages"]
+    gpu_node = store.actions.get(ref["cuda"]["key"]).result.producer["node"]
+    verified = project.cli("verify", "--json", "--executor", "ray", "-j", "3", "t", "odd", env=_env(cluster))
+    assert verified.code == 4, verified.stdout + verified.stderr
+    stages = {v["stage"]: v for v in json.loads(verified.stdout)["stages"]}
+    assert stages["t/cuda"]["status"] == "reproduced" and f"replayed on node {gpu_node}" in stages["t/cuda"]["notes"], stages["t/cuda"]
+    assert stages["t/cpu"]["status"] == "reproduced", stages["t/cpu"]
+    cpu_node = [n for n in stages["t/cpu"]["notes"] if n.startswith("replayed on node ")]
+    assert cpu_node and gpu_node not in cpu_node[0], stages["t/cpu"]
+    assert stages["t/clock"]["status"] == "diverged", stages["t/clock"]
+    assert stages["odd/s"]["status"] == "error", stages["odd/s"]
+    assert "no node of the cluster is of the class that made it (gpu 'Imaginary GPU')" in stages["odd/s"]["error"], stages["odd/s"]
+    varied = project.cli("verify", "--executor", "ray", "--vary", "tz", "t", env=_env(cluster))
+    assert varied.code == 2 and "--vary and --bisect run on this machine" in varied.stderr, varied.stderr
 
 
 @pytest.mark.slow

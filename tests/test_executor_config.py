@@ -88,3 +88,20 @@ def test_executor_local_builds_here_whatever_the_buildfile_says_and_never_import
     assert down.code == 2 and down.stderr.strip().splitlines() == [
         "buildsys: error: Ray cluster at 127.0.0.1:9 (" + str(project.buildfile.absolute()) + " [executor]) is unreachable: Connection refused"
     ], down.stderr
+
+
+def test_a_stages_budget_and_threads_become_the_ray_resources_it_asks_for(project: Project):
+    """budget.memory_mb becomes Ray's ``memory`` (bytes), threads ``num_cpus``, device cuda one
+    GPU, custom resources stay custom; the placement check reads the same translation."""
+    from buildsys.cluster.nodes import demand, task_resources
+    from buildsys.project.buildfile import load
+
+    project.buildfile_text(
+        STAGE + 'budget = { memory_mb = 1536, seconds = 30 }\nresources = { vram_gb = 24 }\ndevice = "cuda"\n'
+        '[targets.t.stages.plain]\nrecipe = "engine_recipes:sleep"\n'
+    )
+    stages = load(project.buildfile).stages
+    big, plain = stages["t/s"], stages["t/plain"]
+    assert task_resources(big, 3, gpu=True) == {"num_cpus": 3.0, "num_gpus": 1.0, "memory": 1536 << 20, "resources": {"vram_gb": 24.0}}
+    assert demand(big, 3, gpu=True) == {"CPU": 3.0, "GPU": 1.0, "memory": float(1536 << 20), "vram_gb": 24.0}
+    assert task_resources(plain, 1, gpu=False) == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {}}

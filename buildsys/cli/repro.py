@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from buildsys.cli.common import BUILDFILE_OPTION, handled, open_session
+from buildsys.cli.common import BUILDFILE_OPTION, EXECUTOR_OPTION, handled, open_session, open_stage_executor
 from buildsys.errors import EXIT_NOT_REPRODUCIBLE, EXIT_OK
 
 
@@ -74,9 +74,10 @@ def _project_store(buildfile: Path):
 @click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write a review page (pictures embedded). The report is also kept in the store for 'report --html'.")
 @click.option("--assets", "assets_path", type=click.Path(path_type=Path, file_okay=False), help="Keep diff assets (heat maps) in this folder.")
+@EXECUTOR_OPTION
 @handled
 def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat: int, bisect: str | None, jobs: int, recipe_paths: tuple[Path, ...],
-           json_output: bool, html_path: Path | None, assets_path: Path | None) -> None:
+           json_output: bool, html_path: Path | None, assets_path: Path | None, executor: str | None) -> None:
     """Rebuild TARGETS (default: every target, as build does) or a hand-off BUNDLE directory from
     recorded inputs and compare bitwise.
 
@@ -89,6 +90,8 @@ def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat:
     bundles = [s for s in subjects if _is_bundle_arg(s)]
     if bundles and len(subjects) != 1:
         raise VerifyError("verify takes either target names or one bundle directory")
+    if bundles and executor == "ray":
+        raise VerifyError("a bundle is replayed on this machine, with its own code; --executor ray verifies targets of a project")
     assets_dir = assets_path or Path(tempfile.mkdtemp(prefix="buildsys-verify-assets-"))
     assets_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -109,7 +112,13 @@ def verify(buildfile: Path, subjects: tuple[str, ...], vary: str | None, repeat:
                 _keep(store, "verify", report.subject, report.to_dict(), report.exit_code, assets_dir)
         else:
             with open_session(buildfile) as session:
-                report = verify_targets(session, session.targets(subjects), variation, jobs, assets_dir, repeat, bisect)
+                cluster = open_stage_executor(session, executor, jobs)
+                try:
+                    replay = cluster.replay if cluster is not None else None
+                    report = verify_targets(session, session.targets(subjects), variation, jobs, assets_dir, repeat, bisect, replay)
+                finally:
+                    if cluster is not None:
+                        cluster.close()
                 _keep(session.store, "verify", report.subject, report.to_dict(), report.exit_code, assets_dir)
         _emit_html(html_path, "verify", report.to_dict(), assets_dir, f"buildsys verify {report.subject}")
     finally:

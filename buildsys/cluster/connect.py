@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
 from buildsys.errors import EXIT_BAD_INPUT, BuildsysError
 from buildsys.project.executor import ExecutorSettings
+
+LEASE_REUSE_MS = "5000"
+"""How long this client may keep a node's Ray worker for stages of one kind while more of
+them wait (Ray's ``worker_lease_timeout_milliseconds``, read by the driver at ``ray.init``).
+Ray's default, 500 ms, hands a worker back to its raylet after every stage longer than that
+and asks for a new lease, a round trip through the raylets (and, for another node, through the
+cluster's resource view, refreshed every 100 ms): measured here, 100 ms between stages on a
+worker, a sixth of a 0.5 s stage (BENCHMARKS.md). Five seconds keep a worker busy from one
+stage to the next, while a kind of stage waiting behind another still gets a worker within
+five seconds. A ``RAY_worker_lease_timeout_milliseconds`` the user set is kept."""
 
 
 class ClusterUnreachable(BuildsysError):
@@ -40,6 +51,7 @@ def connect(settings: ExecutorSettings) -> None:
         raise ClusterUnreachable("--executor ray: Ray is not installed (pip install 'buildsys[ray]')") from None
     if ray.is_initialized():
         return
+    os.environ.setdefault("RAY_worker_lease_timeout_milliseconds", LEASE_REUSE_MS)
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, namespace="buildsys", configure_logging=True)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... for a cluster it cannot join

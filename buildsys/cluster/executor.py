@@ -31,7 +31,7 @@ from buildsys.build.session import Session
 from buildsys.cluster.code import code_tree
 from buildsys.cluster.connect import ClusterUnreachable, connect, disconnect
 from buildsys.cluster.node import StageRequest, result_of, run_stage
-from buildsys.cluster.nodes import ANY, LIVENESS_S, Cluster, survey
+from buildsys.cluster.nodes import ANY, LIVENESS_S, Cluster, survey, task_resources
 from buildsys.cluster.plane import ClientObjects, ReplyObjects, blob_carrier
 from buildsys.execution.executor import JobOutcome
 from buildsys.keys.encoding import canonical_bytes
@@ -120,6 +120,20 @@ class RayStageExecutor:
             nodes, name = self._nodes_for(resolved)
         except PlacementError as exc:
             return _failed(UNPLACEABLE, str(exc))
+        return self._execute(resolved, nodes, name, record=True)
+
+    def replay(self, resolved: Resolved) -> RunOutcome:
+        """Run a recorded action again for ``verify``, on a node of the class that made it (the
+        fingerprint values its description declares, a GPU for a CUDA stage), never answered
+        from a cache and recording nothing: the outputs come back, re-hashed, as blobs only."""
+        declared = {k: v for k, v in resolved.description.get("fingerprint", {}).items() if k != "threads"}
+        try:
+            placement = self.cluster().recorded_class(resolved.spec, resolved.threads, resolved.device, declared)
+        except PlacementError as exc:
+            return _failed(UNPLACEABLE, str(exc))
+        return self._execute(resolved, placement.nodes, placement.node_class, record=False)
+
+    def _execute(self, resolved: Resolved, nodes: tuple[str, ...], name: str | None, record: bool) -> RunOutcome:
         code = self._code_tree()
         plane = self._data_plane()
         needed = self._blobs_read(resolved, code)
@@ -133,12 +147,12 @@ class RayStageExecutor:
                 self._sent.update(unsent)
         handles = self._objects.handles(needed) if self._objects is not None else {}
         request = StageRequest(
-            resolved, code, len(self.session.project.recipe_path), name, self.settings.node_store, self.remote,
+            resolved, code, len(self.session.project.recipe_path), name, self.settings.node_store, self.remote, record=record,
         )
         reply = self._submit(resolved, request, handles, nodes)
         if "error_only" in reply:
             return _failed("crash", reply["error_only"], node=reply.get("node"))
-        return self._take(resolved, reply)
+        return self._take(resolved, reply, record)
 
     def _nodes_for(self, resolved: Resolved) -> tuple[tuple[str, ...], str | None]:
         placement = resolved.placement
@@ -180,11 +194,9 @@ class RayStageExecutor:
 
         spec = resolved.spec
         options: dict[str, Any] = {
-            "num_cpus": resolved.threads, "num_gpus": 1 if resolved.device == "cuda" else 0, "resources": dict(spec.resources),
+            **task_resources(spec, resolved.threads, resolved.device == "cuda"),
             "max_retries": self.settings.retries, "retry_exceptions": False, "name": spec.id,
         }
-        if spec.budget.memory_mb:
-            options["memory"] = spec.budget.memory_mb << 20
         cluster = self.cluster()
         if set(nodes) != {n.id for n in cluster.nodes}:
             options["label_selector"] = {"ray.io/node-id": f"in({','.join(nodes)})"}
@@ -204,8 +216,9 @@ class RayStageExecutor:
             retries = self.settings.retries
             return {"error_only": f"node lost ({type(exc).__name__}) after {retries} retr{'y' if retries == 1 else 'ies'}"}
 
-    def _take(self, resolved: Resolved, reply: dict[str, Any]) -> RunOutcome:
-        """The outputs and record of a reply into the client's store, re-hashed; the record last."""
+    def _take(self, resolved: Resolved, reply: dict[str, Any], record: bool = True) -> RunOutcome:
+        """The outputs and record of a reply into the client's store, re-hashed; the record last
+        (``record=False``: a replay, whose outputs are kept as blobs only)."""
         with self._lock:
             for name, amount in reply.get("moved", {}).items():
                 self.moved[name] = self.moved.get(name, 0) + amount
@@ -232,7 +245,8 @@ class RayStageExecutor:
             stats = carrier.stats
             why = stats.disabled_reason or "; ".join(stats.notes[:2]) or "missing"
             return _failed("crash", f"outputs from node {node} did not arrive intact: {why}", node=node)
-        store.actions.put(ActionRecord(result))
+        if record:
+            store.actions.put(ActionRecord(result))
         metrics = result.metrics
         outcome = JobOutcome(
             True, "ok", None, float(metrics.get("wall_s", 0.0)), float(metrics.get("cpu_s", 0.0)), float(metrics.get("peak_rss_mb", 0.0)),

@@ -27,6 +27,7 @@ from buildsys import __version__
 from buildsys.build.resolver import Resolved
 from buildsys.build.runner import run_action
 from buildsys.cluster.code import lay_out
+from buildsys.cluster.facts import publish
 from buildsys.cluster.plane import NodeObjects, blob_carrier
 from buildsys.execution.executor import LocalExecutor
 from buildsys.execution.sandbox import SandboxPool
@@ -53,6 +54,8 @@ class StageRequest:
     node_store: str | None
     remote: RemoteSettings | None
     """The remote of the ``remote`` data plane (None: Ray's object store)."""
+    record: bool = True
+    """False: a replay for ``verify``: run even if the node's store holds a result, record nothing."""
     buildsys: str = __version__
 
 
@@ -71,12 +74,19 @@ def node_name() -> str:
 
 
 def probe() -> dict[str, Any]:
-    """This node as the client groups it: its id, buildsys version and whole fingerprint."""
+    """This node as the client groups it (published for later surveys, :mod:`.facts`)."""
+    facts = _facts(from_environment())
+    publish(facts)
+    return facts
+
+
+def _facts(fingerprint: Fingerprint) -> dict[str, Any]:
+    """Its id, name, buildsys version and whole fingerprint."""
     import ray
 
-    facts = from_environment().full(0)
-    facts.pop("threads", None)
-    return {"node": ray.get_runtime_context().get_node_id(), "name": node_name(), "buildsys": __version__, "fingerprint": facts}
+    whole = fingerprint.full(0)
+    whole.pop("threads", None)
+    return {"node": ray.get_runtime_context().get_node_id(), "name": node_name(), "buildsys": __version__, "fingerprint": whole}
 
 
 class NodeRuntime:
@@ -87,6 +97,7 @@ class NodeRuntime:
         self.store = LocalStore(folder / "store")
         self.fingerprint: Fingerprint = from_environment()
         self.name = node_name()
+        publish(_facts(self.fingerprint))
         self.sandboxes = SandboxPool(self.store.tmp)
         self._workers: tuple[tuple[Any, ...], LocalExecutor] | None = None
 
@@ -137,7 +148,7 @@ def run_stage(request: StageRequest, handles: dict[Digest, Any]) -> dict[str, An
             why = cache.stats.disabled_reason or "; ".join(cache.stats.notes[:2]) or "blobs missing"
             return {**reply, "ok": False, "status": "crash", "error": f"data plane: input tree {lacking[0]} did not arrive on node {here.name}: {why}"}
         recipe_path = lay_out(here.store, request.code_tree, request.code_roots, here.folder / "code")
-        result, failure = _result(here, resolved, recipe_path, request.node_class)
+        result, failure = _result(here, resolved, recipe_path, request.node_class, request.record)
         if failure is not None:
             if failure.get("log"):
                 cache.push_blobs([failure["log"]])
@@ -157,15 +168,21 @@ def _moved(cache: RemoteCache) -> dict[str, int]:
     return {"blobs_to_node": stats.blobs_down, "bytes_to_node": stats.bytes_down, "blobs_from_node": stats.blobs_up, "bytes_from_node": stats.bytes_up}
 
 
-def _result(here: NodeRuntime, resolved: Resolved, recipe_path: list[Path], node_class: str | None) -> tuple[Any, dict[str, Any] | None]:
-    """The stage's result from this node's store, or run now; or what went wrong."""
+def _result(
+    here: NodeRuntime, resolved: Resolved, recipe_path: list[Path], node_class: str | None, record: bool,
+) -> tuple[Any, dict[str, Any] | None]:
+    """The stage's result from this node's store, or run now (always, for a replay); or what
+    went wrong."""
     with here.store.locks.action(resolved.key):
-        cached = here.store.actions.lookup(resolved.key)
+        cached = here.store.actions.lookup(resolved.key) if record else None
         if cached is not None:
             return cached, None
-        made_by = {"executor": "ray", "node": here.name, **({"node_class": node_class} if node_class else {})}
+        made_by = {
+            "executor": "ray", "node": here.name, "reserved": reserved(), **({"node_class": node_class} if node_class else {}),
+        }
         run = run_action(
-            resolved, here.store, here.workers(recipe_path), here.fingerprint, recipe_path, sandboxes=here.sandboxes, made_by=made_by,
+            resolved, here.store, here.workers(recipe_path), here.fingerprint, recipe_path, record=record, sandboxes=here.sandboxes,
+            made_by=made_by,
         )
     if run.result is not None:
         return run.result, None
@@ -174,6 +191,15 @@ def _result(here: NodeRuntime, resolved: Resolved, recipe_path: list[Path], node
         "ok": False, "status": outcome.status, "error": outcome.error, "wall_s": outcome.wall_s, "cpu_s": outcome.cpu_s,
         "peak_rss_mb": outcome.peak_rss_mb, "log": run.log,
     }
+
+
+def reserved() -> str:
+    """What Ray reserved on this node for the running task (its CPUs, GPUs, ``memory`` in MB,
+    custom resources), as the record keeps it: ``CPU 1, memory 300 MB``."""
+    import ray
+
+    held = ray.get_runtime_context().get_assigned_resources()
+    return ", ".join(f"{name} {amount / (1 << 20):.0f} MB" if name == "memory" else f"{name} {amount:g}" for name, amount in sorted(held.items()))
 
 
 def _wrong_class(here: NodeRuntime, resolved: Resolved) -> str | None:

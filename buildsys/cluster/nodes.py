@@ -95,6 +95,24 @@ class Cluster:
             )
         return sorted(placements, key=lambda p: (-len(p.nodes), p.node_class))
 
+    def recorded_class(self, spec: StageSpec, threads: int, device: str, recorded: dict[str, str]) -> Placement:
+        """The nodes that can run an action again as it was recorded (``verify``): of the class
+        its key names (each declared fingerprint field at its recorded value), with a GPU for a
+        CUDA stage, and offering what it asks for. Raises PlacementError naming the class when
+        no node is of it."""
+        gpu = device == "cuda"
+        wants = demand(spec, threads, gpu)
+        members = [n for n in self.nodes if _fits(wants, n.resources) and all(n.fingerprint.get(f, NONE) == v for f, v in recorded.items())]
+        if not members:
+            fields = ", ".join(f"{f} {v!r}" for f, v in sorted(recorded.items())) or "any fingerprint"
+            asked = ", ".join(f"{k} {_amount(k, v)}" for k, v in wants.items())
+            raise PlacementError(
+                f"{spec.where}: no node of the cluster is of the class that made it ({fields}) and offers {asked}; "
+                f"it cannot be replayed there"
+            )
+        name = "c" + digest_value(dict(recorded))[:6] if recorded else ANY
+        return Placement(Fingerprint(dict(members[0].fingerprint)), name, gpu, tuple(n.id for n in members))
+
     def _unplaceable(self, spec: StageSpec, threads: int, device: str) -> str:
         wants = demand(spec, threads, device == "cuda")
         asked = ", ".join(f"{k} {_amount(k, v)}" for k, v in wants.items())
@@ -124,7 +142,8 @@ class Cluster:
 
 
 def demand(spec: StageSpec, threads: int, gpu: bool) -> dict[str, float]:
-    """What a stage asks a node for, in Ray's resource names."""
+    """What a stage asks a node for, in Ray's resource names: ``threads`` CPUs, a GPU for a
+    CUDA stage, its ``budget.memory_mb`` as ``memory`` (bytes), its custom ``resources``."""
     wants: dict[str, float] = {"CPU": float(threads)}
     if gpu:
         wants["GPU"] = 1.0
@@ -132,6 +151,18 @@ def demand(spec: StageSpec, threads: int, gpu: bool) -> dict[str, float]:
         wants["memory"] = float(spec.budget.memory_mb << 20)
     wants.update(dict(spec.resources))
     return wants
+
+
+def task_resources(spec: StageSpec, threads: int, gpu: bool) -> dict[str, Any]:
+    """:func:`demand` as Ray task options (``num_cpus``, ``num_gpus``, ``memory``,
+    ``resources``): the same translation places a stage in a class and asks Ray for it, so a
+    stage Ray is asked to run always fits some node of its class."""
+    wants = demand(spec, threads, gpu)
+    options: dict[str, Any] = {"num_cpus": wants.pop("CPU"), "num_gpus": wants.pop("GPU", 0.0)}
+    if "memory" in wants:
+        options["memory"] = int(wants.pop("memory"))
+    options["resources"] = wants
+    return options
 
 
 def _values(node: Node, declared: tuple[str, ...]) -> tuple[str, ...]:
@@ -149,13 +180,38 @@ def _amount(name: str, value: float) -> str:
 
 
 def survey(timeout_s: float) -> Cluster:
-    """Probe every live node (in parallel, one tiny task pinned to each)."""
+    """The live nodes with their facts: those an earlier build learnt (:mod:`.facts`), and
+    the others probed now (in parallel, one tiny task pinned to each)."""
+    import ray
+
+    from buildsys.cluster.facts import known
+
+    live = [n for n in ray.nodes() if n.get("Alive")]
+    facts = known([n["NodeID"] for n in live])
+    found, skipped = _probe([n for n in live if n["NodeID"] not in facts], timeout_s)
+    facts.update(found)
+    nodes = []
+    for info in live:
+        said = facts.get(info["NodeID"])
+        if said is None:
+            continue
+        if said["buildsys"] != __version__:
+            skipped.append(f"node {said['name']} runs buildsys {said['buildsys']}, this client {__version__}")
+            continue
+        resources = {k: float(v) for k, v in info.get("Resources", {}).items()}
+        nodes.append(Node(said["node"], said["name"], resources, said["fingerprint"]))
+    return Cluster(sorted(nodes, key=lambda n: n.id), skipped)
+
+
+def _probe(live: list[dict[str, Any]], timeout_s: float) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """What each of these nodes says about itself, and one line for each that did not say."""
+    if not live:
+        return {}, []
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from buildsys.cluster.node import probe
 
-    live = [n for n in ray.nodes() if n.get("Alive")]
     remote_probe = ray.remote(probe)
     pending = {
         remote_probe.options(
@@ -164,20 +220,15 @@ def survey(timeout_s: float) -> Cluster:
         for n in live
     }
     ready, late = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
-    nodes, skipped = [], []
+    found, skipped = {}, []
     for ref in late:
         ray.cancel(ref, force=True)
         skipped.append(f"node {pending[ref]['NodeID'][:8]} did not answer the survey within {timeout_s:g} s")
     for ref in ready:
-        info = pending[ref]
         try:
             facts = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            skipped.append(f"node {info['NodeID'][:8]}: survey failed: {str(exc).splitlines()[0]}")
+            skipped.append(f"node {pending[ref]['NodeID'][:8]}: survey failed: {str(exc).splitlines()[0]}")
             continue
-        if facts["buildsys"] != __version__:
-            skipped.append(f"node {facts['name']} runs buildsys {facts['buildsys']}, this client {__version__}")
-            continue
-        resources = {k: float(v) for k, v in info.get("Resources", {}).items()}
-        nodes.append(Node(facts["node"], facts["name"], resources, facts["fingerprint"]))
-    return Cluster(sorted(nodes, key=lambda n: n.id), skipped)
+        found[pending[ref]["NodeID"]] = facts
+    return found, skipped

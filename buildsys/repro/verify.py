@@ -24,11 +24,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from buildsys.artifacts import TreeDiff, diff_directories
 from buildsys.build.resolver import Resolved, closure
-from buildsys.build.runner import run_action
+from buildsys.build.runner import RunOutcome, run_action
 from buildsys.context import Budget
 from buildsys.execution.confine import recipe_code
 from buildsys.execution.executor import LocalExecutor
@@ -68,6 +68,8 @@ class StagePlan:
     threads: int
     seconds: float | None = None
     memory_mb: int | None = None
+    resources: tuple[tuple[str, float], ...] = ()
+    """The custom resources a cluster node must offer (today's Buildfile; a replay elsewhere)."""
     notes: list[str] = field(default_factory=list)
     problem: str | None = None
 
@@ -79,7 +81,10 @@ class StagePlan:
 # --------------------------------------------------------------------------- planning
 
 
-def stage_spec(description: dict[str, Any], target: str, seconds: float | None = None, memory_mb: int | None = None) -> StageSpec:
+def stage_spec(
+    description: dict[str, Any], target: str, seconds: float | None = None, memory_mb: int | None = None,
+    resources: tuple[tuple[str, float], ...] = (),
+) -> StageSpec:
     """A StageSpec made from a recorded description alone: what ``run_action`` needs, so a
     replay depends on the record, not on today's Buildfile."""
     return StageSpec(
@@ -99,6 +104,7 @@ def stage_spec(description: dict[str, Any], target: str, seconds: float | None =
         where=f"recorded action {target}/{description['stage']}",
         isolate=bool(description.get("isolate", False)),
         network=bool(description.get("network", False)),
+        resources=resources,
     )
 
 
@@ -121,7 +127,9 @@ def plan_targets(session: Any, targets: list[str]) -> list[StagePlan]:
             description = decode(store.blobs.read(entry["description"]))
         except (StoreError, ValueError) as exc:
             raise VerifyError(f"{sid}: recorded description unreadable: {exc}") from None
-        plan = StagePlan(sid, entry["key"], description, entry["tree"], session.threads, spec.budget.seconds, spec.budget.memory_mb)
+        plan = StagePlan(
+            sid, entry["key"], description, entry["tree"], session.threads, spec.budget.seconds, spec.budget.memory_mb, spec.resources,
+        )
         if action_key(description) != entry["key"]:
             plan.problem = f"recorded description does not hash to the recorded key {entry['key'][:12]}"
         record = store.actions.get(entry["key"])
@@ -186,6 +194,11 @@ class Replayer:
     confined_only: bool = False
     """True: the replays run only in fully confined workers (a bundle's own code no trusted key
     vouches for)."""
+    elsewhere: Callable[[Resolved], RunOutcome] | None = None
+    """Where replays run instead of this machine (``verify --executor ray``: a node of the
+    class that made the action, :meth:`buildsys.cluster.executor.RayStageExecutor.replay`)."""
+    replayed_on: dict[str, str] = field(default_factory=dict)
+    """The node each stage was last replayed on, when ``elsewhere`` names it."""
 
     def __post_init__(self) -> None:
         code = recipe_code(self.recipes, self.recipe_path)
@@ -220,7 +233,7 @@ class Replayer:
         ``trace``: record its torch calls (:mod:`buildsys.repro.bisect`)."""
         description = plan.description
         target = plan.stage.split("/")[0]
-        spec = stage_spec(description, target, plan.seconds, plan.memory_mb)
+        spec = stage_spec(description, target, plan.seconds, plan.memory_mb, plan.resources)
         recorded_model = description["model"]["digest"] if description.get("model") else None
         resolved = Resolved(
             spec=spec,
@@ -231,10 +244,15 @@ class Replayer:
             threads=self.variation.threads(plan.threads),
             device=description["device"],
         )
-        run = run_action(
-            resolved, self.store, self.executor, self.fingerprint, self.recipe_path,
-            record=False, umask=self.variation.umask, sandboxes=self.sandboxes, trace=trace,
-        )
+        if self.elsewhere is not None:
+            run = self.elsewhere(resolved)
+            if run.outcome.extra.get("node"):
+                self.replayed_on[plan.stage] = run.outcome.extra["node"]
+        else:
+            run = run_action(
+                resolved, self.store, self.executor, self.fingerprint, self.recipe_path,
+                record=False, umask=self.variation.umask, sandboxes=self.sandboxes, trace=trace,
+            )
         if run.result is None:
             return None, f"{run.outcome.status}: {run.outcome.error}"
         return run.result.tree, None
@@ -328,6 +346,8 @@ def replay_all(plans: list[StagePlan], replayer: Replayer, repeat: int = 1, bise
             verdict.status, verdict.error = ERROR, plan.problem
             continue
         rebuilt, error, verdict.replays = first_runs[plan.stage]
+        if plan.stage in replayer.replayed_on:
+            verdict.notes.append(f"replayed on node {replayer.replayed_on[plan.stage]}")
         verdict.rebuilt_tree = rebuilt
         if error is not None or rebuilt is None:
             verdict.status, verdict.error = ERROR, error or "the replay left no output"
@@ -391,13 +411,23 @@ def _chained_inputs(plan: StagePlan, producer_of: dict[Digest, str], chained: di
 
 
 def verify_targets(session: Any, targets: list[str], variation: Variation, jobs: int = 1, assets_dir: Path | None = None,
-                   repeat: int = 1, bisect: str | None = None) -> VerifyReport:
+                   repeat: int = 1, bisect: str | None = None,
+                   elsewhere: Callable[[Resolved], RunOutcome] | None = None) -> VerifyReport:
+    """``elsewhere``: replay every stage there (a cluster) instead of on this machine; the
+    variations and torch tracing are this machine's, so neither is asked for then."""
+    if elsewhere is not None and (variation.names or bisect):
+        raise VerifyError(
+            "verify --executor ray replays each stage as recorded on a node of its class; --vary and --bisect run on this machine (--executor local)"
+        )
     plans = plan_targets(session, targets)
     scratch = session.store.make_tmp_dir("verify-")
     try:
         locale_path, note = provide_locale(scratch) if "env" in variation.names else (None, None)
         recipes = tuple(p.description["recipe"]["ref"] for p in plans)
-        replayer = Replayer(session.store, session.fingerprint, session.project.recipe_path, variation, jobs, assets_dir, locale_path, recipes)
+        replayer = Replayer(
+            session.store, session.fingerprint, session.project.recipe_path, variation, jobs, assets_dir, locale_path, recipes,
+            elsewhere=elsewhere,
+        )
         try:
             with session.store.locks.using_store():
                 verdicts = replay_all(plans, replayer, repeat, bisect)

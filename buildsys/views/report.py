@@ -188,8 +188,9 @@ def _render_stage(stage: StageProvenance) -> list[str]:
         m = stage.metrics
         made = f"{stage.producer.get('user', '?')}@{stage.producer.get('host', '?')}"
         if stage.producer.get("node"):  # a cluster node (buildsys.cluster): which one, and its class
-            node_class = stage.producer.get("node_class")
-            made += f" on node {stage.producer['node']}" + (f" (class {node_class})" if node_class else "")
+            details = [f"class {stage.producer['node_class']}"] if stage.producer.get("node_class") else []
+            details += [f"Ray reserved {stage.producer['reserved']}"] if stage.producer.get("reserved") else []
+            made += f" on node {stage.producer['node']}" + (f" ({'; '.join(details)})" if details else "")
         cost = f"{float(m.get('wall_s', 0)):.2f} s wall, {float(m.get('cpu_s', 0)):.2f} s CPU, {float(m.get('peak_rss_mb', 0)):.0f} MB peak"
         if m.get("iterations"):
             cost += f", {_count(int(m['iterations']), 'iteration')}"
