@@ -9,8 +9,11 @@ Workloads:
   finalize   import, cleanup, unwrap, export and validate of pymeshlab's sample meshes (the
              recipes of the default project: the cost as a studio pays it).
 
-The ratio of a round is confined / unconfined; the table gives the median ratio over the
-rounds and the median times. The unconfined build is the same engine with
+The ratio of a round is confined / unconfined, of wall time and of CPU seconds (user + system
+of the build's whole process tree: the driver and every worker it started and reaped, from
+``getrusage(RUSAGE_CHILDREN)`` around the build; CPU seconds are what other load on the machine
+disturbs least). The table gives the median ratio over the rounds, with a 95% bootstrap
+interval of that median (resampled rounds, fixed seed), and the median times. The unconfined build is the same engine with
 ``LocalExecutor(confine=False)``: what a kernel without Landlock and namespaces gets.
 
     flock /tmp/buildsys-bench.lock .venv/bin/python bench/confinement_bench.py --rounds 5
@@ -21,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -60,41 +65,59 @@ def copies_buildfile(root: Path, n: int) -> str:
     return "\n".join(lines)
 
 
-def cold_build(template: Path, how: str) -> float:
-    """One cold build of a copy of ``template`` (its Buildfile and inputs), in a fresh process."""
+def cold_build(template: Path, how: str) -> tuple[float, float]:
+    """One cold build of a copy of ``template`` (its Buildfile and inputs), in a fresh process:
+    (wall seconds, CPU seconds of its process tree)."""
     with tempfile.TemporaryDirectory(prefix="confinement-bench-") as tmp:
         root = Path(tmp)
         subprocess.run(["cp", "-a", f"{template}/.", str(root)], check=True)
         os.sync()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", DRIVER, str(root / "Buildfile.toml"), how],
                               cwd=root, capture_output=True, text=True)
         elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             raise SystemExit(f"{how} build failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         expected = {"confined": {"confined"}, "unconfined": {"unconfined"}}[how]
         if set(summary.get("confinement", {})) != expected or summary.get("failed"):
             raise SystemExit(f"{how} build ran {summary.get('confinement')}, failed {summary.get('failed')}")
-        return elapsed
+        return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def median_interval(values: list[float], draws: int = 2000) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median of ``values`` (fixed seed: the same rounds give
+    the same interval)."""
+    rng = random.Random(19)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
 
 
 def measure(name: str, template: Path, rounds: int) -> dict[str, object]:
-    times: dict[str, list[float]] = {"confined": [], "unconfined": []}
-    ratios = []
+    times: dict[str, dict[str, list[float]]] = {"wall": {"confined": [], "unconfined": []}, "cpu": {"confined": [], "unconfined": []}}
+    ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
     for index in range(rounds):
         order = ("confined", "unconfined") if index % 2 == 0 else ("unconfined", "confined")
         got = {how: cold_build(template, how) for how in order}
-        for how, elapsed in got.items():
-            times[how].append(elapsed)
-        ratios.append(got["confined"] / got["unconfined"])
-        print(f"  {name} round {index + 1}: confined {got['confined']:.2f} s, unconfined {got['unconfined']:.2f} s",
+        for measure_index, measure_name in enumerate(("wall", "cpu")):
+            for how in order:
+                times[measure_name][how].append(got[how][measure_index])
+            ratios[measure_name].append(got["confined"][measure_index] / got["unconfined"][measure_index])
+        print(f"  {name} round {index + 1}: confined {got['confined'][0]:.2f} s wall, {got['confined'][1]:.2f} s CPU; "
+              f"unconfined {got['unconfined'][0]:.2f} s wall, {got['unconfined'][1]:.2f} s CPU; load {os.getloadavg()[0]:.1f}",
               file=sys.stderr, flush=True)
-    return {
-        "workload": name, "rounds": rounds,
-        "confined_s": statistics.median(times["confined"]), "unconfined_s": statistics.median(times["unconfined"]),
-        "ratio": statistics.median(ratios), "ratios": ratios,
-    }
+    row: dict[str, object] = {"workload": name, "rounds": rounds}
+    for measure_name in ("wall", "cpu"):
+        row[measure_name] = {
+            "confined_s": statistics.median(times[measure_name]["confined"]),
+            "unconfined_s": statistics.median(times[measure_name]["unconfined"]),
+            "ratio": statistics.median(ratios[measure_name]), "interval": median_interval(ratios[measure_name]),
+            "total_ratio": sum(times[measure_name]["confined"]) / sum(times[measure_name]["unconfined"]),
+            "ratios": ratios[measure_name],
+        }
+    return row
 
 
 def main() -> None:
@@ -102,6 +125,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--copies", type=int, default=100)
     parser.add_argument("--workloads", default="copies,finalize")
+    parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="confinement-bench-templates-") as tmp:
@@ -111,14 +135,25 @@ def main() -> None:
             text = copies_buildfile(template, args.copies) if name == "copies" else finalize_buildfile()
             (template / "Buildfile.toml").write_text(text)
             rows.append(measure(name, template, args.rounds))
-    print("| workload | rounds | confined (s) | unconfined (s) | confined / unconfined (median of rounds) | per round |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| workload | rounds | measure | confined (s, median) | unconfined (s, median) "
+          "| confined / unconfined (median of rounds) | 95% interval | total time ratio |")
+    print("|---|---:|---|---:|---:|---:|---|---:|")
     for row in rows:
         label = f"{args.copies} copy stages" if row["workload"] == "copies" else "finalize 3 sample meshes (15 stages)"
-        per_round = ", ".join(f"{r:.3f}" for r in row["ratios"])  # type: ignore[attr-defined]
-        print(f"| {label} | {row['rounds']} | {row['confined_s']:.2f} | {row['unconfined_s']:.2f} | {row['ratio']:.3f} | {per_round} |")
+        for measure_name in ("cpu", "wall"):
+            m = row[measure_name]
+            assert isinstance(m, dict)
+            low, high = m["interval"]
+            print(f"| {label} | {row['rounds']} | {measure_name} | {m['confined_s']:.2f} | {m['unconfined_s']:.2f} | {m['ratio']:.3f} "
+                  f"| {low:.3f}-{high:.3f} | {m['total_ratio']:.3f} |")
+    for row in rows:
+        for measure_name in ("cpu", "wall"):
+            m = row[measure_name]
+            assert isinstance(m, dict)
+            print(f"{row['workload']} {measure_name} per round: " + ", ".join(f"{r:.3f}" for r in m["ratios"]))
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
-
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
 
 if __name__ == "__main__":
     main()

@@ -34,7 +34,7 @@ def gates(ctx: StageContext) -> None:
     from recipes.meshio import write_png
     from recipes.reporting import GateReport
     from recipes.thresholds import thresholds_for
-    from recipes.validate import _render_regression
+    from recipes.validate import render_regression
 
     p = ctx.param
     skip = set(p("skip", [], list))
@@ -91,6 +91,6 @@ def gates(ctx: StageContext) -> None:
     m["min_coverage"] = least
     t = float(p("min_coverage", 0.02, float))
     report.check("coverage", least, t, least >= t, f"a view shows only {least:.2%} covered pixels")
-    _render_regression(ctx, report, renders, regression)
+    render_regression(ctx, report, renders, regression)
     ctx.progress(3, 3, "report")
     report.write(ctx.out / "report.json")

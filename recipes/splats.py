@@ -7,8 +7,10 @@ then fitted to the field itself: the volume renderer of ``recipes.volume`` shows
 ``teacher_views`` cameras spread over the sphere (premultiplied colour and alpha, rendered once),
 and every iteration renders the splats from ``views`` of those cameras over a random background
 colour with the differentiable rasterizer of ``recipes.gaussians`` and takes an Adam step on the
-L1 difference (centres, scales, rotations, opacities, colours). Splats that end nearly
-transparent are dropped.
+L1 difference (centres, scales, rotations, opacities, colours). Centres are projected back
+into the field's bounds after every step (the cube the field covers, and the one the ``bounds``
+gate of ``recipes.splat_gates`` checks): a splat seeded on density at the grid's border would
+otherwise drift out of it, chasing the fit. Splats that end nearly transparent are dropped.
 
 Deterministic: teacher cameras are fixed, the views and backgrounds drawn each step come from
 ``ctx.torch_generator`` streams, so the same field gives the same bytes at one thread count.
@@ -98,9 +100,17 @@ def surface_cells(density: np.ndarray, threshold: float) -> np.ndarray:
     return np.argwhere(inside & ~interior)
 
 
+def field_bounds(field: dict[str, np.ndarray], path: Any) -> tuple[float, float]:
+    """The cube [lo, hi]^3 the field's grid covers (field ``bounds``, default [-1, 1])."""
+    bounds = np.asarray(field.get("bounds", np.array([-1.0, 1.0])), np.float64).reshape(-1)
+    if bounds.shape != (2,) or not np.isfinite(bounds).all() or not bounds[0] < bounds[1]:
+        raise RecipeError(f"{path}: field 'bounds' must be [lo, hi] with lo < hi, got {bounds.tolist()}")
+    return float(bounds[0]), float(bounds[1])
+
+
 def initial_splats(field: dict[str, np.ndarray], p: FitParams, path: Any) -> dict[str, np.ndarray]:
     density = field["density"]
-    lo, hi = (float(v) for v in field.get("bounds", np.array([-1.0, 1.0])))
+    lo, hi = field_bounds(field, path)
     cells = surface_cells(density, p.threshold)
     if len(cells) == 0:
         raise RecipeError(f"{path}: no cell reaches params.threshold {p.threshold} "
@@ -146,11 +156,12 @@ class Teacher:
 class Trainable:
     """Unconstrained parameters of the splats and the constrained values they map to."""
 
-    def __init__(self, init: dict[str, np.ndarray], device: Any) -> None:
+    def __init__(self, init: dict[str, np.ndarray], bounds: tuple[float, float], device: Any) -> None:
         import torch
 
         t = {k: torch.from_numpy(v).to(device) for k, v in init.items()}
-        self.centres = torch.nn.Parameter(t["centres"])
+        self.bounds = bounds
+        self.centres = torch.nn.Parameter(t["centres"].clamp(*bounds))
         self.log_scales = torch.nn.Parameter(t["scales"].log())
         self.quaternions = torch.nn.Parameter(t["quaternions"])
         self.opacity_logits = torch.nn.Parameter(torch.logit(t["opacities"]))
@@ -161,6 +172,13 @@ class Trainable:
                 {"params": [self.quaternions], "lr": lrs["rotation"]},
                 {"params": [self.opacity_logits], "lr": lrs["opacity"]},
                 {"params": [self.colour_logits], "lr": lrs["colour"]}]
+
+    def keep_in_bounds(self) -> None:
+        """Project the centres back into the field's cube (after an optimizer step)."""
+        import torch
+
+        with torch.no_grad():
+            self.centres.clamp_(*self.bounds)
 
     def gaussians(self) -> Any:
         from recipes.gaussians import Gaussians
@@ -186,7 +204,8 @@ def fit_splats(ctx: StageContext) -> None:
     cameras = teacher_cameras(p.teacher_views, p.distance, p.fov_deg)
     ctx.progress(0, p.iterations + 2, "teacher renders")
     teacher = Teacher(field, cameras, p)
-    splats = Trainable(initial_splats(field, p, path), device)
+    bounds = field_bounds(field, path)
+    splats = Trainable(initial_splats(field, p, path), bounds, device)
     optimizer = torch.optim.Adam(splats.groups(p.lrs), eps=1e-15)
     for step in range(p.iterations):
         views = torch.randperm(len(cameras), generator=gens["views"])[: p.views].tolist()
@@ -199,6 +218,7 @@ def fit_splats(ctx: StageContext) -> None:
         optimizer.zero_grad(set_to_none=True)
         (loss / p.views).backward()
         optimizer.step()
+        splats.keep_in_bounds()
         ctx.progress(step + 1, p.iterations + 2, f"L1 {loss.item() / p.views:.4f}")
 
     with torch.no_grad():

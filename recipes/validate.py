@@ -71,7 +71,7 @@ def gates(ctx: StageContext) -> None:
     ctx.progress(2, 4, "renders")
     renders = write_renders(ctx.out / "renders", surface, ctx.param("render_size", 512, int),
                             ctx.param("views_around", 6, int), ctx.param("turntable_frames", 12, int))
-    _render_regression(ctx, report, renders, t)
+    render_regression(ctx, report, renders, t)
     ctx.progress(4, 4, "report")
     report.write(ctx.out / "report.json")
 
@@ -273,7 +273,7 @@ def _reference_images(ctx: StageContext) -> dict[str, Path]:
             if p.is_relative_to(root / "renders")}
 
 
-def _render_regression(ctx: StageContext, report: GateReport, renders: dict[str, np.ndarray], t: Thresholds) -> None:
+def render_regression(ctx: StageContext, report: GateReport, renders: dict[str, np.ndarray], t: Thresholds) -> None:
     from PIL import Image
     from skimage.metrics import structural_similarity
 

@@ -1,24 +1,34 @@
 """Hostile inputs for the fuzz run (``bench/fuzz_inputs.py``) and its quick test in the suite
 (``tests/test_fuzz_inputs.py``): Buildfiles, hand-off locks and action records.
 
-Each kind is generated from a real one and bent: values of the wrong type, NaN and infinities,
-integers past 64 bits, deep nesting, path tricks, long and odd names, unknown keys, missing
-ones; and a share of them is cut or flipped at the byte level. A check feeds one input to the
-code that reads it as the CLI would, and classifies the end: ``accepted``, ``refused`` (a typed
-error the CLI turns into one line and an exit code) or a crash (anything else: a traceback).
+Each input is a pure function of one seed: a ``random.Random`` made from it takes a real
+Buildfile, lock or record and bends it (values of the wrong type, NaN and infinities, integers
+past 64 bits, deep nesting, hostile text, long and odd names, path tricks out of the project
+and through links, unknown keys, missing ones, a dict made a list), then cuts a share of them at
+the byte level (truncated, bits flipped, bytes dropped or inserted) or, for a Buildfile, at the
+line level (a line dropped, repeated or moved: duplicate keys and tables). Plain Python, so an
+input costs microseconds to make and a seed replays it (the earlier hypothesis strategies spent
+nine tenths of a run building inputs). A check feeds one input to the code that reads it as the
+CLI would, and classifies the end: ``accepted``, ``refused`` (a typed error the CLI turns into
+one line and an exit code) or a crash (anything else: a traceback).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
+import io
 import json
 import math
+import os
+import random
+import re
+import struct
 from pathlib import Path
 from typing import Any, Callable
 
 import msgpack
-from hypothesis import strategies as st
 
 from buildsys.cli.common import handled
 from buildsys.keys.hashing import digest_bytes
@@ -31,22 +41,78 @@ ACCEPTED, REFUSED = "accepted", "refused"
 
 # --------------------------------------------------------------------------- leaves
 
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=24)
-_ODD_NAMES = st.sampled_from(
-    ["t", "a.b", "x-1", "_", "", ".", "..", "../up", "a/b", "/abs", "t" * 100, "t" * 101, "t" * 300,
-     "é", "a b", "a\nb", "con", "-x", "t\x00", "💥", "A" * 64]
-)
-_GOOD_NAMES = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,12}\Z")
-NAMES = st.one_of(_GOOD_NAMES, _GOOD_NAMES, _GOOD_NAMES, _ODD_NAMES, _TEXT)  # mostly good: a bad one stops the reading early
-_BIG_INTS = st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 2**64 - 1, 10**30, -(10**30)])
-_FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e308]))
-SCALARS = st.one_of(st.integers(), _BIG_INTS, _FLOATS, st.booleans(), _TEXT, st.sampled_from([None]))
+_ODD_NAMES = ["t", "a.b", "x-1", "_", "", ".", "..", "../up", "a/b", "/abs", "t" * 100, "t" * 101, "t" * 300,
+              "é", "a b", "a\nb", "con", "-x", "t\x00", "💥", "A" * 64, "[/x]", "[bold]", "$HOME", "~", "a\\b", "\u202e", "\ufeff"]
+_BIG_INTS = [2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 2**64 - 1, 10**30, -(10**30), 2**31, -(2**31) - 1]
+_SPECIAL_FLOATS = [math.nan, math.inf, -math.inf, -0.0, 1e308, 5e-324, 2.0**53 + 1, 1e-7]
+_HOSTILE_CHARS = "\x00\x01\x1b\x7f\"'\\[]{}=#./:~$\n\r\t \u2028\u202e\ufeff\u0301é💥\U0010ffff"
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 
 
-def nested(leaves: st.SearchStrategy, depth: int = 3) -> st.SearchStrategy:
-    return st.recursive(
-        leaves, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(NAMES, inner, max_size=4)), max_leaves=depth * 4
-    )
+class Gen:
+    """Hostile values drawn from one seeded ``random.Random``: the same seed, the same values."""
+
+    def __init__(self, seed: int | str) -> None:
+        self.r = random.Random(seed)
+
+    def pick(self, options: list | tuple) -> Any:
+        return options[self.r.randrange(len(options))]
+
+    def one_in(self, n: int) -> bool:
+        return self.r.randrange(n) == 0
+
+    def integer(self) -> int:
+        roll = self.r.randrange(6)
+        if roll == 0:
+            return self.pick(_BIG_INTS)
+        if roll < 3:
+            return self.r.randint(-3, 10)
+        bits = self.r.randrange(72)
+        return self.r.choice((1, -1)) * self.r.getrandbits(bits)
+
+    def floating(self) -> float:
+        roll = self.r.randrange(4)
+        if roll == 0:
+            return self.pick(_SPECIAL_FLOATS)
+        if roll == 1:
+            return struct.unpack("<d", self.r.getrandbits(64).to_bytes(8, "little"))[0]  # any bit pattern, NaNs included
+        return self.r.uniform(-1e6, 1e6) if roll == 2 else self.r.random()
+
+    def text(self, max_size: int = 24) -> str:
+        size = self.r.randrange(max_size + 1)
+        out = []
+        for _ in range(size):
+            roll = self.r.randrange(10)
+            if roll < 6:
+                out.append(chr(self.r.randrange(0x20, 0x7F)))
+            elif roll < 8:
+                out.append(self.pick(_HOSTILE_CHARS))
+            else:
+                code = self.r.randrange(0x80, 0x110000)
+                out.append(chr(code if not 0xD800 <= code <= 0xDFFF else 0xFFFD))  # no lone surrogates: TOML and UTF-8 cannot hold them
+        return "".join(out)
+
+    def name(self) -> str:
+        roll = self.r.randrange(10)
+        if roll < 6:  # mostly good: a bad one stops the reading early
+            return self.pick(_NAME_CHARS[:62]) + "".join(self.pick(_NAME_CHARS) for _ in range(self.r.randrange(13)))
+        return self.pick(_ODD_NAMES) if roll < 8 else self.text()
+
+    def scalar(self) -> Any:
+        roll = self.r.randrange(7)
+        return (self.integer, self.integer, self.floating, lambda: self.r.random() < 0.5, self.text, self.text, lambda: None)[roll]()
+
+    def value(self, depth: int = 3) -> Any:
+        """A scalar, or lists and tables of them up to ``depth`` deep."""
+        roll = self.r.randrange(4) if depth > 0 else 0
+        if roll < 2:
+            return self.scalar()
+        if roll == 2:
+            return [self.value(depth - 1) for _ in range(self.r.randrange(5))]
+        return {self.name(): self.value(depth - 1) for _ in range(self.r.randrange(5))}
+
+    def table(self, keys: Callable[[], str], values: Callable[[], Any], max_size: int = 3) -> dict[str, Any]:
+        return {keys(): values() for _ in range(self.r.randrange(max_size + 1))}
 
 
 def deep(depth: int, leaf: Any = 1, kind: str = "list") -> Any:
@@ -56,30 +122,27 @@ def deep(depth: int, leaf: Any = 1, kind: str = "list") -> Any:
     return value
 
 
-ANY = nested(SCALARS)
-
-
-@st.composite
-def bend(draw: st.DrawFn, value: Any, others: st.SearchStrategy = ANY) -> Any:
-    """``value`` with a few of its parts replaced, dropped or added (a deep copy)."""
+def bend(g: Gen, value: Any, others: Callable[[], Any]) -> Any:
+    """``value`` with one to four of its parts replaced, dropped, added to, nested deep or
+    wrapped in a list (a deep copy); ``others`` draws a replacement."""
     value = copy.deepcopy(value)
-    for _ in range(draw(st.integers(1, 4))):
-        paths = list(_paths(value))
-        path = draw(st.sampled_from(paths))
+    for _ in range(g.r.randint(1, 4)):
+        paths = _paths(value)
+        path = g.pick(paths)
         parent, key = _at(value, path[:-1]), path[-1] if path else None
-        action = draw(st.sampled_from(["replace", "replace", "drop", "add", "deepen", "wrap"]))
+        action = g.pick(("replace", "replace", "drop", "add", "deepen", "wrap"))
         if key is None:
             if action in ("replace", "drop"):
-                return draw(others)
+                return others()
             continue
         if action == "replace":
-            parent[key] = draw(others)
+            parent[key] = others()
         elif action == "drop":
             del parent[key]
         elif action == "add" and isinstance(parent, dict):
-            parent[draw(NAMES)] = draw(others)
+            parent[g.name()] = others()
         elif action == "deepen":
-            parent[key] = deep(draw(st.sampled_from([50, 500, 2000])), parent[key], draw(st.sampled_from(["list", "dict"])))
+            parent[key] = deep(g.pick((50, 500, 2000)), parent[key], g.pick(("list", "dict")))
         elif action == "wrap":
             parent[key] = [parent[key]]
     return value
@@ -104,22 +167,40 @@ def _at(value: Any, path: tuple) -> Any:
     return value
 
 
-@st.composite
-def cut(draw: st.DrawFn, data: bytes) -> bytes:
+_INSERTS = [b"[", b"]", b"{", b"}", b'"', b"=", b"\n", b"\\", b"\x00", b"\xff", b"\xc3", b"\xed\xa0\x80"]
+
+
+def cut(g: Gen, data: bytes) -> bytes:
     """``data`` truncated, or with a few bytes flipped, dropped or inserted."""
-    if not data or draw(st.booleans()):
-        return data[: draw(st.integers(0, len(data)))]
-    data = bytearray(data)
-    for _ in range(draw(st.integers(1, 8))):
-        at = draw(st.integers(0, len(data)))
-        edit = draw(st.sampled_from(["flip", "drop", "insert"]))
-        if edit == "flip" and at < len(data):
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif edit == "drop" and at < len(data):
-            del data[at]
+    if not data or g.r.random() < 0.5:
+        return data[: g.r.randint(0, len(data))]
+    edited = bytearray(data)
+    for _ in range(g.r.randint(1, 8)):
+        at = g.r.randint(0, len(edited))
+        edit = g.pick(("flip", "drop", "insert"))
+        if edit == "flip" and at < len(edited):
+            edited[at] ^= 1 << g.r.randrange(8)
+        elif edit == "drop" and at < len(edited):
+            del edited[at]
         else:
-            data[at:at] = draw(st.binary(min_size=1, max_size=4) | st.sampled_from([b"[", b"]", b"{", b'"', b"=", b"\n", b"\\", b"\x00"]))
-    return bytes(data)
+            edited[at:at] = g.pick(_INSERTS) if g.r.random() < 0.5 else g.r.randbytes(g.r.randint(1, 4))
+    return bytes(edited)
+
+
+def shuffle_lines(g: Gen, data: bytes) -> bytes:
+    """``data`` with a line or two dropped, repeated or moved (a key or table header given twice,
+    a key left outside its table)."""
+    lines = data.split(b"\n")
+    for _ in range(g.r.randint(1, 3)):
+        at = g.r.randrange(len(lines))
+        edit = g.pick(("drop", "repeat", "move"))
+        if edit == "drop" and len(lines) > 1:
+            del lines[at]
+        elif edit == "repeat":
+            lines.insert(g.r.randrange(len(lines) + 1), lines[at])
+        else:
+            lines.insert(g.r.randrange(len(lines) + 1), lines.pop(at))
+    return b"\n".join(lines)
 
 
 # --------------------------------------------------------------------------- Buildfiles
@@ -149,7 +230,9 @@ def _toml_key(key: Any) -> str:
 
 
 def _toml_string(text: str) -> str:
-    return json.dumps(text).replace("\x7f", "\\u007f")
+    """A TOML basic string: non-ASCII text as itself (an escaped astral character would be two
+    surrogate escapes, which TOML refuses: the earlier generator lost most non-ASCII names so)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _toml_value(value: Any) -> str:
@@ -180,69 +263,122 @@ GOOD_BUILDFILE = {
                                   "inputs": {"a": "@t/second", "b": ["src:data/a.txt", "pkg:buildsys/errors.py"]}}}},
     },
 }
-_REFS = st.one_of(
-    st.sampled_from(["src:data/*.txt", "src:data/a.txt", "src:**", "src:../x", "src:/etc/passwd", "src:", "pkg:buildsys/errors.py",
-                     "pkg:buildsys/../etc", "pkg:nosuch/x", "pkg:buildsys", "@t/first", "@t/", "@/x", "@t/first/x", "approved:first",
-                     "first", "second", "nosuch", "", "x:y"]),
-    _TEXT,
-)
-_STAGE_VALUES = {
-    "recipe": st.sampled_from(["engine_recipes:copy_through", "engine_recipes:nosuch", "nosuch:f", "engine_recipes", ":", "a:b:c",
-                               "os.path:join", "engine_recipes:StageContext"]),
-    "inputs": st.dictionaries(NAMES, st.one_of(_REFS, st.lists(_REFS, max_size=3)), max_size=3),
-    "params": st.dictionaries(NAMES, ANY, max_size=4),
-    "seed": st.one_of(st.integers(), _BIG_INTS),
-    "mode": st.sampled_from(["deterministic", "strict", "stochastic", "random", ""]),
-    "device": st.sampled_from(["cpu", "cuda", "auto", "tpu"]),
-    "fingerprint": st.lists(st.sampled_from(["torch", "threads", "cpu", "gpu", "driver", "nope"]), max_size=3),
-    "budget": st.dictionaries(st.sampled_from(["seconds", "memory_mb", "iterations", "minutes"]), st.one_of(SCALARS, _FLOATS), max_size=3),
-    "model": st.sampled_from(["m", "nosuch", ""]),
-    "production": st.booleans(),
-    "gate": st.booleans(),
-    "isolate": st.booleans(),
+# Places in and out of the project BuildfileCheck makes: ``link-out`` is a link to /etc,
+# ``data/passwd.lnk`` a link to /etc/passwd, ``link-model`` a link to a file outside.
+_PATHS = ["out", "/", "..", "../elsewhere", "link-out", "link-out/x", "store", "store/x", "data", "~", "~/x", "", ".",
+          "out/../../x", "/etc", "/tmp", "//", "a\x00b", "model.bin", "link-model", "/etc/shadow", "../model.bin", "data/passwd.lnk"]
+_REFS = ["src:data/*.txt", "src:data/a.txt", "src:data/*", "src:**", "src:*", "src:../x", "src:/etc/passwd", "src:", "src:link-out/passwd",
+         "src:link-out/*", "src:data/passwd.lnk", "src:data/../../etc/passwd", "src:./data/a.txt", "src:data//a.txt", "src:~/x",
+         "pkg:buildsys/errors.py", "pkg:buildsys/../etc", "pkg:buildsys//etc/shadow", "pkg:buildsys/", "pkg:nosuch/x", "pkg:buildsys",
+         "pkg:os/../../etc/passwd", "pkg:../x/y", "pkg:buildsys/keys/*.py", "@t/first", "@t/", "@/x", "@t/first/x", "@u/only", "@nosuch/x",
+         "approved:first", "first", "second", "nosuch", "", "x:y"]
+_RECIPES = ["engine_recipes:copy_through", "engine_recipes:nosuch", "nosuch:f", "engine_recipes", ":", "a:b:c", "os.path:join",
+            "engine_recipes:StageContext", "engine_recipes:random_bytes", "builtins:eval", "../x:y", "engine_recipes.x:y"]
+_BUDGET_KEYS = ["seconds", "memory_mb", "iterations", "processes", "minutes"]
+_MODEL_KEYS = ["path", "target", "stage", "digest", "license", "production", "description", "x"]
+_EXECUTOR_KEYS = ["kind", "address", "data_plane", "node_store", "retries", "connect_timeout_s", "x"]
+_REMOTE_KEYS = ["url", "timeout_s", "parallel", "retries", "password_env", "username", "read_only", "zstd", "s3_region", "x"]
+
+
+def _date(g: Gen) -> Any:
+    return g.pick((datetime.date(1979, 5, 27), datetime.time(7, 32), datetime.datetime(1979, 5, 27, 7, 32)))
+
+
+def _toml_other(g: Gen) -> Any:
+    """A replacement value for a Buildfile: any value, a path, a reference or a TOML date."""
+    roll = g.r.randrange(8)
+    return g.value() if roll < 5 else g.pick(_PATHS) if roll == 5 else g.pick(_REFS) if roll == 6 else _date(g)
+
+
+def _ref(g: Gen) -> str:
+    return g.pick(_REFS) if g.r.random() < 0.8 else g.text()
+
+
+_STAGE_VALUES: dict[str, Callable[[Gen], Any]] = {
+    "recipe": lambda g: g.pick(_RECIPES),
+    "inputs": lambda g: g.table(g.name, lambda: _ref(g) if g.r.random() < 0.6 else [_ref(g) for _ in range(g.r.randrange(4))]),
+    "params": lambda g: g.table(g.name, g.value, 4),
+    "seed": lambda g: g.integer(),
+    "mode": lambda g: g.pick(("deterministic", "strict", "stochastic", "random", "")),
+    "device": lambda g: g.pick(("cpu", "cuda", "auto", "tpu", "cuda:0", "mps")),
+    "fingerprint": lambda g: [g.pick(("torch", "threads", "cpu", "gpu", "driver", "nope", "")) for _ in range(g.r.randrange(4))],
+    "budget": lambda g: g.table(lambda: g.pick(_BUDGET_KEYS), lambda: g.pick(_SPECIAL_FLOATS) if g.one_in(3) else g.scalar()),
+    "model": lambda g: g.pick(("m", "nosuch", "")),
+    "production": lambda g: g.r.random() < 0.5,
+    "gate": lambda g: g.r.random() < 0.5,
+    "isolate": lambda g: g.r.random() < 0.5,
+    "network": lambda g: g.r.random() < 0.5 if g.r.random() < 0.8 else g.scalar(),
+    "description": lambda g: g.text(),
+    "resources": lambda g: g.table(lambda: g.pick(("CPU", "GPU", "memory", "object_store_memory", "custom", "")), g.scalar),
 }
+_STAGE_KEYS = sorted(_STAGE_VALUES)
 
 
-@st.composite
-def stage_tables(draw: st.DrawFn) -> dict[str, Any]:
-    keys = draw(st.lists(st.sampled_from(sorted(_STAGE_VALUES)), max_size=6, unique=True))
-    table = {"recipe": "engine_recipes:copy_through", **{k: draw(_STAGE_VALUES[k]) for k in keys}}
-    return draw(bend(table)) if draw(st.integers(0, 4)) == 0 else table
+def stage_table(g: Gen) -> dict[str, Any]:
+    keys = g.r.sample(_STAGE_KEYS, g.r.randrange(5))
+    table = {"recipe": "engine_recipes:copy_through", **{k: _STAGE_VALUES[k](g) for k in keys}}
+    return bend(g, table, lambda: _toml_other(g)) if g.one_in(5) else table
 
 
-@st.composite
-def buildfile_tables(draw: st.DrawFn) -> dict[str, Any]:
-    table = copy.deepcopy(GOOD_BUILDFILE)
-    for _ in range(draw(st.integers(0, 3))):
-        table["targets"][draw(NAMES) or "e"] = {"stages": draw(st.dictionaries(NAMES, stage_tables(), max_size=3))}
-    if draw(st.booleans()):
-        table["pipelines"]["p"]["stages"]["second"] = draw(stage_tables())
-    if draw(st.integers(0, 3)) == 0:
-        table["models"] = {draw(NAMES): draw(st.dictionaries(
-            st.sampled_from(["path", "target", "stage", "digest", "license", "production", "x"]),
-            st.one_of(st.sampled_from(["model.bin", "t", "first", "0" * 64, "MIT"]), SCALARS), max_size=4))}
-    if draw(st.integers(0, 5)) == 0:
-        table["remote"] = draw(st.dictionaries(st.sampled_from(["url", "timeout_s", "parallel", "retries", "password_env", "x"]), SCALARS, max_size=3))
-    if draw(st.integers(0, 2)) == 0:
-        table = draw(bend(table))
+def _project_table(g: Gen) -> dict[str, Any]:
+    """The project table with a few of its settings pointed in and out of the project."""
+    table: dict[str, Any] = copy.deepcopy(GOOD_BUILDFILE["project"])
+    for key in g.r.sample(["outputs", "store", "allow_outside", "recipe_path", "jobs", "threads", "name"], g.r.randint(1, 3)):
+        if key in ("outputs", "store"):
+            table[key] = g.pick(_PATHS) if g.r.random() < 0.8 else g.scalar()
+        elif key == "allow_outside":
+            table[key] = [g.pick(_PATHS) for _ in range(g.r.randrange(3))] if g.r.random() < 0.8 else g.value(1)
+        elif key == "recipe_path":
+            table[key] = [str(TESTS), *(g.pick(_PATHS) for _ in range(g.r.randrange(3)))] if g.r.random() < 0.8 else g.value(1)
+        else:
+            table[key] = g.scalar() if g.one_in(2) else g.r.randint(0, 64)
+    return table
+
+
+def buildfile_table(g: Gen) -> dict[str, Any]:
+    table: dict[str, Any] = copy.deepcopy(GOOD_BUILDFILE)
+    if g.one_in(3):
+        table["project"] = _project_table(g)
+    for _ in range(g.r.randrange(4)):
+        table["targets"][g.name() or "e"] = {"stages": g.table(g.name, lambda: stage_table(g))}
+    if g.one_in(2):
+        table["pipelines"]["p"]["stages"]["second"] = stage_table(g)
+    if g.one_in(4):
+        table["models"] = {g.name(): g.table(lambda: g.pick(_MODEL_KEYS), lambda: g.pick(
+            ("model.bin", "link-model", "/etc/shadow", "../model.bin", "t", "first", "0" * 64, "MIT", "~/.ssh/id_rsa")) if g.one_in(2) else g.scalar(), 4)}
+        if g.one_in(2):
+            table["targets"]["t"]["stages"] = {"second": {"model": next(iter(table["models"]))}}
+    if g.one_in(6):
+        table["remote"] = g.table(lambda: g.pick(_REMOTE_KEYS), lambda: g.pick(
+            ("file:///tmp/x", "http://127.0.0.1:1", "s3://b/p", "ftp://x", "", "NOSUCH_ENV")) if g.one_in(2) else g.scalar())
+    if g.one_in(8):
+        table["executor"] = g.table(lambda: g.pick(_EXECUTOR_KEYS), lambda: g.pick(
+            ("local", "ray", "auto", "remote", "shared", "ray://127.0.0.1:1", "")) if g.one_in(2) else g.scalar())
+    if g.one_in(3):
+        table = bend(g, table, lambda: _toml_other(g))
     return table if isinstance(table, dict) else {"x": table}
 
 
-@st.composite
-def buildfiles(draw: st.DrawFn) -> bytes:
+def buildfile_input(seed: int | str) -> bytes:
+    """The Buildfile of ``seed``: bent from a real one, a share of them cut at the byte or line level."""
+    g = Gen(seed)
     try:
-        text = toml(draw(buildfile_tables()))
+        text = toml(buildfile_table(g))
     except RecursionError:  # a value nested 1,000 deep or more: written out flat
-        depth = draw(st.sampled_from([1000, 100_000]))
+        depth = g.pick((1000, 100_000))
         text = toml(GOOD_BUILDFILE) + f'[targets.deep.stages.s]\nrecipe = "engine_recipes:copy_through"\nparams = {{ x = {"[" * depth}{"]" * depth} }}\n'
     data = text.encode()
-    return draw(cut(data)) if draw(st.integers(0, 3)) == 0 else data
+    roll = g.r.randrange(6)
+    return cut(g, data) if roll == 0 else shuffle_lines(g, data) if roll == 1 else data
 
 
 class BuildfileCheck:
-    """Plans each Buildfile in one project folder (with ``data/*.txt`` and ``model.bin``) as
-    ``buildsys plan`` does, through the CLI's error edge; always with the same store (a fuzzed
-    ``project.store`` is read and checked, never used), and a plan writes no outputs."""
+    """Plans each Buildfile in one project folder as ``buildsys plan`` does (through the same
+    session, executor settings, planner and printing, inside the CLI's error edge); always with
+    the same store (a fuzzed ``project.store`` is read and checked, never used), and a plan
+    writes no outputs. The folder holds ``data/*.txt``, ``model.bin``, and links out of it
+    (``link-out`` to /etc, ``data/passwd.lnk`` to /etc/passwd, ``link-model`` to a file outside)
+    for the input-root checks to refuse."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -250,32 +386,76 @@ class BuildfileCheck:
         (root / "data" / "a.txt").write_text("alpha")
         (root / "data" / "b.txt").write_text("beta")
         (root / "model.bin").write_bytes(b"weights")
+        (root.parent / "outside-model.bin").write_bytes(b"secret weights")
+        for link, target in (("link-out", "/etc"), ("data/passwd.lnk", "/etc/passwd"), ("link-model", "../outside-model.bin")):
+            if not (root / link).is_symlink():
+                (root / link).symlink_to(target)
         self.buildfile = root / "Buildfile.toml"
         self.store = root / "store"
+        self.json_output = False
+        self.message = ""
 
     def __call__(self, text: bytes) -> str:
         self.buildfile.write_bytes(text)
-        return _outcome(self._plan)
+        self.json_output = not self.json_output
+        return self._outcome(self._plan)
+
+    def _outcome(self, call: Callable[[], Any]) -> str:
+        outcome, self.message = outcome_of(call)
+        return outcome
 
     @handled
     def _plan(self) -> None:
         from buildsys.build.scheduler import Builder
         from buildsys.build.session import Session
+        from buildsys.build.summary import print_plan
+        from buildsys.project.config import load_settings, load_user_config
+        from buildsys.project.executor import executor_settings
 
-        with Session(self.buildfile, store=self.store) as session:
-            Builder(session, execute=False).build(session.targets([]))
+        with Session(self.buildfile, store=self.store, use_index=True, writes=False) as session:
+            user = load_user_config()
+            project = session.project
+            executor_settings(project.executor, str(project.file), user.executor, str(user.path), None)  # read as plan reads it; no cluster is joined
+            load_settings(project.remote, None, buildfile_where=str(project.file), user=user)
+            report = Builder(session, execute=False).build(session.targets([]))
+            print_plan(report, self.json_output)
 
 
-def _outcome(call: Callable[[], Any]) -> str:
-    """ACCEPTED, or REFUSED when the CLI edge turned an error into one line and an exit code
-    (``fail`` exits); any other exception propagates: a crash."""
+def outcome_of(call: Callable[[], Any]) -> tuple[str, str]:
+    """(ACCEPTED or REFUSED, the one line the CLI printed): REFUSED when the CLI edge turned an
+    error into one line and an exit code (``fail`` exits); any other exception propagates: a
+    crash. What the call prints is caught (and its error line returned)."""
+    out, err = io.StringIO(), io.StringIO()
     try:
-        call()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            call()
     except SystemExit as exc:
         if exc.code in (0, None):
-            return ACCEPTED
-        return REFUSED
-    return ACCEPTED
+            return ACCEPTED, ""
+        lines = err.getvalue().splitlines()
+        if len(lines) != 1 or not lines[0].startswith("buildsys: error: "):
+            raise AssertionError(f"a refusal must be one line 'buildsys: error: ...', got {err.getvalue()[:300]!r}") from None
+        return REFUSED, lines[0]
+    return ACCEPTED, ""
+
+
+_FIELD = re.compile(r"^(FILE(?::\d+)?: )([^:]+): (.*)$", re.S)
+_MASKS = [(re.compile(r"'[^']*'|\"[^\"]*\""), "Q"), (re.compile(r"/\S*"), "P"), (re.compile(r"-?\d+(\.\d+)?"), "N")]
+
+
+def refusal_kind(message: str, buildfile: str = "") -> str:
+    """A refusal's message with its file, quoted names, paths and numbers masked: two inputs
+    refused for the same reason give the same kind (a measure of how much of a reader the
+    generated inputs reach)."""
+    text = message.removeprefix("buildsys: error: ")
+    if buildfile:
+        text = text.replace(buildfile, "FILE")
+    field = _FIELD.match(text)
+    if field:  # a dotted field: its last part names what was wrong, the rest are names the input chose
+        text = f"{field[1]}{field[2].rsplit('.', 1)[-1]}: {field[3]}"
+    for pattern, mask in _MASKS:
+        text = pattern.sub(mask, text)
+    return text[:90]
 
 
 # --------------------------------------------------------------------------- locks
@@ -295,21 +475,30 @@ def real_lock(work: Path) -> dict[str, Any]:
     return json.loads((work / "bundle" / "lock.json").read_text())
 
 
-@st.composite
-def locks(draw: st.DrawFn, good: dict[str, Any]) -> bytes:
-    lock = draw(bend(good, st.one_of(ANY, st.just("0" * 64), st.just("artifacts/x"), st.just("../x"), st.just("/etc/passwd"))))
+_LOCK_VALUES = ["0" * 64, "f" * 64, "0" * 63, "artifacts/x", "../x", "/etc/passwd", "files/../../x", "a\x00b", "buildsys-lock 1", "buildsys-lock 2"]
+
+
+def lock_input(seed: int | str, good: dict[str, Any]) -> bytes:
+    """The lock of ``seed``: ``good`` bent (a value swapped for a digest, a path out of the
+    bundle or any value), a share of them cut at the byte level."""
+    g = Gen(seed)
+    lock = bend(g, good, lambda: g.pick(_LOCK_VALUES) if g.one_in(3) else g.value())
     try:
         data = json.dumps(lock, allow_nan=True).encode()  # NaN and Infinity: json.loads takes them
     except RecursionError:  # nested 1,000 deep or more: written out flat
-        depth = draw(st.sampled_from([1000, 100_000]))
+        depth = g.pick((1000, 100_000))
         data = b'{"format": "buildsys-lock 1", "stages": ' + b"[" * depth + b"]" * depth + b"}"
-    return draw(cut(data)) if draw(st.integers(0, 3)) == 0 else data
+    return cut(g, data) if g.one_in(4) else data
 
 
 def check_lock(data: bytes) -> str:
+    return lock_outcome(data)[0]
+
+
+def lock_outcome(data: bytes) -> tuple[str, str]:
     from buildsys.repro.lock import parse_lock
 
-    return _outcome(handled(lambda: parse_lock(Path("bundle/lock.json"), data)))
+    return outcome_of(handled(lambda: parse_lock(Path("bundle/lock.json"), data)))
 
 
 # --------------------------------------------------------------------------- action records
@@ -326,14 +515,16 @@ def real_record(store: LocalStore, signer: Any) -> dict[str, Any]:
     return msgpack.unpackb(ActionRecord(result, signer.sign(result)).encode(), raw=False)
 
 
-@st.composite
-def records(draw: st.DrawFn, good: dict[str, Any]) -> bytes:
-    record = draw(bend(good, st.one_of(ANY, st.binary(max_size=8), st.just(good["result"]["tree"]))))
+def record_input(seed: int | str, good: dict[str, Any]) -> bytes:
+    """The action record of ``seed``: ``good`` bent (a value swapped for bytes, for its own tree
+    digest or any value), a share of them cut at the byte level."""
+    g = Gen(seed)
+    record = bend(g, good, lambda: g.r.randbytes(g.r.randrange(9)) if g.one_in(4) else good["result"]["tree"] if g.one_in(6) else g.value())
     try:
         data = msgpack.packb(record, use_bin_type=True)
     except (OverflowError, ValueError, TypeError):  # msgpack cannot carry it (an int past 64 bits, a deep value): written flat
-        data = b"\x81\xa6result" + b"\x91" * draw(st.sampled_from([2000, 100_000])) + b"\xc0"  # {"result": [[[...nil]]]}
-    return draw(cut(data)) if draw(st.integers(0, 3)) == 0 else data
+        data = b"\x81\xa6result" + b"\x91" * g.pick((2000, 100_000)) + b"\xc0"  # {"result": [[[...nil]]]}
+    return cut(g, data) if g.one_in(4) else data
 
 
 class RecordCheck:
@@ -345,21 +536,30 @@ class RecordCheck:
         self.trusted = trusted
         self.key = digest_bytes(b"fuzz key")
         self.path = store.actions.folder / self.key[:2] / self.key
+        self.message = ""
 
     def __call__(self, data: bytes) -> str:
+        self.message = ""
         try:
             record = ActionRecord.decode(data, "fuzz")
-        except RecordError:
-            record = None
+        except RecordError as exc:
+            record, self.message = None, str(exc)
         self.path.parent.mkdir(exist_ok=True)
         self.path.write_bytes(data)
         try:
             self.store.actions.lookup(self.key)  # a malformed record: a miss, set aside in quarantine/
-        except StoreError:
-            record = None
+        except StoreError as exc:
+            record, self.message = None, self.message or str(exc)
         finally:
             self.path.unlink(missing_ok=True)
         if record is None:
             return REFUSED
         self.trusted.verify(record)  # what a pull does with it: any verdict, never an exception
         return ACCEPTED
+
+
+def scratch_home(folder: Path) -> None:
+    """Point the user config at an empty folder, so a check reads no one's real settings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["HOME"] = str(folder)
+    os.environ["XDG_CONFIG_HOME"] = str(folder / ".config")

@@ -80,18 +80,25 @@ def test_an_approved_build_leaves_the_queue_until_its_asset_or_failures_change(p
 
     # the same asset judged by a stricter gate: a failure nobody accepted
     project.buildfile_text(buildfile(max_lines=0))
-    assert project.build().code == 0
+    stricter = project.build()
+    assert stricter.code == 0 and stricter.summary["targets"] == {"poem": "review"}
     status, review, lead = site_status(project, "site-2")
     assert status == "review" and "lines 1 over 0" in review
     assert "An earlier build was approved by" in lead
 
-    # back to what was approved: approved again, nothing rebuilt by the approval itself
+    # back to what was approved: approved again, nothing rebuilt by the approval itself, and the
+    # build itself says so (not "routed to review")
     project.buildfile_text(buildfile(max_lines=5))
-    assert project.build().summary["executed"] == 0
+    again = project.build()
+    assert again.summary["executed"] == 0
+    assert again.summary["targets"] == {"poem": "approved"} and again.summary["review"] == []
     assert site_status(project, "site-3")[0] == "approved"
+    text = project.cli("build")
+    assert text.code == 0 and "poem: approved" in text.stderr and "routed to review" not in text.stderr
 
     # a changed asset that fails the same gate is not what was signed off
     project.write("poem.txt", "violets are blue\n")
-    assert project.build().summary["executed"] == 2
+    changed = project.build()
+    assert changed.summary["executed"] == 2 and changed.summary["review"] == ["poem"]
     status, review, _ = site_status(project, "site-4")
     assert status == "review" and "length 17 over 10" in review

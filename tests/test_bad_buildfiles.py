@@ -65,6 +65,14 @@ CASES = [
     ("params nested 500 deep", ('inputs = { prev = "first" }', 'inputs = { prev = "first" }\nparams = { x = ' + "[" * 500 + "]" * 500 + " }"),
      ["nested too deeply"]),
     ("date in params", ('inputs = { prev = "first" }', 'inputs = { prev = "first" }\nparams = { when = 2026-01-01 }'), ["params.when", "not allowed"]),
+    # found by bench/fuzz_inputs.py: a NUL in a path raised ValueError from realpath, a list in fingerprint TypeError
+    ("NUL in the outputs folder", ("jobs = 2", 'jobs = 2\noutputs = "out\\u0000x"'), ["project.outputs", "NUL character"]),
+    ("NUL in the store folder", ("jobs = 2", 'jobs = 2\nstore = "st\\u0000ore"'), ["project.store", "NUL character"]),
+    ("NUL in allow_outside", ("jobs = 2", 'jobs = 2\nallow_outside = ["/tmp\\u0000"]'), ["project.allow_outside[0]", "NUL character"]),
+    ("NUL in a source reference", ("src:data/*.txt", "src:data/\\u0000*.txt"), ["inputs.src", "NUL character"]),
+    ("NUL in a model path", ('path = "model.bin"', 'path = "model\\u0000.bin"'), ["models.m.path", "NUL character"]),
+    ("fingerprint field not a string", ('inputs = { prev = "first" }', 'inputs = { prev = "first" }\nfingerprint = [["gpu"]]'), ["fingerprint[0]", "unknown fingerprint field"]),
+    ("newline and terminal escape in a name", ("[targets.t]", '[targets."a\\nb\\u001b[31m"]\npipeline = "p"\n[targets.t]'), ["targets.a\\nb\\x1b[31m", "may hold only"]),
 ]
 
 

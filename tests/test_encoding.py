@@ -49,6 +49,13 @@ def test_floats_are_always_float64():
     assert canonical_bytes(0.5)[0] == 0xCB
 
 
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
 @pytest.mark.parametrize(
     "value, fragment",
     [
@@ -58,6 +65,7 @@ def test_floats_are_always_float64():
         ({1: "non-string key"}, "keys must be strings"),
         ({"x": object()}, "object"),
         ({"x": 2**70}, "64 bits"),
+        ({"x": _nested(2000)}, "nested too deeply"),  # found by bench/fuzz_inputs.py in a decoded record: RecursionError
     ],
 )
 def test_values_without_canonical_form_are_refused(value, fragment):

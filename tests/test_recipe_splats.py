@@ -147,3 +147,40 @@ def test_splat_gates_pass_clean_splats_and_fail_damaged_ones(tmp_path):
     gates(make_ctx(tmp_path / "bad", "validate", {"splats": damaged, "reference": tmp_path / "g"}))
     bad = json.loads((tmp_path / "bad" / "report.json").read_text())
     assert bad["passed"] is False and {f["gate"] for f in bad["failures"]} >= {"scale", "render_ssim"}, bad
+
+
+def test_splats_of_a_field_touching_the_border_stay_in_bounds_and_the_gate_still_fails_strays(tmp_path):
+    """A distilled field can hold density up to the grid's border (debris, or an asset grown to
+    the edge): splats seeded there must not drift out of the field's cube while fitting (the
+    blue torus's splats once ended with a centre at 1.098), and the bounds gate must still
+    fail a splat that really lies outside."""
+    from buildsys.artifacts.kinds.splat import decoded, read_splats, write_splats
+    from recipes.meshio import save_npz
+    from recipes.splat_gates import gates
+    from recipes.splats import fit_splats
+
+    n = 24
+    coords = np.linspace(-1.0, 1.0, n)
+    x, y, z = np.meshgrid(coords, coords, coords, indexing="ij")
+    # a rod through the whole grid along x, and a slab filling the grid's top face
+    density = np.where((np.hypot(y, z) < 0.35) | (y > 0.8), 40.0, 0.0).astype(np.float32)
+    field = tmp_path / "field"
+    field.mkdir()
+    save_npz(field / "field.npz", density=density, bounds=np.array([-1.0, 1.0], np.float32),
+             color=np.broadcast_to(np.float32([0.2, 0.3, 0.9]), (n, n, n, 3)).copy())
+    fit_splats(make_ctx(tmp_path / "s", "splats", {"field": field}, {**FIT, "iterations": 30, "lr_position": 0.02}))
+    s = decoded(read_splats(tmp_path / "s" / "splats.ply"))
+    assert float(np.abs(s["centres"]).max(axis=0).min()) > 0.9  # splats do sit at the border
+    assert float(np.abs(s["centres"]).max()) <= 1.0
+    gates(make_ctx(tmp_path / "g", "validate", {"splats": tmp_path / "s"}, {"skip": ["scale", "transparent"]}))
+    clean = json.loads((tmp_path / "g" / "report.json").read_text())
+    assert clean["gates"]["bounds"]["status"] == "pass", clean
+
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    centres = s["centres"].copy()
+    centres[len(centres) // 2] = (0.2, 1.05, -0.3)
+    write_splats(stray / "splats.ply", centres, s["colours"], s["alphas"], s["scales"], s["quaternions"])
+    gates(make_ctx(tmp_path / "b", "validate", {"splats": stray}, {"skip": ["scale", "transparent"]}))
+    bad = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert bad["passed"] is False and [f["gate"] for f in bad["failures"]] == ["bounds"], bad

@@ -51,7 +51,10 @@ def test_verdicts_and_rotation(tmp_path: Path) -> None:
     for junk in ({"key": 7}, {"key": "ci-2025"}, {"key": "ci-2025", "sig": "%%%"}, {"key": "ci-2025", "sig": "AAAA"}):
         assert both.verify(ActionRecord(RESULT, junk)) is Verdict.BAD_SIGNATURE
     # decodable but with no canonical bytes (found by bench/fuzz_inputs.py: it raised EncodingError in a pull)
-    for odd in ({"wall_s": float("inf")}, {b"bytes key": 1}):
+    deep: dict = {}
+    for _ in range(2000):
+        deep = {"k": deep}
+    for odd in ({"wall_s": float("inf")}, {b"bytes key": 1}, deep):  # deep: a RecursionError in a pull before
         unencodable = ActionResult(**{**RESULT.__dict__, "metrics": odd})
         assert both.verify(ActionRecord(unencodable, by_new.signature)) is Verdict.BAD_SIGNATURE
         assert both.verify_in_place(ActionRecord(unencodable, by_new.signature), new.key_id) is Verdict.BAD_SIGNATURE

@@ -434,3 +434,14 @@ def test_action_locks_without_ofd_locks_fall_back_to_a_flock_file_per_key(tmp_pa
     events = _two_threads_take(store, key)
     assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
     assert (store.locks.folder / key[:2] / key).is_file()
+
+
+def test_a_record_whose_version_is_nested_deep_is_refused_in_one_line():
+    """Found by bench/fuzz_inputs.py: the refusal put the whole value in its message, and its
+    repr raised RecursionError."""
+    from buildsys.store.records import ActionRecord, RecordError
+
+    data = b"\x81\xa6result\x81\xa1v" + b"\x91" * 900 + b"\xc0"  # {"result": {"v": [[[...nil]]]}}: msgpack decodes 900 deep
+    with pytest.raises(RecordError, match="result version") as refused:
+        ActionRecord.decode(data, "ac/x")
+    assert len(str(refused.value)) < 200

@@ -12,6 +12,7 @@ from buildsys.build.gate import gate_verdict
 from buildsys.build.session import Session
 from buildsys.errors import BuildsysError
 from buildsys.execution.producer import producer
+from buildsys.project.buildfile import TargetSpec
 from buildsys.store.local import LocalStore
 
 
@@ -41,6 +42,11 @@ class Approval:
 
     def covers(self, asset: dict[str, str], failing: set[str]) -> bool:
         return self.asset is not None and self.asset == asset and failing <= set(self.accepted)
+
+    def covers_build(self, spec: TargetSpec, trees: dict[str, str], failing: set[str]) -> bool:
+        """Whether this sign-off stands for a build whose stages made ``trees`` (stage name:
+        output tree) and whose gates failed ``failing``."""
+        return self.covers({n: t for n, t in trees.items() if n in spec.stages and not spec.stages[n].gate}, failing)
 
 
 def approve_target(session: Session, target: str) -> Approval:

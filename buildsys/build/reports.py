@@ -80,7 +80,7 @@ class BuildReport:
             return EXIT_STORE
         if any(s.outcome == BAD_INPUT for s in self.stages.values()):
             return EXIT_BAD_INPUT
-        return EXIT_OK if all(v in ("ok", "review") for v in self.targets.values()) else EXIT_BUILD_FAILED
+        return EXIT_OK if all(v in ("ok", "review", "approved") for v in self.targets.values()) else EXIT_BUILD_FAILED
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -91,6 +91,7 @@ class BuildReport:
             "failed": self.count(FAILED),
             "blocked": self.count(BLOCKED) + self.count(SKIPPED),
             "review": sorted(t for t, v in self.targets.items() if v == "review"),
+            "approved": sorted(t for t, v in self.targets.items() if v == "approved"),
             "failures": {
                 sid: {"status": s.outcome or FAILED, "error": s.error} for sid, s in self.stages.items() if s.status == FAILED
             },

@@ -23,6 +23,7 @@ from buildsys.build.graph_index import StageEntry
 from buildsys.build.incremental import Renewal, entry_for, renew, tokens_of
 from buildsys.build.materialize import MaterializeReport, materialize_trees
 from buildsys.build.recording import write_record, write_repeat
+from buildsys.build.refs import read_approval
 from buildsys.build.reports import (  # noqa: F401 (the scheduler's names for its callers)
     BLOCKED,
     CACHED,
@@ -444,10 +445,20 @@ class Builder:
             elif not all(r.ok for r in stage_reports):
                 verdicts[name] = "failed"
             elif any(r.gate and not r.gate["passed"] for r in stage_reports):
-                verdicts[name] = "review" if project.shapes[name].on_fail == "review" else "failed"
+                verdicts[name] = self._review_verdict(name, stage_reports) if project.shapes[name].on_fail == "review" else "failed"
             else:
                 verdicts[name] = "ok"
         return verdicts
+
+    def _review_verdict(self, target: str, stage_reports: list[StageReport]) -> str:
+        """``approved`` where a person's sign-off covers this very asset and these gate failures
+        (``buildsys approve``), else ``review``."""
+        approval = read_approval(self.session.store, target)
+        if approval is None:
+            return "review"
+        trees = {r.id.split("/", 1)[1]: r.tree for r in stage_reports if r.tree}
+        failing = {str(f.get("gate")) for r in stage_reports if r.gate for f in r.gate.get("failures", [])}
+        return "approved" if approval.covers_build(self.session.project.targets[target], trees, failing) else "review"
 
     def _materialize(self, target_names: list[str], reports: dict[str, StageReport], out: MaterializeReport) -> None:
         project = self.session.project

@@ -59,6 +59,8 @@ def print_summary(report: BuildReport, session: Session, json_output: bool, verb
     )
     if summary["review"]:
         click.echo(f"routed to review: {', '.join(summary['review'])}", err=True)
+    if summary["approved"]:
+        click.echo(f"gates failed as signed off (buildsys approve): {', '.join(summary['approved'])}", err=True)
     if report.cluster and verbose:
         click.echo(cluster_text(report.cluster), err=True)
     click.echo(verdicts, err=True)

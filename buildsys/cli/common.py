@@ -3,6 +3,7 @@ turns typed errors into one-line messages and exit codes, and opening a session.
 
 from __future__ import annotations
 
+import re
 import sys
 from functools import wraps
 from pathlib import Path
@@ -22,8 +23,14 @@ EXECUTOR_OPTION = click.option(
 )
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def fail(message: str, code: int) -> None:
-    click.echo(f"buildsys: error: {message}", err=True)
+    """One line on stderr, then exit ``code``. Control characters a Buildfile, lock or record
+    put into the message (a name with a newline, a terminal escape, a right-to-left override)
+    are shown escaped: the message stays one line and cannot rewrite the terminal."""
+    click.echo(f"buildsys: error: {_UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], message)}", err=True)
     sys.exit(code)
 
 

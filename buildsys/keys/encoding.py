@@ -94,8 +94,15 @@ class _OrderedMap(dict):
 
 
 def canonical_bytes(value: Any) -> bytes:
-    """The canonical msgpack bytes of a description."""
-    return msgpack.packb(_canonical(value), use_bin_type=True, use_single_float=False, strict_types=False)
+    """The canonical msgpack bytes of a description. A value nested deeper than msgpack packs
+    (511 levels) is refused like any other value without an encoding (one decoded from a
+    hostile record or lock can be)."""
+    try:
+        return msgpack.packb(_canonical(value), use_bin_type=True, use_single_float=False, strict_types=False)
+    except RecursionError:
+        raise EncodingError("", "nested too deeply to encode") from None
+    except ValueError as exc:  # msgpack's own depth limit: "recursion limit exceeded"
+        raise EncodingError("", f"cannot be packed: {exc}") from None
 
 
 def decode(data: bytes) -> Any:

@@ -42,7 +42,7 @@ from buildsys.project.config import RemoteSettings
 from buildsys.project.executor import ExecutorSettings
 from buildsys.project.graph import LazyStages, LazyTargets, TargetShape, shape_of
 from buildsys.project.places import Places, inside, relative_reference
-from buildsys.project.schema import Fields, kind_of
+from buildsys.project.schema import Fields, join, kind_of
 
 PROJECT_KEYS = {"store", "outputs", "jobs", "recipe_path", "threads", "allow_outside", "name", "description"}
 STAGE_KEYS = {
@@ -204,6 +204,16 @@ class _Reader(Fields):
                 return number
         return None
 
+    def path(self, table: dict[str, Any], key: str, dotted: str, default: str | None = None) -> Any:
+        """A string naming a file or folder (``default`` when absent)."""
+        value = self.get(table, key, str, dotted, default)
+        return value if value is None else self.path_text(value, join(dotted, key))
+
+    def path_text(self, value: str, dotted: str) -> str:
+        if "\x00" in value:
+            raise self.error(dotted, f"{value!r} holds a NUL character, which no file name can")
+        return value
+
     def name(self, name: str, dotted: str) -> str:
         if len(name) > MAX_NAME:
             shown = dotted.removesuffix(name) + name[:40] + "..."
@@ -274,13 +284,14 @@ class _Expander:
         r.known(self.raw, TOP_KEYS, "")
         settings = r.table(self.raw.get("project", {}), "project")
         r.known(settings, PROJECT_KEYS, "project")
-        store = self.root / r.get(settings, "store", str, "project", "store")
+        store = self.root / r.path(settings, "store", "project", "store")
         allowed = r.get(settings, "allow_outside", list, "project", [])
         for i, entry in enumerate(allowed):
             if not isinstance(entry, str) or not entry:
                 raise r.error(f"project.allow_outside[{i}]", f"must be a folder (a string), got {kind_of(entry)}")
+            r.path_text(entry, f"project.allow_outside[{i}]")
         self.places = Places(self.root, tuple((self.root / os.path.expanduser(entry)).absolute() for entry in allowed))
-        outputs = self.outputs_folder(r.get(settings, "outputs", str, "project", "out"), store)
+        outputs = self.outputs_folder(r.path(settings, "outputs", "project", "out"), store)
         jobs = r.number(settings, "jobs", "project", integer=True, low=1, default=1)
         threads = r.number(settings, "threads", "project", integer=True, low=1)
         recipe_path = r.get(settings, "recipe_path", list, "project", ["."])
@@ -288,6 +299,7 @@ class _Expander:
         for i, entry in enumerate(recipe_path):
             if not isinstance(entry, str):
                 raise r.error(f"project.recipe_path[{i}]", f"must be a string, got {kind_of(entry)}")
+            r.path_text(entry, f"project.recipe_path[{i}]")
             folder = (self.root / entry).resolve()
             if not folder.is_dir():
                 raise r.error(f"project.recipe_path[{i}]", f"no such directory: {entry}")
@@ -419,7 +431,7 @@ class _Expander:
         model = r.get(table, "model", str, where)
         fingerprint = r.get(table, "fingerprint", list, where, [])
         for i, item in enumerate(fingerprint):
-            if item not in FINGERPRINT_FIELDS:
+            if not isinstance(item, str) or item not in FINGERPRINT_FIELDS:
                 raise r.error(f"{where}.fingerprint[{i}]", f"unknown fingerprint field {item!r}; known: {', '.join(FINGERPRINT_FIELDS)}")
         mode = r.choice(table, "mode", MODES, where, "deterministic")
         budget_table = r.table(table.get("budget", {}), f"{where}.budget")
@@ -482,7 +494,7 @@ class _Expander:
         r.name(name, where)
         table = r.table(table, where)
         r.known(table, MODEL_KEYS, where)
-        path = r.get(table, "path", str, where)
+        path = r.path(table, "path", where)
         target = r.get(table, "target", str, where)
         stage = r.get(table, "stage", str, where)
         if (path is None) == (target is None):

@@ -39,6 +39,8 @@ def relative_reference(kind: str, value: str) -> str | None:
     """Why a ``src:`` or ``pkg:`` reference cannot stay inside its root (the project, or the
     package's folder), or None. Only the spelling is checked here; links are checked when the
     files are matched (buildsys.build.sources)."""
+    if "\x00" in value:
+        return f"{kind}:{value!r} holds a NUL character, which no file name can"
     if kind == "pkg":
         package, _, inner = value.partition("/")
         if not PACKAGE_RE.match(package) or not inner:

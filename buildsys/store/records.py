@@ -8,6 +8,7 @@ the signature (Ed25519, see :mod:`buildsys.remote.signing`) covers the canonical
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +56,7 @@ class ActionResult:
         if not isinstance(raw, dict):
             raise RecordError(f"{where}: result is not a map")
         if raw.get("v") != RESULT_VERSION:
-            raise RecordError(f"{where}: result version {raw.get('v')!r}, expected {RESULT_VERSION}")
+            raise RecordError(f"{where}: result version {reprlib.repr(raw.get('v'))}, expected {RESULT_VERSION}")  # reprlib: bounded depth and length
         for name in ("key", "description", "tree"):
             if not isinstance(raw.get(name), str) or not is_digest(raw[name]):
                 raise RecordError(f"{where}: field {name!r} is not a digest")

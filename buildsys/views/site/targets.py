@@ -180,8 +180,7 @@ def _read_approval(view: TargetView, store: Any, spec: TargetSpec, trees: dict[s
     if approval is None:
         return
     view.approval = approval
-    asset = {n: t for n, t in trees.items() if n in spec.stages and n not in gate_stages}
-    view.approval_current = approval.covers(asset, {g.name for g in view.failing_gates})
+    view.approval_current = approval.covers_build(spec, trees, {g.name for g in view.failing_gates})
     if view.status == "review" and view.approval_current:
         view.status = "approved"
     for name in gate_stages:
