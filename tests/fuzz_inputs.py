@@ -4,7 +4,9 @@
 Each input is a pure function of one seed: a ``random.Random`` made from it takes a real
 Buildfile, lock or record and bends it (values of the wrong type, NaN and infinities, integers
 past 64 bits, deep nesting, hostile text, long and odd names, path tricks out of the project
-and through links, unknown keys, missing ones, a dict made a list), then cuts a share of them at
+and through links, unknown keys, missing ones, a dict made a list; a quarter of the Buildfiles
+have one reference or folder pointed out of its root and nothing else bent, so that the reading
+reaches the input-root checks), then cuts a share of them at
 the byte level (truncated, bits flipped, bytes dropped or inserted) or, for a Buildfile, at the
 line level (a line dropped, repeated or moved: duplicate keys and tables). Plain Python, so an
 input costs microseconds to make and a seed replays it (the earlier hypothesis strategies spent
@@ -335,8 +337,34 @@ def _project_table(g: Gen) -> dict[str, Any]:
     return table
 
 
+_ROOT_REFS = [r for r in _REFS if r.startswith(("src:", "pkg:"))] + [
+    "src:link-out", "src:link-out/../passwd", "src:data/../link-out/hosts", "src:data/*.lnk", "src:data/**", "src:**/passwd*",
+    "src:data/a.txt\x00", "src:\x00", "pkg:buildsys/../../../../etc/shadow", "pkg:buildsys/./errors.py", "pkg:buildsys\\..\\x",
+]
+
+
+def aimed_at_a_root(g: Gen, table: dict[str, Any]) -> None:
+    """One reference or folder of a good Buildfile pointed in or out of its root (and nothing
+    else bent, so the reading gets as far as the check): the input-root checks' inputs."""
+    where = g.r.randrange(5)
+    if where == 0:
+        table["pipelines"]["p"]["stages"]["first"]["inputs"]["src"] = g.pick(_ROOT_REFS)
+    elif where == 1:
+        table["targets"]["u"]["stages"]["only"]["inputs"]["b"] = [g.pick(_ROOT_REFS) for _ in range(g.r.randint(1, 3))]
+    elif where == 2:
+        table["project"] = {**table["project"], g.pick(("outputs", "store")): g.pick(_PATHS)}
+    elif where == 3:
+        table["project"] = {**table["project"], "allow_outside": [g.pick(_PATHS)], "outputs": g.pick(_PATHS)}
+    else:
+        table["models"] = {"m": {"path": g.pick(_PATHS), "license": "MIT"}}
+        table["targets"]["u"]["stages"]["only"]["model"] = "m"
+
+
 def buildfile_table(g: Gen) -> dict[str, Any]:
     table: dict[str, Any] = copy.deepcopy(GOOD_BUILDFILE)
+    if g.one_in(4):
+        aimed_at_a_root(g, table)
+        return table
     if g.one_in(3):
         table["project"] = _project_table(g)
     for _ in range(g.r.randrange(4)):
