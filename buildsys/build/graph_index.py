@@ -9,7 +9,7 @@ up again: its result comes from here.
 Three files per Buildfile, found before the Buildfile is read (its store is named inside them):
 ``$BUILDSYS_INDEX_DIR``, else ``$XDG_CACHE_HOME/buildsys/graphs`` (``~/.cache/...``), then
 ``<first 32 hex digits of the BLAKE3 of the Buildfile's absolute path>`` (the *head*), with
-``.stages.<digest>`` (the stage entries) and ``.stamp`` beside it. Each file is the 32-byte BLAKE3
+``.stages.<digest>`` (the stage entries, in shards) and ``.stamp`` beside it. Each file is the 32-byte BLAKE3
 digest of its body, then the body, msgpack (not canonical: nothing is keyed by it). The head,
 format version ``INDEX_VERSION``, checked on open::
 
@@ -24,8 +24,10 @@ format version ``INDEX_VERSION``, checked on open::
                 "code:RECIPE", "src:GLOB", "pkg:PACKAGE/PATH", "model:NAME",
                 "approved:TARGET/STAGE", "fp:FIELD", "device:REQUESTED"
     values      [value, ...]: what each token was worth (a digest, a field's value, a device)
-    files       {token number: [path, digest, size, executable]}: a plain ``src:`` path (one file),
-                checked by one ``stat``
+    files       {token number: [path, digest, size, executable, vouched]}: a plain ``src:`` path
+                (one file), checked by one ``stat``; vouched: [dev, ino, size, mtime_ns, ctime_ns]
+                under which the stat cache vouched for the digest (the stat cache itself is then not
+                read), or None
     records     {target: [verdict, [token number...], cas mask, ac numbers, outputs, extras]}: one
                 per target with stages here (build/settled.py): verdict "ok" or "review" when
                 the target was built whole, else None (never settled); cas mask: 32 bytes, bit i
@@ -33,20 +35,22 @@ format version ``INDEX_VERSION``, checked on open::
                 first byte of each stage's key; outputs: [[path, dev, ino, size, mtime_ns,
                 ctime_ns], ...] of every materialized file, as the stat cache vouched for it, or
                 None; extras: {stage id: {"gate": failed verdict, "warnings": [...]}}
-    stages      BLAKE3 (hex) of the stages file's body
+    stages      [BLAKE3 (hex) of each stage shard's body]: a target's entries lie in shard
+                ``crc32(target) % len(stages)`` (about ``SHARD_TARGETS`` targets a shard)
     stage_tables  {target: digest of its stage table}: the table a build record names for the target
                 while its stages stay as recorded here (store/build_record.py)
     record      the last build record that walked (a no-op's record repeats it), or None
     built       the targets that record covers
     boot        the boot the outputs' stat records were taken in (store/boot.py)
 
-The stages file, ``{stage id: [entry, shards, record shard]}``: entry is the msgpack bytes of
+A stage shard, ``{stage id: [entry, shards, record shard]}``: entry is the msgpack bytes of
 [key, description, tree, log, manifest, metrics, gate, [token number...], [upstream tree...]]
 (decoded only for a stage the build looks at): digests as 32 raw bytes, log None when there is
 none; manifest [[path, digest, size, executable], ...]; gate: the verdict or None; upstream trees
 in the order of the stage's upstream stages. shards: 32 bytes, bit i set when a blob of the entry
-lies in ``cas/<i as hex>``; record shard: the first byte of the key. It is read only when a
-stage must be looked at: a settled no-op never reads it.
+lies in ``cas/<i as hex>``; record shard: the first byte of the key. A shard is read only when
+a stage in it must be looked at (a settled no-op reads none), and written only when an entry in
+it changed: a build of one asset of a 60,000-stage library reads and writes one shard.
 
 The stamp, rewritten by any build that finds the store moved (a no-op's own record moves one
 shard folder): ``{"head": digest of the head's body, "shards": {"cas/ab" | "ac/ab": [mtime_ns,
@@ -67,11 +71,11 @@ file means the full walk (:meth:`GraphIndex.load` returns None), never a wrong b
   entries' files in it checked again; a folder touched within ``RACY_NS`` of being read is
   recorded as unknown (its timestamp could hide a later change in the same tick).
 
-Writes go stages file (named by its digest, so the head it replaces still finds its own), head,
-stamp, each atomically by rename and without a flush: a crash (or SIGKILL) between them leaves
-the old head with its old stages file, or the new head with a stamp naming the old one (ignored:
-the store is checked in full), and a torn file fails its digest and is ignored; each costs only a
-longer walk.
+Writes go stage shards (each named by its digest, so the head it replaces still finds its
+own), head, stamp, each atomically by rename and without a flush: a crash (or SIGKILL) between
+them leaves the old head with its old shards, or the new head with a stamp naming the old one
+(ignored: the store is checked in full), and a torn file fails its digest and is ignored (a
+torn shard: its stages are resolved as usual); each costs only a longer walk.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -92,7 +97,8 @@ from buildsys.store.atomic import unlink_quietly
 from buildsys.store.boot import BOOT_ID
 from buildsys.store.statcache import RACY_NS, StatCache
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
+SHARD_TARGETS = 128
 _HEADER = 32
 _FIELDS = {
     "buildfile", "store", "tables", "targets", "shapes", "tokens", "values", "files", "records", "stages", "stage_tables",
@@ -110,6 +116,10 @@ def index_file(buildfile: Path) -> Path:
 
 def stages_file(head: Path, digest: str) -> Path:
     return Path(f"{head}.stages.{digest[:32]}")
+
+
+def shard_of(target: str, shards: int) -> int:
+    return zlib.crc32(target.encode()) % shards
 
 
 def stamp_file(head: Path) -> Path:
@@ -239,7 +249,7 @@ class GraphIndex:
         self.tokens: list[str] = body["tokens"]
         self.values: dict[str, Any] = dict(zip(self.tokens, body["values"]))
         self.records: dict[str, list[Any]] = body["records"]
-        self._stages: dict[str, list[Any]] | None = None
+        self._shards: dict[int, dict[str, list[Any]]] = {}
         self._decoded: dict[str, StageEntry] = {}
         self.dirty_tokens: set[str] = set()
         self.unverified: set[str] = set()  # stages whose blobs or record may be gone
@@ -258,7 +268,7 @@ class GraphIndex:
         body, head = sealed
         if not isinstance(body, dict) or body.get("v") != INDEX_VERSION or body.get("action") != ACTION_VERSION:
             return None
-        if not _FIELDS <= body.keys():
+        if not _FIELDS <= body.keys() or not isinstance(body["stages"], list) or not body["stages"]:
             return None
         if body.get("buildfile", [None])[0] != os.path.abspath(buildfile):
             return None
@@ -294,19 +304,27 @@ class GraphIndex:
     # stages -------------------------------------------------------------------------------
 
     @property
-    def stages(self) -> dict[str, list[Any]]:
-        """The raw stage entries, read when first asked for; a missing or torn stages file
-        leaves none (every stage is then resolved as usual)."""
-        if self._stages is None:
-            sealed = read_sealed(stages_file(self.path, self.body["stages"]))
-            ok = sealed is not None and sealed[1] == self.body["stages"] and isinstance(sealed[0], dict)
-            self._stages = sealed[0] if ok and sealed is not None else {}
-        return self._stages
+    def shard_count(self) -> int:
+        return len(self.body["stages"])
+
+    def shard(self, number: int) -> dict[str, list[Any]]:
+        """The raw entries of a stage shard, read when first asked for; a missing or torn one
+        holds none (its stages are then resolved as usual)."""
+        found = self._shards.get(number)
+        if found is None:
+            digest = self.body["stages"][number]
+            sealed = read_sealed(stages_file(self.path, digest))
+            ok = sealed is not None and sealed[1] == digest and isinstance(sealed[0], dict)
+            found = self._shards[number] = sealed[0] if ok and sealed is not None else {}
+        return found
+
+    def raw(self, stage_id: str) -> list[Any] | None:
+        return self.shard(shard_of(stage_id.partition("/")[0], self.shard_count)).get(stage_id)
 
     def entry(self, stage_id: str) -> StageEntry | None:
         entry = self._decoded.get(stage_id)
         if entry is None:
-            raw = self.stages.get(stage_id)
+            raw = self.raw(stage_id)
             if raw is None:
                 return None
             try:
@@ -337,7 +355,7 @@ class GraphIndex:
     def may_resolve(self, stage_id: str) -> bool:
         """Whether the build may have to resolve this stage (false when only an upstream change
         could make it, whose sources are then known from the check already)."""
-        if not self.same_buildfile or stage_id in self.unverified or stage_id not in self.stages:
+        if not self.same_buildfile or stage_id in self.unverified or self.raw(stage_id) is None:
             return True
         if not self.dirty_tokens:
             return False
@@ -364,7 +382,7 @@ class GraphIndex:
         window, boot). The others are left for the resolver to work out. ``only``: the paths
         a watcher saw change (watcher.py); the others are not looked at."""
         changed = set()
-        for number, (path, digest, *_) in self.body["files"].items():
+        for number, (path, digest, _, _, vouched) in self.body["files"].items():
             if only is not None and path not in only:
                 continue
             try:
@@ -372,12 +390,18 @@ class GraphIndex:
             except OSError:
                 changed.add(self.tokens[number])
                 continue
+            if vouched == [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
+                continue  # the stat the stat cache vouched for when the index was written: not read
             if stat_cache.lookup(path, st) != digest:
                 changed.add(self.tokens[number])
         return changed
 
     def plain_files(self) -> dict[str, tuple[str, Digest, int, bool]]:
         return {self.tokens[n]: (item[0], item[1], item[2], item[3]) for n, item in self.body["files"].items()}
+
+    def file_records(self) -> dict[str, list[Any]]:
+        """What ``files`` holds, by token."""
+        return {self.tokens[n]: item for n, item in self.body["files"].items()}
 
     def moved_shards(self, store_root: Path) -> set[str]:
         """The shard folders whose signature differs from the stamp's (all, without a stamp)."""
@@ -400,7 +424,7 @@ class GraphIndex:
             if not (int.from_bytes(record[2], "little") & cas_mask or ac_moved.intersection(record[3])):
                 continue
             for stage_id in self.target_stages(target):
-                raw = self.stages.get(stage_id)
+                raw = self.raw(stage_id)
                 if raw is None:
                     continue
                 entry = self.entry(stage_id)
@@ -475,19 +499,27 @@ def write_stamp(
     write_sealed(stamp_file(head_path), seal({**stamp, "observed": observed}))
 
 
-def write_index(path: Path, head: dict[str, Any], stages: dict[str, list[Any]], old_stages: str | None, watch: tuple[str, int] | None) -> None:
-    """Write the stages file (unless it is ``old_stages``, the digest of the one in place), the
-    head, then the stamp, each atomically and without a flush (see the module docstring);
-    ``head`` holds every head field but ``v``, ``action``, ``stages`` and ``boot``."""
-    sealed = seal(stages)
-    digest = sealed[0].hex()
-    if digest != old_stages or not stages_file(path, digest).exists():
-        write_sealed(stages_file(path, digest), sealed)
-    body = {**head, "v": INDEX_VERSION, "action": ACTION_VERSION, "stages": digest, "boot": BOOT_ID}
+def write_index(
+    path: Path, head: dict[str, Any], shards: list[str | dict[str, list[Any]]], watch: tuple[str, int] | None,
+) -> None:
+    """Write the stage shards given as entries (those given as a digest are in place), the head,
+    then the stamp, each atomically and without a flush (see the module docstring); ``head``
+    holds every head field but ``v``, ``action``, ``stages`` and ``boot``."""
+    digests = []
+    for shard in shards:
+        if isinstance(shard, str):
+            digests.append(shard)
+            continue
+        sealed = seal(shard)
+        digest = sealed[0].hex()
+        if not stages_file(path, digest).exists():
+            write_sealed(stages_file(path, digest), sealed)
+        digests.append(digest)
+    body = {**head, "v": INDEX_VERSION, "action": ACTION_VERSION, "stages": digests, "boot": BOOT_ID}
     sealed_head = seal(body)
     write_sealed(path, sealed_head)
-    keep = stages_file(path, digest).name
+    keep = {stages_file(path, digest).name for digest in digests}
     for other in path.parent.glob(f"{path.name}.stages.*"):
-        if other.name != keep and not other.name.endswith(".tmp"):
+        if other.name not in keep and not other.name.endswith(".tmp"):
             unlink_quietly(other)
     write_stamp(path, sealed_head[0].hex(), Path(head["store"]), watch, patient=len(head["records"]) > PATIENT_TARGETS)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from buildsys.build.graph_index import PATIENT_TARGETS, GraphIndex, StageEntry, index_file, write_index, write_stamp
+from buildsys.build.graph_index import PATIENT_TARGETS, SHARD_TARGETS, GraphIndex, StageEntry, index_file, shard_of, write_index, write_stamp
 from buildsys.build.settled import target_record
 from buildsys.build.sources import GLOB_CHARS
 from buildsys.determinism import resolve_device
@@ -151,33 +151,64 @@ def renew(session: Session, index: GraphIndex | None, renewal: Renewal) -> None:
         pass  # an index is a shortcut: a read-only cache folder costs only the next walk
 
 
-def _carried(index: GraphIndex, renewal: Renewal) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
-    """The raw entries and target records of the index that still hold and that the build did
-    not walk: a target whose tokens changed, or whose results the store may have lost, loses
-    its unwalked entries and its verdict."""
+class _Shards:
+    """The stage shards of the index being written: those of the index it renews stay as they
+    are (named by digest, not read) until an entry in them changes."""
+
+    def __init__(self, index: GraphIndex | None, targets: int) -> None:
+        self.index = index
+        count = index.shard_count if index is not None else max(1, min(256, targets // SHARD_TARGETS))
+        self.shards: list[str | dict[str, list[Any]]] = list(index.body["stages"]) if index is not None else [{} for _ in range(count)]
+
+    def open(self, target: str) -> dict[str, list[Any]]:
+        number = shard_of(target, len(self.shards))
+        shard = self.shards[number]
+        if isinstance(shard, str):
+            assert self.index is not None
+            shard = self.shards[number] = dict(self.index.shard(number))
+        return shard
+
+    def has(self, stage_id: str) -> bool:
+        number = shard_of(stage_id.partition("/")[0], len(self.shards))
+        shard = self.shards[number]
+        if isinstance(shard, str):
+            return self.index is not None and self.index.raw(stage_id) is not None
+        return stage_id in shard
+
+    def put(self, stage_id: str, raw: list[Any]) -> None:
+        self.open(stage_id.partition("/")[0])[stage_id] = raw
+
+    def drop(self, target: str, stage_ids: list[str]) -> None:
+        shard = self.open(target)
+        for sid in stage_ids:
+            shard.pop(sid, None)
+
+
+def _carry(index: GraphIndex, renewal: Renewal, shards: _Shards) -> dict[str, list[Any]]:
+    """The target records of the index that still hold for targets the build did not walk: a
+    target whose tokens changed, or whose results the store may have lost, loses its verdict
+    and those of its unwalked entries that no longer hold."""
     number = {token: i for i, token in enumerate(index.tokens)}
     dirty = {number[t] for t in index.dirty_tokens if t in number}
     doubtful = {sid.partition("/")[0] for sid in index.unverified}
-    stages: dict[str, list[Any]] = {}
     records: dict[str, list[Any]] = {}
     for target, record in index.records.items():
-        stage_ids = index.target_stages(target)
         if target not in renewal.settled and (target in doubtful or not dirty.isdisjoint(record[1])):
-            kept = [sid for sid in stage_ids if sid not in index.unverified and sid not in renewal.walked]
-            kept = [sid for sid in kept if (e := index.entry(sid)) is not None and index.dirty_tokens.isdisjoint(e.tokens)]
-            stages.update((sid, index.stages[sid]) for sid in kept)
+            stage_ids = index.target_stages(target)
+            gone = [sid for sid in stage_ids if sid in index.unverified or (e := index.entry(sid)) is None or not index.dirty_tokens.isdisjoint(e.tokens)]
+            shards.drop(target, [sid for sid in gone if sid not in renewal.walked])
             records[target] = [None, *record[1:4], None, {}]
             continue
-        stages.update((sid, index.stages[sid]) for sid in stage_ids if sid in index.stages and sid not in renewal.walked)
         records[target] = record
-    return stages, records
+    return records
 
 
 def _rewrite(session: Session, index: GraphIndex | None, renewal: Renewal) -> None:
     project = session.project
     if index is not None:
         tables_raw, target_tables, shapes = index.tables, index.target_tables, index.shapes
-        stages, records = _carried(index, renewal)
+        shards = _Shards(index, len(index.records))
+        records = _carry(index, renewal, shards)
         old_tables = index.tables_by_target()
     else:
         raw = session.tables
@@ -190,21 +221,25 @@ def _rewrite(session: Session, index: GraphIndex | None, renewal: Renewal) -> No
         except (TypeError, ValueError, OverflowError):  # a TOML date somewhere: no index
             return
         shapes = {name: shape.to_list() for name, shape in project.shapes.items()}
-        stages, records, old_tables = {}, {}, {}
+        shards = _Shards(None, len(shapes))
+        records, old_tables = {}, {}
     names = list(index.tokens) if index is not None else []
     names += sorted({t for entry in renewal.entries.values() for t in entry.tokens} - set(names))
     number = {name: i for i, name in enumerate(names)}
     for sid, entry in renewal.entries.items():
-        stages[sid] = entry.raw(number, index is not None)
+        shards.put(sid, entry.raw(number, index is not None))
+    for sid in renewal.walked - renewal.entries.keys():  # walked, and failed or not indexable now
+        shards.drop(sid.partition("/")[0], [sid])
     walked_targets = {sid.partition("/")[0] for sid in renewal.walked}
     for target in walked_targets:
         stage_ids = project.stage_ids(target)
         tokens: set[int] = set()
         for sid in stage_ids:
-            found = renewal.entries.get(sid) or (index.entry(sid) if index is not None and sid in stages else None)
+            found = renewal.entries.get(sid) or (index.entry(sid) if index is not None and shards.has(sid) else None)
             if found is not None:
                 tokens.update(number[t] for t in found.tokens)
-        raws = [stages[sid] for sid in stage_ids if sid in stages]
+        shard = shards.open(target)
+        raws = [shard[sid] for sid in stage_ids if sid in shard]
         whole = len(raws) == len(stage_ids) and target in renewal.outputs
         records[target] = target_record(
             renewal.verdicts.get(target) if whole else None, tokens, raws, renewal.outputs.get(target), renewal.extras.get(target, {}),
@@ -213,19 +248,19 @@ def _rewrite(session: Session, index: GraphIndex | None, renewal: Renewal) -> No
     for target, record in list(records.items()):  # a token no longer worth anything: the target is resolved again
         if any(values[names[n]] is None for n in record[1]):
             del records[target]
-            for sid in project.stage_ids(target):
-                stages.pop(sid, None)
+            shards.drop(target, project.stage_ids(target))
     files = {}
-    carried = {t: f for t, f in index.plain_files().items() if t not in index.dirty_tokens} if index is not None else {}
+    carried = {t: f for t, f in index.file_records().items() if t not in index.dirty_tokens} if index is not None else {}
     for token, value in values.items():
         if plain_source(token) and value is not None:
             name = token.partition(":")[2]
             manifest = session.resolver.source_manifests.get(InputRef("src", name))
             if manifest is not None and list(manifest) == [name]:
                 file = manifest[name]
-                files[number[token]] = [str(project.root / name), file.digest, file.size, file.executable]
+                path = str(project.root / name)
+                files[number[token]] = [path, file.digest, file.size, file.executable, _vouched(path, file.digest, carried.get(token), session)]
             elif token in carried:
-                files[number[token]] = list(carried[token])
+                files[number[token]] = carried[token]
     tables = {**old_tables, **renewal.tables}
     head = {
         "buildfile": [str(project.file), session.buildfile_digest],
@@ -237,11 +272,31 @@ def _rewrite(session: Session, index: GraphIndex | None, renewal: Renewal) -> No
         "values": [values.get(n) for n in names],
         "files": files,
         "records": records,
-        "stage_tables": {t: bytes.fromhex(d) for t, d in tables.items() if t in records and all(s in stages for s in project.stage_ids(t))},
+        "stage_tables": {t: bytes.fromhex(d) for t, d in tables.items() if t in records and _whole(records[t], t, walked_targets, shards, project)},
         "record": renewal.record if renewal.record is not None else (index.record if index is not None else None),
         "built": renewal.targets if renewal.record is not None else (index.built if index is not None else []),
     }
-    write_index(index_file(project.file), head, stages, index.body["stages"] if index is not None else None, session.watch_token)
+    write_index(index_file(project.file), head, shards.shards, session.watch_token)
+
+
+def _whole(record: list[Any], target: str, walked: set[str], shards: _Shards, project: Any) -> bool:
+    """Whether every stage of a target has its entry (a carried target with a verdict does)."""
+    if target not in walked and record[0] is not None:
+        return True
+    return all(shards.has(sid) for sid in project.stage_ids(target))
+
+
+def _vouched(path: str, digest: Digest, old: list[Any] | None, session: Session) -> list[int] | None:
+    """The stat under which the stat cache vouches for a source's digest (see graph_index.py,
+    ``files``): the index's own record while the file keeps it, else the stat cache's word."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    signature = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    if old is not None and old[1] == digest and old[4] == signature:
+        return signature
+    return signature if session.stat_cache.lookup(path, st) == digest else None
 
 
 def _values(session: Session, index: GraphIndex | None, tokens: set[str]) -> dict[str, Any]:

@@ -292,10 +292,10 @@ class Builder:
                 reports[sid] = StageReport(sid, SKIPPED, error="not started: an earlier stage failed")
         # a settled target's stages get no report (BuildReport.settled), unless an unsettled
         # target read from them: then they were walked, from the index
-        for target in list(self._settled):
-            if any(sid in reports for sid in project.stage_ids(target)):
-                del self._settled[target]
-        self._settled_stages = sum(len(project.shapes[target].stages) for target in self._settled)
+        for target in {sid.partition("/")[0] for sid in reports}.intersection(self._settled):
+            del self._settled[target]
+        assert self.index is not None or not self._settled
+        self._settled_stages = sum(len(self.index.shapes[target][0]) for target in self._settled) if self.index is not None else 0
         return reports
 
     def _try_cache(self, sid: str, trees: dict[str, Digest]) -> tuple[StageReport | None, Resolved | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ class Session:
         if use_index:
             self._ask_watcher(path)
         if self.index is not None and self.index.matches_buildfile(self.buildfile_digest):
-            shapes = {name: TargetShape.from_list(raw) for name, raw in self.index.shapes.items()}
+            shapes = _Shapes(self.index.shapes)
             tables = _Unpacked(self.index.target_tables)
             self._open(expand_lazily(path, self.index.tables, tables, shapes), jobs, store)
             self.index.same_buildfile = True
@@ -144,3 +145,27 @@ class _Unpacked(dict):
         import msgpack
 
         return msgpack.unpackb(super().__getitem__(name), raw=False)
+
+
+class _Shapes(Mapping[str, TargetShape]):
+    """Target shapes kept as the index's lists, made into :class:`TargetShape` when asked for (a
+    build that settles most targets looks at few)."""
+
+    def __init__(self, raw: dict[str, list[Any]]) -> None:
+        self._raw = raw
+        self._made: dict[str, TargetShape] = {}
+
+    def __getitem__(self, name: str) -> TargetShape:
+        shape = self._made.get(name)
+        if shape is None:
+            shape = self._made[name] = TargetShape.from_list(self._raw[name])
+        return shape
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw

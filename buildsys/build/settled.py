@@ -126,10 +126,11 @@ def settled_targets(session: Session, index: GraphIndex, targets: list[str]) -> 
             and (unwatched.vouches(record[4]) or outputs_intact(record[4]))
         )
         if ok:
+            own = f"{target}/"
             for deps in index.shapes[target][4]:
-                if not all(settled(dep.partition("/")[0]) for dep in deps if not dep.startswith(f"{target}/")):
-                    ok = False
-                    break
+                for dep in deps:
+                    if not dep.startswith(own) and not settled(dep.partition("/")[0]):
+                        ok = False
         verdicts[target] = ok
         return ok
 

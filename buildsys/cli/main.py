@@ -12,6 +12,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -47,6 +48,19 @@ class _LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
+def _open_uncollected(buildfile: Path, jobs: int | None = None, writes: bool = True) -> Any:
+    """A session with the resolved-graph index, opened without cycle collection (the index, stat
+    cache and project: hundreds of thousands of containers for a large library, each full
+    collection walking them all again), and what it loaded never scanned afterwards: it lives
+    as long as the command."""
+    collector.disable()
+    try:
+        return open_session(buildfile, jobs, use_index=True, writes=writes)
+    finally:
+        collector.freeze()
+        collector.enable()
+
+
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="buildsys")
 def main() -> None:
@@ -78,8 +92,7 @@ def build(buildfile: Path, targets: tuple[str, ...], jobs: int | None, keep_goin
     from buildsys.build.summary import print_summary
     from buildsys.cli.common import open_remote_cache, open_stage_executor
 
-    with open_session(buildfile, jobs, use_index=True) as session:
-        collector.freeze()  # the index and project live as long as the command: no collection scans them again
+    with _open_uncollected(buildfile, jobs) as session:
         names = session.targets(targets)
         remote = None if no_remote else open_remote_cache(session, remote_url)
         try:
@@ -106,8 +119,7 @@ def plan(buildfile: Path, targets: tuple[str, ...], json_output: bool, executor:
     from buildsys.build.summary import print_plan
     from buildsys.cli.common import open_stage_executor
 
-    with open_session(buildfile, use_index=True, writes=False) as session:
-        collector.freeze()
+    with _open_uncollected(buildfile, writes=False) as session:
         stage_executor = open_stage_executor(session, executor)
         report = Builder(session, executor=stage_executor, execute=False).build(session.targets(targets))
         print_plan(report, json_output)

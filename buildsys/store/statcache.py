@@ -53,14 +53,22 @@ class StatCache:
     def __init__(self, path: Path, tmp_dir: Path) -> None:
         self.path = path
         self.tmp_dir = tmp_dir
-        self.entries: dict[str, list] = {}
+        self._entries: dict[str, list] | None = None
         self.dirty = False
-        try:
-            loaded = msgpack.unpackb(path.read_bytes(), raw=False)
-            if isinstance(loaded, dict):
-                self.entries = loaded
-        except (FileNotFoundError, ValueError, msgpack.UnpackException):
-            self.entries = {}
+
+    @property
+    def entries(self) -> dict[str, list]:
+        """Read when first asked for: a build that the resolved-graph index settles whole never
+        asks (build/settled.py), and a large library's cache is megabytes."""
+        if self._entries is None:
+            self._entries = {}
+            try:
+                loaded = msgpack.unpackb(self.path.read_bytes(), raw=False)
+                if isinstance(loaded, dict):
+                    self._entries = loaded
+            except (FileNotFoundError, ValueError, msgpack.UnpackException):
+                pass
+        return self._entries
 
     def lookup(self, path: Path | str, st: os.stat_result | None = None) -> Digest | None:
         entry = self.entries.get(str(path))
