@@ -214,3 +214,21 @@ def _watcher_pid(sock: Path) -> int:
         if f"socket:[{inode}]" in links:
             return int(proc.name)
     raise AssertionError(f"no process holds {sock}")
+
+
+def test_plan_writes_nothing_and_walks_only_what_changed(project: Project):
+    _setup(project)
+    _build(project)
+    _settle(project)
+    head = index_file(project.buildfile)
+    index_before = {p.name: p.read_bytes() for p in head.parent.iterdir() if p.name.startswith(head.name) and p.is_file()}
+    store_before = _files(project.root / "store")
+    project.write("data/a.txt", "alpha, planned")  # a's glob: target a only
+    plan = project.cli("plan")
+    assert plan.code == 0, plan.stderr
+    assert "up-to-date 1 targets (2 stages)" in plan.stdout and "would run  a/one" in plan.stdout and "b/" not in plan.stdout
+    index_after = {p.name: p.read_bytes() for p in head.parent.iterdir() if p.name.startswith(head.name) and p.is_file()}
+    assert index_after == index_before, "plan wrote the index"
+    assert _files(project.root / "store") == store_before, "plan wrote the store"
+    summary = _build(project)
+    assert summary["executed"] == 2 and summary["index"]["settled"] == 1

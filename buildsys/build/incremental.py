@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from buildsys.build.graph_index import PATIENT_TARGETS, SHARD_TARGETS, GraphIndex, StageEntry, index_file, shard_of, write_index, write_stamp
+from buildsys.build.graph_index import PATIENT_TARGETS, SHARD_TARGETS, GraphIndex, index_file, shard_of, write_index, write_stamp
 from buildsys.build.settled import target_record
 from buildsys.build.sources import GLOB_CHARS
+from buildsys.build.stage_entry import StageEntry
 from buildsys.determinism import resolve_device
 from buildsys.keys.hashing import Digest, digest_value
 from buildsys.keys.tree import Entry

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.build.executors import UNPLACEABLE, PlacementError, depends_on_placement
 from buildsys.build.gate import gate_verdict
-from buildsys.build.graph_index import StageEntry
 from buildsys.build.incremental import Renewal, entry_for, renew, tokens_of
 from buildsys.build.materialize import MaterializeReport, materialize_trees
 from buildsys.build.recording import write_record, write_repeat
@@ -39,6 +38,8 @@ from buildsys.build.reports import (  # noqa: F401 (the scheduler's names for it
 from buildsys.build.resolver import Resolved, closure
 from buildsys.build.session import Session
 from buildsys.build.settled import output_records, settled_targets
+from buildsys.build.stage_entry import StageEntry
+from buildsys.build.target_refs import write_target_refs
 from buildsys.errors import BAD_INPUT, NO_SPACE, BuildsysError
 from buildsys.execution.sandbox import SandboxPool
 from buildsys.keys.action import changed_components
@@ -166,7 +167,7 @@ class Builder:
         materialized = MaterializeReport()
         if self.execute:
             # refs first: their flush then does not also write out the materialized copies
-            self._write_refs(target_names, reports)
+            write_target_refs(self.session, self.index, [t for t in target_names if t not in self._settled], reports, self._from_index)
             if self.materialize:
                 self._materialize(target_names, reports, materialized)
         index = None if self.index is None else {
@@ -480,43 +481,6 @@ class Builder:
         make_top_folder(project.outputs)  # its target folders spread over the disk (see topdir.py)
         with self.store.locks.folder_outside(project.outputs):
             materialize_trees(self.store, trees, self.session.stat_cache, out, project.outputs, self._manifests)
-
-    def _write_refs(self, target_names: list[str], reports: dict[str, StageReport]) -> None:
-        project = self.session.project
-        # refs the index vouches for: no ref was written since it recorded them, and every
-        # stage of the target came from it unchanged (a no-op reads no ref)
-        vouched = self.index is not None and self.index.same_buildfile and self.index.refs_unchanged(self.store.root)
-        refs = {}
-        for name in target_names:
-            if name in self._settled:
-                continue
-            stage_ids = project.stage_ids(name)
-            if not all(reports[sid].ok for sid in stage_ids):
-                continue
-            if vouched and all(sid in self._from_index for sid in stage_ids):
-                continue
-            last = self.session.last_build(name)
-            old = (last or {}).get("stages", {})
-            entries = {}
-            for stage_name, sid in zip(project.shapes[name].stages, stage_ids):
-                report = reports[sid]
-                previous = old.get(stage_name, {})
-                if previous.get("key") == report.key and previous.get("tree") == report.tree:
-                    # the same result: its entry keeps how it was first obtained, so a no-op after
-                    # a build rewrites no ref (the last build's statuses are in its record)
-                    entries[stage_name] = previous
-                    continue
-                entry = {"key": report.key, "description": report.description, "tree": report.tree, "status": report.status}
-                if previous.get("key") == report.key:
-                    if previous.get("previous"):
-                        entry["previous"] = previous["previous"]
-                elif previous.get("description"):
-                    entry["previous"] = previous["description"]
-                entries[stage_name] = entry
-            ref = {"stages": entries, "outputs": list(project.shapes[name].outputs)}
-            if ref != last:  # already read above: an unchanged ref is not read again to compare
-                refs[name] = ref
-        self.store.refs.write_many("targets", refs)
 
     def _remote_stats(self) -> dict[str, Any] | None:
         if self.remote is None:
