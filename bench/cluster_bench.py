@@ -12,7 +12,8 @@ and the cluster build round by round (ratios are medians of per-round ratios):
   ``--lease-baseline`` each round also runs under Ray's default worker lease (500 ms), in
   alternating order, the setting before buildsys chose its own (:mod:`buildsys.cluster.connect`);
 - **default**: a cold build of the default project (``Buildfile.toml``), local against the
-  cluster, each node store new (the cluster is started again for each round, not timed).
+  cluster, each node store new (the cluster is started again for each round, not timed), and
+  every output file of the two builds compared bitwise.
 
 Besides wall time, each build's client CPU (user + system of the ``buildsys`` process) and
 what crossed the data plane (the summary's ``cluster.moved``) are recorded: the figures the
@@ -89,6 +90,12 @@ def default_project(root: Path) -> None:
     root.mkdir(parents=True)
     (root / "Buildfile.toml").write_text((REPO / "Buildfile.toml").read_text())
     shutil.copytree(REPO / "recipes", root / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` by its path there: the default build's outputs, compared
+    bitwise between the local and the cluster build."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def store_bytes(root: Path) -> int:
@@ -181,7 +188,11 @@ def main() -> None:
                     else:
                         row[where] = build(root, [], local_env, None)
                     row[where]["store_bytes"] = store_bytes(root)
-                print(f"default round {r}: local {row['local']['wall']:.1f} s, ray {row['ray']['wall']:.1f} s", flush=True)
+                local_out, ray_out = (tree_bytes(work / f"default-{r}-{where}" / "out") for where in ("local", "ray"))
+                row["outputs"] = len(local_out)
+                row["differing"] = sorted(p for p in local_out.keys() | ray_out.keys() if local_out.get(p) != ray_out.get(p))
+                print(f"default round {r}: local {row['local']['wall']:.1f} s, ray {row['ray']['wall']:.1f} s, "
+                      f"{len(row['differing'])} of {len(local_out)} output files differ", flush=True)
                 rows.append(row)
             results["default"] = {"rounds": rows, "ratio": median_ratio(rows, "ray", "local")}
     finally:

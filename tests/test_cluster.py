@@ -167,7 +167,8 @@ def test_a_stage_asking_for_what_no_node_has_fails_at_once(cluster, project: Pro
 def test_a_stages_memory_budget_is_what_it_asks_ray_for(cluster, project: Project):
     """budget.memory_mb is Ray's ``memory`` resource: a stage asking more than any node has
     fails at once, naming the most a node offers; one that fits runs, and the node records
-    that Ray reserved that memory (and its one CPU) for it."""
+    that Ray reserved that memory (and its one CPU) for it, confined as a local build's is; one
+    that fits Ray's reservation but outgrows its budget is killed on its node."""
     _buildfile(project, '''
         [targets.u.stages.huge]
         recipe = "cluster_recipes:machine"
@@ -175,9 +176,18 @@ def test_a_stages_memory_budget_is_what_it_asks_ray_for(cluster, project: Projec
         [targets.t.stages.fits]
         recipe = "cluster_recipes:machine"
         budget = { memory_mb = 300 }
+        [targets.fat.stages.hog]
+        recipe = "engine_recipes:hog"
+        params = { mb = 512, hold = 30 }
+        budget = { memory_mb = 200 }
+        [targets.here.stages.fits]
+        recipe = "cluster_recipes:machine"
+        params = { where = "here" }
     ''')
-    built = project.cli("build", "--json", "-k", "--executor", "ray", env=_env(cluster))
+    built = project.cli("build", "--json", "-k", "--executor", "ray", "u", "t", "fat", env=_env(cluster))
     assert built.code == 1, built.stderr
+    hog = built.summary["failures"]["fat/hog"]
+    assert hog["status"] == "memory" and "memory budget" in hog["error"], hog
     failure = built.summary["failures"]["u/huge"]
     assert failure["status"] == "unplaceable", failure
     assert "stage u/huge needs CPU 1, memory 100000000 MB; no node of the cluster offers that" in failure["error"], failure
@@ -189,6 +199,9 @@ def test_a_stages_memory_budget_is_what_it_asks_ray_for(cluster, project: Projec
     store = LocalStore(project.root / "store")
     fits = store.actions.get(store.refs.read("targets", "t")["stages"]["fits"]["key"]).result
     assert fits.producer["reserved"] == "CPU 1, memory 300 MB", fits.producer
+    assert project.cli("build", "here", env={"RAY_ADDRESS": ""}).code == 0
+    here = store.actions.get(store.refs.read("targets", "here")["stages"]["fits"]["key"]).result
+    assert fits.producer["confinement"] == here.producer["confinement"], (fits.producer, here.producer)
     report = project.cli("report", "t")
     assert "Ray reserved CPU 1, memory 300 MB" in report.stdout, report.stdout
 

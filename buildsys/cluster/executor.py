@@ -70,6 +70,8 @@ class RayStageExecutor:
         self._plane_cache: RemoteCache | None = None
         self._sent: set[Digest] = set()
         """Blobs already on the data plane in this build: not stat'ed, probed or sent again."""
+        self._sending: dict[Digest, threading.Event] = {}
+        """Blobs a stage's thread is sending now, and the event set when it is done."""
         self._task: Any = None
         """The Ray remote function of :func:`run_stage`, made once (each made anew is exported
         to the cluster anew)."""
@@ -137,14 +139,10 @@ class RayStageExecutor:
         code = self._code_tree()
         plane = self._data_plane()
         needed = self._blobs_read(resolved, code)
-        with self._lock:
-            unsent = [d for d in needed if d not in self._sent]
-        if unsent:
-            if not plane.push_blobs(unsent):
-                stats = plane.stats
-                return _failed("crash", f"data plane: inputs not sent: {stats.disabled_reason or stats.push_disabled_reason or '; '.join(stats.notes[:2])}")
-            with self._lock:
-                self._sent.update(unsent)
+        if not self._send(plane, needed):
+            stats = plane.stats
+            why = stats.disabled_reason or stats.push_disabled_reason or "; ".join(stats.notes[:2]) or "missing"
+            return _failed("crash", f"data plane: inputs not sent: {why}")
         handles = self._objects.handles(needed) if self._objects is not None else {}
         request = StageRequest(
             resolved, code, len(self.session.project.recipe_path), name, self.settings.node_store, self.remote, record=record,
@@ -153,6 +151,30 @@ class RayStageExecutor:
         if "error_only" in reply:
             return _failed("crash", reply["error_only"], node=reply.get("node"))
         return self._take(resolved, reply, record)
+
+    def _send(self, plane: RemoteCache, needed: list[Digest]) -> bool:
+        """Put on the data plane the blobs of ``needed`` it lacks, each once: a blob another
+        stage's thread is sending is waited for, not sent again (the first stages of a build
+        all read the recipe code tree). True when every one is there."""
+        done = threading.Event()
+        with self._lock:
+            mine = [d for d in needed if d not in self._sent and d not in self._sending]
+            theirs = {self._sending[d] for d in needed if d in self._sending}
+            self._sending.update(dict.fromkeys(mine, done))
+        try:
+            sent = plane.push_blobs(mine) if mine else True
+            with self._lock:
+                if sent:
+                    self._sent.update(mine)
+        finally:
+            with self._lock:
+                for digest in mine:
+                    del self._sending[digest]
+            done.set()
+        for other in theirs:
+            other.wait()
+        with self._lock:
+            return sent and all(d in self._sent for d in needed)
 
     def _nodes_for(self, resolved: Resolved) -> tuple[tuple[str, ...], str | None]:
         placement = resolved.placement

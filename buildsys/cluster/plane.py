@@ -94,8 +94,16 @@ def _write(dest: FilePath, data: bytes) -> Digest:
         return writer.hexdigest()
 
 
+BATCH_BELOW_BYTES = 1 << 20
+"""Blobs smaller than this travel together, one object a batch: a recipe code tree of a hundred
+small files is one put and one fetch per node, not a hundred. A larger blob is an object of its
+own, so a node that needs it (a checkpoint) fetches nothing else with it."""
+
+
 class ClientObjects(_ObjectsBase):
-    """The client's side: each blob put into Ray's object store once per build, by digest."""
+    """The client's side: each blob put into Ray's object store once per build, by digest.
+    Every object is a ``{digest: bytes}`` mapping: the small blobs of one batch, or one large
+    blob (:data:`BATCH_BELOW_BYTES`)."""
 
     def __init__(self) -> None:
         self._refs: dict[Digest, Any] = {}
@@ -105,12 +113,26 @@ class ClientObjects(_ObjectsBase):
         with self._lock:
             return {d for d in digests if d in self._refs}
 
-    def put_blob(self, digest: Digest, source: Path) -> None:
+    def put_blobs(self, blobs: Sequence[tuple[Digest, Path]]) -> None:
         import ray
 
-        ref = ray.put(Path(source).read_bytes())
+        small: dict[Digest, bytes] = {}
+        refs: dict[Digest, Any] = {}
+        for digest, source in blobs:
+            data = Path(source).read_bytes()
+            if len(data) < BATCH_BELOW_BYTES:
+                small[digest] = data
+            else:
+                refs[digest] = ray.put({digest: data})
+        if small:
+            batch = ray.put(small)
+            refs.update(dict.fromkeys(small, batch))
         with self._lock:
-            self._refs.setdefault(digest, ref)
+            for digest, ref in refs.items():
+                self._refs.setdefault(digest, ref)
+
+    def put_blob(self, digest: Digest, source: Path) -> None:
+        self.put_blobs([(digest, source)])
 
     def handles(self, digests: Iterable[Digest]) -> dict[Digest, Any]:
         """The object references of blobs put before, for a node to fetch."""
@@ -145,10 +167,16 @@ class NodeObjects(_ObjectsBase):
         if missing:
             raise NotFound(f"{self.describe()}: the client sent no reference for blob {missing[0]}")
         try:
-            values = ray.get([self.handles[d] for d in digests])
+            objects = ray.get(list(dict.fromkeys(self.handles[d] for d in digests)))
         except RayError as exc:
             raise RemoteUnavailable(f"{self.describe()}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-        return dict(zip(digests, values))
+        found: dict[Digest, bytes] = {}
+        for carried in objects:
+            found.update(carried)
+        missing = [d for d in digests if d not in found]
+        if missing:
+            raise NotFound(f"{self.describe()}: the object the client named for blob {missing[0]} does not hold it")
+        return {d: found[d] for d in digests}
 
 
 class ReplyObjects(_ObjectsBase):
