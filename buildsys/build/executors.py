@@ -109,6 +109,9 @@ class LocalStageExecutor:
         self._here = [Placement(session.fingerprint)]
         self._workers: Executor | None = workers
         self._lock = threading.Lock()
+        self.recipes: list[str] | None = None
+        """The recipes of the stages the build may run (the scheduler's walk), whose code the
+        workers may read; None: every stage's (which expands every target of a lazy project)."""
 
     @property
     def spawned(self) -> int:
@@ -126,7 +129,8 @@ class LocalStageExecutor:
                 from buildsys.execution.executor import LocalExecutor
 
                 project = self.session.project
-                code = recipe_code([s.recipe for s in project.stages.values()], project.recipe_path)
+                recipes = self.recipes if self.recipes is not None else [s.recipe for s in project.stages.values()]
+                code = recipe_code(recipes, project.recipe_path)
                 self._workers = LocalExecutor(self.session.jobs, on_progress=self.on_progress, code=code)
             return self._workers
 

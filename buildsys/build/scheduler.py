@@ -17,7 +17,7 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from buildsys.build.executors import UNPLACEABLE, PlacementError, depends_on_placement
+from buildsys.build.executors import UNPLACEABLE, LocalStageExecutor, PlacementError, depends_on_placement
 from buildsys.build.gate import gate_verdict
 from buildsys.build.incremental import Renewal, entry_for, renew, tokens_of
 from buildsys.build.materialize import MaterializeReport, materialize_trees
@@ -106,8 +106,6 @@ class Builder:
         """The executor the build was given, else this machine's (its worker pool made only
         when a stage runs: a no-op build starts no process)."""
         if self._executor is None:
-            from buildsys.build.executors import LocalStageExecutor
-
             self._executor = LocalStageExecutor(self.session, self._sandboxes, on_progress=self._on_progress, workers=self._workers)
         return self._executor
 
@@ -235,6 +233,8 @@ class Builder:
     def _walk(self, target_names: list[str]) -> dict[str, StageReport]:
         project = self.session.project
         order = closure(project, [name for name in target_names if name not in self._settled])
+        if isinstance(self._executor, LocalStageExecutor):  # its workers read only these recipes' code
+            self._executor.recipes = sorted({project.stages[sid].recipe for sid in order})
         index = self.index
         self.resolver.prefetch_sources([sid for sid in order if index is None or index.may_resolve(sid)])
         deps = {sid: set(project.upstream(sid)) for sid in order}
