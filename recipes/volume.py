@@ -38,6 +38,12 @@ def render_volume(density: Any, color: Any, camera: Camera, size: int, samples: 
     ``density``: (X,Y,Z) non-negative; ``color``: (3,X,Y,Z) in [0,1]; ``background``: (3,);
     ``jitter``: optional (samples,) offsets in [0,1) for stratified sampling (training only).
     Every tensor given must be on the grids' device; the image is made there too."""
+    return render_volume_alpha(density, color, camera, size, samples, background, jitter)[0]
+
+
+def render_volume_alpha(density: Any, color: Any, camera: Camera, size: int, samples: int,
+                        background: Any, jitter: Any | None = None) -> tuple[Any, Any]:
+    """``render_volume``'s image and each pixel's accumulated opacity, (size, size) in [0,1]."""
     import torch
     import torch.nn.functional as F
 
@@ -60,8 +66,9 @@ def render_volume(density: Any, color: Any, camera: Camera, size: int, samples: 
     alpha = 1.0 - torch.exp(-sigma * step)
     trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1] + 1e-10], dim=1), dim=1)
     weights = alpha * trans  # (N,S)
-    image = (rgb * weights[None]).sum(dim=2) + (1.0 - weights.sum(dim=1))[None] * background[:, None]
-    return image.view(3, size, size)
+    opacity = weights.sum(dim=1)
+    image = (rgb * weights[None]).sum(dim=2) + (1.0 - opacity)[None] * background[:, None]
+    return image.view(3, size, size), opacity.view(size, size)
 
 
 def sample_trilinear(volume: Any, points: Any) -> Any:

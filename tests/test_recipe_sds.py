@@ -86,6 +86,10 @@ def test_bad_params_and_missing_model(tmp_path, prior_dir):
         run(make_ctx(tmp_path / "y", "sds", params={**SMALL, "grid": 4}, model=prior_dir))
     with pytest.raises(RecipeError, match="params.prompt"):
         run(make_ctx(tmp_path / "z", "sds", params={**SMALL, "prompt": 3}, model=prior_dir))
+    with pytest.raises(RecipeError, match="params.smoothing"):
+        run(make_ctx(tmp_path / "w", "sds", params={**SMALL, "smoothing": 9.0}, model=prior_dir))
+    with pytest.raises(RecipeError, match="opacity_weight"):
+        run(make_ctx(tmp_path / "v", "sds", params={**SMALL, "opacity_weight": -1.0}, model=prior_dir))
 
 
 def test_deterministic_sampler_matches_grid_sample_values_and_gradients():
