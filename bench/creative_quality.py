@@ -41,8 +41,13 @@ def target_name(shape: str, colour: str) -> str:
 
 
 def buildfile(prompts: list[tuple[str, str]], seed: int) -> str:
-    """The default project with one more target per (shape, colour), on its generated pipeline."""
+    """The default project with one more target per (shape, colour), on its generated pipeline,
+    whose stabilized mesh is materialized too (the shape is scored on it)."""
     text = (REPO / "Buildfile.toml").read_text().rstrip() + "\n"
+    outputs = '[pipelines.generated]\noutputs = ["export", "usd", "validate"]'
+    if outputs not in text:
+        raise SystemExit("Buildfile.toml's generated pipeline no longer lists its outputs as this bench expects")
+    text = text.replace(outputs, '[pipelines.generated]\noutputs = ["stabilize", "export", "usd", "validate"]')
     for shape, colour in prompts:
         name = target_name(shape, colour)
         text += (f'\n[targets.{name}]\npipeline = "generated"\nseed = {seed}\non_fail = "review"\n'
