@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,8 @@ from conftest import Project
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; run the suite as root to test a second filesystem")
-    mount_point = tmp_path / "other-filesystem"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "buildsys-test", str(mount_point)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+def tmpfs(small_filesystem) -> Path:
+    return small_filesystem(64)
 
 
 def test_outputs_on_another_filesystem_are_copied_every_build(project: Project, tmpfs: Path):
