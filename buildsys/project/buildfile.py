@@ -26,199 +26,33 @@ Every error names the file, the dotted field and, where it can be found, the lin
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buildsys.context import Budget
 from buildsys.errors import BuildfileError
-from buildsys.keys.action import MODES
-from buildsys.keys.fingerprint import FIELDS as FINGERPRINT_FIELDS
 from buildsys.keys.hashing import is_digest
-from buildsys.keys.identity import RecipeNotFound, check_recipe
+from buildsys.project.checks import cross_check
 from buildsys.project.config import RemoteSettings
 from buildsys.project.executor import ExecutorSettings
 from buildsys.project.graph import LazyStages, LazyTargets, TargetShape, shape_of
-from buildsys.project.places import Places, inside, relative_reference
-from buildsys.project.schema import Fields, join, kind_of
+from buildsys.project.places import Places, inside
+from buildsys.project.reader import BuildfileReader
+from buildsys.project.schema import kind_of
+from buildsys.project.specs import InputRef, ModelSpec, Project, StageSpec, TargetSpec
+from buildsys.project.stage_table import StageReader, merge_stage
+
+__all__ = [
+    "InputRef", "ModelSpec", "Project", "StageSpec", "TargetShape", "TargetSpec", "expand", "expand_lazily", "load", "parse",
+    "read_buildfile",
+]
 
 PROJECT_KEYS = {"store", "outputs", "jobs", "recipe_path", "threads", "allow_outside", "name", "description"}
-STAGE_KEYS = {
-    "recipe", "inputs", "params", "seed", "model", "fingerprint", "mode", "budget", "device",
-    "production", "gate", "isolate", "network", "description", "resources",
-}
-BUDGET_KEYS = {"seconds", "memory_mb", "iterations", "processes"}
 MODEL_KEYS = {"path", "target", "stage", "digest", "license", "production", "description"}
 PIPELINE_KEYS = {"stages", "outputs", "on_fail", "description"}
 TARGET_KEYS = {"pipeline", "seed", "stages", "outputs", "on_fail", "description"}
 TOP_KEYS = {"project", "remote", "executor", "models", "pipelines", "targets"}
 ON_FAIL = ("fail", "review")
-DEVICES = ("cpu", "cuda", "auto")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-RESOURCE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
-RESERVED_RESOURCES = {"CPU": "threads", "GPU": 'device = "cuda"', "memory": "budget.memory_mb", "object_store_memory": None}
-MAX_NAME = 100
-"""The longest name of a target, stage, pipeline, model or input. Names become file and folder
-names (``refs/targets/TARGET``, ``out/TARGET/STAGE``, ``in/INPUT`` in a sandbox,
-``validation/TARGET__STAGE.json`` in a hand-off), and a file name holds at most 255 bytes."""
-
-
-@dataclass(frozen=True)
-class InputRef:
-    """One reference inside a stage's ``inputs``: kind is stage, src, pkg or approved."""
-
-    kind: str
-    value: str
-    target: str | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "stage":
-            return f"@{self.target}/{self.value}"
-        return f"{self.kind}:{self.value}"
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    target: str
-    name: str
-    recipe: str
-    inputs: dict[str, tuple[InputRef, ...]]
-    params: dict[str, Any]
-    seed: int
-    model: str | None
-    fingerprint: tuple[str, ...]
-    mode: str
-    budget: Budget
-    device: str
-    production: bool
-    gate: bool
-    where: str
-    isolate: bool = False
-    network: bool = False
-    resources: tuple[tuple[str, float], ...] = ()
-    """Custom resources a cluster node must offer, sorted by name."""
-
-    @property
-    def id(self) -> str:
-        return f"{self.target}/{self.name}"
-
-    def upstream(self) -> list[str]:
-        return [f"{r.target}/{r.value}" for refs in self.inputs.values() for r in refs if r.kind == "stage"]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    path: Path | None
-    target: str | None
-    stage: str | None
-    digest: str | None
-    license: str | None
-    production: bool
-    where: str
-
-    @property
-    def producer(self) -> str | None:
-        return f"{self.target}/{self.stage}" if self.target else None
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    name: str
-    stages: dict[str, StageSpec]
-    outputs: tuple[str, ...]
-    on_fail: str
-
-
-@dataclass
-class Project:
-    file: Path
-    root: Path
-    store: Path
-    outputs: Path
-    jobs: int
-    threads: int | None
-    recipe_path: list[Path]
-    models: dict[str, ModelSpec]
-    targets: Mapping[str, TargetSpec]
-    remote: dict[str, Any] | None = None
-    stages: Mapping[str, StageSpec] = field(default_factory=dict)
-    shapes: Mapping[str, TargetShape] = field(default_factory=dict)
-    allow_outside: tuple[Path, ...] = ()
-    executor: dict[str, Any] | None = None
-    """The raw ``[executor]`` table (checked; see buildsys.project.executor)."""
-    _upstream: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
-
-    def stage(self, stage_id: str) -> StageSpec:
-        return self.stages[stage_id]
-
-    def upstream(self, stage_id: str) -> tuple[str, ...]:
-        found = self._upstream.get(stage_id)
-        if found is None:
-            target, _, name = stage_id.partition("/")
-            shape = self.shapes[target]
-            for stage, deps in zip(shape.stages, shape.upstream):
-                self._upstream[f"{target}/{stage}"] = deps
-            found = self._upstream[stage_id]
-        return found
-
-    def stage_ids(self, target: str) -> list[str]:
-        return [f"{target}/{name}" for name in self.shapes[target].stages]
-
-
-class _Reader(Fields):
-    """:class:`Fields` whose errors name the Buildfile, the dotted field and, where it can be
-    found, the line."""
-
-    def __init__(self, file: Path, text: str) -> None:
-        super().__init__(self._error)
-        self.file = file
-        self.lines = text.splitlines()
-
-    def _error(self, dotted: str, message: str) -> BuildfileError:
-        return BuildfileError(str(self.file), dotted, message, self.line_of(dotted))
-
-    def line_of(self, dotted: str) -> int | None:
-        """Best-effort line of a dotted field: its table header, then the key below it."""
-        parts = dotted.split(".")
-        for cut in range(len(parts), 0, -1):
-            header = ".".join(parts[:cut])
-            pattern = re.compile(r"^\s*\[+\s*" + re.escape(header) + r"\s*\]+\s*$")
-            for number, line in enumerate(self.lines, 1):
-                if pattern.match(line):
-                    if cut == len(parts):
-                        return number
-                    key = parts[cut]
-                    key_re = re.compile(r"^\s*" + re.escape(key) + r"\s*[=.]")
-                    for offset, below in enumerate(self.lines[number:], number + 1):
-                        if below.lstrip().startswith("["):
-                            break
-                        if key_re.match(below):
-                            return offset
-                    return number
-        key_re = re.compile(r"^\s*" + re.escape(parts[-1]) + r"\s*=")
-        for number, line in enumerate(self.lines, 1):
-            if key_re.match(line):
-                return number
-        return None
-
-    def path(self, table: dict[str, Any], key: str, dotted: str, default: str | None = None) -> Any:
-        """A string naming a file or folder (``default`` when absent)."""
-        value = self.get(table, key, str, dotted, default)
-        return value if value is None else self.path_text(value, join(dotted, key))
-
-    def path_text(self, value: str, dotted: str) -> str:
-        if "\x00" in value:
-            raise self.error(dotted, f"{value!r} holds a NUL character, which no file name can")
-        return value
-
-    def name(self, name: str, dotted: str) -> str:
-        if len(name) > MAX_NAME:
-            shown = dotted.removesuffix(name) + name[:40] + "..."
-            raise self.error(shown, f"name is {len(name)} characters long, at most {MAX_NAME} (names become file names)")
-        return self.matching(name, NAME_RE, dotted, "may hold only letters, digits, '_', '-', '.'")
 
 
 def load(path: Path, check_recipes: bool = True) -> Project:
@@ -266,7 +100,7 @@ def expand_lazily(path: Path, raw: dict[str, Any], target_tables: Mapping[str, A
     checked across targets again. ``raw`` holds every table but ``targets``;
     ``target_tables[name]`` gives one target's table."""
     expander = _Expander(path, "", {**raw, "targets": {}}, check_recipes=False)
-    expander.target_names = set(target_tables)
+    expander.target_names.update(target_tables)
     return expander.project(lazy=(target_tables, shapes))
 
 
@@ -274,10 +108,10 @@ class _Expander:
     def __init__(self, path: Path, text: str, raw: dict[str, Any], check_recipes: bool) -> None:
         self.path = path
         self.root = path.parent.absolute()
-        self.r = _Reader(path, text)
+        self.r = BuildfileReader(path, text)
         self.raw = raw
         self.check_recipes = check_recipes
-        self._checked_recipes: set[str] = set()
+        self.target_names: set[str] = set()
 
     def project(self, lazy: tuple[Mapping[str, Any], Mapping[str, TargetShape]] | None = None) -> Project:
         r = self.r
@@ -320,6 +154,7 @@ class _Expander:
             name: self.model(name, table)
             for name, table in r.table(self.raw.get("models", {}), "models").items()
         }
+        self.stages = StageReader(r, roots, self.check_recipes, self.target_names)
         if lazy is not None:
             tables, shapes = lazy
             lazy_targets = LazyTargets(list(tables), lambda name: self.target(name, tables[name], pipelines))
@@ -331,7 +166,7 @@ class _Expander:
         targets_raw = r.table(self.raw.get("targets", {}), "targets")
         if not targets_raw:
             raise r.error("targets", "the Buildfile declares no targets")
-        self.target_names = set(targets_raw)
+        self.target_names.update(targets_raw)
         targets = {name: self.target(name, table, pipelines) for name, table in targets_raw.items()}
         stages = {s.id: s for t in targets.values() for s in t.stages.values()}
         project = Project(
@@ -340,7 +175,7 @@ class _Expander:
             allow_outside=self.places.allowed,
             executor=executor,
         )
-        self.cross_check(project)
+        cross_check(r, project)
         project.shapes = {name: shape_of(target, models) for name, target in targets.items()}
         return project
 
@@ -378,12 +213,12 @@ class _Expander:
         for stage_name, override in overrides.items():
             override = r.table(override, f"{where}.stages.{stage_name}")
             if stage_name in merged:
-                merged[stage_name] = (_merge_stage(merged[stage_name][0], override), f"{where}.stages.{stage_name}")
+                merged[stage_name] = (merge_stage(merged[stage_name][0], override), f"{where}.stages.{stage_name}")
             else:
                 merged[stage_name] = (dict(override), f"{where}.stages.{stage_name}")
         if not merged:
             raise r.error(where, "declares no stages (give it a pipeline or stages.NAME tables)")
-        stages = {s: self.stage(name, s, t, w, seed) for s, (t, w) in merged.items()}
+        stages = {s: self.stages.read(name, s, t, w, seed) for s, (t, w) in merged.items()}
         outputs_raw = table.get("outputs", defaults.get("outputs"))
         if outputs_raw is None:
             consumed = {r_.value for st in stages.values() for refs in st.inputs.values() for r_ in refs if r_.kind == "stage" and r_.target == name}
@@ -397,96 +232,6 @@ class _Expander:
             outputs = tuple(outputs_raw)
         on_fail = r.choice(table, "on_fail", ON_FAIL, where, defaults.get("on_fail", "fail"))
         return TargetSpec(name=name, stages=stages, outputs=outputs, on_fail=on_fail)
-
-    def stage(self, target: str, name: str, table: dict[str, Any], where: str, target_seed: int) -> StageSpec:
-        r = self.r
-        r.name(name, where)
-        r.known(table, STAGE_KEYS, where)
-        recipe = r.get(table, "recipe", str, where)
-        if recipe is None:
-            raise r.error(f"{where}.recipe", "missing (every stage names its recipe as 'module:function')")
-        if recipe.count(":") != 1 or not all(recipe.split(":")):
-            raise r.error(f"{where}.recipe", f"must be 'module:function', got {recipe!r}")
-        if self.check_recipes and recipe not in self._checked_recipes:
-            try:
-                check_recipe(recipe, self.recipe_path)
-            except RecipeNotFound as exc:
-                raise r.error(f"{where}.recipe", str(exc)) from None
-            self._checked_recipes.add(recipe)  # hundreds of stages share a few recipes
-        inputs: dict[str, tuple[InputRef, ...]] = {}
-        for input_name, value in r.table(table.get("inputs", {}), f"{where}.inputs").items():
-            r.name(input_name, f"{where}.inputs.{input_name}")
-            refs = value if isinstance(value, list) else [value]
-            parsed = []
-            for ref in refs:
-                if not isinstance(ref, str):
-                    raise r.error(f"{where}.inputs.{input_name}", f"must be a string or an array of strings, got {kind_of(ref)}")
-                parsed.append(self.input_ref(ref, target, f"{where}.inputs.{input_name}"))
-            if not parsed:
-                raise r.error(f"{where}.inputs.{input_name}", "is an empty array")
-            inputs[input_name] = tuple(parsed)
-        params = r.table(table.get("params", {}), f"{where}.params")
-        _check_param_values(r, params, f"{where}.params")
-        seed = r.get(table, "seed", int, where, target_seed)
-        model = r.get(table, "model", str, where)
-        fingerprint = r.get(table, "fingerprint", list, where, [])
-        for i, item in enumerate(fingerprint):
-            if not isinstance(item, str) or item not in FINGERPRINT_FIELDS:
-                raise r.error(f"{where}.fingerprint[{i}]", f"unknown fingerprint field {item!r}; known: {', '.join(FINGERPRINT_FIELDS)}")
-        mode = r.choice(table, "mode", MODES, where, "deterministic")
-        budget_table = r.table(table.get("budget", {}), f"{where}.budget")
-        r.known(budget_table, BUDGET_KEYS, f"{where}.budget")
-        seconds = r.number(budget_table, "seconds", f"{where}.budget", above=0)
-        memory = r.number(budget_table, "memory_mb", f"{where}.budget", integer=True, above=0)
-        iterations = r.number(budget_table, "iterations", f"{where}.budget", integer=True, above=0)
-        processes = r.number(budget_table, "processes", f"{where}.budget", integer=True, low=2, high=1 << 22)
-        device = r.choice(table, "device", DEVICES, where, "cpu")
-        return StageSpec(
-            target=target, name=name, recipe=recipe, inputs=inputs, params=params, seed=seed, model=model,
-            fingerprint=tuple(fingerprint), mode=mode,
-            budget=Budget(
-                seconds=float(seconds) if seconds is not None else None, memory_mb=memory, iterations=iterations, processes=processes,
-            ),
-            device=device, production=r.get(table, "production", bool, where, False),
-            gate=r.get(table, "gate", bool, where, False), where=where,
-            isolate=r.get(table, "isolate", bool, where, False), network=r.get(table, "network", bool, where, False),
-            resources=self.resources(table, where),
-        )
-
-    def resources(self, table: dict[str, Any], where: str) -> tuple[tuple[str, float], ...]:
-        r = self.r
-        found = []
-        for name, _ in r.table(table.get("resources", {}), f"{where}.resources").items():
-            dotted = f"{where}.resources.{name}"
-            if name in RESERVED_RESOURCES:
-                instead = RESERVED_RESOURCES[name]
-                raise r.error(dotted, f"is Ray's own resource; declare it with {instead}" if instead else "is Ray's own resource")
-            r.matching(name, RESOURCE_RE, dotted, "is not a resource name (a letter, then letters, digits, _ . -; at most 63)")
-            amount = r.number(table["resources"], name, f"{where}.resources", above=0)
-            found.append((name, float(amount)))
-        return tuple(sorted(found))
-
-    def input_ref(self, ref: str, target: str, where: str) -> InputRef:
-        r = self.r
-        if ref.startswith("@"):
-            body = ref[1:]
-            if body.count("/") != 1 or not all(body.split("/")):
-                raise r.error(where, f"reference {ref!r} must be '@TARGET/STAGE'")
-            other, stage = body.split("/")
-            if other not in self.target_names:
-                raise r.error(where, f"reference {ref!r} names unknown target {other!r}")
-            return InputRef("stage", stage, other)
-        kind, sep, value = ref.partition(":")
-        if sep and kind in ("src", "pkg", "approved"):
-            if not value:
-                raise r.error(where, f"reference {ref!r} is empty after '{kind}:'")
-            refusal = relative_reference(kind, value) if kind in ("src", "pkg") else None
-            if refusal:
-                raise r.error(where, refusal)
-            return InputRef(kind, value)
-        if sep:
-            raise r.error(where, f"reference {ref!r}: unknown kind {kind!r} (use src:, pkg:, approved:, @TARGET/STAGE or a stage name)")
-        return InputRef("stage", ref, target)
 
     def model(self, name: str, table: Any) -> ModelSpec:
         r = self.r
@@ -518,83 +263,3 @@ class _Expander:
             where=where,
         )
 
-    def cross_check(self, project: Project) -> None:
-        r = self.r
-        for model in project.models.values():
-            if model.producer is not None and model.producer not in project.stages:
-                raise r.error(f"{model.where}.target", f"{model.producer!r} is not a stage of this Buildfile")
-        for spec in project.stages.values():
-            for name, refs in spec.inputs.items():
-                for ref in refs:
-                    if ref.kind == "stage" and f"{ref.target}/{ref.value}" not in project.stages:
-                        raise r.error(f"{spec.where}.inputs.{name}", f"unknown stage {ref.value!r} in target {ref.target!r}")
-                    if ref.kind == "approved" and ref.value not in project.targets[spec.target].stages:
-                        raise r.error(f"{spec.where}.inputs.{name}", f"approved:{ref.value} names no stage of target {spec.target!r}")
-            if spec.model is not None:
-                used = project.models.get(spec.model)
-                if used is None:
-                    raise r.error(f"{spec.where}.model", f"unknown model {spec.model!r}; declared: {sorted(project.models)}")
-                if spec.production:
-                    problems = []
-                    if not used.production:
-                        problems.append("is not marked production-ready")
-                    if not used.license:
-                        problems.append("has no licence")
-                    if problems:
-                        raise r.error(f"{spec.where}.model", f"production stage refuses model {used.name!r}: it {' and '.join(problems)}")
-        _check_cycles(r, project)
-
-
-def _merge_stage(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if key in ("params", "inputs", "budget", "resources") and isinstance(value, dict) and isinstance(base.get(key), dict):
-            merged[key] = {**base[key], **value}
-        else:
-            merged[key] = value
-    return merged
-
-
-def _check_param_values(r: _Reader, value: Any, dotted: str) -> None:
-    """Params enter the action key: only TOML scalars, arrays and tables, no dates (TOML local
-    dates and times would make a key depend on how a date was spelled)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_param_values(r, item, f"{dotted}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_param_values(r, item, f"{dotted}[{i}]")
-    elif isinstance(value, (str, int, float, bool)):
-        r.value(value, type(value), dotted)  # finite floats, 64-bit integers
-    else:
-        raise r.error(dotted, f"{kind_of(value)} values are not allowed in params")
-
-
-def _check_cycles(r: _Reader, project: Project) -> None:
-    graph = {sid: set(spec.upstream()) for sid, spec in project.stages.items()}
-    for sid, spec in project.stages.items():
-        if spec.model is not None and (producer := project.models[spec.model].producer):
-            graph[sid].add(producer)
-    state: dict[str, int] = {}
-    for start in sorted(graph):
-        if state.get(start):
-            continue
-        stack: list[tuple[str, list[str]]] = [(start, sorted(graph[start]))]
-        path = [start]
-        state[start] = 1
-        while stack:
-            node, pending = stack[-1]
-            if not pending:
-                state[node] = 2
-                stack.pop()
-                path.pop()
-                continue
-            nxt = pending.pop()
-            if state.get(nxt) == 1:
-                cycle = path[path.index(nxt):] + [nxt]
-                spec = project.stages[node]
-                raise r.error(f"{spec.where}.inputs", f"dependency cycle: {' -> '.join(cycle)}")
-            if not state.get(nxt):
-                state[nxt] = 1
-                path.append(nxt)
-                stack.append((nxt, sorted(graph[nxt])))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from buildsys.project.buildfile import ModelSpec, StageSpec, TargetSpec
+    from buildsys.project.specs import ModelSpec, StageSpec, TargetSpec
 
 
 @dataclass(frozen=True)
