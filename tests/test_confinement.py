@@ -239,3 +239,25 @@ def test_a_project_in_dev_shm_builds_confined_and_its_stages_cannot_write_the_ma
     finally:
         shutil.rmtree(root, ignore_errors=True)
         planted.unlink(missing_ok=True)
+
+
+def test_a_policy_is_worked_out_once_by_its_maker_and_travels_whole(tmp_path: Path):
+    """The worker gets the device nodes and the /dev/shm verdict from the policy's maker (not
+    worked out again in every worker), and the kernel's resolution of a path is realpath's."""
+    from buildsys.execution.confine import device_paths, resolved
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "hop").symlink_to(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "hop")
+    for path in (tmp_path / "link", tmp_path / "link" / "missing", tmp_path / "hop" / ".." / "real", "/dev/shm"):
+        assert resolved(str(path)) == os.path.realpath(path), path
+    policy = Policy(str(tmp_path / "link"), (), library_paths(), network=False)
+    assert policy.devices == device_paths() and policy.shared_memory_kept is False
+    assert Policy.from_argv(policy.argv()) == policy
+    in_shm = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        assert Policy(in_shm, (), library_paths()).shared_memory_kept is True
+        assert Policy(str(tmp_path), (os.path.join(in_shm, "recipes"),), library_paths()).shared_memory_kept is True
+    finally:
+        os.rmdir(in_shm)
+    assert "/" not in library_paths() and all(p == os.path.realpath(p) for p in library_paths())

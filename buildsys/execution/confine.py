@@ -33,13 +33,12 @@ import resource
 import site
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from buildsys.execution import cgroups, landlock, namespaces
 from buildsys.keys.identity import RecipeNotFound, recipe_identity
-from buildsys.project.places import inside
 
 WRITABLE = ("out", "work", "tmp", "log")
 """The folders of a sandbox a stage writes (see :mod:`buildsys.execution.sandbox`)."""
@@ -61,17 +60,60 @@ SHARED_MEMORY = "/dev/shm"
 SHARED_MEMORY_KEPT = "no /dev/shm of its own: the store or the recipe code lies in the machine's /dev/shm, which a private one would hide"
 
 
+def resolved(path: str) -> str:
+    """``path`` with every link followed, as the kernel resolves it (one ``open`` with
+    ``O_PATH`` and a read of its ``/proc/self/fd`` link, where ``os.path.realpath`` makes a
+    system call per component: 17 ms for the library paths of a worker, in the build's own
+    process); ``os.path.realpath`` where that cannot be done (a path that is not there, say)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return os.path.realpath(path)
+    try:
+        found = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+    finally:
+        os.close(fd)
+    return found if found.startswith("/") else os.path.realpath(path)
+
+
+@functools.cache
+def in_shared_memory(paths: tuple[str, ...]) -> bool:
+    """Whether one of ``paths`` lies in the machine's ``/dev/shm``."""
+    shm = resolved(SHARED_MEMORY)
+    return any(real == shm or real.startswith(shm + "/") for real in map(resolved, paths))
+
+
+@functools.cache
+def device_paths() -> tuple[str, ...]:
+    """The GPU device nodes of this machine (:data:`DEVICE_GLOBS`)."""
+    return tuple(sorted(p for pattern in DEVICE_GLOBS for p in glob.glob(f"/dev/{pattern}")))
+
+
 @dataclass(frozen=True)
 class Policy:
     """One worker's boundaries: ``sandbox`` (its folder), ``code`` (recipe sources and package
     folders it may read), ``read`` (interpreter, libraries and system files), ``network``
-    (declared by the stage), ``tasks`` (process budget). Paths are absolute strings."""
+    (declared by the stage), ``tasks`` (process budget). Paths are absolute strings.
+
+    Worked out where the policy is made, once per executor rather than in every worker it starts
+    (each of them a fresh interpreter): ``devices``, the GPU device nodes present, and
+    ``shared_memory_kept``, whether any of those paths lies in the machine's ``/dev/shm`` (then
+    the worker keeps it: a private one would hide them)."""
 
     sandbox: str
     code: tuple[str, ...]
     read: tuple[str, ...]
     network: bool = False
     tasks: int = TASKS
+    devices: tuple[str, ...] = field(default_factory=device_paths)
+    shared_memory_kept: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.shared_memory_kept is None:
+            kept = in_shared_memory((self.sandbox,)) or in_shared_memory(self.code) or in_shared_memory(self.read)
+            object.__setattr__(self, "shared_memory_kept", kept)
 
     def argv(self) -> list[str]:
         """The worker's command-line arguments that carry this policy."""
@@ -82,7 +124,10 @@ class Policy:
         if len(argv) < 2 or argv[0] != "--confine":
             return None
         raw = json.loads(argv[1])
-        return cls(raw["sandbox"], tuple(raw["code"]), tuple(raw["read"]), raw["network"], raw["tasks"])
+        return cls(
+            raw["sandbox"], tuple(raw["code"]), tuple(raw["read"]), raw["network"], raw["tasks"], tuple(raw["devices"]),
+            bool(raw["shared_memory_kept"]),
+        )
 
 
 @functools.cache
@@ -100,7 +145,8 @@ def library_paths() -> tuple[str, ...]:
     found.append(os.path.dirname(buildsys.__file__))
     found += SYSTEM_FOLDERS
     found += [f"/etc/{name}" for name in ETC_FILES]
-    return tuple(sorted({os.path.realpath(p) for p in found if p and os.path.exists(p) and os.path.realpath(p) != "/"}))
+    real = {resolved(p) for p in found if p and os.path.exists(p)}
+    return tuple(sorted(real - {"/"}))
 
 
 def code_paths(modules: dict[str, Path]) -> tuple[str, ...]:
@@ -151,9 +197,8 @@ def enter(policy: Policy) -> Outcome:
     """Confine the calling process (single-threaded, see :mod:`namespaces`) to ``policy``.
     Returns in process 1 of the new PID namespace when the kernel allows one."""
     cgroup = cgroups.limit_tasks(policy.tasks) if os.geteuid() == 0 else None
-    shm_holds_the_sandbox = any(inside(path, SHARED_MEMORY) for path in (policy.sandbox, *policy.code, *policy.read))
-    ns = namespaces.enter(policy.network, private_shm=not shm_holds_the_sandbox)
-    problems = tuple(ns.problems) + ((SHARED_MEMORY_KEPT,) if shm_holds_the_sandbox else ())
+    ns = namespaces.enter(policy.network, private_shm=not policy.shared_memory_kept)
+    problems = tuple(ns.problems) + ((SHARED_MEMORY_KEPT,) if policy.shared_memory_kept else ())
     outcome = Outcome(
         namespaces=tuple(sorted(ns.entered)), private_proc=ns.private_proc, private_shm=ns.private_shm,
         network=policy.network, cgroup=cgroup, problems=problems,
@@ -182,7 +227,7 @@ def rules(policy: Policy, abi: int, private_shm: bool = True) -> list[landlock.R
     if private_shm:
         found.append(landlock.Rule(SHARED_MEMORY, everything))
     found += [landlock.Rule(f"/dev/{name}", device) for name in DEVICES]
-    found += [landlock.Rule(p, device | landlock.READ_DIR) for pattern in DEVICE_GLOBS for p in glob.glob(f"/dev/{pattern}")]
+    found += [landlock.Rule(p, device | landlock.READ_DIR) for p in policy.devices]
     return found
 
 
@@ -198,8 +243,7 @@ def _drop_capabilities() -> None:
     """No capabilities left (root's override of file modes included): a recipe run as root
     cannot write through a read-only input, join another namespace or mount anything."""
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.capset(ctypes.byref(header), (_CapData * 2)()) != 0:
+    if namespaces.libc.capset(ctypes.byref(header), (_CapData * 2)()) != 0:
         raise OSError(ctypes.get_errno(), "capset")
 
 

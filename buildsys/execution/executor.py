@@ -106,6 +106,7 @@ class _Worker:
         self.sandbox = policy.sandbox if policy else None
         self.confinement: dict[str, Any] | None = None
         self.waiter = False
+        self._inner: int | None = None
         env = worker_environment(mode, threads)
         env.update(env_overrides)
         self.process = subprocess.Popen(
@@ -137,9 +138,15 @@ class _Worker:
 
     def rss_mb(self) -> float:
         """Resident memory of the worker and everything it started (not the process that only
-        waits for a worker in its own PID namespace)."""
+        waits for a worker in its own PID namespace: the worker is its one child, found once)."""
         pid = self.process.pid
-        total = 0 if self.waiter else procfs.rss_bytes(pid)
+        if self.waiter and procfs.PROC_CHILDREN:
+            if self._inner is None:
+                children = procfs.children(pid)
+                self._inner = children[0] if len(children) == 1 else None
+            if self._inner is not None:
+                pid = self._inner
+        total = 0 if pid == self.process.pid and self.waiter else procfs.rss_bytes(pid)
         if procfs.PROC_CHILDREN:
             total += sum(procfs.rss_bytes(child) for child in procfs.descendants(pid))
         else:

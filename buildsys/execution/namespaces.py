@@ -36,7 +36,7 @@ _PR_SET_PDEATHSIG = 1
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 HOSTNAME = b"buildsys"
 
-_libc = ctypes.CDLL(None, use_errno=True)
+libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass
@@ -65,10 +65,10 @@ def _unshare(network: bool) -> tuple[set[str], str | None]:
     one when user namespaces are off. The names entered, and the refusal when none were."""
     others = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | (0 if network else CLONE_NEWNET)
     names = {"mount", "pid", "ipc", "uts"} | (set() if network else {"network"})
-    if _libc.unshare(CLONE_NEWUSER | others) == 0:
+    if libc.unshare(CLONE_NEWUSER | others) == 0:
         return names | {"user"}, None
     refusal = os.strerror(ctypes.get_errno())
-    if os.geteuid() == 0 and _libc.unshare(others) == 0:
+    if os.geteuid() == 0 and libc.unshare(others) == 0:
         return names, None
     return set(), f"user namespaces refused: {refusal}"
 
@@ -91,21 +91,21 @@ def enter(network: bool, private_shm: bool = True) -> Namespaces:
         _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
         _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
     try:
-        _check(_libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "private mounts")
+        _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "private mounts")
         if private_shm:
-            _check(_libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777"), "/dev/shm")
+            _check(libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777"), "/dev/shm")
             result.private_shm = True
     except OSError as exc:
         result.problems.append(str(exc))
     try:
-        _check(_libc.sethostname(HOSTNAME, len(HOSTNAME)), "host name")
+        _check(libc.sethostname(HOSTNAME, len(HOSTNAME)), "host name")
         if "network" in entered:
             _loopback_up()
     except OSError as exc:
         result.problems.append(str(exc))
     _fork_as_init()
     try:
-        _check(_libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None), "/proc")
+        _check(libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None), "/proc")
         result.private_proc = True
     except OSError as exc:
         result.problems.append(str(exc))
@@ -116,7 +116,7 @@ def _fork_as_init() -> None:
     parent = os.getpid()
     child = os.fork()
     if child == 0:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent and os.getppid() != 0:  # the parent died before prctl
             os._exit(1)
         return

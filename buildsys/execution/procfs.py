@@ -23,19 +23,25 @@ def descendants(pid: int) -> list[int]:
     found: list[int] = []
     pending = [pid]
     while pending:
-        parent = pending.pop()
+        kids = children(pending.pop())
+        found += kids
+        pending += kids
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """The live children of ``pid`` (of any of its threads)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in tasks:
         try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
+                found += [int(x) for x in handle.read().split()]
+        except (OSError, ValueError):
             continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{tid}/children", "rb") as handle:
-                    kids = [int(x) for x in handle.read().split()]
-            except (OSError, ValueError):
-                continue
-            found += kids
-            pending += kids
     return found
 
 
