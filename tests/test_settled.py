@@ -14,7 +14,8 @@ from pathlib import Path
 from conftest import Project
 from test_graph_index import _build, _setup
 
-from buildsys.build.graph_index import index_file, read_sealed, seal, stamp_file, write_sealed
+from buildsys.build.index_files import DELTA_MIN, INDEX_VERSION, delta_file, index_file, read_head, stamp_file
+from buildsys.store.sealed import read_sealed, seal, write_sealed
 
 
 def _settle(project: Project) -> dict:
@@ -126,33 +127,98 @@ def test_a_torn_stamp_or_stages_file_or_an_old_head_falls_back(project: Project)
     head = index_file(project.buildfile)
     sealed = read_sealed(head)
     assert sealed is not None
-    write_sealed(head, seal({**sealed[0], "v": 1}))  # an index of another format version
+    write_sealed(head, seal({**sealed[0], "v": INDEX_VERSION - 1}))  # an index of the format before
     summary = _build(project)
     assert summary["index"] is None and summary["executed"] == 0
 
 
+def _index_files(project: Project) -> dict[str, bytes]:
+    head = index_file(project.buildfile)
+    return {p.name: p.read_bytes() for p in head.parent.iterdir() if p.name.startswith(head.name) and not p.name.endswith(".sock")}
+
+
+def _put_index_files(project: Project, files: dict[str, bytes]) -> None:
+    head = index_file(project.buildfile)
+    for name in set(_index_files(project)) - set(files):
+        (head.parent / name).unlink()
+    for name, data in files.items():
+        (head.parent / name).write_bytes(data)
+
+
 def test_a_crash_between_the_index_files_leaves_a_usable_or_ignored_index(project: Project):
-    """The states a SIGKILL can leave while the index is renewed (graph_index.write_index):
-    the new stages file beside the old head and stamp, and the new head with the old stamp."""
+    """The states a SIGKILL can leave while the index is renewed (index_files.write_index): the
+    new stage shards beside the old head, delta and stamp; the new delta with the old stamp; a
+    head written whole beside the delta it replaces; and a torn delta."""
     _setup(project)
     _build(project)
     _settle(project)
     head = index_file(project.buildfile)
-    saved = {p.name: p.read_bytes() for p in [head, stamp_file(head), *_stages_files(project)]}
+    saved = _index_files(project)
     project.write("data/a.txt", "alpha two")
     assert _build(project)["executed"] == 2
-    new = {p.name: p.read_bytes() for p in [head, stamp_file(head), *_stages_files(project)]}
-    for name, data in saved.items():  # killed before the head was renamed: the old head and stamp
-        (head.parent / name).write_bytes(data)
+    new = _index_files(project)
+    assert delta_file(head).name in new and new[head.name] == saved[head.name], "one target changed: a delta, the head untouched"
+    shards = {name: data for name, data in new.items() if ".stages." in name}
+    _put_index_files(project, {**saved, **shards})  # killed before the delta was renamed
     summary = _build(project)
     # the old head: a's source changed since, and the old stamp cannot vouch for the refs written since
     assert summary["executed"] == 0 and summary["index"] == {"fresh": 2, "by_key": 0, "settled": 0}
     assert (project.root / "out/a/two/out.txt").read_text() == "alpha two|beta|\n|\n"
-    for name, data in new.items():  # killed after the head, before the stamp: the stamp names the old head
-        (head.parent / name).write_bytes(data)
-    stamp_file(head).write_bytes(saved[stamp_file(head).name])
+    _put_index_files(project, {**new, stamp_file(head).name: saved[stamp_file(head).name]})  # killed before the stamp
     summary = _build(project)
     assert summary["executed"] == 0 and summary["index"]["settled"] == 0 and summary["index"]["fresh"] == 4
+    _put_index_files(project, new)
+    merged = read_head(head, str(project.buildfile.absolute()))
+    assert merged is not None and merged.identity != merged.base_digest
+    write_sealed(head, seal(merged.body))  # killed after the head was written whole, before the delta was removed
+    summary = _build(project)
+    assert summary["executed"] == 0 and summary["index"]["settled"] == 0 and summary["index"]["fresh"] == 4
+    _put_index_files(project, new)
+    delta_file(head).write_bytes(new[delta_file(head).name][:-7])  # a torn delta: the head alone, whose shard is gone
+    project.write("data/b.txt", "beta two")
+    summary = _build(project)
+    assert summary["executed"] == 4 and summary["index"]["settled"] == 0
+    assert (project.root / "out/a/two/out.txt").read_text() == "alpha two|beta two|\n|\n"
+    assert (project.root / "out/b/two/out.txt").read_text() == "beta two|b\n|\n"
+
+
+def _settle_all(project: Project, targets: int) -> None:
+    for _ in range(3):
+        summary = project.build().summary
+        if summary["index"]["settled"] == targets:
+            assert summary["executed"] == 0
+            return
+    raise AssertionError(f"no build settled all {targets} targets: {summary}")
+
+
+def test_a_renewal_writes_a_delta_until_it_covers_too_many_targets(project: Project):
+    """One changed target writes its shard and a delta, not the head; a renewal that would
+    change more than DELTA_MIN targets (and one in DELTA_FRACTION) writes the head whole and
+    drops the delta; every build in between reads the head with its delta applied."""
+    targets = 2 * DELTA_MIN + 2
+    for i in range(targets):
+        project.write(f"data/{i}.txt", f"source {i}")
+    project.buildfile_text("".join(
+        f'[targets.t{i}.stages.copy]\nrecipe = "recipes.files:copy"\ninputs = {{ src = "src:data/{i}.txt" }}\n' for i in range(targets)
+    ))
+    assert project.build().code == 0
+    _settle_all(project, targets)
+    head = index_file(project.buildfile)
+    whole = head.read_bytes()
+    project.write("data/0.txt", "changed 0")
+    assert project.build().summary["executed"] == 1
+    assert head.read_bytes() == whole and delta_file(head).exists()
+    delta = read_sealed(delta_file(head))
+    assert delta is not None and "t0" in delta[0]["records"] and len(delta[0]["records"]) <= DELTA_MIN
+    _settle_all(project, targets)  # the head with its delta settles every target
+    for i in range(1, DELTA_MIN + 2):
+        project.write(f"data/{i}.txt", f"changed {i}")
+    assert project.build().summary["executed"] == DELTA_MIN + 1
+    assert head.read_bytes() != whole and not delta_file(head).exists(), "the head was not rewritten whole"
+    _settle_all(project, targets)
+    for i in range(targets):
+        expected = f"changed {i}" if i <= DELTA_MIN + 1 else f"source {i}"
+        assert next((project.root / f"out/t{i}/copy").rglob("*.txt")).read_text() == expected
 
 
 def test_the_watcher_falls_back_when_it_cannot_vouch(project: Project):

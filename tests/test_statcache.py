@@ -8,14 +8,16 @@ import subprocess
 import sys
 import time
 
+import msgpack
 from conftest import IO_PROBE, Project
 
 from buildsys.keys.hashing import digest_bytes
-from buildsys.store.statcache import RACY_NS, StatCache
+from buildsys.store.sealed import read_sealed, seal, write_sealed
+from buildsys.store.statcache import RACY_NS, SHARDS, STATS_VERSION, StatCache, shard_name
 
 
 def test_racily_clean_entry_is_not_trusted(tmp_path):
-    cache = StatCache(tmp_path / "statcache", tmp_path)
+    cache = StatCache(tmp_path / "stats")
     path = tmp_path / "f.txt"
     path.write_bytes(b"aaaa")
     st = os.stat(path)
@@ -30,10 +32,10 @@ def test_settled_entry_is_trusted_and_persisted(tmp_path):
     path.write_bytes(b"aaaa")
     old = time.time_ns() - 10 * RACY_NS
     os.utime(path, ns=(old, old))
-    cache = StatCache(tmp_path / "statcache", tmp_path)
+    cache = StatCache(tmp_path / "stats")
     digest = cache.digest(path)[0]
     cache.save()
-    reloaded = StatCache(tmp_path / "statcache", tmp_path)
+    reloaded = StatCache(tmp_path / "stats")
     assert reloaded.lookup(path) == digest
     path.write_bytes(b"bbbbb")
     assert reloaded.lookup(path) is None
@@ -133,9 +135,63 @@ def test_outputs_buildsys_did_not_flush_are_not_trusted_after_a_reboot(project: 
     project.buildfile_text('[targets.t.stages.copy]\nrecipe = "recipes.files:copy"\ninputs = { src = "src:data/a.txt" }\n')
     assert project.build().code == 0
     output = next((project.root / "out/t/copy").rglob("a.txt"))
-    cache = StatCache(project.root / "store" / "statcache", project.root / "store" / "tmp")
+    cache = StatCache(project.root / "store" / "stats")
     digest = digest_bytes(b"a" * 100)
     assert cache.lookup(output) == digest and cache.lookup(source) == digest
     monkeypatch.setattr(statcache, "BOOT_ID", "another boot")
     assert cache.lookup(output) is None, "an unflushed output from an earlier boot was trusted"
     assert cache.lookup(source) == digest, "a source file is the user's: its entry carries no boot"
+
+
+def _old_file(tmp_path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    old = time.time_ns() - 10 * RACY_NS
+    os.utime(path, ns=(old, old))
+    return str(path)
+
+
+def test_a_save_rewrites_only_the_shards_whose_entries_changed(tmp_path):
+    cache = StatCache(tmp_path / "stats")
+    paths = [_old_file(tmp_path, f"f{i}", b"%d" % i) for i in range(600)]
+    for path in paths:
+        cache.digest(path)
+    cache.save()
+    shards = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "stats").iterdir()}
+    assert len(shards) == SHARDS, "600 paths fill every shard"
+    time.sleep(0.01)
+    again = StatCache(tmp_path / "stats")
+    changed = _old_file(tmp_path, "f0", b"new bytes")
+    assert again.digest(changed)[0] == digest_bytes(b"new bytes")
+    assert again.lookup(paths[1]) == digest_bytes(b"1")
+    again.save()
+    rewritten = {p.name for p in (tmp_path / "stats").iterdir() if p.stat().st_mtime_ns != shards[p.name]}
+    assert rewritten == {shard_name(changed)}
+    assert StatCache(tmp_path / "stats").lookup(changed) == digest_bytes(b"new bytes")
+
+
+def test_a_torn_or_foreign_shard_or_the_old_single_file_is_not_trusted(tmp_path):
+    """A shard cut short (a crash, or a power loss that kept its name but not its bytes), one
+    whose body another version wrote, and the single file earlier versions kept: each reads as
+    empty, so its files are hashed again (never a wrong digest), and the old file goes."""
+    legacy = tmp_path / "statcache"
+    legacy.write_bytes(msgpack.packb({}))
+    cache = StatCache(tmp_path / "stats")
+    a, b = _old_file(tmp_path, "a", b"alpha"), _old_file(tmp_path, "b", b"beta")
+    while shard_name(b) == shard_name(a):
+        b = _old_file(tmp_path, b.rsplit("/", 1)[1] + "x", b"beta")
+    cache.digest(a)
+    cache.digest(b)
+    cache.save()
+    assert not legacy.exists(), "the first save removes the old single-file cache"
+    assert StatCache(tmp_path / "stats").lookup(a) == digest_bytes(b"alpha")
+    torn = tmp_path / "stats" / shard_name(a)
+    torn.write_bytes(torn.read_bytes()[:-4])
+    foreign = tmp_path / "stats" / shard_name(b)
+    sealed = read_sealed(foreign)
+    assert sealed is not None and sealed[0][0] == STATS_VERSION
+    write_sealed(foreign, seal([STATS_VERSION + 1, sealed[0][1]]))
+    reloaded = StatCache(tmp_path / "stats")
+    assert reloaded.lookup(a) is None and not reloaded.knows(a), "a torn shard vouched for a file"
+    assert reloaded.lookup(b) is None, "a shard of another version vouched for a file"
+    assert reloaded.digest(a)[0] == digest_bytes(b"alpha")

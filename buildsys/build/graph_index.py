@@ -6,12 +6,14 @@ stage table and outputs as recorded and does no per-stage work for it (build/set
 a target that is walked, a stage none of whose inputs changed is not described, keyed or looked
 up again: its result comes from here.
 
-Three files per Buildfile, found before the Buildfile is read (its store is named inside them):
+Four files per Buildfile, found before the Buildfile is read (its store is named inside them):
 ``$BUILDSYS_INDEX_DIR``, else ``$XDG_CACHE_HOME/buildsys/graphs`` (``~/.cache/...``), then
 ``<first 32 hex digits of the BLAKE3 of the Buildfile's absolute path>`` (the *head*), with
-``.stages.<digest>`` (the stage entries, in shards) and ``.stamp`` beside it. Each file is the 32-byte BLAKE3
-digest of its body, then the body, msgpack (not canonical: nothing is keyed by it). The head,
-format version ``INDEX_VERSION``, checked on open::
+``.stages.<digest>`` (the stage entries, in shards), ``.delta`` (what changed in the head since
+it was written whole) and ``.stamp`` beside it (how they are written: index_files.py). Each
+file is the 32-byte BLAKE3 digest of its body, then the body, msgpack (not canonical: nothing is
+keyed by it). The head, with its delta applied, format version ``INDEX_VERSION``, checked on
+open::
 
     v           INDEX_VERSION
     action      ACTION_VERSION of the keys below
@@ -28,13 +30,14 @@ format version ``INDEX_VERSION``, checked on open::
                 (one file), checked by one ``stat``; vouched: [dev, ino, size, mtime_ns, ctime_ns]
                 under which the stat cache vouched for the digest (the stat cache itself is then not
                 read), or None
-    records     {target: [verdict, [token number...], cas mask, ac numbers, outputs, extras]}: one
+    records     {target: [verdict, [token number...], cas mask, ac numbers, outputs, extras, upstream]}: one
                 per target with stages here (build/settled.py): verdict "ok" or "review" when
                 the target was built whole, else None (never settled); cas mask: 32 bytes, bit i
                 set when a blob of its stages lies in ``cas/<i as hex>``; ac numbers: bytes, the
                 first byte of each stage's key; outputs: [[path, dev, ino, size, mtime_ns,
                 ctime_ns], ...] of every materialized file, as the stat cache vouched for it, or
-                None; extras: {stage id: {"gate": failed verdict, "warnings": [...]}}
+                None; extras: {stage id: {"gate": failed verdict, "warnings": [...]}}; upstream:
+                the other targets its stages read from
     stages      [BLAKE3 (hex) of each stage shard's body]: a target's entries lie in shard
                 ``crc32(target) % len(stages)`` (about ``SHARD_TARGETS`` targets a shard)
     stage_tables  {target: digest of its stage table}: the table a build record names for the target
@@ -71,114 +74,29 @@ file means the full walk (:meth:`GraphIndex.load` returns None), never a wrong b
   entries' files in it checked again; a folder touched within ``RACY_NS`` of being read is
   recorded as unknown (its timestamp could hide a later change in the same tick).
 
-Writes go stage shards (each named by its digest, so the head it replaces still finds its
-own), head, stamp, each atomically by rename and without a flush: a crash (or SIGKILL) between
-them leaves the old head with its old shards, or the new head with a stamp naming the old one
-(ignored: the store is checked in full), and a torn file fails its digest and is ignored (a
-torn shard: its stages are resolved as usual); each costs only a longer walk.
+A crash between the files' writes, or a torn file, costs only a longer walk (index_files.py).
 """
 
 from __future__ import annotations
 
-import gc
 import os
-import time
-import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import blake3
-import msgpack
-
+from buildsys.build.index_files import (
+    Head,
+    folder_signature,
+    index_file,
+    read_head,
+    read_sealed,
+    shard_of,
+    shard_signatures,
+    stages_file,
+    stamp_file,
+)
 from buildsys.build.stage_entry import StageEntry
-from buildsys.keys.action import ACTION_VERSION
-from buildsys.keys.hashing import Digest, digest_bytes
-from buildsys.store.atomic import unlink_quietly
-from buildsys.store.boot import BOOT_ID
-from buildsys.store.statcache import RACY_NS, StatCache
-
-INDEX_VERSION = 3
-SHARD_TARGETS = 128
-_HEADER = 32
-_FIELDS = {
-    "buildfile", "store", "tables", "targets", "shapes", "tokens", "values", "files", "records", "stages", "stage_tables",
-    "record", "built", "boot",
-}
-
-
-def index_file(buildfile: Path) -> Path:
-    folder = os.environ.get("BUILDSYS_INDEX_DIR")
-    if not folder:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        folder = os.path.join(cache, "buildsys", "graphs")
-    return Path(folder) / digest_bytes(os.fsencode(os.path.abspath(buildfile)))[:32]
-
-
-def stages_file(head: Path, digest: str) -> Path:
-    return Path(f"{head}.stages.{digest[:32]}")
-
-
-def shard_of(target: str, shards: int) -> int:
-    return zlib.crc32(target.encode()) % shards
-
-
-def stamp_file(head: Path) -> Path:
-    return Path(f"{head}.stamp")
-
-
-def read_sealed(path: Path) -> tuple[Any, str] | None:
-    """(decoded body, its BLAKE3 in hex) of a file written by :func:`write_sealed`, or None when it
-    is missing, torn or not msgpack."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    digest = blake3.blake3(memoryview(data)[_HEADER:]).digest()
-    if len(data) <= _HEADER or digest != data[:_HEADER]:
-        return None
-    collecting = gc.isenabled()
-    gc.disable()  # unpacking makes tens of thousands of containers: no cycle collection meanwhile
-    try:
-        return msgpack.unpackb(memoryview(data)[_HEADER:], raw=False, strict_map_key=False), digest.hex()
-    except Exception:  # msgpack raises several unrelated types for malformed input
-        return None
-    finally:
-        if collecting:
-            gc.enable()
-
-
-def seal(body: Any) -> tuple[bytes, bytes]:
-    """(BLAKE3 digest, msgpack bytes) of a body."""
-    data = msgpack.packb(body, use_bin_type=True)
-    return blake3.blake3(data).digest(), data
-
-
-def write_sealed(path: Path, sealed: tuple[bytes, bytes]) -> None:
-    """Write a sealed body atomically (rename), without a flush."""
-    digest, data = sealed
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(digest)
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        unlink_quietly(tmp)
-
-
-def folder_signature(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
-def shard_signatures(store_root: Path) -> dict[str, list[int] | None]:
-    """The signature of every shard folder of blobs and action records (512 ``stat`` calls)."""
-    root = os.fspath(store_root)
-    return {f"{part}/{i:02x}": folder_signature(f"{root}/{part}/{i:02x}") for part in ("cas", "ac") for i in range(256)}
+from buildsys.keys.hashing import Digest
+from buildsys.store.statcache import StatCache
 
 
 def stage_ids_of(shape: list[Any], target: str) -> list[str]:
@@ -188,10 +106,11 @@ def stage_ids_of(shape: list[Any], target: str) -> list[str]:
 class GraphIndex:
     """A loaded index: the recorded graph, and what a build found still true of it."""
 
-    def __init__(self, path: Path, body: dict[str, Any], head: str, stamp: dict[str, Any] | None) -> None:
+    def __init__(self, path: Path, loaded: Head, stamp: dict[str, Any] | None) -> None:
         self.path = path
-        self.body = body
-        self.head = head  # the BLAKE3 of the head's body: what a stamp names
+        self.loaded = loaded
+        self.body = body = loaded.body
+        self.head = loaded.identity  # what a stamp names (index_files.py)
         self.stamp = stamp
         self.tokens: list[str] = body["tokens"]
         self.values: dict[str, Any] = dict(zip(self.tokens, body["values"]))
@@ -209,19 +128,12 @@ class GraphIndex:
         """The index of ``buildfile``, or None when there is none, or it is torn, of another
         format or of another Buildfile. Its stamp is read too; its stages file when first needed."""
         path = index_file(buildfile)
-        sealed = read_sealed(path)
-        if sealed is None:
-            return None
-        body, head = sealed
-        if not isinstance(body, dict) or body.get("v") != INDEX_VERSION or body.get("action") != ACTION_VERSION:
-            return None
-        if not _FIELDS <= body.keys() or not isinstance(body["stages"], list) or not body["stages"]:
-            return None
-        if body.get("buildfile", [None])[0] != os.path.abspath(buildfile):
+        loaded = read_head(path, os.path.abspath(buildfile))
+        if loaded is None:
             return None
         stamp = read_sealed(stamp_file(path))
-        usable = stamp is not None and isinstance(stamp[0], dict) and stamp[0].get("head") == head
-        return cls(path, body, head, stamp[0] if usable and stamp is not None else None)
+        usable = stamp is not None and isinstance(stamp[0], dict) and stamp[0].get("head") == loaded.identity
+        return cls(path, loaded, stamp[0] if usable and stamp is not None else None)
 
     # what the Buildfile was ---------------------------------------------------------------
 
@@ -346,10 +258,6 @@ class GraphIndex:
     def plain_files(self) -> dict[str, tuple[str, Digest, int, bool]]:
         return {self.tokens[n]: (item[0], item[1], item[2], item[3]) for n, item in self.body["files"].items()}
 
-    def file_records(self) -> dict[str, list[Any]]:
-        """What ``files`` holds, by token."""
-        return {self.tokens[n]: item for n, item in self.body["files"].items()}
-
     def moved_shards(self, store_root: Path) -> set[str]:
         """The shard folders whose signature differs from the stamp's (all, without a stamp)."""
         recorded = (self.stamp or {}).get("shards") or {}
@@ -386,8 +294,10 @@ class GraphIndex:
             if any(d[:2] in moved_cas and not has_blob(d) for d in (digest, tree) if isinstance(d, str)):
                 self.dirty_tokens.add(token)
 
-    def tables_by_target(self) -> dict[str, Digest]:
-        return {target: digest.hex() for target, digest in self.body["stage_tables"].items()}
+    def has_table(self, target: str) -> bool:
+        """Whether :meth:`table` has a table for the target (without spelling it out)."""
+        raw = self.body["stage_tables"].get(target)
+        return raw is not None and (f"{raw[0]:02x}" not in self._moved_cas or self._has_blob(raw.hex()))
 
     def table(self, target: str) -> Digest | None:
         """The stage table recorded for a target, while it is in the store."""
@@ -412,61 +322,3 @@ class GraphIndex:
     @property
     def built(self) -> list[str]:
         return self.body["built"]
-
-
-PATIENT_TARGETS = 100
-"""From how many targets a build waits out the racy window of the folders it just wrote before
-stamping them (at most ``RACY_NS``), rather than leave them unknown: each unknown shard folder
-costs the next build a look at the entries of every target with a blob in it, and an unknown
-refs folder settles no target."""
-
-
-def write_stamp(
-    head_path: Path, head: str, store_root: Path, watch: tuple[str, int] | None, old: dict[str, Any] | None = None, patient: bool = False,
-) -> None:
-    """Record the store's shard folders and refs as they are now, for the head ``head``; a
-    folder touched within ``RACY_NS`` is recorded as unknown, unless ``patient`` (see
-    ``PATIENT_TARGETS``). Nothing is written when the stamp would say what ``old`` says."""
-    refs_folder = os.path.join(store_root, "refs", "targets")
-    observed = time.time_ns()
-    signatures = shard_signatures(store_root)
-    refs = folder_signature(refs_folder)
-    newest = max([sig[0] for sig in [*signatures.values(), refs] if sig is not None], default=0)
-    if patient and newest + RACY_NS >= observed:
-        time.sleep(min(RACY_NS, newest + RACY_NS - observed) / 1e9 + 0.001)
-        observed = time.time_ns()
-        signatures = shard_signatures(store_root)
-        refs = folder_signature(refs_folder)
-    shards = {name: sig if sig is None or sig[0] + RACY_NS < observed else None for name, sig in signatures.items()}
-    if refs is not None and refs[0] + RACY_NS >= observed:
-        refs = None
-    stamp = {"head": head, "shards": shards, "refs": refs, "watch": list(watch) if watch else None}
-    if old is not None and all(old.get(k) == v for k, v in stamp.items()):
-        return
-    write_sealed(stamp_file(head_path), seal({**stamp, "observed": observed}))
-
-
-def write_index(
-    path: Path, head: dict[str, Any], shards: list[str | dict[str, list[Any]]], watch: tuple[str, int] | None,
-) -> None:
-    """Write the stage shards given as entries (those given as a digest are in place), the head,
-    then the stamp, each atomically and without a flush (see the module docstring); ``head``
-    holds every head field but ``v``, ``action``, ``stages`` and ``boot``."""
-    digests = []
-    for shard in shards:
-        if isinstance(shard, str):
-            digests.append(shard)
-            continue
-        sealed = seal(shard)
-        digest = sealed[0].hex()
-        if not stages_file(path, digest).exists():
-            write_sealed(stages_file(path, digest), sealed)
-        digests.append(digest)
-    body = {**head, "v": INDEX_VERSION, "action": ACTION_VERSION, "stages": digests, "boot": BOOT_ID}
-    sealed_head = seal(body)
-    write_sealed(path, sealed_head)
-    keep = {stages_file(path, digest).name for digest in digests}
-    for other in path.parent.glob(f"{path.name}.stages.*"):
-        if other.name not in keep and not other.name.endswith(".tmp"):
-            unlink_quietly(other)
-    write_stamp(path, sealed_head[0].hex(), Path(head["store"]), watch, patient=len(head["records"]) > PATIENT_TARGETS)

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from buildsys.build.graph_index import PATIENT_TARGETS, SHARD_TARGETS, GraphIndex, index_file, shard_of, write_index, write_stamp
-from buildsys.build.settled import target_record
+from buildsys.build.graph_index import GraphIndex
+from buildsys.build.index_files import PATIENT_TARGETS, SHARD_TARGETS, index_file, shard_of, write_index, write_stamp
+from buildsys.build.settled import target_record, unsettled, upstream_targets
 from buildsys.build.sources import GLOB_CHARS
 from buildsys.build.stage_entry import StageEntry
 from buildsys.determinism import resolve_device
@@ -186,31 +187,37 @@ class _Shards:
 
 
 def _carry(index: GraphIndex, renewal: Renewal, shards: _Shards) -> dict[str, list[Any]]:
-    """The target records of the index that still hold for targets the build did not walk: a
-    target whose tokens changed, or whose results the store may have lost, loses its verdict
-    and those of its unwalked entries that no longer hold."""
+    """The target records of the index that no longer hold for targets the build did not walk:
+    a target whose tokens changed, or whose results the store may have lost, loses its verdict
+    and those of its unwalked entries that no longer hold. The others are carried as they are."""
     number = {token: i for i, token in enumerate(index.tokens)}
     dirty = {number[t] for t in index.dirty_tokens if t in number}
     doubtful = {sid.partition("/")[0] for sid in index.unverified}
-    records: dict[str, list[Any]] = {}
+    changed: dict[str, list[Any]] = {}
+    if not dirty and not doubtful:
+        return changed
     for target, record in index.records.items():
         if target not in renewal.settled and (target in doubtful or not dirty.isdisjoint(record[1])):
             stage_ids = index.target_stages(target)
             gone = [sid for sid in stage_ids if sid in index.unverified or (e := index.entry(sid)) is None or not index.dirty_tokens.isdisjoint(e.tokens)]
             shards.drop(target, [sid for sid in gone if sid not in renewal.walked])
-            records[target] = [None, *record[1:4], None, {}]
-            continue
-        records[target] = record
-    return records
+            changed[target] = unsettled(record)
+    return changed
 
 
 def _rewrite(session: Session, index: GraphIndex | None, renewal: Renewal) -> None:
+    """Write the index whole (``index`` None: the first build, or the Buildfile changed), or
+    renew it in proportion to what changed: the records of the targets walked or unsettled, the
+    values and files of their tokens; the rest is carried as read (index_files.py writes what
+    changed as a delta)."""
     project = session.project
     if index is not None:
         tables_raw, target_tables, shapes = index.tables, index.target_tables, index.shapes
         shards = _Shards(index, len(index.records))
-        records = _carry(index, renewal, shards)
-        old_tables = index.tables_by_target()
+        changed = _carry(index, renewal, shards)
+        records = {**index.records, **changed}
+        stage_tables: dict[str, bytes] = dict(index.body["stage_tables"])
+        files: dict[int, list[Any]] = dict(index.body["files"])
     else:
         raw = session.tables
         if raw is None:
@@ -223,7 +230,7 @@ def _rewrite(session: Session, index: GraphIndex | None, renewal: Renewal) -> No
             return
         shapes = {name: shape.to_list() for name, shape in project.shapes.items()}
         shards = _Shards(None, len(shapes))
-        records, old_tables = {}, {}
+        changed, records, stage_tables, files = {}, {}, {}, {}
     names = list(index.tokens) if index is not None else []
     names += sorted({t for entry in renewal.entries.values() for t in entry.tokens} - set(names))
     number = {name: i for i, name in enumerate(names)}
@@ -242,16 +249,19 @@ def _rewrite(session: Session, index: GraphIndex | None, renewal: Renewal) -> No
         shard = shards.open(target)
         raws = [shard[sid] for sid in stage_ids if sid in shard]
         whole = len(raws) == len(stage_ids) and target in renewal.outputs
-        records[target] = target_record(
+        records[target] = changed[target] = target_record(
             renewal.verdicts.get(target) if whole else None, tokens, raws, renewal.outputs.get(target), renewal.extras.get(target, {}),
+            upstream_targets(shapes[target], target),
         )
-    values = _values(session, index, {names[n] for record in records.values() for n in record[1]})
-    for target, record in list(records.items()):  # a token no longer worth anything: the target is resolved again
+    # the records carried unchanged had every token's value when they were written, and keep it
+    values = _values(session, index, {names[n] for record in changed.values() for n in record[1]})
+    for target, record in list(changed.items()):  # a token no longer worth anything: the target is resolved again
         if any(values[names[n]] is None for n in record[1]):
             del records[target]
             shards.drop(target, project.stage_ids(target))
-    files = {}
-    carried = {t: f for t, f in index.file_records().items() if t not in index.dirty_tokens} if index is not None else {}
+    dirty = {number[t] for t in index.dirty_tokens} if index is not None else set()
+    for n in dirty:
+        files.pop(n, None)
     for token, value in values.items():
         if plain_source(token) and value is not None:
             name = token.partition(":")[2]
@@ -259,10 +269,15 @@ def _rewrite(session: Session, index: GraphIndex | None, renewal: Renewal) -> No
             if manifest is not None and list(manifest) == [name]:
                 file = manifest[name]
                 path = str(project.root / name)
-                files[number[token]] = [path, file.digest, file.size, file.executable, _vouched(path, file.digest, carried.get(token), session)]
-            elif token in carried:
-                files[number[token]] = carried[token]
-    tables = {**old_tables, **renewal.tables}
+                files[number[token]] = [path, file.digest, file.size, file.executable, _vouched(path, file.digest, files.get(number[token]), session)]
+    old_tables = index.body["stage_tables"] if index is not None else {}
+    for target in changed:
+        table = renewal.tables.get(target)
+        if target in records and (table is not None or target in old_tables) and _whole(records[target], target, walked_targets, shards, project):
+            stage_tables[target] = bytes.fromhex(table) if table is not None else old_tables[target]
+        else:
+            stage_tables.pop(target, None)
+    known = index.values if index is not None else {}
     head = {
         "buildfile": [str(project.file), session.buildfile_digest],
         "store": os.path.abspath(session.store.root),
@@ -270,14 +285,14 @@ def _rewrite(session: Session, index: GraphIndex | None, renewal: Renewal) -> No
         "targets": target_tables,
         "shapes": shapes,
         "tokens": names,
-        "values": [values.get(n) for n in names],
+        "values": [values[n] if n in values else known.get(n) for n in names],
         "files": files,
         "records": records,
-        "stage_tables": {t: bytes.fromhex(d) for t, d in tables.items() if t in records and _whole(records[t], t, walked_targets, shards, project)},
+        "stage_tables": stage_tables,
         "record": renewal.record if renewal.record is not None else (index.record if index is not None else None),
         "built": renewal.targets if renewal.record is not None else (index.built if index is not None else []),
     }
-    write_index(index_file(project.file), head, shards.shards, session.watch_token)
+    write_index(index_file(project.file), head, shards.shards, session.watch_token, index.loaded if index is not None else None)
 
 
 def _whole(record: list[Any], target: str, walked: set[str], shards: _Shards, project: Any) -> bool:

@@ -63,6 +63,7 @@ def outputs_intact(records: list[list[Any]]) -> bool:
 
 def target_record(
     verdict: str | None, tokens: set[int], raws: list[list[Any]], outputs: list[list[Any]] | None, extras: dict[str, Any],
+    upstream: list[str],
 ) -> list[Any]:
     """What the index keeps of a target (graph_index.py, ``records``)."""
     mask = 0
@@ -70,7 +71,17 @@ def target_record(
     for raw in raws:
         mask |= int.from_bytes(raw[1], "little")
         shards.add(raw[2])
-    return [verdict, sorted(tokens), mask.to_bytes(32, "little"), bytes(sorted(shards)), outputs, extras]
+    return [verdict, sorted(tokens), mask.to_bytes(32, "little"), bytes(sorted(shards)), outputs, extras, upstream]
+
+
+def unsettled(record: list[Any]) -> list[Any]:
+    """A record whose target can no longer be settled (its tokens, masks and upstream kept)."""
+    return [None, *record[1:4], None, {}, record[6]]
+
+
+def upstream_targets(shape: list[Any], target: str) -> list[str]:
+    """The other targets a target's stages read from (``shape``: TargetShape.to_list())."""
+    return sorted({dep.partition("/")[0] for deps in shape[4] for dep in deps} - {target})
 
 
 class _Unwatched:
@@ -122,15 +133,13 @@ def settled_targets(session: Session, index: GraphIndex, targets: list[str]) -> 
         record = index.records.get(target)
         ok = (
             record is not None and record[0] in SETTLED_VERDICTS and target not in doubtful and dirty.isdisjoint(record[1])
-            and record[4] is not None and index.table(target) is not None
+            and record[4] is not None and index.has_table(target)
             and (unwatched.vouches(record[4]) or outputs_intact(record[4]))
         )
-        if ok:
-            own = f"{target}/"
-            for deps in index.shapes[target][4]:
-                for dep in deps:
-                    if not dep.startswith(own) and not settled(dep.partition("/")[0]):
-                        ok = False
+        if ok and record is not None:
+            for upstream in record[6]:
+                if not settled(upstream):
+                    ok = False
         verdicts[target] = ok
         return ok
 

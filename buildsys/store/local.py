@@ -14,14 +14,16 @@ its crash-safety are written down::
     builds/<ns>-<pid>       the digest of one build record (a blob, format: build_record.py), one file
                             per build (refs.py)
     lock, locks/            the store lock (builds shared, gc exclusive) and named locks (locks.py)
-    statcache               the stat cache of source files, materialized outputs and sealed blobs
-                            (statcache.py)
+    stats/<00..ff>          the stat cache of source files, materialized outputs and sealed blobs,
+                            in shards (statcache.py; ``statcache``, its earlier single file, is
+                            removed by the first save)
     identities              recipe identities kept between builds (buildsys/build/identities.py)
     tmp/                    temp files and sandboxes; anything here is garbage after a crash
     unflushed/<boot>.*      journals of downloaded blobs moved in before they were durable
                             (unflushed.py), re-checked by the first open after a reboot (recovery.py)
 
-Every write is temp file, fsync, rename, so a crash at any instant leaves no partial file
+Every write is temp file, fsync, rename (but the stat cache's shards, which are checked by
+their digest and only spare hashing: store/sealed.py), so a crash at any instant leaves no partial file
 visible; an action record is written only after every blob it references, so no record ever
 points at a missing blob. One exception, for speed: a large batch of downloads (already
 re-hashed, and still on the remote) is moved in unflushed, listed in a durable journal; should
@@ -58,7 +60,7 @@ FORMAT = "buildsys-store 1"
 # what a store folder may hold before its FORMAT file exists: the files a user keeps in an
 # empty store folder, and what a store being created by another process (or a crashed one) has
 _LAYOUT_NAMES = frozenset(
-    {"README.md", ".gitignore", "FORMAT", "cas", "ac", "refs", "builds", "locks", "tmp", "lock", "statcache", "quarantine", "unflushed", "identities"}
+    {"README.md", ".gitignore", "FORMAT", "cas", "ac", "refs", "builds", "locks", "tmp", "lock", "stats", "statcache", "quarantine", "unflushed", "identities"}
 )
 
 
@@ -69,7 +71,7 @@ class LocalStore:
         self.root = Path(root).absolute()
         self.tmp = self.root / "tmp"
         self._open(create)
-        self.stat_cache = StatCache(self.root / "statcache", self.tmp)
+        self.stat_cache = StatCache(self.root / "stats")
         journals = Journals(str(self.root / "unflushed"))
         self.blobs = BlobStore(self.root, self.tmp, self.stat_cache, journals)
         self.downloads = Downloads(self.blobs, journals)
