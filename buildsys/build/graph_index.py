@@ -297,7 +297,7 @@ class GraphIndex:
     def has_table(self, target: str) -> bool:
         """Whether :meth:`table` has a table for the target (without spelling it out)."""
         raw = self.body["stage_tables"].get(target)
-        return raw is not None and (f"{raw[0]:02x}" not in self._moved_cas or self._has_blob(raw.hex()))
+        return raw is not None and (not self._moved_cas or f"{raw[0]:02x}" not in self._moved_cas or self._has_blob(raw.hex()))
 
     def table(self, target: str) -> Digest | None:
         """The stage table recorded for a target, while it is in the store."""

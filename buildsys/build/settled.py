@@ -51,13 +51,14 @@ def output_records(folders: dict[str, Manifest], stat_cache: StatCache) -> list[
 
 
 def outputs_intact(records: list[list[Any]]) -> bool:
-    for path, dev, ino, size, mtime, ctime in records:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return False
-        if st.st_ino != ino or st.st_size != size or st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_dev != dev:
-            return False
+    stat = os.stat
+    try:
+        for path, dev, ino, size, mtime, ctime in records:
+            st = stat(path)
+            if st.st_ino != ino or st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_size != size or st.st_dev != dev:
+                return False
+    except OSError:
+        return False
     return True
 
 
@@ -123,6 +124,7 @@ def settled_targets(session: Session, index: GraphIndex, targets: list[str]) -> 
     dirty = {number[t] for t in index.dirty_tokens if t in number}
     doubtful = {sid.partition("/")[0] for sid in index.unverified}
     unwatched = _Unwatched(session.watch_changed)
+    records, has_table, vouches = index.records, index.has_table, unwatched.vouches
     verdicts: dict[str, bool] = {}
 
     def settled(target: str) -> bool:
@@ -130,11 +132,10 @@ def settled_targets(session: Session, index: GraphIndex, targets: list[str]) -> 
         if known is not None:
             return known
         verdicts[target] = False  # a cycle is not settled (the Buildfile reader refuses them anyway)
-        record = index.records.get(target)
+        record = records.get(target)
         ok = (
-            record is not None and record[0] in SETTLED_VERDICTS and target not in doubtful and dirty.isdisjoint(record[1])
-            and record[4] is not None and index.has_table(target)
-            and (unwatched.vouches(record[4]) or outputs_intact(record[4]))
+            record is not None and record[0] in SETTLED_VERDICTS and target not in doubtful and (not dirty or dirty.isdisjoint(record[1]))
+            and record[4] is not None and has_table(target) and (vouches(record[4]) or outputs_intact(record[4]))
         )
         if ok and record is not None:
             for upstream in record[6]:
@@ -143,4 +144,4 @@ def settled_targets(session: Session, index: GraphIndex, targets: list[str]) -> 
         verdicts[target] = ok
         return ok
 
-    return {target: index.records[target] for target in targets if settled(target)}
+    return {target: records[target] for target in targets if settled(target)}
