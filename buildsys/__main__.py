@@ -1,3 +1,3 @@
-from buildsys.cli.main import main
+from buildsys.cli.client import main
 
 main()

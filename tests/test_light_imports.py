@@ -83,3 +83,37 @@ def test_a_noop_build_starts_no_thread_pool_and_parses_no_toml(project: Project,
     project.write("data/a.txt", "a, changed\n")
     changed = _heavy_after(["build", "-f", str(project.buildfile), "--json"], project.root, no_user_config, START_UP)
     assert changed == "concurrent.futures logging", "the probe no longer sees a build that runs stages import its pool"
+
+
+CLIENT_PROBE = """
+import sys
+from buildsys.cli import client
+code = client.served({args!r})
+light = {{"buildsys", "buildsys.cli", "buildsys.cli.client", "buildsys.build", "buildsys.build.index_path"}}
+heavy = [m for m in sys.modules if m in {modules!r} or (m.startswith("buildsys") and m not in light)]
+print(code, " ".join(sorted(heavy)) or "-")
+"""
+CLIENT_HEAVY = (*HEAVY, *START_UP, "click", "msgpack", "rich", "numpy", "psutil", "threading")
+"""A build the watcher serves (cli/client.py) pays for none of the engine: not click, not the
+store's encodings, not a thread."""
+
+
+def test_a_served_build_imports_nothing_but_the_client(project: Project):
+    project.write("data/a.txt", "a\n")
+    project.buildfile_text("""
+        [targets.a.stages.s]
+        recipe = "engine_recipes:copy_through"
+        inputs = { src = "src:data/a.txt" }
+    """)
+    assert project.build().code == 0
+    started = project.cli("watch", "start")
+    assert started.code == 0, started.stderr
+    try:
+        probe = CLIENT_PROBE.format(args=["build", "-f", str(project.buildfile), "--json"], modules=CLIENT_HEAVY)
+        out = subprocess.run([sys.executable, "-c", probe], cwd=project.root, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        code, imported = out.stdout.strip().splitlines()[-1].split(" ", 1)
+        assert code == "0" and imported == "-", out.stdout
+        assert "builds served: 1" in project.cli("watch", "status").stdout
+    finally:
+        project.cli("watch", "stop")

@@ -14,7 +14,8 @@ from pathlib import Path
 from conftest import Project
 from test_graph_index import _build, _setup
 
-from buildsys.build.index_files import DELTA_MIN, INDEX_VERSION, delta_file, index_file, read_head, stamp_file
+from buildsys.build.index_files import DELTA_MIN, INDEX_VERSION, delta_file, read_head, stamp_file
+from buildsys.build.index_path import index_file
 from buildsys.store.sealed import read_sealed, seal, write_sealed
 
 
@@ -268,8 +269,10 @@ def test_the_watcher_falls_back_when_it_cannot_vouch(project: Project):
 
 
 def _watcher_pid(sock: Path) -> int:
-    """The process listening on the watcher's socket (from /proc/net/unix and /proc/*/fd)."""
-    inode = next(line.split()[6] for line in Path("/proc/net/unix").read_text().splitlines()[1:] if line.endswith(str(sock)))
+    """The process listening on the watcher's socket (from /proc/net/unix and /proc/*/fd; its
+    listening socket, flag __SO_ACCEPTCON, not a connection it is closing)."""
+    lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    inode = next(line.split()[6] for line in lines if line.endswith(str(sock)) and line.split()[3] == "00010000")
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue

@@ -86,7 +86,6 @@ from typing import Any, Callable, Iterable
 from buildsys.build.index_files import (
     Head,
     folder_signature,
-    index_file,
     read_head,
     read_sealed,
     shard_of,
@@ -94,6 +93,7 @@ from buildsys.build.index_files import (
     stages_file,
     stamp_file,
 )
+from buildsys.build.index_path import index_file
 from buildsys.build.stage_entry import StageEntry
 from buildsys.keys.hashing import Digest
 from buildsys.store.statcache import StatCache

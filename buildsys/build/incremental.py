@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from buildsys.build.graph_index import GraphIndex
-from buildsys.build.index_files import PATIENT_TARGETS, SHARD_TARGETS, index_file, shard_of, write_index, write_stamp
+from buildsys.build.index_files import PATIENT_TARGETS, SHARD_TARGETS, shard_of, write_index, write_stamp
+from buildsys.build.index_path import index_file
 from buildsys.build.settled import target_record, unsettled, upstream_targets
 from buildsys.build.sources import GLOB_CHARS
 from buildsys.build.stage_entry import StageEntry

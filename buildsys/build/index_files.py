@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.keys.action import ACTION_VERSION
-from buildsys.keys.hashing import digest_bytes
 from buildsys.store.atomic import unlink_quietly
 from buildsys.store.boot import BOOT_ID
 from buildsys.store.sealed import read_sealed, seal, write_sealed
@@ -55,14 +54,6 @@ _FIELDS = {
     "buildfile", "store", "tables", "targets", "shapes", "tokens", "values", "files", "records", "stages", "stage_tables",
     "record", "built", "boot",
 }
-
-
-def index_file(buildfile: Path) -> Path:
-    folder = os.environ.get("BUILDSYS_INDEX_DIR")
-    if not folder:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        folder = os.path.join(cache, "buildsys", "graphs")
-    return Path(folder) / digest_bytes(os.fsencode(os.path.abspath(buildfile)))[:32]
 
 
 def stages_file(head: Path, digest: str) -> Path:

@@ -7,8 +7,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from buildsys.build.graph_index import GraphIndex, index_file
+from buildsys.build.graph_index import GraphIndex
 from buildsys.build.identities import IdentityCache
+from buildsys.build.index_path import socket_path
 from buildsys.build.resolver import Resolver, default_threads
 from buildsys.errors import BuildsysError
 from buildsys.keys.fingerprint import Fingerprint, from_environment
@@ -58,7 +59,7 @@ class Session:
                 self.index = None
 
     def _ask_watcher(self, path: Path) -> None:
-        if not os.path.exists(f"{index_file(path)}.sock"):  # no watcher: not even its imports
+        if not os.path.exists(socket_path(path)):  # no watcher: not even its imports
             return
         from buildsys.build.watcher import ask
 

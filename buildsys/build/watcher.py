@@ -31,8 +31,10 @@ import struct
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
-from buildsys.build.graph_index import GraphIndex, index_file
+from buildsys.build.graph_index import GraphIndex
+from buildsys.build.index_path import index_file, socket_path
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -41,10 +43,13 @@ IN_ONLYDIR, IN_NONBLOCK, IN_CLOEXEC = 0x01000000, 0o4000, 0o2000000
 MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
 EVENT = struct.Struct("iIII")
 COOKIE = ".buildsys-watch-cookie"
+RUN = b"RUN "
+"""How a request for a whole build starts (the thin client's, cli/client.py): the watcher hands
+it to the run handler it serves with (cli/server.py), with the descriptors that came with it."""
 
-
-def socket_path(buildfile: Path) -> str:
-    return f"{index_file(buildfile)}.sock"  # session.py looks for it before importing this module
+RunHandler = Callable[[socket.socket, bytes, list[int]], None]
+_serving: Watcher | None = None
+"""The watcher of this process while it serves: a build it runs in-process asks it directly."""
 
 
 class _Inotify:
@@ -96,6 +101,7 @@ class Watcher:
         self.id = ""
         self.watched: set[str] = set()
         self._index_stat: tuple[int, int] | None = None
+        self.serving: dict[str, object] = {}  # what the run handler says of the builds it served
         self.rewatch()
 
     def wanted(self) -> set[str]:
@@ -104,9 +110,12 @@ class Watcher:
             return set()
         folders = {os.path.dirname(path) for path, *_ in index.plain_files().values()}
         outputs = Path(self.buildfile.parent, index.tables.get("project", {}).get("outputs", "out"))
-        if outputs.is_dir():
-            folders.add(str(outputs))
-            folders.update(str(p) for p in outputs.rglob("*") if p.is_dir() and not p.is_symlink())
+        # os.walk, not rglob: a folder deleted while it is listed (an ``rm -rf out`` under way) is
+        # skipped, not an error that would stop the watcher; links to folders are not entered
+        folders.update(folder for folder, _, _ in os.walk(outputs))
+        # and the folder above it: an outputs folder deleted before the watches were made, or
+        # after (then no event reaches its own watch), is seen when it appears again
+        folders.add(str(outputs.parent))
         return folders
 
     def rewatch(self) -> None:
@@ -178,7 +187,9 @@ class Watcher:
         if question.startswith("status"):
             import resource
 
-            return {"id": self.id, "seq": self.seq, "folders": len(self.watched), "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            return {"id": self.id, "seq": self.seq, "folders": len(self.watched), "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "cpu_s": sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))),
+                    **self.serving}
         if self._stat_index() != self._index_stat and self.wanted() - self.watched:
             self.rewatch()  # the index names folders not watched yet
         self._index_stat = self._stat_index()
@@ -190,7 +201,10 @@ class Watcher:
             return {"id": self.id, "seq": self.seq, "changed": changed}
         return {"id": self.id, "seq": self.seq, "changed": None}
 
-    def serve(self, path: str) -> None:
+    def serve(self, path: str, run: RunHandler | None = None) -> None:
+        """Answer builds' questions; with ``run``, hand it the requests for whole builds."""
+        global _serving
+        _serving = self
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -203,11 +217,23 @@ class Watcher:
             while True:
                 readable, _, _ = select.select([server, self.inotify.fd], [], [])  # type: ignore[union-attr]
                 if self.inotify is not None and self.inotify.fd in readable:
-                    self.drain()
+                    try:
+                        self.drain()
+                    except OSError:  # vouch for nothing rather than stop
+                        self.rewatch()
                 if server in readable:
                     connection, _ = server.accept()
                     with connection:
-                        question = connection.recv(4096).decode()
+                        try:
+                            data, fds, _, _ = socket.recv_fds(connection, 1 << 16, 3)
+                        except OSError:
+                            continue
+                        if data.startswith(RUN):
+                            self._run(run, connection, data, fds)
+                            continue
+                        for fd in fds:
+                            os.close(fd)
+                        question = data.decode(errors="replace")
                         if question == "stop":
                             connection.sendall(b"{}")
                             return
@@ -218,6 +244,7 @@ class Watcher:
                             answer = {"id": self.id, "seq": self.seq, "changed": None}
                         connection.sendall(json.dumps(answer).encode())
         finally:
+            _serving = None
             server.close()
             try:
                 os.unlink(path)
@@ -225,9 +252,33 @@ class Watcher:
                 pass
 
 
+    def _run(self, run: RunHandler | None, connection: socket.socket, data: bytes, fds: list[int]) -> None:
+        if run is None:
+            for fd in fds:
+                os.close(fd)
+            connection.sendall(b'{"serve": false, "why": "this watcher serves no builds"}\n')
+            return
+        try:
+            run(connection, data, fds)
+        except Exception:  # noqa: BLE001 - the client is told by the connection closing; watching goes on
+            pass
+        self.drain()  # what the build changed, before the next question
+
+    def ask_in_process(self, question: str) -> dict:
+        try:
+            return self.answer(question)
+        except OSError:
+            self.rewatch()
+            return {"id": self.id, "seq": self.seq, "changed": None}
+
+
 def ask(buildfile: Path, watch_id: str | None, seq: int | None, timeout: float = 2.0) -> dict | None:
-    """The watcher's answer for this Buildfile, or None when none is running."""
-    return _request(buildfile, f"since {watch_id or '-'} {seq if seq is not None else -1}", timeout)
+    """The watcher's answer for this Buildfile, or None when none is running. A build the
+    watcher serves itself asks it in-process (its socket waits while it builds)."""
+    question = f"since {watch_id or '-'} {seq if seq is not None else -1}"
+    if _serving is not None and _serving.buildfile == Path(buildfile).absolute():
+        return _serving.ask_in_process(question)
+    return _request(buildfile, question, timeout)
 
 
 def _request(buildfile: Path, question: str, timeout: float = 2.0) -> dict | None:
@@ -252,8 +303,10 @@ def _request(buildfile: Path, question: str, timeout: float = 2.0) -> dict | Non
 START_TIMEOUT_S = 300.0
 
 
-def start(buildfile: Path) -> str:
-    """Start a watcher in its own session, detached; returns what ``status`` says of it."""
+def start(buildfile: Path, module: str = "buildsys.build.watcher") -> str:
+    """Start a watcher in its own session, detached; returns what ``status`` says of it.
+    ``module``: the one to run (``python -P -m MODULE BUILDFILE``), this one or a watcher that
+    also serves builds (cli/server.py)."""
     import subprocess
 
     buildfile = Path(buildfile).absolute()
@@ -261,7 +314,7 @@ def start(buildfile: Path) -> str:
         return f"already watching: {status(buildfile)}"
     index_file(buildfile).parent.mkdir(parents=True, exist_ok=True)
     child = subprocess.Popen(
-        [sys.executable, "-m", "buildsys.build.watcher", str(buildfile)], start_new_session=True,
+        [sys.executable, "-P", "-m", module, str(buildfile)], start_new_session=True,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -285,7 +338,11 @@ def status(buildfile: Path) -> str:
     answer = _request(Path(buildfile).absolute(), "status")
     if answer is None:
         return "no watcher"
-    return f"{answer['folders']} folders, {answer['seq']} events, peak RSS {answer['rss_mib']:.1f} MiB (id {answer['id']})"
+    serving = ""
+    if "served" in answer:
+        refused = answer.get("refused")
+        serving = f"; builds served: {answer['served']}" + (f", last refused: {refused}" if refused else "")
+    return f"{answer['folders']} folders, {answer['seq']} events, peak RSS {answer['rss_mib']:.1f} MiB (id {answer['id']}){serving}"
 
 
 def main() -> None:

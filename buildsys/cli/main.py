@@ -144,17 +144,23 @@ def explain(buildfile: Path, target: str, json_output: bool) -> None:
 @main.group()
 def watch() -> None:
     """An optional watcher (inotify) that spares builds a stat of every unchanged source and
-    output file; builds are correct without it."""
+    output file, and runs `build` and `plan` for this project in its warm process; builds are
+    correct without it (BUILDSYS_SERVE=0: build here)."""
 
 
 @watch.command("start")
 @BUILDFILE_OPTION
 @handled
 def watch_start(buildfile: Path) -> None:
-    """Start watching this Buildfile's sources and outputs (in the background)."""
-    from buildsys.build.watcher import start
+    """Start watching this Buildfile's sources and outputs (in the background); it also serves
+    this project's builds unless BUILDSYS_SERVE=0."""
+    import os
 
-    click.echo(start(buildfile))
+    from buildsys.build.watcher import start
+    from buildsys.cli.client import SERVE_ENV
+
+    serves = os.environ.get(SERVE_ENV, "1") != "0"
+    click.echo(start(buildfile, "buildsys.cli.server" if serves else "buildsys.build.watcher"))
 
 
 @watch.command("stop")
