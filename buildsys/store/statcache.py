@@ -127,7 +127,10 @@ class StatCache:
 
     def drop_missing(self) -> None:
         """Forget files that no longer exist (deleted sources, removed output folders, a moved
-        project): their entries would otherwise pile up (gc; every shard is read)."""
+        project): their entries would otherwise pile up (gc, which no build runs beside; every
+        shard is read). A shard's temp file a killed build left goes too."""
+        for leftover in self.folder.glob("*.tmp"):
+            unlink_quietly(leftover)
         for number in range(SHARDS):
             name = f"{number:02x}"
             shard = self._open(name)
