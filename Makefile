@@ -69,8 +69,9 @@ test: install servers browser validator
 	$(PY) -m ruff check buildsys recipes tests bench
 	$(PY) -m mypy
 	# two workers: the suite waits on subprocesses, servers and disks about half the time (one
-	# process kept 0.6 of a core busy): 15.3 -> 9.0 min on the 2-core VM, every test the same
-	$(PY) -m pytest -q -n 2
+	# process kept 0.6 of a core busy): 15.3 -> 9.0 min on the 2-core VM, every test the same;
+	# loadgroup: the tests marked xdist_group("ray-cluster") share one Ray cluster on one worker
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) out store/*/ store/FORMAT store/statcache store/lock node_modules $(dir $(VIEWER)) tools/gltf-validator/node_modules

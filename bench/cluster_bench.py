@@ -9,11 +9,13 @@ and the cluster build round by round (ratios are medians of per-round ratios):
   the cluster; per-stage overhead of the Ray executor = (cluster - local) / N;
 - **sleep**: S stages that each sleep T seconds, on the cluster only: wall time against the
   ideal S * T / slots (slots = the cluster's CPUs), i.e. its scheduling efficiency; with
-  ``--lease-baseline`` each round also runs under Ray's default worker lease (500 ms), in
-  alternating order, the setting before buildsys chose its own (:mod:`buildsys.cluster.connect`);
+  ``--lease-baseline`` each round also runs under Ray's default worker lease (500 ms), the
+  setting before buildsys chose its own (:mod:`buildsys.cluster.connect`), in alternating order;
 - **default**: a cold build of the default project (``Buildfile.toml``), local against the
-  cluster, each node store new (the cluster is started again for each round, not timed), and
-  every output file of the two builds compared bitwise.
+  cluster, each node store new (the cluster is started again for each round, not timed), every
+  output file of the two builds compared bitwise, and every stage's key and output tree
+  (``ray_cluster.compare_builds``: deterministic stages must match; stochastic ones are excluded
+  by the contract and reported).
 
 Besides wall time, each build's client CPU (user + system of the ``buildsys`` process) and
 what crossed the data plane (the summary's ``cluster.moved``) are recorded: the figures the
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from ray_cluster import LocalCluster, NodeSpec, start  # noqa: E402
+from ray_cluster import LocalCluster, NodeSpec, compare_builds, start  # noqa: E402
 
 CLI = [sys.executable, "-m", "buildsys"]
 RAY_DEFAULT_LEASE_MS = "500"
@@ -156,17 +159,19 @@ def main() -> None:
                 if "sleep" not in skip:
                     slots = args.nodes * args.cpus
                     ideal = args.sleeps * args.sleep_s / slots
-                    leases = [None, *([RAY_DEFAULT_LEASE_MS] if args.lease_baseline else [])]
+                    variants: dict[str, dict[str, str]] = {"buildsys": {}}
+                    if args.lease_baseline:
+                        variants["ray-lease"] = {"RAY_worker_lease_timeout_milliseconds": RAY_DEFAULT_LEASE_MS}
                     rows = []
                     for r in range(args.sleep_rounds):
-                        for lease in leases if r % 2 == 0 else leases[::-1]:
-                            root = work / f"sleep-{r}-{lease or 'buildsys'}"
-                            sleep_project(root, args.sleeps, args.sleep_s, f"{os.getpid()}-{r}-{lease}")
-                            env = {**ray_env, **({"RAY_worker_lease_timeout_milliseconds": lease} if lease else {})}
-                            row = build(root, ["--executor", "ray"], env, args.sleeps)
-                            row.update(efficiency=ideal / row["wall"], lease_ms=lease or "buildsys", load=os.getloadavg())
-                            print(f"sleep round {r} (lease {row['lease_ms']}): {row['wall']:.1f} s against ideal {ideal:.1f} s "
-                                  f"({row['efficiency']:.0%}), client CPU {row['client_cpu']:.1f} s, load {row['load'][0]:.1f}", flush=True)
+                        for name in list(variants) if r % 2 == 0 else list(variants)[::-1]:
+                            root = work / f"sleep-{r}-{name}"
+                            sleep_project(root, args.sleeps, args.sleep_s, f"{os.getpid()}-{r}-{name}")
+                            load = os.getloadavg()
+                            row = build(root, ["--executor", "ray"], {**ray_env, **variants[name]}, args.sleeps)
+                            row.update(efficiency=ideal / row["wall"], variant=name, load=load, load_after=os.getloadavg())
+                            print(f"sleep round {r} ({name}): {row['wall']:.1f} s against ideal {ideal:.1f} s "
+                                  f"({row['efficiency']:.0%}), client CPU {row['client_cpu']:.1f} s, load {load[0]:.1f}", flush=True)
                             rows.append(row)
                     results["sleep"] = {"n": args.sleeps, "seconds": args.sleep_s, "slots": slots, "ideal": ideal, "rounds": rows}
             finally:
@@ -191,8 +196,12 @@ def main() -> None:
                 local_out, ray_out = (tree_bytes(work / f"default-{r}-{where}" / "out") for where in ("local", "ray"))
                 row["outputs"] = len(local_out)
                 row["differing"] = sorted(p for p in local_out.keys() | ray_out.keys() if local_out.get(p) != ray_out.get(p))
+                stages = compare_builds(work / f"default-{r}-ray", work / f"default-{r}-local")
+                row["stages"] = asdict(stages)
                 print(f"default round {r}: local {row['local']['wall']:.1f} s, ray {row['ray']['wall']:.1f} s, "
-                      f"{len(row['differing'])} of {len(local_out)} output files differ", flush=True)
+                      f"{len(row['differing'])} of {len(local_out)} output files differ; {len(stages.compared)} deterministic stages "
+                      f"of {stages.stages} with the local key, {len(stages.differing)} of them with other bytes, {len(stages.unexplained)} "
+                      f"with another key unexplained; stochastic, excluded (same bytes?): {stages.stochastic}", flush=True)
                 rows.append(row)
             results["default"] = {"rounds": rows, "ratio": median_ratio(rows, "ray", "local")}
     finally:

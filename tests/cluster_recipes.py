@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
-from buildsys.context import StageContext
+from buildsys.context import BudgetExceeded, StageContext
 
 
 def machine(ctx: StageContext) -> None:
@@ -31,3 +32,40 @@ def started_then_sleep(ctx: StageContext) -> None:
     (ctx.out / "started").write_text("")
     time.sleep(seconds)
     (ctx.out / "result.txt").write_text(f"slept {seconds}\n")
+
+
+def count_jobs(ctx: StageContext) -> None:
+    """How many jobs of this recipe its worker process ran, this one included: a count kept on
+    the ``sys`` module (process-wide state, as native libraries keep theirs; recipe modules
+    themselves are imported anew for each job), 1 in a fresh worker."""
+    count = sys.__dict__.setdefault("_cluster_test_jobs", [0])
+    count[0] += 1
+    (ctx.out / "jobs.json").write_text(json.dumps({"jobs_in_this_worker": count[0]}))
+
+
+def iterate(ctx: StageContext) -> None:
+    """``params.n`` iterations, each reported; one past ``budget.iterations`` is over budget."""
+    n = int(ctx.param("n", 1, int))
+    cap = ctx.max_iterations
+    for i in range(n):
+        if cap is not None and i >= cap:
+            raise BudgetExceeded(f"stage {ctx.stage!r}: needs {n} iterations, over budget.iterations={cap}")
+        ctx.progress(i + 1, n)
+    (ctx.out / "iterations.json").write_text(json.dumps({"n": n, "cap": cap}))
+
+
+def contract(ctx: StageContext) -> None:
+    """What the determinism contract of its mode set in its worker (torch's switches, the
+    environment), a seeded torch draw, and a clock reading: a replay of it always differs, so
+    verify's verdict is the mode's alone."""
+    import torch
+
+    facts = {
+        "mode": ctx.mode, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic, "mkldnn": torch.backends.mkldnn.enabled,
+        "tf32": torch.backends.cuda.matmul.allow_tf32, "threads": torch.get_num_threads(),
+        "env": {name: os.environ.get(name) for name in ("MKL_CBWR", "ONEDNN_DEFAULT_FPMATH_MODE", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")},
+        "draw": torch.rand(3, generator=ctx.torch_generator("draw")).tolist(),
+    }
+    (ctx.out / "contract.json").write_text(json.dumps(facts, sort_keys=True))
+    (ctx.out / "clock.txt").write_text(str(time.time_ns()))

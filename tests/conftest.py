@@ -65,8 +65,8 @@ class Project:
         path.write_text(textwrap.dedent(text))
         return path
 
-    def buildfile_text(self, body: str) -> None:
-        header = f'[project]\nrecipe_path = [".", "{REPO}", "{TESTS}"]\njobs = 2\n\n'
+    def buildfile_text(self, body: str, threads: int | None = None) -> None:
+        header = f'[project]\nrecipe_path = [".", "{REPO}", "{TESTS}"]\njobs = 2\n' + (f"threads = {threads}\n" if threads else "") + "\n"
         self.write("Buildfile.toml", header + textwrap.dedent(body))
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> CliResult:
@@ -153,3 +153,16 @@ def trained_prior(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recipe_helpers import train_test_prior
 
     return train_test_prior(tmp_path_factory.mktemp("trained-prior"))
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The cluster tests' real 3-node Ray cluster (``ray_cluster.three_nodes``), started once per
+    session and shared by the modules that use it; they carry ``xdist_group("ray-cluster")``, so
+    under ``pytest -n`` they run on one worker and one cluster is started, not one per worker."""
+    pytest.importorskip("ray")
+    from ray_cluster import start, three_nodes
+
+    started = start(three_nodes())
+    yield started
+    started.shutdown()

@@ -39,10 +39,16 @@ class LocalCluster:
     root: Path
     nodes: dict[str, Any] = field(default_factory=dict)
     stores: dict[str, Path] = field(default_factory=dict)
+    specs: dict[str, NodeSpec] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
         return self.cluster.address
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client's environment needs to build on this cluster (``--executor ray``)."""
+        return {"RAY_ADDRESS": self.address}
 
     def add(self, spec: NodeSpec) -> Any:
         temp = self.root / spec.name
@@ -56,10 +62,16 @@ class LocalCluster:
         )
         self.nodes[spec.name] = node
         self.stores[spec.name] = store
+        self.specs[spec.name] = spec
         return node
 
     def remove(self, name: str) -> None:
         self.cluster.remove_node(self.nodes.pop(name), allow_graceful=False)
+
+    def restore(self, name: str) -> None:
+        """A removed node back: a new raylet of the same spec, over the same node store."""
+        self.add(self.specs[name])
+        self.cluster.wait_for_nodes()
 
     def shutdown(self) -> None:
         self.cluster.shutdown()
@@ -87,6 +99,68 @@ def three_nodes() -> list[NodeSpec]:
         NodeSpec("cpu1", resources={"worker": 1}),
         NodeSpec("gpu1", gpus=1, resources={"worker": 1, "vram_gb": 40}, fingerprint=GPU_CLASS),
     ]
+
+
+def build_records(store: Path) -> list[dict[str, Any]]:
+    """Every build record of the store at ``store``, oldest first."""
+    from buildsys.store.build_record import read_record
+    from buildsys.store.local import LocalStore
+
+    local = LocalStore(store)
+    return [read_record(local, digest) for _, digest in local.builds.listing()]
+
+
+@dataclass
+class Comparison:
+    """Two builds of one project (on the cluster and here) stage by stage (:func:`compare_builds`)."""
+
+    stages: int
+    stochastic: dict[str, bool]
+    """The stochastic stages, excluded by the contract, and whether their bytes were the same anyway."""
+    compared: list[str]
+    """The deterministic stages with the same key in both builds (the same inputs)."""
+    differing: list[str]
+    """Of those, the ones whose output trees differ: a broken contract."""
+    unexplained: list[str]
+    """Deterministic stages with another key whose inputs are not explained by a stochastic
+    stage's other bytes upstream: a key that depends on where the client ran."""
+
+
+def compare_builds(ray: Path, local: Path) -> Comparison:
+    """Compare every stage's output tree between the builds in project folders ``ray`` and
+    ``local``. A deterministic stage with the same key must have the same tree; one with another
+    key must read, and only read, trees that differ because a stochastic stage upstream made
+    other bytes with the same seed (allowed by the contract), else it is unexplained."""
+    from buildsys.keys.encoding import decode
+    from buildsys.store.local import LocalStore
+
+    stores = {root: LocalStore(root / "store") for root in (ray, local)}
+
+    def refs(root: Path) -> dict[str, dict[str, Any]]:
+        store = stores[root]
+        return {f"{t}/{s}": e for t in store.refs.names("targets") for s, e in store.refs.read("targets", t)["stages"].items()}
+
+    def described(root: Path, entry: dict[str, Any]) -> dict[str, Any]:
+        return decode(stores[root].blobs.read(entry["description"]))
+
+    def reads(root: Path, entry: dict[str, Any]) -> set[str]:
+        d = described(root, entry)
+        return set(d["inputs"].values()) | ({d["model"]["digest"]} if d["model"] else set())
+
+    theirs, ours = refs(ray), refs(local)
+    if theirs.keys() != ours.keys():
+        raise ValueError(f"the builds made other stages: {sorted(theirs.keys() ^ ours.keys())}")
+    stochastic = {sid: theirs[sid]["tree"] == ours[sid]["tree"] for sid, e in theirs.items() if described(ray, e)["mode"] == "stochastic"}
+    deterministic = sorted(set(theirs) - set(stochastic))
+    compared = [sid for sid in deterministic if theirs[sid]["key"] == ours[sid]["key"]]
+    other_bytes = {theirs[sid]["tree"] for sid, same in stochastic.items() if not same}
+    other = {sid: reads(ray, theirs[sid]) - reads(local, ours[sid]) for sid in deterministic if sid not in compared}
+    while explained := [sid for sid, trees in other.items() if trees and trees <= other_bytes]:
+        for sid in explained:
+            other_bytes.add(theirs[sid]["tree"])
+            del other[sid]
+    differing = [sid for sid in compared if theirs[sid]["tree"] != ours[sid]["tree"]]
+    return Comparison(len(theirs), stochastic, compared, differing, sorted(other))
 
 
 def main() -> None:

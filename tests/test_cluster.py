@@ -1,54 +1,33 @@
 """Stages on a real Ray cluster (``--executor ray``): three raylets on this machine, each with its
 own temp folder and node store, one of them a "GPU class" (a GPU and 40 GB of VRAM as Ray
-resources, another GPU model and driver in its fingerprint). One cluster for the module; the
-test that removes a node runs last. Every test on the cluster is ``slow`` (about 90 s together,
-5 s of it starting the cluster)."""
+resources, another GPU model and driver in its fingerprint): conftest's session ``cluster``, shared
+with ``test_cluster_contract.py``; the test that removes a node puts it back. Every test on the
+cluster is ``slow`` (about 90 s together, 5 s of it starting the cluster)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TESTS, Project, run_cli
+from conftest import Project
 from test_light_imports import _heavy_after
 
 ray = pytest.importorskip("ray")
 
-from ray_cluster import GPU_CLASS, three_nodes  # noqa: E402
-from ray_cluster import start as start_cluster  # noqa: E402
+from ray_cluster import GPU_CLASS, build_records  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    started = start_cluster(three_nodes())
-    yield started
-    started.shutdown()
-
-
-def _env(cluster) -> dict[str, str]:
-    return {"RAY_ADDRESS": cluster.address}
-
-
-def _records(store: Path) -> list[dict]:
-    from buildsys.store.build_record import read_record
-    from buildsys.store.local import LocalStore
-
-    local = LocalStore(store)
-    return [read_record(local, digest) for _, digest in local.builds.listing()]
+pytestmark = pytest.mark.xdist_group("ray-cluster")
 
 
 def _buildfile(project: Project, body: str) -> None:
     """A Buildfile whose stages fit a node of one CPU (one thread each, whatever this machine has)."""
-    header = f'[project]\nrecipe_path = [".", "{REPO}", "{TESTS}"]\njobs = 2\nthreads = 1\n\n'
-    project.write("Buildfile.toml", header + textwrap.dedent(body))
+    project.buildfile_text(body, threads=1)
 
 
 CLASS_STAGES = '''
@@ -63,44 +42,6 @@ CLASS_STAGES = '''
 """A stage for the GPU class (its GPU and driver in its key) and one keyed by the GPU model only."""
 
 
-def _tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.mark.slow
-def test_the_bunny_builds_on_the_cluster_bitwise_as_locally(cluster, tmp_path: Path):
-    """The default project's imported asset (pymeshlab import, cleanup, xatlas unwrap, bake,
-    GLB, USD, gates) built on the cluster and on this machine: same keys, same bytes, every
-    stage recorded with the node that ran it, and each node's store holding what it ran."""
-    roots = {}
-    for where in ("ray", "local"):
-        root = tmp_path / where
-        root.mkdir()
-        text = (REPO / "Buildfile.toml").read_text().replace("jobs = 2\n", "jobs = 2\nthreads = 1\n", 1)
-        (root / "Buildfile.toml").write_text(text)  # stages of one thread: a node of the test cluster has one CPU
-        shutil.copytree(REPO / "recipes", root / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
-        args = ["build", "--json", "bunny", *(["--executor", "ray"] if where == "ray" else [])]
-        done = run_cli(*args, cwd=root, env=_env(cluster))
-        assert done.code == 0, done.stderr
-        assert done.summary["executed"] == 6, done.summary
-        roots[where] = root
-    remote, local = (_tree_bytes(roots[w] / "out") for w in ("ray", "local"))
-    assert remote.keys() == local.keys() and len(remote) > 10
-    assert [p for p in remote if remote[p] != local[p]] == []
-    from buildsys.store.local import LocalStore
-
-    refs = [LocalStore(roots[w] / "store").refs.read("targets", "bunny") for w in ("ray", "local")]
-    assert {s: e["key"] for s, e in refs[0]["stages"].items()} == {s: e["key"] for s, e in refs[1]["stages"].items()}
-    record = _records(roots["ray"] / "store")[-1]
-    nodes = {sid: stage.get("node") for sid, stage in record["stages"].items()}
-    assert all(nodes.values()), nodes
-    assert record["summary"]["cluster"]["classes"]["any"]["nodes"] and record["summary"]["cluster"]["moved"]["bytes_to_node"] > 0
-    report = run_cli("report", "bunny", cwd=roots["ray"])
-    assert report.code == 0 and report.stdout.count(" on node ") == 6, report.stdout
-    stored_somewhere = [name for name, store in cluster.stores.items() if list((store / "store" / "ac").rglob("*"))]
-    assert stored_somewhere, "no node store holds an action result"
-
-
 @pytest.mark.slow
 def test_keys_carry_the_executing_nodes_fingerprint(cluster, project: Project):
     """A stage declaring the GPU model is keyed with the node's, not the client's: a CUDA stage
@@ -113,7 +54,7 @@ def test_keys_carry_the_executing_nodes_fingerprint(cluster, project: Project):
         recipe = "cluster_recipes:machine"
         resources = { vram_gb = 24 }
     ''')
-    plan = project.cli("plan", "--executor", "ray", "--json", env=_env(cluster))
+    plan = project.cli("plan", "--executor", "ray", "--json", env=cluster.env)
     assert plan.code == 0, plan.stderr
     planned = json.loads(plan.stdout)
     classes = planned["cluster"]["classes"]
@@ -121,7 +62,7 @@ def test_keys_carry_the_executing_nodes_fingerprint(cluster, project: Project):
     assert classes[gpu_class]["fields"] == GPU_CLASS and len(classes[gpu_class]["nodes"]) == 1
     cpu_class = planned["stages"]["t/cpu"]["node_class"]
     assert classes[cpu_class]["fields"] == {"gpu": "none"} and len(classes[cpu_class]["nodes"]) == 2
-    built = project.cli("build", "--json", "--executor", "ray", env=_env(cluster))
+    built = project.cli("build", "--json", "--executor", "ray", env=cluster.env)
     assert built.code == 0, built.stderr
     from buildsys.keys.encoding import decode
     from buildsys.store.local import LocalStore
@@ -153,7 +94,7 @@ def test_a_stage_asking_for_what_no_node_has_fails_at_once(cluster, project: Pro
         recipe = "cluster_recipes:machine"
     ''')
     started = time.monotonic()
-    built = project.cli("build", "--json", "-k", "--executor", "ray", env=_env(cluster))
+    built = project.cli("build", "--json", "-k", "--executor", "ray", env=cluster.env)
     assert built.code == 1, built.stderr
     failure = built.summary["failures"]["t/big"]
     assert failure["status"] == "unplaceable"
@@ -184,7 +125,7 @@ def test_a_stages_memory_budget_is_what_it_asks_ray_for(cluster, project: Projec
         recipe = "cluster_recipes:machine"
         params = { where = "here" }
     ''')
-    built = project.cli("build", "--json", "-k", "--executor", "ray", "u", "t", "fat", env=_env(cluster))
+    built = project.cli("build", "--json", "-k", "--executor", "ray", "u", "t", "fat", env=cluster.env)
     assert built.code == 1, built.stderr
     hog = built.summary["failures"]["fat/hog"]
     assert hog["status"] == "memory" and "memory budget" in hog["error"], hog
@@ -219,7 +160,7 @@ def test_verify_replays_each_stage_on_a_node_of_the_class_that_made_it(cluster, 
         recipe = "cluster_recipes:machine"
         fingerprint = ["gpu"]
     ''')
-    assert project.cli("build", "--json", "--executor", "ray", "t", env=_env(cluster)).code == 0
+    assert project.cli("build", "--json", "--executor", "ray", "t", env=cluster.env).code == 0
     odd = project.cli("build", "--json", "odd", env={"RAY_ADDRESS": "", "BUILDSYS_FINGERPRINT_OVERRIDE": "gpu=Imaginary GPU"})
     assert odd.code == 0, odd.stderr
     from buildsys.store.local import LocalStore
@@ -227,7 +168,7 @@ def test_verify_replays_each_stage_on_a_node_of_the_class_that_made_it(cluster, 
     store = LocalStore(project.root / "store")
     ref = store.refs.read("targets", "t")["stages"]
     gpu_node = store.actions.get(ref["cuda"]["key"]).result.producer["node"]
-    verified = project.cli("verify", "--json", "--executor", "ray", "-j", "3", "t", "odd", env=_env(cluster))
+    verified = project.cli("verify", "--json", "--executor", "ray", "-j", "3", "t", "odd", env=cluster.env)
     assert verified.code == 4, verified.stdout + verified.stderr
     stages = {v["stage"]: v for v in json.loads(verified.stdout)["stages"]}
     assert stages["t/cuda"]["status"] == "reproduced" and f"replayed on node {gpu_node}" in stages["t/cuda"]["notes"], stages["t/cuda"]
@@ -237,7 +178,7 @@ def test_verify_replays_each_stage_on_a_node_of_the_class_that_made_it(cluster, 
     assert stages["t/clock"]["status"] == "diverged", stages["t/clock"]
     assert stages["odd/s"]["status"] == "error", stages["odd/s"]
     assert "no node of the cluster is of the class that made it (gpu 'Imaginary GPU')" in stages["odd/s"]["error"], stages["odd/s"]
-    varied = project.cli("verify", "--executor", "ray", "--vary", "tz", "t", env=_env(cluster))
+    varied = project.cli("verify", "--executor", "ray", "--vary", "tz", "t", env=cluster.env)
     assert varied.code == 2 and "--vary and --bisect run on this machine" in varied.stderr, varied.stderr
 
 
@@ -250,12 +191,12 @@ def test_a_stage_over_budget_is_killed_on_its_node(cluster, project: Project):
         budget = { seconds = 2 }
     ''')
     started = time.monotonic()
-    built = project.cli("build", "--json", "--executor", "ray", env=_env(cluster))
+    built = project.cli("build", "--json", "--executor", "ray", env=cluster.env)
     assert built.code == 1
     failure = built.summary["failures"]["t/slow"]
     assert failure["status"] == "timeout" and "over its time budget" in failure["error"], failure
     assert time.monotonic() - started < 90
-    record = _records(project.root / "store")[-1]
+    record = build_records(project.root / "store")[-1]
     assert record["stages"]["t/slow"]["node"]
 
 
@@ -274,7 +215,7 @@ def test_a_checkpoint_crosses_once_per_node_through_a_folder_remote(cluster, pro
     for i in range(6):
         project.write(f"in{i}.txt", f"input {i}\n" * (i + 1))
     _buildfile(project, f'[models.ckpt]\npath = "ckpt"\n\n[remote]\nurl = "file://{shared}"\n\n[executor]\ndata_plane = "remote"\n\n{stages}')
-    built = project.cli("build", "--json", "--executor", "ray", env=_env(cluster))
+    built = project.cli("build", "--json", "--executor", "ray", env=cluster.env)
     assert built.code == 0, built.stderr
     moved = built.summary["cluster"]["moved"]
     assert moved["bytes_to_node"] < 3 * (2 << 20) + (1 << 20), moved
@@ -306,7 +247,7 @@ def test_the_client_killed_mid_build_leaves_nothing_half_ingested(cluster, proje
     _buildfile(project, stages)
     proc = subprocess.Popen(
         [sys.executable, "-m", "buildsys", "build", "--json", "--executor", "ray", "-f", str(project.buildfile)],
-        cwd=project.root, env={**os.environ, **_env(cluster)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=project.root, env={**os.environ, **cluster.env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     ac = project.root / "store" / "ac"
@@ -316,19 +257,19 @@ def test_the_client_killed_mid_build_leaves_nothing_half_ingested(cluster, proje
     proc.wait()
     verify = project.cli("store", "verify")
     assert verify.code == 0, verify.stdout + verify.stderr
-    again = project.cli("build", "--json", "--executor", "ray", env=_env(cluster))
+    again = project.cli("build", "--json", "--executor", "ray", env=cluster.env)
     assert again.code == 0, again.stderr
     assert again.summary["cached"] >= 1 and again.summary["executed"] + again.summary["cached"] == 8
     for i in range(8):
         assert (project.root / f"out/t{i}/s/result.txt").read_text() == f"slept {float(1 + i % 3)}\n"
     # stages that declare no fingerprint field have one key on every node: a no-op build of
     # them on the cluster never joins it, so never imports Ray
-    assert _heavy_after(["build", "-f", str(project.buildfile), "--executor", "ray"], project.root, _env(cluster)) == "-"
+    assert _heavy_after(["build", "-f", str(project.buildfile), "--executor", "ray"], project.root, cluster.env) == "-"
 
 
 @pytest.mark.slow
 def test_a_node_removed_mid_stage_is_retried_elsewhere(cluster, project: Project):
-    """Runs last: it takes a node out of the module's cluster. The stage asks for a resource
+    """Runs last in its module: it takes a node out of the cluster (and puts it back). The stage asks for a resource
     both workers offer; whichever starts it is killed with its raylet, and Ray runs the stage
     again on the other."""
     _buildfile(project, '''
@@ -339,7 +280,7 @@ def test_a_node_removed_mid_stage_is_retried_elsewhere(cluster, project: Project
     ''')
     proc = subprocess.Popen(
         [sys.executable, "-m", "buildsys", "build", "--json", "--executor", "ray", "-f", str(project.buildfile)],
-        cwd=project.root, env={**os.environ, **_env(cluster)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=project.root, env={**os.environ, **cluster.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     victim = None
     deadline = time.monotonic() + 120
@@ -350,12 +291,15 @@ def test_a_node_removed_mid_stage_is_retried_elsewhere(cluster, project: Project
         time.sleep(0.05)
     assert victim is not None, "the stage never started on a worker node"
     cluster.remove(victim)
-    out, err = proc.communicate(timeout=300)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        cluster.restore(victim)  # the session's cluster, whole again for the tests after this one
     assert proc.returncode == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["executed"] == 1
     assert (project.root / "out/t/s/result.txt").read_text() == "slept 6.0\n"
     survivor = "gpu1" if victim == "cpu1" else "cpu1"
-    record = _records(project.root / "store")[-1]
+    record = build_records(project.root / "store")[-1]
     ran_on = record["stages"]["t/s"]["node"]
     assert list((cluster.stores[survivor] / "store" / "ac").rglob("*")), f"ran on {ran_on}, not on the surviving {survivor}"

@@ -169,6 +169,27 @@ def test_an_editable_install_is_read_as_code_not_versioned(tmp_path: Path, monke
     assert "studiolib-e" not in identity.libraries
 
 
+def test_a_requirement_of_another_platform_is_not_in_the_closure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Requires-Dist lines whose environment marker is false here are not requirements here, even
+    when a distribution of that name can be found (``import ray`` puts its vendored colorama on
+    sys.path: tqdm's Windows-only requirement of it made a cluster client's keys differ)."""
+    from buildsys.keys.distributions import library_versions
+
+    site = tmp_path / "site"
+    _write(site, {
+        "studiolib_m/__init__.py": "",
+        "studiolib_m-1.0.dist-info/METADATA": (
+            "Name: studiolib-m\nVersion: 1.0\nRequires-Dist: studiolib-here; python_version >= '3'\n"
+            "Requires-Dist: studiolib-elsewhere>=2; sys_platform == 'nonesuch'\nRequires-Dist: studiolib-extra; extra == 'dev'\n"
+        ),
+        "studiolib_m-1.0.dist-info/top_level.txt": "studiolib_m\n",
+        **{f"{name}-1.0.dist-info/METADATA": f"Name: {name.replace('_', '-')}\nVersion: 1.0\n"
+           for name in ("studiolib_here", "studiolib_elsewhere", "studiolib_extra")},
+    })
+    monkeypatch.setattr(sys, "path", [*sys.path, str(site)])
+    assert library_versions({"studiolib_m"}) == {"studiolib-m": "1.0", "studiolib-here": "1.0"}
+
+
 def test_the_identity_cache_notices_edits_new_modules_and_installs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     recipe = "import helper_c\n\ndef run(ctx):\n    return helper_c.value()\n"
     _write(tmp_path / "p", {"rc.py": recipe, "helper_c.py": "def value():\n    return 1\n"})

@@ -82,19 +82,37 @@ def _headers(folder: Path) -> list[tuple[str, str]]:
 
 @cache
 def _metadata(folder: Path) -> tuple[_Installed, tuple[str, ...]] | None:
-    """(the distribution, the names of its unconditional requirements)."""
+    """(the distribution, the names of its requirements on this machine: not an extra's, and
+    not one whose environment marker is false here)."""
     fields = _headers(folder)
     values = dict(fields)
     if "Name" not in values or "Version" not in values:
         return None
     requires = []
     for key, value in fields:
-        if key != "Requires-Dist" or "extra" in value.partition(";")[2]:
+        marker = value.partition(";")[2].strip()
+        if key != "Requires-Dist" or "extra" in marker or (marker and not _holds(marker)):
             continue
         match = _REQUIREMENT_NAME.match(value)
         if match:
             requires.append(normalize(match.group(1)))
     return _Installed(normalize(values["Name"]), values["Version"], folder), tuple(requires)
+
+
+@cache
+def _holds(marker: str) -> bool:
+    """Whether an environment marker (``platform_system == "Windows"``) holds for this Python.
+    A requirement of another platform is no requirement here, even if a module of that name can
+    be found: ``import ray`` puts its vendored ``colorama`` on ``sys.path``, and tqdm's
+    Windows-only requirement of it then entered the keys of a client that had joined a cluster,
+    and not of one that had not (a cluster build missed every cache entry of a local one). An
+    unreadable marker counts as holding, as before markers were read."""
+    from packaging.markers import InvalidMarker, Marker
+
+    try:
+        return Marker(marker).evaluate()
+    except InvalidMarker:
+        return True
 
 
 @cache
