@@ -72,6 +72,17 @@ CASES = [
     ("NUL in a source reference", ("src:data/*.txt", "src:data/\\u0000*.txt"), ["inputs.src", "NUL character"]),
     ("NUL in a model path", ('path = "model.bin"', 'path = "model\\u0000.bin"'), ["models.m.path", "NUL character"]),
     ("fingerprint field not a string", ('inputs = { prev = "first" }', 'inputs = { prev = "first" }\nfingerprint = [["gpu"]]'), ["fingerprint[0]", "unknown fingerprint field"]),
+    # issue 19's review: the project folder, the store or the outputs as a model folder; outputs over the project or a source
+    ("model path empty: the project folder", ('path = "model.bin"', 'path = ""'), ["models.m.path", "is the project folder"]),
+    ("model path '.'", ('path = "model.bin"', 'path = "."'), ["models.m.path", "is the project folder"]),
+    ("model path the store", ('path = "model.bin"', 'path = "store"'), ["models.m.path", "overlaps the store"]),
+    ("model path inside the store", ('path = "model.bin"', 'path = "store/cas"'), ["models.m.path", "overlaps the store"]),
+    ("model path in the outputs", ('path = "model.bin"', 'path = "out/t"'), ["models.m.path", "overlaps the outputs folder", "'target' and 'stage'"]),
+    ("outputs the project folder", ("jobs = 2", 'jobs = 2\noutputs = "."'), ["project.outputs", "is the project folder"]),
+    ("outputs empty: the project folder", ("jobs = 2", 'jobs = 2\noutputs = ""'), ["project.outputs", "is the project folder"]),
+    ("outputs a source folder", ("jobs = 2", 'jobs = 2\noutputs = "data"'),
+     ["project.outputs", "holds what pipelines.p.stages.first.inputs.src reads (src:data/*.txt)"]),
+    ("outputs above a source folder", ('src:data/*.txt', 'src:out/data/*.txt'), ["project.outputs", "holds what", "(src:out/data/*.txt)"]),
     ("newline and terminal escape in a name", ("[targets.t]", '[targets."a\\nb\\u001b[31m"]\npipeline = "p"\n[targets.t]'), ["targets.a\\nb\\x1b[31m", "may hold only"]),
 ]
 

@@ -74,3 +74,41 @@ def test_a_model_outside_the_project_needs_the_buildfile_to_allow_its_folder(pro
     project.buildfile.write_text(header)
     result = project.build()
     assert result.code == 0, result.stdout + result.stderr
+
+
+PIPELINE = (
+    '[targets.t.stages.first]\nrecipe = "engine_recipes:copy_through"\ninputs = { src = "src:a.txt" }\n\n'
+    '[targets.t.stages.later]\nrecipe = "engine_recipes:copy_through"\ninputs = { up = "first", src = "src:data/*" }\n'
+)
+
+
+def _records(project: Project) -> int:
+    return sum(1 for p in (project.root / "store" / "ac").rglob("*") if p.is_file()) if (project.root / "store" / "ac").is_dir() else 0
+
+
+def test_a_downstream_glob_that_matches_a_link_out_is_refused_before_anything_runs(project: Project, tmp_path_factory):
+    """The glob is matched when the build starts, not when its stage comes up after the
+    upstream stages ran (nor never, as in a plan, which resolves no stage below one that would
+    run)."""
+    outside = tmp_path_factory.mktemp("private")
+    (outside / "secret.txt").write_text("SECRET\n")
+    project.write("a.txt", "one\n")
+    project.write("data/fine.txt", "fine\n")
+    project.buildfile_text(PIPELINE)
+    (project.root / "data" / "secret.txt").symlink_to(outside / "secret.txt")
+    for command in ("plan", "build"):
+        result = project.cli(command)
+        assert result.code == 2, (command, result.stdout + result.stderr)
+        assert "Buildfile.toml" in result.stderr and "targets.t.stages.later.inputs.src" in result.stderr, result.stderr
+        assert "outside the project" in result.stderr and "Traceback" not in result.stderr
+    assert _records(project) == 0 and not (project.root / "out").exists(), "the upstream stage ran"
+    # after a good build (its graph index written), the link appears and the upstream input changes
+    (project.root / "data" / "secret.txt").unlink()
+    assert project.build().code == 0
+    records = _records(project)
+    (project.root / "data" / "secret.txt").symlink_to(outside / "secret.txt")
+    project.write("a.txt", "two\n")
+    result = project.build()
+    assert result.code == 2 and "targets.t.stages.later.inputs.src" in result.stderr, result.stdout + result.stderr
+    assert _records(project) == records and (project.root / "out/t/later/a.txt").read_text() == "one\n", "the upstream stage ran"
+    assert digest_bytes(b"SECRET\n") not in _blobs(project)

@@ -105,3 +105,20 @@ def test_a_link_at_any_depth_of_the_outputs_is_checked_and_one_that_stays_inside
     assert built.code == 0, built.stdout + built.stderr
     assert (project.root / "out/elsewhere/s/data/a.txt").read_text() == "a\n"
     assert all((project.root / f"out/t{i}/s/data/a.txt").read_text() == "a\n" for i in range(4))
+
+
+def test_a_glob_that_reaches_into_the_outputs_folder_or_the_store_is_refused(project: Project):
+    """A glob from the project folder down (``**``) would match the last build's outputs, or the
+    store's own files, and key the next build on them: refused when it is matched, naming the
+    field, with what was built kept."""
+    project.write("data/a.txt", "a\n")
+    project.buildfile_text(STAGE.replace("src:data/*.txt", "src:data/**/*.txt"))
+    assert project.build().code == 0
+    for pattern, where in (("src:**/*.txt", "in the outputs folder"), ("src:store/*", "in the store")):
+        project.buildfile_text(STAGE.replace("src:data/*.txt", pattern))
+        for command in ("plan", "build"):
+            result = project.cli(command)
+            assert result.code == 2, (pattern, command, result.stdout + result.stderr)
+            assert "targets.t.stages.s.inputs.src" in result.stderr and where in result.stderr, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (project.root / "out/t/s/data/a.txt").read_text() == "a\n"

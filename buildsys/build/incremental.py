@@ -28,12 +28,12 @@ from buildsys.build.graph_index import GraphIndex
 from buildsys.build.index_files import PATIENT_TARGETS, SHARD_TARGETS, shard_of, write_index, write_stamp
 from buildsys.build.index_path import index_file
 from buildsys.build.settled import target_record, unsettled, upstream_targets
-from buildsys.build.sources import GLOB_CHARS
 from buildsys.build.stage_entry import StageEntry
 from buildsys.determinism import resolve_device
 from buildsys.keys.hashing import Digest, digest_value
 from buildsys.keys.tree import Entry
 from buildsys.project.buildfile import InputRef, Project, StageSpec
+from buildsys.project.folders import GLOB_CHARS
 
 if TYPE_CHECKING:
     from buildsys.build.session import Session

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from buildsys.build.executors import Placement
@@ -31,6 +32,7 @@ from buildsys.keys.hashing import Digest
 from buildsys.keys.identity import RecipeIdentity, RecipeNotFound
 from buildsys.keys.tree import Manifest
 from buildsys.project.buildfile import InputRef, ModelSpec, Project, StageSpec
+from buildsys.project.folders import relative_inside
 from buildsys.store.batch import BlobBatch
 from buildsys.store.local import LocalStore
 from buildsys.store.statcache import StatCache
@@ -74,6 +76,11 @@ class Resolver:
         self.threads = threads
         self._identities: dict[str, RecipeIdentity] = {}
         self._sources: dict[InputRef, Digest] = {}
+        self._matched: dict[InputRef, list[tuple[str, Path]]] = {}  # see check_sources
+        self._fenced = tuple(
+            (folder, name) for path, name in ((project.outputs, "the outputs folder"), (project.store, "the store"))
+            if (folder := relative_inside(path, project.root)) not in (None, ".")
+        )
         self._offered: dict[str, tuple[Digest, Manifest]] = {}  # see offer_sources
         self._models: dict[str, Digest] = {}
         self.source_manifests: dict[InputRef, Manifest] = {}
@@ -84,6 +91,7 @@ class Resolver:
         """Resolve sources and models afresh (a build starting over after a corrupt blob: one of
         theirs may be the one that went)."""
         self._sources.clear()
+        self._matched.clear()
         self._offered.clear()
         self._models.clear()
         self.source_manifests.clear()
@@ -103,12 +111,29 @@ class Resolver:
             self._identities[recipe] = self.identities.identity(recipe, self.project.recipe_path)
         return self._identities[recipe]
 
+    def check_sources(self, stage_ids: list[str]) -> None:
+        """Match every ``src:`` and ``pkg:`` reference of these stages that the build does not
+        know to be current, before any stage runs: one that a link carries out of its root, or
+        that matches nothing, is refused naming its field, not when a downstream stage comes to
+        it after its upstream stages ran (or never, in a plan). The files found are used by the
+        stage that reads them."""
+        self._matched.clear()
+        for sid in stage_ids:
+            spec = self.project.stages[sid]
+            for name, refs in spec.inputs.items():
+                for ref in refs:
+                    if ref.kind in ("src", "pkg") and ref not in self._matched and not self._known(ref):
+                        self._matched[ref] = self._files(ref, f"{spec.where}.inputs.{name}")
+
+    def _files(self, ref: InputRef, where: str) -> list[tuple[str, Path]]:
+        try:
+            return match_files(ref.kind, ref.value, self.project.root, self._fenced)
+        except SourceError as exc:
+            raise InputError(f"{self.project.file}: {where}: {exc}") from None
+
     def source_tree(self, ref: InputRef, where: str, batch: BlobBatch | None = None) -> Digest:
         if not self._known(ref):
-            try:
-                files = match_files(ref.kind, ref.value, self.project.root)
-            except SourceError as exc:
-                raise InputError(f"{self.project.file}: {where}: {exc}") from None
+            files = self._matched.pop(ref, None) or self._files(ref, where)
             tree, manifest = ingest_files(files, batch or self.sink, self.stat_cache)
             self.source_manifests[ref] = self._tree_manifests[tree] = manifest
             self._sources[ref] = tree
@@ -142,10 +167,12 @@ class Resolver:
     def _source_from_stat_cache(self, ref: InputRef) -> bool:
         """Resolve a source whose files are all known to the stat cache and in the store (the
         no-op case: nothing to read, so no thread to start); False if any file needs work."""
-        try:
-            files = match_files(ref.kind, ref.value, self.project.root)
-        except SourceError:
-            return False  # reported with its field by source_tree
+        files = self._matched.get(ref)
+        if files is None:
+            try:
+                files = match_files(ref.kind, ref.value, self.project.root, self._fenced)
+            except SourceError:
+                return False  # reported with its field by source_tree
         found = ingest_cached(files, self.sink, self.stat_cache)
         if found is None:
             return False

@@ -236,6 +236,7 @@ class Builder:
         if isinstance(self._executor, LocalStageExecutor):  # its workers read only these recipes' code
             self._executor.recipes = sorted({project.stages[sid].recipe for sid in order})
         index = self.index
+        self.resolver.check_sources(order)
         self.resolver.prefetch_sources([sid for sid in order if index is None or index.may_resolve(sid)])
         deps = {sid: set(project.upstream(sid)) for sid in order}
         dependents: dict[str, list[str]] = {sid: [] for sid in order}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-import re
 import stat
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +18,7 @@ from typing import Protocol
 from buildsys.errors import SourceChanged
 from buildsys.keys.hashing import Digest, digest_bytes, digest_file
 from buildsys.keys.tree import Entry, Manifest, encode_manifest
+from buildsys.project.folders import GLOB_CHARS
 from buildsys.store.statcache import StatCache
 
 
@@ -61,9 +61,6 @@ def package_folder(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-GLOB_CHARS = re.compile(r"[*?[]")
-
-
 class _Within:
     """Checks that paths stay inside ``base`` once links are followed; each folder is resolved
     once (a no-op build matches every source again)."""
@@ -83,9 +80,11 @@ class _Within:
         self._folders.add(path)
 
 
-def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, Path]]:
+def match_files(kind: str, pattern: str, project_root: Path, fenced: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, Path]]:
     """(relative path inside the tree, file) for every regular file a reference names; a match
-    that a link carries out of its root (the project, or the package's folder) is an error."""
+    that a link carries out of its root (the project, or the package's folder) is an error, and
+    so is a ``src:`` match in one of the ``fenced`` folders (``(folder relative to the project,
+    its name)``: the outputs folder and the store, which buildsys writes)."""
     if kind == "pkg":
         package, _, inner = pattern.partition("/")
         base = package_folder(package)
@@ -114,6 +113,10 @@ def match_files(kind: str, pattern: str, project_root: Path) -> list[tuple[str, 
             files.append((Path(rel).as_posix(), full))
     if not files:
         raise SourceError(f"{kind}:{pattern} matches no file (looked in {base})")
+    for folder, name in fenced if kind == "src" else ():
+        for rel, _ in files:
+            if rel == folder or rel.startswith(folder + "/"):
+                raise SourceError(f"{kind}:{pattern} matches {rel}, in {name}, which buildsys writes: narrow the pattern")
     return files
 
 

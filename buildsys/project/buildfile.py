@@ -26,7 +26,7 @@ Every error names the file, the dotted field and, where it can be found, the lin
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ from buildsys.keys.hashing import is_digest
 from buildsys.project.checks import cross_check
 from buildsys.project.config import RemoteSettings
 from buildsys.project.executor import ExecutorSettings
+from buildsys.project.folders import model_refusal, outputs_refusal, relative_inside, source_under
 from buildsys.project.graph import LazyStages, LazyTargets, TargetShape, shape_of
-from buildsys.project.places import Places, inside
+from buildsys.project.places import Places
 from buildsys.project.reader import BuildfileReader
 from buildsys.project.schema import kind_of
 from buildsys.project.specs import InputRef, ModelSpec, Project, StageSpec, TargetSpec
@@ -125,7 +126,9 @@ class _Expander:
                 raise r.error(f"project.allow_outside[{i}]", f"must be a folder (a string), got {kind_of(entry)}")
             r.path_text(entry, f"project.allow_outside[{i}]")
         self.places = Places(self.root, tuple((self.root / os.path.expanduser(entry)).absolute() for entry in allowed))
-        outputs = self.outputs_folder(r.path(settings, "outputs", "project", "out"), store)
+        outputs_value = r.path(settings, "outputs", "project", "out")
+        outputs = self.outputs_folder(outputs_value, store)
+        self.store, self.outputs = store, outputs
         jobs = r.number(settings, "jobs", "project", integer=True, low=1, default=1)
         threads = r.number(settings, "threads", "project", integer=True, low=1)
         recipe_path = r.get(settings, "recipe_path", list, "project", ["."])
@@ -169,6 +172,7 @@ class _Expander:
         self.target_names.update(targets_raw)
         targets = {name: self.target(name, table, pipelines) for name, table in targets_raw.items()}
         stages = {s.id: s for t in targets.values() for s in t.stages.values()}
+        self.outputs_apart_from_sources(outputs_value, outputs, stages.values())
         project = Project(
             file=self.path.absolute(), root=self.root, store=store, outputs=outputs, jobs=jobs,
             threads=threads, recipe_path=roots, models=models, targets=targets, remote=remote, stages=stages,
@@ -180,15 +184,27 @@ class _Expander:
         return project
 
     def outputs_folder(self, value: str, store: Path) -> Path:
-        """The outputs folder: in the project or an allowed folder, and apart from the store
-        (whose folders it would otherwise be written into)."""
+        """The outputs folder: in the project or an allowed folder, and apart from the project
+        folder itself and the store (buildsys.project.folders)."""
         outputs = self.root / value
         refusal = self.places.refusal(outputs, "outputs are written")
         if refusal:
             raise self.r.error("project.outputs", refusal)
-        if inside(store, outputs) or inside(outputs, store):
-            raise self.r.error("project.outputs", f"{value!r} overlaps the store ({store}): outputs need a folder of their own")
+        refusal = outputs_refusal(outputs, self.root, store)
+        if refusal:
+            raise self.r.error("project.outputs", f"{value!r} {refusal}")
         return outputs
+
+    def outputs_apart_from_sources(self, value: str, outputs: Path, stages: Iterable[StageSpec]) -> None:
+        folder = relative_inside(outputs, self.root)
+        found = source_under(folder, stages) if folder is not None else None
+        if found:
+            where, ref = found
+            raise self.r.error(
+                "project.outputs",
+                f"{value!r} holds what {where} reads ({ref}): a build would write where its own sources are read; "
+                "give the outputs a folder of their own",
+            )
 
     def target(self, name: str, table: Any, pipelines: dict[str, Any]) -> TargetSpec:
         r = self.r
@@ -257,6 +273,9 @@ class _Expander:
             refusal = self.places.refusal(resolved, "checkpoints are read")
             if refusal:
                 raise r.error(f"{where}.path", refusal)
+            refusal = model_refusal(resolved, self.root, self.store, self.outputs)
+            if refusal:
+                raise r.error(f"{where}.path", f"{path!r} {refusal}")
         return ModelSpec(
             name=name, path=resolved, target=target, stage=stage, digest=digest,
             license=r.get(table, "license", str, where), production=r.get(table, "production", bool, where, False),
