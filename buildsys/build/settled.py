@@ -91,6 +91,7 @@ class _Unwatched:
     def __init__(self, changed: set[str] | None) -> None:
         self.changed = changed
         self.touched: set[str] = set()
+        self._cleared: dict[str, bool] = {}
         for path in changed or ():
             self.touched.add(path)
             parent = os.path.dirname(path)
@@ -105,14 +106,18 @@ class _Unwatched:
             return True
         for path, *_ in records:
             folder = os.path.dirname(path)
-            if folder in self.touched or path in self.changed:
+            if folder in self.touched or path in self.changed or not self._clear(os.path.dirname(folder)):
                 return False
-            parent = os.path.dirname(folder)
-            while parent and parent != folder:
-                if parent in self.changed:
-                    return False
-                folder, parent = parent, os.path.dirname(parent)
         return True
+
+    def _clear(self, folder: str) -> bool:
+        """Whether neither ``folder`` nor a folder above it changed (remembered: the outputs of
+        10,000 targets share their upper folders)."""
+        known = self._cleared.get(folder)
+        if known is None:
+            parent = os.path.dirname(folder)
+            known = self._cleared[folder] = folder not in (self.changed or ()) and (not parent or parent == folder or self._clear(parent))
+        return known
 
 
 def settled_targets(session: Session, index: GraphIndex, targets: list[str]) -> dict[str, list[Any]]:
