@@ -94,11 +94,16 @@ def check(session: Session, index: GraphIndex) -> None:
     if not index.same_buildfile:
         return
     dirty = index.check_files(session.stat_cache, session.watch_changed) | index.dirty_tokens
-    plain = index.plain_files()
-    offered = {}
-    for token, (_, digest, size, executable) in plain.items():
-        if token not in dirty:
-            offered[token] = (index.values[token], {token[4:]: Entry(digest, size, executable)})
+    files = index.body["files"]
+    plain = {index.tokens[n]: n for n in files}
+
+    def offered(token: str) -> tuple[Digest, dict[str, Entry]] | None:
+        number = plain.get(token)
+        if number is None or token in dirty:
+            return None
+        _, digest, size, executable, _ = files[number]
+        return index.values[token], {token[4:]: Entry(digest, size, executable)}
+
     session.resolver.offer_sources(offered)
     for token in index.tokens:
         if token in dirty or token in plain:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from buildsys.build.executors import Placement
 from buildsys.build.identities import IdentityCache
@@ -65,6 +65,10 @@ def default_threads(project: Project, jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
 
+def _none_offered(token: str) -> None:
+    return None
+
+
 class Resolver:
     def __init__(self, project: Project, store: LocalStore, stat_cache: StatCache, fingerprint: Fingerprint, threads: int,
                  identities: IdentityCache) -> None:
@@ -81,7 +85,7 @@ class Resolver:
             (folder, name) for path, name in ((project.outputs, "the outputs folder"), (project.store, "the store"))
             if (folder := relative_inside(path, project.root)) not in (None, ".")
         )
-        self._offered: dict[str, tuple[Digest, Manifest]] = {}  # see offer_sources
+        self._offered: Callable[[str], tuple[Digest, Manifest] | None] = _none_offered  # see offer_sources
         self._models: dict[str, Digest] = {}
         self.source_manifests: dict[InputRef, Manifest] = {}
         self._tree_manifests: dict[Digest, Manifest] = {}  # source trees, which a plan does not store
@@ -92,7 +96,7 @@ class Resolver:
         theirs may be the one that went)."""
         self._sources.clear()
         self._matched.clear()
-        self._offered.clear()
+        self._offered = _none_offered
         self._models.clear()
         self.source_manifests.clear()
         self._tree_manifests.clear()
@@ -185,16 +189,16 @@ class Resolver:
             return self._sources[ref]
         return None
 
-    def offer_sources(self, sources: dict[str, tuple[Digest, Manifest]]) -> None:
-        """Sources the caller has checked to be current ({"src:PATH": (tree, manifest)}: a
-        resolved-graph index), taken when a stage asks for one: a build that resolves few
+    def offer_sources(self, sources: Callable[[str], tuple[Digest, Manifest] | None]) -> None:
+        """Sources the caller has checked to be current ("src:PATH" -> (tree, manifest), or None:
+        a resolved-graph index), asked when a stage asks for one: a build that resolves few
         stages does nothing for the others' sources."""
         self._offered = sources
 
     def _known(self, ref: InputRef) -> bool:
         if ref in self._sources:
             return True
-        offered = self._offered.pop(str(ref), None) if ref.kind == "src" else None
+        offered = self._offered(str(ref)) if ref.kind == "src" else None
         if offered is None:
             return False
         self.known_source(ref, *offered)
