@@ -8,7 +8,8 @@ and CPU seconds (user + system of the build and its workers) of each build.
 Each version runs its own CLI (a wrapper that sets ``PYTHONPATH`` to a byte-compiled export) on
 its own copy of the library, built and settled by that version beforehand: two index formats
 cannot share one library. With ``--watch`` every round is also timed with ``buildsys watch``
-running. Printed: per version and step the median wall and CPU seconds, each version's median
+running; builds are not handed to it (``BUILDSYS_SERVE=0``: a served build's CPU is the
+watcher's, which this would not count). Printed: per version and step the median wall and CPU seconds, each version's median
 CPU ratio to the first round by round, and the size on disk of its index and stat cache.
 """
 
@@ -30,7 +31,7 @@ import library  # noqa: E402
 
 def timed(cli: str, root: Path, args: list[str]) -> tuple[float, float]:
     """(wall, CPU) seconds of one command, which must succeed."""
-    env = {**os.environ, "BUILDSYS_INDEX_DIR": str(root / ".index")}
+    env = {**os.environ, "BUILDSYS_INDEX_DIR": str(root / ".index"), "BUILDSYS_SERVE": "0"}
     before, started = os.times(), time.perf_counter()
     proc = subprocess.run([cli, *args], cwd=root, env=env, capture_output=True)
     wall, after = time.perf_counter() - started, os.times()
