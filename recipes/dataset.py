@@ -3,13 +3,16 @@
 Every (shape, colour) pair of ``recipes.primitives`` is rendered from ``views`` cameras drawn
 uniformly over a band of the sphere (azimuth in [0, 360), elevation between ``elevation_min``
 and ``elevation_max``, uniform in area) by the project's numpy rasterizer, ``supersample``^2
-samples per pixel. Shapes are drawn in their flat albedo (no shading): the colour an SDS field
-should hold, seen exactly as the emission-absorption renderer of ``recipes.volume`` shows it.
-The background stays transparent; the trainer composites each image over a random colour.
+samples per pixel. ``shading`` says how: ``flat`` draws every shape in its albedo (its
+silhouette is all that tells a cube from a sphere), ``lambert`` shades each face by its normal
+under the light of ``recipes.shading`` (the light rides with the camera), as the SDS renderer of
+``recipes.volume`` shades a field with the same light; ``dataset.json`` records which, and the
+trained prior carries it to SDS. The background stays transparent; the trainer composites each
+image over a random colour.
 
 Params: ``resolution`` (32), ``supersample`` (4), ``views`` (per pair, 32), ``distance`` (3.0),
 ``fov_deg`` (40), ``elevation_min`` / ``elevation_max`` (-30 / 75 degrees), ``shapes`` /
-``colours`` (names, default all), ``holdout`` (captions left out, to test prompts the prior has
+``colours`` (names, default all), ``shading`` (``flat``), ``holdout`` (captions left out, to test prompts the prior has
 never seen).
 
 Outputs: ``images.npz`` (``rgba`` (N,H,W,4) uint8, ``camera`` (N,16) float32 from
@@ -29,6 +32,7 @@ import numpy as np
 from buildsys.context import RecipeError, StageContext
 from recipes.cameras import Camera, camera_features, orbit_camera
 from recipes.primitives import COLOURS, SHAPES, Primitive, caption
+from recipes.shading import SHADINGS, lambert, light_direction
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class DatasetParams:
     elevation_max: float
     shapes: tuple[str, ...]
     colours: tuple[str, ...]
+    shading: str
     holdout: tuple[str, ...]
 
     @classmethod
@@ -57,6 +62,7 @@ class DatasetParams:
             elevation_max=float(ctx.param("elevation_max", 75.0, float)),
             shapes=tuple(_names(ctx, "shapes", SHAPES)),
             colours=tuple(_names(ctx, "colours", COLOURS)),
+            shading=ctx.param("shading", "flat", str),
             holdout=tuple(ctx.param("holdout", [], list)),
         )
         if not 8 <= p.resolution <= 256 or p.resolution % 4:
@@ -67,6 +73,8 @@ class DatasetParams:
             raise RecipeError(f"{where}.elevation_min/elevation_max must satisfy -90 <= min < max <= 90")
         if p.distance <= math.sqrt(3.0) or not 5.0 <= p.fov_deg <= 120.0:
             raise RecipeError(f"{where}.distance must exceed sqrt(3) (outside the object cube) and fov_deg lie in [5, 120]")
+        if p.shading not in SHADINGS:
+            raise RecipeError(f"{where}.shading must be one of {SHADINGS}, got {p.shading!r}")
         known = {caption(s, c) for s in p.shapes for c in p.colours}
         for i, held in enumerate(p.holdout):
             if held not in known:
@@ -84,15 +92,27 @@ def _names(ctx: StageContext, field: str, catalogue: dict) -> list[str]:
     return names
 
 
-def coverage(prim: Primitive, camera: Camera, size: int, supersample: int) -> np.ndarray:
-    """The share of each pixel the shape covers: (size, size) float64 in [0, 1]."""
+def coverage(prim: Primitive, camera: Camera, size: int, supersample: int,
+             shading: str = "flat") -> tuple[np.ndarray, np.ndarray]:
+    """The share of each pixel the shape covers, (size, size) float64 in [0, 1], and the mean
+    shade of the covered part of each pixel (1 where flat or uncovered): the pixel's colour is
+    its albedo times that shade."""
+    from recipes.geometry import face_normals
     from recipes.raster import rasterize
     from recipes.render import project
 
     fine = size * supersample
     xy, depth = project(prim.vertices, camera, fine)
-    hit = rasterize(xy, depth, prim.faces, fine, fine).face >= 0
-    return hit.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
+    face = rasterize(xy, depth, prim.faces, fine, fine).face
+    hit = face >= 0
+    blocks = (size, supersample, size, supersample)
+    alpha = hit.reshape(blocks).mean(axis=(1, 3))
+    if shading == "flat":
+        return alpha, np.ones_like(alpha)
+    shade = np.zeros((fine, fine))
+    shade[hit] = lambert(face_normals(prim.vertices, prim.faces)[face[hit]], light_direction(camera))
+    covered = shade.reshape(blocks).mean(axis=(1, 3))
+    return alpha, np.where(alpha > 0, covered / np.maximum(alpha, 1e-12), 1.0)
 
 
 def sample_cameras(rng: np.random.Generator, count: int, p: DatasetParams) -> list[tuple[float, float]]:
@@ -116,12 +136,12 @@ def multiview_dataset(ctx: StageContext) -> None:
     angles = np.zeros((count, 2), np.float32)
     captions: list[str] = []
     for index, (shape, colour) in enumerate(pairs):
-        albedo = np.round(np.asarray(COLOURS[colour]) * 255.0).astype(np.uint8)
+        albedo = np.asarray(COLOURS[colour], np.float64)
         for view, (azimuth, elevation) in enumerate(sample_cameras(rng, p.views, p)):
             i = index * p.views + view
             camera = orbit_camera(azimuth, elevation, p.distance, p.fov_deg)
-            alpha = coverage(meshes[shape], camera, p.resolution, p.supersample)
-            rgba[i, ..., :3] = albedo
+            alpha, shade = coverage(meshes[shape], camera, p.resolution, p.supersample, p.shading)
+            rgba[i, ..., :3] = np.round(shade[..., None] * albedo * 255.0).astype(np.uint8)
             rgba[i, ..., 3] = np.round(alpha * 255.0).astype(np.uint8)
             features[i] = camera_features(camera)
             angles[i] = (azimuth, elevation)
@@ -139,6 +159,7 @@ def multiview_dataset(ctx: StageContext) -> None:
         "shapes": list(p.shapes),
         "colours": {name: list(COLOURS[name]) for name in p.colours},
         "holdout": list(p.holdout),
+        "shading": p.shading,
         "resolution": p.resolution,
         "distance": p.distance,
         "fov_deg": p.fov_deg,

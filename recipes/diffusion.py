@@ -13,7 +13,9 @@ must meet. A checkpoint is camera-conditioned when ``class_embed_type`` is ``"pr
 ``projection_class_embeddings_input_dim`` 16: its ``class_labels`` are then the camera features of
 ``recipes.cameras.camera_features`` (the flattened camera-to-world matrix), for a camera at
 ``camera_distance`` with a vertical field of view ``camera_fov_deg`` (both required in
-``model_index.json``). A camera-conditioned UNet may also take a ray map: ``in_channels`` 6 more
+``model_index.json``); an optional ``shading`` there (``flat``, the default, or ``lambert``:
+``recipes.shading``) says how its training images were lit, and SDS lights its renders the
+same way. A camera-conditioned UNet may also take a ray map: ``in_channels`` 6 more
 than the image's, the per-pixel Plücker coordinates of ``recipes.cameras.ray_map`` concatenated
 after the (noisy) image channels. A UNet without a class embedding is a plain text-to-image
 prior: it gets no camera. Any other class embedding or channel count is refused, naming the
@@ -32,6 +34,7 @@ from typing import Any
 
 from buildsys.context import RecipeError
 from recipes.cameras import CAMERA_FEATURES, RAY_CHANNELS
+from recipes.shading import SHADINGS
 
 _DIFFUSERS_MODELS = ("UNet2DConditionModel", "AutoencoderKL")
 _TRANSFORMERS_MODELS = ("CLIPTextModel", "CLIPTokenizer", "CLIPTokenizerFast")
@@ -44,6 +47,7 @@ class CameraModel:
 
     distance: float
     fov_deg: float
+    shading: str = "flat"  # how its training images were lit (recipes.shading)
 
 
 @dataclass
@@ -229,4 +233,7 @@ def _camera_model(path: Path, index: dict[str, Any], unet: Any) -> CameraModel |
             raise RecipeError(f"{path / 'model_index.json'}: field {field!r} must be a positive number for a "
                               f"camera-conditioned prior, got {value!r}")
         values[field] = float(value)
-    return CameraModel(values["camera_distance"], values["camera_fov_deg"])
+    shading = index.get("shading", "flat")
+    if shading not in SHADINGS:
+        raise RecipeError(f"{path / 'model_index.json'}: field 'shading' must be one of {SHADINGS}, got {shading!r}")
+    return CameraModel(values["camera_distance"], values["camera_fov_deg"], shading)

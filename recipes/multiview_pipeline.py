@@ -14,7 +14,9 @@ vertical field of view of ``camera_fov_deg``, objects inside [-1, 1]^3, y up. Bo
 pipeline config fields, saved in ``model_index.json``. If ``in_channels`` exceeds
 ``out_channels`` by 6, the UNet also takes the ray map of :func:`recipes.cameras.ray_map` (each
 pixel's ray, as CAT3D-style models do) after the image channels. Images are RGB in [-1, 1] at
-the UNet's ``sample_size``.
+the UNet's ``sample_size``. ``shading`` (``flat`` or ``lambert``, a config field too; ``flat``
+when absent) says how the training images were lit (``recipes.shading``): SDS renders a field
+the same way before it asks the prior.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ class MultiViewPriorPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet"
 
     def __init__(self, unet: Any, scheduler: Any, text_encoder: Any, tokenizer: Any,
-                 camera_distance: float = 3.0, camera_fov_deg: float = 40.0) -> None:
+                 camera_distance: float = 3.0, camera_fov_deg: float = 40.0, shading: str = "flat") -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
-        self.register_to_config(camera_distance=float(camera_distance), camera_fov_deg=float(camera_fov_deg))
+        self.register_to_config(camera_distance=float(camera_distance), camera_fov_deg=float(camera_fov_deg),
+                                shading=str(shading))
 
     def camera_labels(self, views: list[tuple[float, float]]) -> torch.Tensor:
         """(len(views), 16) class labels for (azimuth, elevation) pairs in degrees."""

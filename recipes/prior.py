@@ -150,10 +150,10 @@ def write_model_index(folder: Path, class_name: str, components: dict[str, tuple
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def build_pipeline(arch: PriorArchitecture, seed: int, work: Path) -> Any:
-    """A :class:`MultiViewPriorPipeline` with freshly initialised weights drawn from ``seed``;
-    the tokenizer's files are written to ``work`` first (they are a pure function of its word
-    list)."""
+def build_pipeline(arch: PriorArchitecture, seed: int, work: Path, shading: str = "flat") -> Any:
+    """A :class:`MultiViewPriorPipeline` with freshly initialised weights drawn from ``seed``,
+    for images lit as ``shading`` says; the tokenizer's files are written to ``work`` first (they
+    are a pure function of its word list)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -172,7 +172,8 @@ def build_pipeline(arch: PriorArchitecture, seed: int, work: Path) -> Any:
         clip_sample=False,
     )
     return MultiViewPriorPipeline(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
-                                  camera_distance=arch.camera_distance, camera_fov_deg=arch.camera_fov_deg)
+                                  camera_distance=arch.camera_distance, camera_fov_deg=arch.camera_fov_deg,
+                                  shading=shading)
 
 
 def save_pipeline(pipeline: Any, out: Path) -> None:

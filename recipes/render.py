@@ -25,6 +25,7 @@ from recipes.asset import Surface
 from recipes.cameras import Camera, review_cameras, turntable_cameras
 from recipes.geometry import bounding_sphere, face_normals
 from recipes.raster import Raster, rasterize
+from recipes.shading import lambert, light_direction
 from recipes.texture import sample_bilinear
 
 BACKGROUND = np.array([226, 229, 233]) / 255.0
@@ -103,14 +104,12 @@ def render_view(surface: Surface, camera: Camera, size: int, framing: Framing) -
     hit = raster.face >= 0
     if hit.any():
         face = raster.face[hit]
-        right, up, forward = camera.basis()
+        forward = camera.basis()[2]
         normals = face_normals(verts, np.asarray(surface.faces, np.int64))[face]
         facing = normals @ forward
         back = facing > 0
         normals[back] *= -1.0
-        light = 0.45 * right + 0.6 * up - 0.66 * forward
-        light /= np.sqrt((light * light).sum())
-        shade = (0.3 + 0.7 * np.maximum(normals @ light, 0.0))[:, None]
+        shade = lambert(normals, light_direction(camera))[:, None]
         base = np.where(back[:, None], BACKFACE, CLAY)
         shaded[hit] = base * shade
         albedo[hit] = _albedo(surface, face, raster.bary[hit])

@@ -19,7 +19,10 @@ ring-like surface, nearest a torus); both default to off, because on the two-sha
 (a 20^3 grid, 60 iterations) they flattened "a red capsule" until it was nearest a torus.
 A camera-conditioned prior (``recipes.diffusion``) is told the camera of every view, and the
 views are rendered with its camera model (distance, field of view); a plain text-to-image prior
-gets no camera. The grid starts from a soft sphere (params ``init_*``).
+gets no camera. A prior trained on shaded images (its ``shading``, ``recipes.shading``) sees the
+field shaded by the same light, with normals from the density's gradient, so its view of faces
+and edges reaches the shape (the colour grid stays the albedo: that is what is baked). The grid
+starts from a soft sphere (params ``init_*``).
 
 A probe measures what SDS minimizes: the conditional prior's denoising loss on renders from four
 fixed cameras, at fixed timesteps and with fixed noise. It falls as the field comes to look
@@ -203,6 +206,7 @@ class Views:
 
     def __init__(self, p: SDSParams, prior: Any, device: Any) -> None:
         self.p, self.prior, self.device = p, prior, device
+        self.shading = "flat" if prior.camera is None else prior.camera.shading
 
     def camera(self, azimuth: float, elevation: float) -> Camera:
         return orbit_camera(azimuth, elevation, self.p.distance, self.p.fov_deg)
@@ -222,7 +226,7 @@ class Views:
 
         density, color = field.grids()
         rendered = [render_volume_alpha(density, color, cam, self.p.resolution, self.p.samples, backgrounds[i],
-                                        None if jitter is None else jitter[i])
+                                        None if jitter is None else jitter[i], self.shading)
                     for i, cam in enumerate(cameras)]
         images = torch.stack([image for image, _ in rendered])
         size = self.prior.image_size
@@ -319,14 +323,16 @@ def distill(ctx: StageContext) -> None:
         optimizer.step()
         if preview_every and (step + 1) % preview_every == 0:
             probe_log.append(probe.loss(field))
-            _write_render(ctx.out / "renders" / f"progress_{step + 1:04d}.png", field, views.camera(30.0, 20.0), p)
+            _write_render(ctx.out / "renders" / f"progress_{step + 1:04d}.png", field, views.camera(30.0, 20.0), p,
+                          views.shading)
         ctx.progress(step + 1, p.iterations, f"t={int(t[0])}")
 
     if not preview_every or p.iterations % preview_every:
         probe_log.append(probe.loss(field))
     final_views = [(90.0 * i + 30.0, 20.0) for i in range(4)]
     for i, (azimuth, elevation) in enumerate(final_views):
-        _write_render(ctx.out / "renders" / f"view_{i:02d}.png", field, views.camera(azimuth, elevation), p)
+        _write_render(ctx.out / "renders" / f"view_{i:02d}.png", field, views.camera(azimuth, elevation), p,
+                      views.shading)
     write_camera_list(ctx.out / "renders" / "cameras.json", final_views, p.distance, p.fov_deg, p.preview_size)
     if device.type == "cuda":
         ctx.log.info("cuda peak memory %.0f MiB", torch.cuda.max_memory_allocated(device) / 2**20)
@@ -346,6 +352,7 @@ def distill(ctx: StageContext) -> None:
         "grid": p.grid,
         "resolution": p.resolution,
         "camera": {"distance": p.distance, "fov_deg": p.fov_deg, "conditioned": prior.camera is not None},
+        "shading": views.shading,
         "prior_image_size": prior.image_size,
         "prior_prediction_type": prior.prediction_type,
         "prior_latent": prior.latent,
@@ -395,8 +402,8 @@ def _total_variation(density: Any) -> Any:
         + (density[:, :, 1:] - density[:, :, :-1]).abs().mean()
 
 
-def _write_render(path: Any, field: Field, camera: Camera, p: SDSParams) -> None:
-    """A preview over white, ``preview_size`` pixels square."""
+def _write_render(path: Any, field: Field, camera: Camera, p: SDSParams, shading: str) -> None:
+    """A preview over white, ``preview_size`` pixels square, lit as the prior sees it."""
     import torch
 
     from recipes.volume import render_volume
@@ -404,7 +411,7 @@ def _write_render(path: Any, field: Field, camera: Camera, p: SDSParams) -> None
     with torch.no_grad():
         density, color = field.grids()
         white = torch.ones(3, device=density.device)
-        image = render_volume(density, color, camera, p.preview_size, 2 * p.samples, white)
+        image = render_volume(density, color, camera, p.preview_size, 2 * p.samples, white, shading=shading)
     write_png(path, _to_uint8(image))
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from buildsys.context import RecipeError, StageContext
 from recipes.prior import PriorArchitecture, build_pipeline, save_pipeline
+from recipes.shading import SHADINGS
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class TrainingSet:
     rays: Any  # (N,6,H,W) float32 ray maps of the cameras
     caption_index: Any  # (N,) int64 into captions
     captions: list[str]
+    shading: str  # how the images are lit (recipes.shading)
 
 
 def load_training_set(ctx: StageContext, arch: PriorArchitecture) -> TrainingSet:
@@ -106,6 +108,9 @@ def load_training_set(ctx: StageContext, arch: PriorArchitecture) -> TrainingSet
     for field, value in (("distance", arch.camera_distance), ("fov_deg", arch.camera_fov_deg)):
         if meta.get(field) != value:
             raise RecipeError(f"{meta_file}: field {field!r} is {meta.get(field)!r}, params.camera_{field} is {value}")
+    shading = meta.get("shading", "flat")
+    if shading not in SHADINGS:
+        raise RecipeError(f"{meta_file}: field 'shading' must be one of {SHADINGS}, got {shading!r}")
     unique = sorted(set(captions))
     lookup = {c: i for i, c in enumerate(unique)}
     from recipes.cameras import ray_map
@@ -113,7 +118,7 @@ def load_training_set(ctx: StageContext, arch: PriorArchitecture) -> TrainingSet
     pixels = torch.from_numpy(rgba).permute(0, 3, 1, 2).float() / 255.0
     rays = torch.from_numpy(np.stack([ray_map(c, arch.camera_fov_deg, arch.resolution) for c in cameras]))
     return TrainingSet(pixels[:, :3].contiguous(), pixels[:, 3:].contiguous(), torch.from_numpy(cameras), rays,
-                       torch.tensor([lookup[c] for c in captions], dtype=torch.int64), unique)
+                       torch.tensor([lookup[c] for c in captions], dtype=torch.int64), unique, shading)
 
 
 def train_prior(ctx: StageContext) -> None:
@@ -126,7 +131,7 @@ def train_prior(ctx: StageContext) -> None:
     device = ctx.torch_device()
     data = load_training_set(ctx, arch)
     with tempfile.TemporaryDirectory() as work:
-        pipe = build_pipeline(arch, ctx.seed_for("weights"), Path(work))
+        pipe = build_pipeline(arch, ctx.seed_for("weights"), Path(work), data.shading)
     unet, text_encoder, scheduler = pipe.unet.to(device), pipe.text_encoder.to(device), pipe.scheduler
     tokens = pipe.tokenizer(data.captions + [""], padding="max_length", max_length=arch.max_length,
                             truncation=True, return_tensors="pt").input_ids.to(device)
