@@ -85,7 +85,7 @@ def _graph_index_folder(tmp_path_factory: pytest.TempPathFactory):
     os.environ.pop("BUILDSYS_INDEX_DIR", None)
 
 
-TEST_SIZED = (("views = 32 }", "views = 2 }"), ("steps = 1200,", "steps = 20,"),
+TEST_SIZED = (("views = 32,", "views = 2,"), ("steps = 1200,", "steps = 20,"),
               ("iterations = 150,", "iterations = 15,"), ("iterations = 150,", "iterations = 15,"),
               ("max_splats = 3000, iterations = 150,", "max_splats = 3000, iterations = 15,"),
               ("opacity_weight = 0.1,", "opacity_weight = 0.0,"))
