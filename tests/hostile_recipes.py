@@ -65,6 +65,16 @@ def symlink_out(ctx: StageContext) -> None:
     os.symlink(ctx.param("path", "", str), ctx.out / "link")
 
 
+def read_through_symlink(ctx: StageContext) -> None:
+    """Link an outside file into the stage's own output folder, read it through the link, and
+    take the link away again (so only the copy is left for the store)."""
+    link = ctx.out / "link"
+    os.symlink(ctx.param("path", "", str), link)
+    data = link.read_bytes()
+    link.unlink()
+    (ctx.out / "leaked.txt").write_bytes(data)
+
+
 def fork_bomb(ctx: StageContext) -> None:
     """Fork until refused or ``params.most`` children (a cap, so the suite stays safe on a
     machine without confinement), each leaving the process group (``setsid``) to escape a

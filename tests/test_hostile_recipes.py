@@ -127,6 +127,13 @@ def test_a_symlink_out_of_the_output_folder_is_refused(project: Project, outside
     project.buildfile_text(_stage("s", "symlink_out", {"path": str(outside / "target.txt")}))
     error = _failure(project.build())
     assert "symbolic links are not allowed" in error or "not a regular file" in error, error
+    # a link the stage makes inside its sandbox does not carry its reads out of it either
+    (outside / "secret.txt").write_text("SECRET\n")
+    project.buildfile_text(_stage("s", "read_through_symlink", {"path": str(outside / "secret.txt")}))
+    error = _failure(project.build())
+    assert "Permission denied" in error or "PermissionError" in error, error
+    assert not (project.root / "out/t/s/leaked.txt").exists()
+    assert digest_bytes(b"SECRET\n") not in {p.name for p in (project.root / "store" / "cas").rglob("*") if p.is_file()}
 
 
 def _processes_with(marker: str) -> list[str]:
