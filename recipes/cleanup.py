@@ -15,7 +15,9 @@ recorded in ``cleanup.json`` with faces and area before and after:
    ``max_repair_loss``; intersections between separate parts of an assembly are by design, and
    removing them is what shattered meshes before);
 5. ``collapse_short_edges``: vertices nearer than ``min_edge_fraction`` of the bounding-box
-   diagonal are merged (guarded like a repair). Remeshing and hole filling can leave a few
+   diagonal are merged (guarded like a repair, and undone if it opens, tears or splits the mesh
+   or joins two of its parts: merging by distance also joins vertices that are near but not
+   connected, as between a dog's teeth in the corpus bench). Remeshing and hole filling can leave a few
    edges hundreds of times shorter than the rest; the blue torus of the default project kept a
    triangle of 8e-8 square units (the median was 1.2e-3) that xatlas could not chart and left
    with zero UV area, and the ``uv_flipped`` gate rightly sent the asset to review;
@@ -109,7 +111,8 @@ def cleanup(ctx: StageContext) -> None:
     if p("fix_self_intersections", True, bool):
         cleaner.run("self_intersections", lambda ms: _fix_self_intersections(ms, max_hole_edges, split), repair_guard)
     if min_edge > 0:
-        cleaner.run("collapse_short_edges", lambda ms: collapse_short_edges(ms, min_edge, split), repair_guard)
+        cleaner.run("collapse_short_edges", lambda ms: collapse_short_edges(ms, min_edge, split),
+                    Guard(max_lost=repair_guard.max_lost, keep_topology=True))
     cleaner.ms.orient_coherently()
     mesh = cleaner.mesh
     mesh = canonical_mesh(Mesh(mesh.vertices, mesh.faces, transfer_colors(source, mesh)))

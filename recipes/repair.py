@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from recipes.geometry import closed_components, face_components, surface_area
+from recipes.geometry import closed_components, edge_stats, face_components, surface_area
 from recipes.meshio import Mesh, canonical_mesh
 from recipes.meshlab import MeshSet
 
@@ -44,6 +44,31 @@ class Step:
 class Guard:
     max_lost: float = 1.0
     max_added: float = 1.0
+    keep_topology: bool = False  # undo a step that opens, tears or splits the mesh, or joins its parts
+
+
+@dataclass(frozen=True)
+class Topology:
+    boundary_edges: int
+    non_manifold_edges: int
+    components: int
+
+    @classmethod
+    def of(cls, mesh: Mesh) -> "Topology":
+        edges = edge_stats(mesh.faces)
+        components = len(np.unique(face_components(mesh.faces, len(mesh.vertices))))
+        return cls(edges.boundary_edges, edges.non_manifold_edges, components)
+
+    def worse_than(self, before: "Topology") -> list[str]:
+        """What a step did to the mesh's topology that no tidying step may do."""
+        worse = []
+        if self.boundary_edges > before.boundary_edges:
+            worse.append(f"boundary edges {before.boundary_edges} -> {self.boundary_edges}")
+        if self.non_manifold_edges > before.non_manifold_edges:
+            worse.append(f"non-manifold edges {before.non_manifold_edges} -> {self.non_manifold_edges}")
+        if self.components != before.components:
+            worse.append(f"components {before.components} -> {self.components}")
+        return worse
 
 
 class Cleaner:
@@ -71,19 +96,22 @@ class Cleaner:
         if guard is not None and changed and len(after.faces):
             fid = compare(before, after, GUARD_SAMPLES, self.tolerance, silhouettes=False)
             step.lost_area_share, step.added_area_share = fid.lost_area_share, fid.added_area_share
+            torn = Topology.of(after).worse_than(Topology.of(before)) if guard.keep_topology else []
             if fid.lost_area_share > guard.max_lost or fid.added_area_share > guard.max_added:
-                self.ms = MeshSet.from_mesh(before)
-                step.applied, step.faces_after, step.area_after = False, len(before.faces), step.area_before
-                step.note = (f"undone: it would have lost {fid.lost_area_share:.1%} and added {fid.added_area_share:.1%} "
-                             f"of the surface (guard: lose at most {guard.max_lost:.1%}, add at most {guard.max_added:.1%})"
-                             + (f"; {note}" if note else ""))
-                self.warnings.append(f"cleanup step {name!r} {step.note}")
+                self._undo(step, before, f"it would have lost {fid.lost_area_share:.1%} and added {fid.added_area_share:.1%} "
+                           f"of the surface (guard: lose at most {guard.max_lost:.1%}, add at most {guard.max_added:.1%})"
+                           + (f"; {note}" if note else ""))
+            elif torn:
+                self._undo(step, before, f"it would have changed the topology ({', '.join(torn)})" + (f"; {note}" if note else ""))
         elif guard is not None and len(after.faces) == 0:
-            self.ms = MeshSet.from_mesh(before)
-            step.applied, step.faces_after, step.area_after, step.note = False, len(before.faces), step.area_before, "undone: it removed every face"
-            self.warnings.append(f"cleanup step {name!r} {step.note}")
+            self._undo(step, before, "it removed every face")
         self.steps.append(step)
         return step
+
+    def _undo(self, step: Step, before: Mesh, why: str) -> None:
+        self.ms = MeshSet.from_mesh(before)
+        step.applied, step.faces_after, step.area_after, step.note = False, len(before.faces), step.area_before, f"undone: {why}"
+        self.warnings.append(f"cleanup step {step.name!r} {step.note}")
 
 
 def repair_topology(ms: MeshSet, split: float) -> None:

@@ -5,22 +5,32 @@ stage made it in a full-size build (2026-12-03; isotropic remesh of the marching
 the distilled field): 1,842 faces, among them a triangle of 8e-8 square units with edges of
 0.001 and 0.00016 (the median edge is 0.055). xatlas charts that triangle alone, with all three
 UVs at one point, and the ``uv_flipped`` gate counted it and sent the asset to review.
+
+``tests/data/dog-jaw-decimated.ply`` is dm-control 1.0.50's ``dog_assets/BONEJaw.stl`` (Apache-2.0)
+as the corpus bench's cleanup made it with the step off: 5,000 faces in 23 closed parts (the
+teeth), some of whose vertices lie nearer each other than the merge distance without sharing an
+edge. Merging them tore the jaw open and sent a clean asset to review until the step was guarded
+by the mesh's topology.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 from recipe_helpers import make_ctx
 
-from recipes.cleanup import cleanup
+from recipes.cleanup import cleanup, collapse_short_edges
 from recipes.measures import uv_flipped, uv_signed_areas
 from recipes.meshio import Mesh, load_npz, read_ply
+from recipes.meshlab import MeshSet
+from recipes.repair import Topology
 from recipes.unwrap import unwrap
 
 CLEANED = Path(__file__).parent / "data" / "blue-torus-cleaned.ply"
+JAW = Path(__file__).parent / "data" / "dog-jaw-decimated.ply"
 
 
 def shortest_edge_share(mesh: Mesh) -> float:
@@ -64,3 +74,20 @@ def test_cleanup_collapses_the_short_edges_and_the_unwrap_is_clean(tmp_path: Pat
     assert len(read_ply(CLEANED).faces) - len(on.faces) <= 16, "only the few faces on short edges go"
     atlas = unwrapped(tmp_path, tmp_path / "on")
     assert uv_flipped(atlas["uv"], atlas["faces"].astype(np.int64))[0] == 0
+
+
+def test_a_merge_that_joins_separate_parts_is_undone(tmp_path: Path) -> None:
+    jaw = read_ply(JAW)
+    ms = MeshSet.from_mesh(jaw)
+    collapse_short_edges(ms, 0.001, 1e-3)
+    torn = Topology.of(ms.to_mesh(with_colors=False)).worse_than(Topology.of(jaw))
+    assert torn, "merging by distance alone tears this mesh: the guard has something to catch"
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(JAW, src / "mesh.ply")
+    cleanup(make_ctx(tmp_path / "out", "cleanup", {"mesh": src}, {"remesh": "none"}))
+    steps = {s["name"]: s for s in json.loads((tmp_path / "out" / "cleanup.json").read_text())["steps"]}
+    assert steps["collapse_short_edges"]["applied"] is False
+    assert "topology" in steps["collapse_short_edges"]["note"]
+    assert Topology.of(read_ply(tmp_path / "out" / "mesh.ply")) == Topology.of(jaw)
