@@ -74,4 +74,4 @@ test: install servers browser validator
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 clean:
-	rm -rf $(VENV) out store/*/ store/FORMAT store/statcache store/lock node_modules $(dir $(VIEWER)) tools/gltf-validator/node_modules
+	rm -rf $(VENV) out store/*/ store/FORMAT store/lock node_modules $(dir $(VIEWER)) tools/gltf-validator/node_modules
