@@ -187,7 +187,7 @@ def test_a_stage_over_budget_is_killed_on_its_node(cluster, project: Project):
     _buildfile(project, '''
         [targets.t.stages.slow]
         recipe = "engine_recipes:sleep"
-        params = { seconds = 120 }
+        params = { seconds = 1200 }
         budget = { seconds = 2 }
     ''')
     started = time.monotonic()
@@ -195,17 +195,18 @@ def test_a_stage_over_budget_is_killed_on_its_node(cluster, project: Project):
     assert built.code == 1
     failure = built.summary["failures"]["t/slow"]
     assert failure["status"] == "timeout" and "over its time budget" in failure["error"], failure
-    assert time.monotonic() - started < 90
+    assert time.monotonic() - started < 600, "killed on its node, not left to sleep its 1200 s"
     record = build_records(project.root / "store")[-1]
     assert record["stages"]["t/slow"]["node"]
 
 
 @pytest.mark.slow
 def test_a_checkpoint_crosses_once_per_node_through_a_folder_remote(cluster, project: Project, tmp_path: Path):
-    """The remote data plane (a folder remote): six stages read one 2 MB checkpoint; it
-    reaches each node at most once, and the outputs come back through the remote."""
+    """The remote data plane (a folder remote): six stages read one 8 MB checkpoint; it
+    reaches each node that ran one at most once (beside it each node gets the code tree, under
+    1 MB), and the outputs come back through the remote."""
     (project.root / "ckpt").mkdir()
-    (project.root / "ckpt" / "weights.bin").write_bytes(os.urandom(2 << 20))
+    (project.root / "ckpt" / "weights.bin").write_bytes(os.urandom(8 << 20))
     shared = tmp_path / "shared-remote"
     shared.mkdir()
     stages = "".join(
@@ -218,11 +219,12 @@ def test_a_checkpoint_crosses_once_per_node_through_a_folder_remote(cluster, pro
     built = project.cli("build", "--json", "--executor", "ray", env=cluster.env)
     assert built.code == 0, built.stderr
     moved = built.summary["cluster"]["moved"]
-    assert moved["bytes_to_node"] < 3 * (2 << 20) + (1 << 20), moved
+    nodes = {stage["node"] for stage in build_records(project.root / "store")[-1]["stages"].values()}
+    assert moved["bytes_to_node"] < len(nodes) * ((8 << 20) + (1 << 20)), (moved, nodes)
     assert moved["blobs_from_node"] >= 6
     assert (shared / "cas").is_dir() and len(list((shared / "cas").rglob("*"))) >= 13
     sizes = json.loads((project.root / "out/t5/weigh/sizes.json").read_text())
-    assert sizes == {"weights.bin": 2 << 20, "in5.txt": len("input 5\n" * 6)}
+    assert sizes == {"weights.bin": 8 << 20, "in5.txt": len("input 5\n" * 6)}
 
 
 def test_ray_unreachable_is_one_line(project: Project):

@@ -143,7 +143,7 @@ def run_stage(request: StageRequest, handles: dict[Digest, Any]) -> dict[str, An
     cache = blob_carrier(here.store, plane, 4)
     try:
         needed = [*resolved.inputs.values(), *([resolved.model] if resolved.model else []), request.code_tree]
-        lacking = [tree for tree in dict.fromkeys(needed) if not cache.pull_tree(tree)]
+        lacking = [tree for tree in dict.fromkeys(needed) if not _pull(here, cache, tree)]
         if lacking:
             why = cache.stats.disabled_reason or "; ".join(cache.stats.notes[:2]) or "blobs missing"
             return {**reply, "ok": False, "status": "crash", "error": f"data plane: input tree {lacking[0]} did not arrive on node {here.name}: {why}"}
@@ -160,6 +160,13 @@ def run_stage(request: StageRequest, handles: dict[Digest, Any]) -> dict[str, An
         return {**reply, "ok": True, "record": ActionRecord(result).encode(), "blobs": _outgoing(plane), "moved": _moved(cache)}
     finally:
         plane.close()
+
+
+def _pull(here: NodeRuntime, cache: RemoteCache, tree: Digest) -> bool:
+    """Fetch a tree into the node's store once per node: a second Ray worker of this node
+    needing it waits, then finds it there."""
+    with here.store.locks.fetch(tree):
+        return cache.pull_tree(tree)
 
 
 def _moved(cache: RemoteCache) -> dict[str, int]:

@@ -50,6 +50,13 @@ class Locks:
             yield
 
     @contextmanager
+    def fetch(self, tree: Digest) -> Iterator[None]:
+        """Exclusive across processes: one process at a time fetches a tree into this store, so
+        two stages on one node reading one checkpoint wait for one transfer, not make two."""
+        with self._named(digest_bytes(b"fetch\0" + tree.encode())):
+            yield
+
+    @contextmanager
     def folder_outside(self, folder: Path) -> Iterator[None]:
         """Exclusive across processes, for a folder outside the store that buildsys owns (the
         materialized outputs): two builds never write and prune it at the same time."""
