@@ -32,7 +32,7 @@ from buildsys.keys.hashing import Digest
 from buildsys.keys.identity import RecipeIdentity, RecipeNotFound
 from buildsys.keys.tree import Manifest
 from buildsys.project.buildfile import InputRef, ModelSpec, Project, StageSpec
-from buildsys.project.folders import relative_inside
+from buildsys.project.places import relative_inside
 from buildsys.store.batch import BlobBatch
 from buildsys.store.local import LocalStore
 from buildsys.store.statcache import StatCache

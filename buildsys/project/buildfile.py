@@ -35,9 +35,9 @@ from buildsys.keys.hashing import is_digest
 from buildsys.project.checks import cross_check
 from buildsys.project.config import RemoteSettings
 from buildsys.project.executor import ExecutorSettings
-from buildsys.project.folders import model_refusal, outputs_refusal, relative_inside, source_under
+from buildsys.project.folders import model_refusal, outputs_refusal, source_under
 from buildsys.project.graph import LazyStages, LazyTargets, TargetShape, shape_of
-from buildsys.project.places import Places
+from buildsys.project.places import Places, relative_inside
 from buildsys.project.reader import BuildfileReader
 from buildsys.project.schema import kind_of
 from buildsys.project.specs import InputRef, ModelSpec, Project, StageSpec, TargetSpec

@@ -14,7 +14,6 @@ fine: what a glob matches inside the outputs folder or the store is refused when
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
 from collections.abc import Iterable
@@ -66,14 +65,6 @@ def source_base(pattern: str) -> str:
             break
         parts.append(part)
     return posixpath.normpath("/".join(parts)) if parts else "."
-
-
-def relative_inside(path: Path, root: Path) -> str | None:
-    """``path`` relative to ``root`` (both resolved), or None when it lies outside."""
-    real, base = os.path.realpath(path), os.path.realpath(root)
-    if real == base:
-        return "."
-    return real[len(base) + 1:] if real.startswith(base.rstrip("/") + "/") else None
 
 
 def source_under(folder: str, stages: Iterable[StageSpec]) -> tuple[str, str] | None:

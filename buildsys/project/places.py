@@ -14,10 +14,18 @@ from pathlib import Path
 PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def relative_inside(path: str | Path, folder: str | Path) -> str | None:
+    """``path`` relative to ``folder``, both resolved (links followed): ``"."`` for the folder
+    itself, None when it lies outside."""
+    real, base = os.path.realpath(path), os.path.realpath(folder)
+    if real == base:
+        return "."
+    return real[len(base) + 1:] if real.startswith(base.rstrip("/") + "/") else None
+
+
 def inside(path: str | Path, folder: str | Path) -> bool:
     """Whether ``path`` is ``folder`` or below it, both resolved (links followed)."""
-    real, base = os.path.realpath(path), os.path.realpath(folder)
-    return real == base or real.startswith(base.rstrip("/") + "/")
+    return relative_inside(path, folder) is not None
 
 
 @dataclass(frozen=True)
