@@ -4,7 +4,8 @@ finalized by the default pipeline, through the real engine (one Buildfile: the d
 one target per prompt), then scored against the procedural ground truth:
 
 - shape: the stabilized mesh (``stabilize/mesh.ply``), normalized, against every primitive by
-  Chamfer distance (``recipes.recognition``): the nearest is the answer;
+  Chamfer distance (``recipes.recognition.mesh_shape``): the nearest among the primitives with
+  the mesh's topology is the answer (a torus needs a hole through it, nothing else may have one);
 - colour: the mean albedo of the baked texture of the exported GLB over its surface (area-weighted
   samples, each looking up its texel), nearest named colour; the field's mean surface colour (the
   mesh's vertex colours) is reported beside it.
@@ -40,8 +41,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from recipes.primitives import COLOURS, SHAPES, caption, surface_samples  # noqa: E402
-from recipes.recognition import colour_distances, nearest_colour, nearest_shape, shape_distances  # noqa: E402
+from recipes.primitives import COLOURS, SHAPES, caption  # noqa: E402
+from recipes.recognition import colour_distances, mesh_shape, nearest_colour  # noqa: E402
 
 HOLDOUT = ("a blue sphere", "a green cube", "a red cylinder", "a blue cone", "a green torus", "a red capsule")
 HOLDOUT_PRIOR = "tiny-prior-holdout"
@@ -129,15 +130,15 @@ def score(out: Path, shape: str, colour: str) -> dict:
     from recipes.meshio import read_ply
 
     mesh = read_ply(out / "stabilize" / "mesh.ply")
-    points = surface_samples(mesh.vertices, mesh.faces, 4000)
-    distances = shape_distances(points)
+    measured = mesh_shape(mesh)
     albedo = baked_albedo(out / "export" / "model.glb")
     field_colour = mesh.colors.astype(np.float64).mean(axis=0) / 255.0
     return {
         "prompt": caption(shape, colour), "shape": shape, "colour": colour,
-        "shape_answer": nearest_shape(points), "colour_answer": nearest_colour(albedo),
+        "shape_answer": measured.answer, "handles": measured.handles, "genus": measured.genus,
+        "colour_answer": nearest_colour(albedo),
         "field_colour_answer": nearest_colour(field_colour),
-        "chamfer": {k: round(v, 4) for k, v in distances.items()},
+        "chamfer": {k: round(v, 4) for k, v in measured.distances.items()},
         "baked_albedo": [round(float(v), 4) for v in albedo],
         "colour_distance": {k: round(v, 4) for k, v in colour_distances(albedo).items()},
         "field_colour": [round(float(v), 4) for v in field_colour],
@@ -168,7 +169,7 @@ def summary(title: str, rows: list[dict], shapes: list[str], colours: list[str])
     print(f"shape right: {shape_right}/{len(rows)} ({shape_right * share:.0f}%), "
           f"colour right (baked albedo): {colour_right}/{len(rows)} ({colour_right * share:.0f}%), "
           f"colour right (field): {sum(r['field_colour_answer'] == r['colour'] for r in rows)}/{len(rows)}\n")
-    print("Shape (nearest primitive by Chamfer distance after normalization):\n")
+    print("Shape (nearest primitive of the mesh's topology by Chamfer distance after normalization):\n")
     print(confusion(rows, "shape", "shape_answer", shapes) + "\n")
     print("Colour (mean baked albedo, nearest named colour):\n")
     print(confusion(rows, "colour", "colour_answer", [c for c in COLOURS if c in colours]) + "\n")
