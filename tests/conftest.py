@@ -96,15 +96,60 @@ eroded the red cube into 2 components and left the torus's splats 8 cells to sta
 
 
 def copy_default_project(root: Path) -> Path:
-    """A checkout of the default project in ``root`` (its Buildfile test-sized, its recipes)."""
+    """A checkout of the default project in ``root`` (its Buildfile test-sized, its recipes), one
+    thread a stage whatever the machine (the thread count enters the creative stages' keys): as a
+    2-core machine's default and a test cluster node's one CPU, so every copy has the same keys."""
     root.mkdir(parents=True, exist_ok=True)
     text = (REPO / "Buildfile.toml").read_text()
-    for old, new in TEST_SIZED:
+    for old, new in (*TEST_SIZED, ("jobs = 2\n", "jobs = 2\nthreads = 1\n")):
         assert old in text, f"Buildfile.toml no longer holds {old!r}: update conftest.TEST_SIZED"
         text = text.replace(old, new, 1)
     (root / "Buildfile.toml").write_text(text)
     shutil.copytree(REPO / "recipes", root / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
     return root
+
+
+DEFAULT_STAGES = 24
+"""The default project's stages, all cacheable."""
+
+
+@dataclass(frozen=True)
+class BuiltDefaultProject:
+    """The test-sized default project after one cold ``build --json`` (``summary``: its last line)."""
+
+    root: Path
+    summary: dict
+
+    def copy(self, dest: Path) -> Path:
+        """A project folder of one's own, store and outputs included, to build, verify or change."""
+        shutil.copytree(self.root, dest, symlinks=True)
+        return dest
+
+
+def session_folder(factory: pytest.TempPathFactory) -> Path:
+    """The temp folder of the whole test session: under ``pytest -n`` the workers' own base
+    folders lie side by side in it, so what is put there is seen by every worker."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def built_default_project(tmp_path_factory: pytest.TempPathFactory) -> BuiltDefaultProject:
+    """The default project built cold once per test session, whichever xdist worker asks first
+    (the other waits on the lock, then reuses it): several modules need the same 24 built stages,
+    a few minutes of CPU each time. Never change ``root``: take a ``copy``."""
+    import fcntl
+
+    shared = session_folder(tmp_path_factory)
+    root, summary = shared / "built-default-project", shared / "built-default-project.json"
+    with open(shared / "built-default-project.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not summary.is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            first = run_cli("build", "--json", cwd=copy_default_project(root))
+            assert first.code == 0, first.stderr
+            summary.write_text(json.dumps(first.summary))
+    return BuiltDefaultProject(root, json.loads(summary.read_text()))
 
 
 @pytest.fixture

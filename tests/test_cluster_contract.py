@@ -7,13 +7,10 @@ verify's verdicts."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import Project, copy_default_project, run_cli
+from conftest import DEFAULT_STAGES, BuiltDefaultProject, Project, copy_default_project, run_cli
 
 pytest.importorskip("ray")
 
@@ -38,25 +35,15 @@ def _twins(tmp_path: Path, body: str) -> tuple[Project, Project]:
 
 
 @pytest.fixture(scope="module")
-def default_builds(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The default project (test-sized as test_default_project.py builds it, one thread a stage)
-    built cold on the cluster and here at the same time (they share the two cores)."""
-    roots, procs = {}, {}
-    for where in ("ray", "local"):
-        root = copy_default_project(tmp_path_factory.mktemp(f"default-{where}"))
-        text = (root / "Buildfile.toml").read_text()
-        (root / "Buildfile.toml").write_text(text.replace("jobs = 2\n", "jobs = 2\nthreads = 1\n", 1))
-        args = ["build", "--json", *(["--executor", "ray"] if where == "ray" else [])]
-        procs[where] = subprocess.Popen([sys.executable, "-m", "buildsys", *args], cwd=root, text=True,
-                                        env={**os.environ, **(cluster.env if where == "ray" else LOCAL)},
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        roots[where] = root
-    for where, proc in procs.items():
-        out, err = proc.communicate(timeout=900)
-        assert proc.returncode == 0, f"{where}: {err[-3000:]}"
-        summary = json.loads(out.strip().splitlines()[-1])
-        assert summary["executed"] == 24 and summary["failed"] == 0, (where, summary)
-    return roots
+def default_builds(cluster, built_default_project: BuiltDefaultProject, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The default project (test-sized, one thread a stage: conftest) built cold on the cluster,
+    beside the session's cold build of it with the local executor."""
+    root = copy_default_project(tmp_path_factory.mktemp("default-ray"))
+    built = run_cli("build", "--json", "--executor", "ray", cwd=root, env=cluster.env, timeout=900)
+    assert built.code == 0, f"ray: {built.stderr[-3000:]}"
+    for where, summary in (("ray", built.summary), ("local", built_default_project.summary)):
+        assert summary["executed"] == DEFAULT_STAGES and summary["failed"] == 0, (where, summary)
+    return {"ray": root, "local": built_default_project.copy(tmp_path_factory.mktemp("default-local") / "project")}
 
 
 def test_the_default_project_builds_on_the_cluster_as_locally(cluster, default_builds: dict[str, Path]):

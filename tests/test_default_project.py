@@ -9,23 +9,20 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import copy_default_project, run_cli
+from conftest import DEFAULT_STAGES as STAGES
+from conftest import BuiltDefaultProject, run_cli
 
 pytestmark = pytest.mark.slow
 
-STAGES = 24
-
 
 @pytest.fixture(scope="module")
-def default_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = copy_default_project(tmp_path_factory.mktemp("default"))
-    first = run_cli("build", "--json", cwd=root)
-    assert first.code == 0, first.stderr
-    summary = first.summary
+def default_project(built_default_project: BuiltDefaultProject, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's cold build (conftest), checked as the first build a user runs."""
+    summary = built_default_project.summary
     assert summary["executed"] == STAGES and summary["failed"] == 0
     assert summary["targets"] == {"tiny-prior": "ok", "red-cube": "ok", "blue-torus": "ok", "blue-torus-splats": "ok",
                                   "bunny": "ok"}
-    return root
+    return built_default_project.copy(tmp_path_factory.mktemp("default") / "project")
 
 
 def test_second_build_is_a_noop(default_project: Path):

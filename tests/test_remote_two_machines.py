@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, CliResult, copy_default_project, run_cli
+from conftest import DEFAULT_STAGES, REPO, BuiltDefaultProject, CliResult, copy_default_project, run_cli
 
 from buildsys.remote.signing import generate_key
 from tests.remote_servers import (  # noqa: F401
@@ -23,9 +23,6 @@ from tests.remote_servers import (  # noqa: F401
     moto_session,
     nginx_binary,
 )
-
-DEFAULT_STAGES = 24
-"""The default project's stages (as tests/test_default_project.py counts them): all cacheable."""
 
 
 def _machine(root: Path) -> Path:
@@ -49,8 +46,10 @@ def _build(root: Path, env: dict[str, str], *args: str) -> CliResult:
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory, moto_session: MotoServer):
-    """Machine A after building the default targets and pushing them to all three remotes."""
+def farm(tmp_path_factory: pytest.TempPathFactory, moto_session: MotoServer, built_default_project: BuiltDefaultProject):
+    """Machine A after building the default targets (the session's cold build: conftest) and
+    pushing them to the shared folder (the others are pushed to by their tests). That a build
+    pushes each action it executes is tested on small projects below."""
     if nginx_binary() is None:
         pytest.skip("nginx binary not found (Debian: apt-get install nginx)")
     base = tmp_path_factory.mktemp("farm")
@@ -71,10 +70,10 @@ def farm(tmp_path_factory: pytest.TempPathFactory, moto_session: MotoServer):
     }
     env_a.update(aws)
     env_b.update(aws)
-    machine_a = _machine(base / "a")
-    first = _build(machine_a, env_a, "--remote", remotes["file"])
-    assert first.summary["executed"] == DEFAULT_STAGES
-    assert first.summary["remote"]["pushed_actions"] == DEFAULT_STAGES
+    machine_a = built_default_project.copy(base / "a")
+    first = run_cli("remote", "push", "-f", str(machine_a / "Buildfile.toml"), "--remote", remotes["file"], cwd=machine_a, env=env_a)
+    assert first.code == 0, first.stderr
+    assert f"pushed {DEFAULT_STAGES} of {DEFAULT_STAGES} actions" in first.stdout, first.stdout
     try:
         yield base, machine_a, remotes, env_a, env_b, moto_session, nginx
     finally:
